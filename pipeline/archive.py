@@ -1,0 +1,261 @@
+"""Archive stage: inputs -> normalised events in hour-partitioned Parquet, exactly once.
+
+Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row per
+(auditID, stage), sorted by (time, auditID, stage). Events are streamed in bounded
+chunks: each chunk is normalised into Arrow columns and spilled to a per-run staging
+area by hour; then each touched hour is merged with what the archive already holds,
+deduplicated and replaced atomically. Re-running on the same input rewrites identical
+bytes; a run killed at any point leaves either the old or the new hour file, and the
+rerun's merge converges to the same archive.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, normalize_event
+from pipeline.readers import Event, InputRef, Quarantine, read_events
+from pipeline.storage import Storage, safe_segment
+
+log = logging.getLogger(__name__)
+ARCHIVE_ROOT = "archive"
+PART_NAME = "part-0.parquet"
+
+
+def cluster_prefix(cluster: str) -> str:
+    return f"{ARCHIVE_ROOT}/cluster={safe_segment(cluster)}"
+
+
+def hour_key(cluster: str, date: str, hour: int) -> str:
+    return f"{cluster_prefix(cluster)}/date={date}/hour={hour:02d}/{PART_NAME}"
+
+
+@dataclass
+class ArchiveResult:
+    """What the archive stage saw.
+
+    ``records_read`` counts decoded JSON values; each became an event (new or duplicate) or a
+    quarantine entry. Lines that never decoded are quarantined too, so
+    records_read + undecodable lines = everything read.
+    """
+
+    inputs: list[str] = field(default_factory=list)
+    records_read: int = 0
+    events_normalised: int = 0
+    duplicates: int = 0
+    events_added: int = 0
+    hours_written: list[str] = field(default_factory=list)
+    quarantine: Quarantine = field(default_factory=Quarantine)
+    time_min: str | None = None
+    time_max: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "inputs": self.inputs,
+            "records_read": self.records_read,
+            "events": self.events_normalised,
+            "duplicates": self.duplicates,
+            "events_added": self.events_added,
+            "hours_written": len(self.hours_written),
+            "quarantined": self.quarantine.total,
+            "quarantined_by_reason": dict(sorted(self.quarantine.counts.items())),
+            "skipped": dict(sorted(self.quarantine.skipped.items())),
+            "time_min": self.time_min,
+            "time_max": self.time_max,
+        }
+
+
+class HourBuffer:
+    """Normalised tables waiting per hour; spills to staging when large so memory stays bounded."""
+
+    def __init__(self, storage: Storage, staging: str, spill_rows: int):
+        self.storage = storage
+        self.staging = staging
+        self.spill_rows = spill_rows
+        self.tables: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+        self.rows = 0
+        self.spilled: dict[tuple[str, int], list[str]] = defaultdict(list)
+
+    def add(self, table: pa.Table) -> None:
+        for key, part in split_by_hour(table):
+            self.tables[key].append(part)
+        self.rows += len(table)
+        if self.rows >= self.spill_rows:
+            self.spill()
+
+    def spill(self) -> None:
+        for (date, hour), parts in self.tables.items():
+            index = len(self.spilled[(date, hour)])
+            key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.parquet"
+            self.storage.write_parquet(key, pa.concat_tables(parts))
+            self.spilled[(date, hour)].append(key)
+        self.tables.clear()
+        self.rows = 0
+
+    def hours(self) -> list[tuple[str, int]]:
+        return sorted(set(self.tables) | set(self.spilled))
+
+    def take(self, key: tuple[str, int]) -> list[pa.Table]:
+        staged = [self.storage.read_parquet(k) for k in self.spilled.get(key, [])]
+        return staged + self.tables.pop(key, [])
+
+
+def split_by_hour(table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
+    """Split a table of events into (date, hour) partitions by event time (UTC)."""
+    if len(table) == 0:
+        return
+    hour_start = pc.floor_temporal(table["time"], unit="hour")
+    unique = pc.unique(hour_start)
+    for value in unique.to_pylist():
+        part = table.filter(pc.equal(hour_start, pa.scalar(value, type=hour_start.type)))
+        yield (value.strftime("%Y-%m-%d"), value.hour), part
+
+
+def dedupe_sorted(table: pa.Table) -> pa.Table:
+    """One row per (audit_id, stage): the earliest delivery wins, output sorted by time."""
+    if len(table) == 0:
+        return table
+    ordered = table.sort_by([("audit_id", "ascending"), ("stage", "ascending"), ("time", "ascending"), ("cw_event_id", "ascending")])
+    keys = pc.binary_join_element_wise(ordered["audit_id"], ordered["stage"], "\x00")
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    if len(keys) > 1:
+        changed = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+        keep = pa.concat_arrays([pa.array([True]), changed.combine_chunks() if isinstance(changed, pa.ChunkedArray) else changed])
+        ordered = ordered.filter(keep)
+    return ordered.sort_by([("time", "ascending"), ("audit_id", "ascending"), ("stage", "ascending")])
+
+
+def normalise_stream(
+    events: Iterable[Event], quarantine: Quarantine, source: str, chunk_rows: int
+) -> Iterator[tuple[pa.Table, int]]:
+    """Normalise decoded events into Arrow tables of at most ``chunk_rows``; yields (table, records consumed).
+
+    A record that decodes but is not a usable event is quarantined here with its reason.
+    """
+    builder = EventTableBuilder()
+    consumed = 0
+    for value, cw_id in events:
+        consumed += 1
+        try:
+            builder.append(normalize_event(value, cw_id))
+        except BadEvent as error:
+            quarantine.add(error.reason, source, consumed, _sample(value))
+            continue
+        if len(builder) >= chunk_rows:
+            yield _finish(builder, quarantine, source), consumed
+            consumed = 0
+    if len(builder) or consumed:
+        yield _finish(builder, quarantine, source), consumed
+
+
+def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> pa.Table:
+    table, bad = builder.build()
+    for _ in bad:
+        quarantine.add("bad_timestamp", source, 0, None)
+    return table
+
+
+def _sample(value) -> str:
+    import orjson
+
+    try:
+        return orjson.dumps(value)[:300].decode("utf-8", "replace")
+    except TypeError:
+        return repr(value)[:300]
+
+
+def archive_tables(
+    storage: Storage, tables: Iterable[pa.Table], cluster: str, run_id: str, result: ArchiveResult, spill_rows: int = 500_000
+) -> ArchiveResult:
+    """Merge normalised event tables into the archive, hour by hour, exactly once."""
+    staging = f"staging/{safe_segment(run_id)}"
+    storage.delete_prefix("staging/")
+    buffer = HourBuffer(storage, staging, spill_rows)
+    for table in tables:
+        if len(table):
+            result.events_normalised += len(table)
+            buffer.add(table)
+    for date, hour in buffer.hours():
+        incoming = buffer.take((date, hour))
+        key = hour_key(cluster, date, hour)
+        existing = [storage.read_parquet(key)] if storage.exists(key) else []
+        before = sum(len(t) for t in existing)
+        merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
+        added = len(merged) - before
+        result.events_added += added
+        result.duplicates += sum(len(t) for t in incoming) - added
+        if added or not existing:
+            storage.write_parquet(key, merged)
+            result.hours_written.append(key)
+        _track_range(result, merged)
+    storage.delete_prefix(staging)
+    return result
+
+
+def _track_range(result: ArchiveResult, table: pa.Table) -> None:
+    if len(table) == 0:
+        return
+    low, high = pc.min(table["time"]).as_py(), pc.max(table["time"]).as_py()
+    low_s, high_s = _iso(low), _iso(high)
+    result.time_min = low_s if result.time_min is None else min(result.time_min, low_s)
+    result.time_max = high_s if result.time_max is None else max(result.time_max, high_s)
+
+
+def _iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None) -> ArchiveResult:
+    """Archive every event of ``refs`` (files or objects in any supported format)."""
+    result = ArchiveResult(inputs=[ref.name for ref in refs])
+
+    def tables() -> Iterator[pa.Table]:
+        for ref in refs:
+            events = read_events(ref, result.quarantine, max_line_bytes)
+            for table, consumed in normalise_stream(events, result.quarantine, ref.name, chunk_rows):
+                result.records_read += consumed
+                if progress:
+                    progress(consumed)
+                yield table
+
+    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000))
+    return result
+
+
+def list_archive_hours(storage: Storage, cluster: str) -> list[tuple[str, int, str]]:
+    """(date, hour, key) of every archived hour partition of ``cluster``, in time order."""
+    found = []
+    for key in storage.list(cluster_prefix(cluster) + "/"):
+        if not key.endswith(PART_NAME):
+            continue
+        parts = dict(p.split("=", 1) for p in key.split("/") if "=" in p)
+        found.append((parts["date"], int(parts["hour"]), key))
+    return sorted(found)
+
+
+def read_archive(storage: Storage, cluster: str, start: datetime | None = None, end: datetime | None = None,
+                 columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Yield archived events hour by hour within [start, end)."""
+    for date, hour, key in list_archive_hours(storage, cluster):
+        hour_start = datetime.fromisoformat(f"{date}T{hour:02d}:00:00+00:00")
+        if end is not None and hour_start >= end:
+            continue
+        if start is not None and hour_start.timestamp() + 3600 <= start.timestamp():
+            continue
+        table = storage.read_parquet(key, columns=columns)
+        if start is not None or end is not None:
+            mask = None
+            if start is not None:
+                mask = pc.greater_equal(table["time"], pa.scalar(start, type=table.schema.field("time").type))
+            if end is not None:
+                upper = pc.less(table["time"], pa.scalar(end, type=table.schema.field("time").type))
+                mask = upper if mask is None else pc.and_(mask, upper)
+            table = table.filter(mask)
+        yield table

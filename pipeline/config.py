@@ -1,0 +1,268 @@
+"""The one typed configuration object, loaded once at the entry point.
+
+Every section rejects unknown keys so a typo stops the run with the key's name
+instead of silently falling back to a default. The resolved configuration is
+saved beside every model and report (``resolved()``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PACKAGE_ROOT / "configs" / "local.yaml"
+DEFAULT_RULES = PACKAGE_ROOT / "configs" / "rules.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Section):
+    """Where the workdir lives and how S3 objects are encrypted."""
+
+    sse: Literal["none", "AES256", "aws:kms"] = "none"
+    kms_key_id: str | None = None
+
+
+class AwsConfig(Section):
+    """Region and profile; the endpoint comes from AWS_ENDPOINT_URL, never from code."""
+
+    region: str | None = None
+    profile: str | None = None
+    max_attempts: int = Field(10, ge=1, le=50)
+
+
+class ArchiveConfig(Section):
+    """Archive behaviour: which CloudWatch streams are audit streams and how late events may arrive."""
+
+    audit_stream_prefix: str = "kube-apiserver-audit"
+    grace_minutes: int = Field(15, ge=0, le=24 * 60)
+    chunk_lines: int = Field(50_000, ge=1_000, le=2_000_000)
+    max_line_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class FeaturesConfig(Section):
+    """Feature extraction: window length, entity types and address intelligence files."""
+
+    window_minutes: int = Field(60, ge=5, le=1440)
+    entity_types: tuple[Literal["user", "source_ip"], ...] = ("user", "source_ip")
+    ip_ranges_file: str | None = None
+    threat_list_file: str | None = None
+    evidence_per_window: int = Field(50, ge=1, le=500)
+
+    @field_validator("window_minutes")
+    @classmethod
+    def _divides_day(cls, value: int) -> int:
+        if 1440 % value:
+            raise ValueError("must divide a day evenly (e.g. 15, 30, 60, 120)")
+        return value
+
+
+class ThresholdConfig(Section):
+    method: Literal["mean+3std", "quantile"] = "quantile"
+    quantile: float = Field(0.995, gt=0.5, lt=1.0)
+
+
+class IForestParams(Section):
+    n_estimators: int = Field(300, ge=10, le=5000)
+    max_samples: int | Literal["auto"] = "auto"
+
+
+class RcfLocalParams(Section):
+    num_trees: int = Field(100, ge=10, le=1000)
+    sample_size: int = Field(256, ge=16, le=4096)
+    max_train_rows: int = Field(50_000, ge=100)
+
+
+class SageMakerConfig(Section):
+    """SageMaker built-in Random Cut Forest: training job and batch transform settings."""
+
+    region: str | None = None
+    role_arn: str | None = None
+    image_uri: str | None = None
+    instance_type: str = "ml.m5.large"
+    instance_count: int = Field(1, ge=1, le=20)
+    transform_instance_type: str = "ml.m5.large"
+    num_trees: int = Field(100, ge=50, le=1000)
+    num_samples_per_tree: int = Field(256, ge=1, le=2048)
+    kms_key_id: str | None = None
+    max_runtime_seconds: int = Field(3600, ge=60, le=5 * 24 * 3600)
+    poll_seconds: float = Field(30.0, ge=0.0)
+    train_files: int = Field(4, ge=1, le=256)
+
+
+class ModelConfig(Section):
+    """Which detector backend runs and its parameters. Higher score = more anomalous, always."""
+
+    backend: Literal["iforest", "rcf-local", "sagemaker-rcf"] = "iforest"
+    seed: int = 0
+    threshold: ThresholdConfig = ThresholdConfig()
+    iforest: IForestParams = IForestParams()
+    rcf_local: RcfLocalParams = RcfLocalParams()
+    sagemaker: SageMakerConfig = SageMakerConfig()
+    min_train_rows: int = Field(20, ge=1)
+
+
+class RulesConfig(Section):
+    """The declarative rule pack and the identities it never fires on."""
+
+    pack: str | None = None
+    allow_identities: tuple[str, ...] = (
+        "eks:node-manager",
+        "eks:certificate-controller",
+        "eks:fargate-scheduler",
+        "eks:k8s-metrics",
+        "eks:authenticator",
+        "eks:cluster-event-watcher",
+        "eks:nodewatcher",
+        "eks:pod-identity-mutating-webhook",
+        "eks:cloud-controller-manager",
+        "eks:vpc-resource-controller",
+        "eks:addon-manager",
+    )
+    disabled: tuple[str, ...] = ()
+
+
+class ScoringConfig(Section):
+    """How rule hits and the model score combine into one rank (docs/detection.md)."""
+
+    severity_weights: dict[str, float] = {"info": 0.0, "low": 0.25, "medium": 0.5, "high": 1.0, "critical": 1.5}
+    model_weight: float = Field(1.0, ge=0.0)
+
+
+class Suppression(Section):
+    """A known-benign pattern: matching findings leave `flagged` but stay listed as suppressed."""
+
+    id: str | None = None
+    entity: str | None = None
+    entity_pattern: str | None = None
+    entity_type: Literal["user", "source_ip"] | None = None
+    rules: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    note: str = ""
+
+
+class ReportConfig(Section):
+    top_n: int = Field(200, ge=1)
+    terminal_top: int = Field(10, ge=1)
+    events_top: int = Field(500, ge=1)
+    explain_top: int = Field(200, ge=1)
+
+
+class ScheduleConfig(Section):
+    """Scheduled operation: retrain cadence and the EventBridge schedule expression."""
+
+    expression: str = "cron(15 6 * * ? *)"
+    retrain_every_days: int = Field(7, ge=1)
+    train_days: int = Field(14, ge=1)
+
+
+class SecurityHubConfig(Section):
+    enabled: bool = False
+    product_arn: str | None = None
+    account_id: str | None = None
+    min_score: float = 0.0
+
+
+class SnsConfig(Section):
+    enabled: bool = False
+    topic_arn: str | None = None
+
+
+class FindingsConfig(Section):
+    securityhub: SecurityHubConfig = SecurityHubConfig()
+    sns: SnsConfig = SnsConfig()
+
+
+class DeployConfig(Section):
+    """What the Step Functions / Processing definitions refer to."""
+
+    bucket: str | None = None
+    log_group: str | None = None
+    state_machine_role_arn: str | None = None
+    job_role_arn: str | None = None
+    processing_image_uri: str | None = None
+    processing_instance_type: str = "ml.m5.xlarge"
+    processing_instance_count: int = Field(2, ge=1, le=100)
+    notify_topic_arn: str | None = None
+
+
+class Config(Section):
+    cluster: str = "default"
+    storage: StorageConfig = StorageConfig()
+    aws: AwsConfig = AwsConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    rules: RulesConfig = RulesConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    suppressions: tuple[Suppression, ...] = ()
+    report: ReportConfig = ReportConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    findings: FindingsConfig = FindingsConfig()
+    deploy: DeployConfig = DeployConfig()
+
+    @field_validator("cluster")
+    @classmethod
+    def _safe_cluster(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value) or value.startswith("."):
+            raise ValueError("must be letters, digits, '-', '_' or '.'")
+        return value
+
+    def resolved(self) -> dict:
+        """The full configuration with defaults filled in, for run.json and model manifests."""
+        return self.model_dump(mode="json")
+
+    def rules_pack_path(self) -> Path:
+        return Path(self.rules.pack) if self.rules.pack else DEFAULT_RULES
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    return f"'{where}': {first['msg']}"
+
+
+def parse_config(data: dict | None, source: str = "<config>", overrides: dict | None = None) -> Config:
+    """Validate a mapping into a Config; errors become one line naming the key."""
+    merged = _deep_merge(data or {}, overrides or {})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}", hint="see configs/local.yaml for every key and its default") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Load the YAML config at ``path`` (default configs/local.yaml, else built-in defaults)."""
+    target = Path(path) if path else DEFAULT_CONFIG
+    if path is None and not target.exists():
+        return parse_config({}, "<defaults>", overrides)
+    try:
+        data = yaml.safe_load(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {target}", hint="pass --config PATH to an existing YAML file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{target}{where}: not valid YAML", hint="check indentation and quoting") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{target}: top level must be a mapping of sections", hint="see configs/local.yaml")
+    return parse_config(data, str(target), overrides)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

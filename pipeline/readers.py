@@ -1,0 +1,312 @@
+"""Readers: turn any supported input object into decoded audit events, quarantining the rest.
+
+Formats are detected per file from its first bytes, no flag needed:
+- JSON lines of audit.k8s.io Events (``.jsonl``/``.json``/``.log``, optionally gzip);
+- one JSON document: an ``EventList``, a JSON array of events, or a single (pretty-printed) Event;
+- CloudWatch Logs export lines (CreateExportTask): ``<ISO time> <event JSON>``;
+- CloudWatch Logs subscription envelopes as Firehose writes them to S3: gzip, possibly several
+  members, envelopes concatenated with or without newlines; ``CONTROL_MESSAGE`` skipped.
+
+A reader never raises on content: every line that cannot become an event is reported
+to the ``Quarantine`` with a reason, and reading continues.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import orjson
+
+from pipeline.errors import InputError
+
+try:
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - isal is a declared dependency; stdlib gzip is the slower fallback
+    import gzip as _gzip
+
+GZIP_MAGIC = b"\x1f\x8b"
+TRUNCATED_MARK = b"[Truncated...]"
+_EXPORT_LINE = re.compile(rb"^\d{4}-\d{2}-\d{2}T[0-9:.]+Z? ")
+_INPUT_SUFFIXES = (".jsonl", ".json", ".log", ".gz", ".txt", "")
+SAMPLE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input object: a display name and a way to open it as bytes."""
+
+    name: str
+    open: Callable[[], BinaryIO]
+    size: int | None = None
+
+
+@dataclass
+class Quarantine:
+    """Counts and samples of everything that did not become an event. Nothing is silently dropped."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    entries: list[dict] = field(default_factory=list)
+    max_entries: int = 10_000
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, source: str, line_no: int, sample: bytes | str | None = None) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.entries) < self.max_entries:
+            if isinstance(sample, bytes):
+                size = len(sample)
+                sample = sample[:SAMPLE_CHARS].decode("utf-8", "backslashreplace")
+            else:
+                size = len(sample or "")
+                sample = (sample or "")[:SAMPLE_CHARS]
+            self.entries.append({"reason": reason, "source": source, "line": line_no, "bytes": size, "sample": sample})
+
+    def skip(self, reason: str) -> None:
+        """Count input that is deliberately not an event (control messages, non-audit streams)."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _classify_json_error(line: bytes) -> str:
+    if line.rstrip().endswith(TRUNCATED_MARK):
+        return "cloudwatch_truncated"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not_utf8"
+    return "invalid_json"
+
+
+def resolve_local_inputs(spec: str) -> list[InputRef]:
+    """A file, a directory (recursively, audit-looking files) or a glob, in sorted order."""
+    path = Path(spec)
+    if path.is_file():
+        paths = [path]
+    elif path.is_dir():
+        paths = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.name != "labels.json" and p.suffix in _INPUT_SUFFIXES
+        )
+    else:
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise InputError(f"input not found: {spec}", hint="pass a file, a directory or a quoted glob such as 'logs/*.gz'")
+    return [InputRef(str(p), (lambda p=p: open(p, "rb")), p.stat().st_size) for p in paths]
+
+
+def resolve_inputs(specs: list[str], config=None) -> list[InputRef]:
+    refs: list[InputRef] = []
+    for spec in specs:
+        if spec.startswith("s3://"):
+            from pipeline.aws.s3 import list_s3_inputs
+
+            refs.extend(list_s3_inputs(spec, config))
+        else:
+            refs.extend(resolve_local_inputs(spec))
+    return refs
+
+
+def _open_decompressed(ref: InputRef) -> BinaryIO:
+    raw = ref.open()
+    head = raw.read(2)
+    if hasattr(raw, "seek") and getattr(raw, "seekable", lambda: False)():
+        raw.seek(0)
+    else:
+        raw = _Prefixed(head, raw)
+    if head == GZIP_MAGIC:
+        return _gzip.GzipFile(fileobj=raw, mode="rb")
+    return raw
+
+
+class _Prefixed(io.RawIOBase):
+    """A non-seekable stream with bytes already read put back in front."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+Event = tuple[object, str | None]
+
+
+def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024) -> Iterator[Event]:
+    """Yield ``(decoded_event, cloudwatch_event_id)`` for every event in ``ref``; quarantine the rest.
+
+    The decoded event is whatever JSON value the line held; shape checks happen in
+    normalisation so every reason is counted in one place.
+    """
+    try:
+        stream = _open_decompressed(ref)
+    except OSError as error:
+        raise InputError(f"cannot open {ref.name}: {error}", hint="check the path and permissions") from None
+    reader = io.BufferedReader(stream, buffer_size=1 << 20) if not isinstance(stream, io.BufferedIOBase) else stream
+    line_no = 0
+    try:
+        first = _peek_first_content(reader)
+        if first is None:
+            quarantine.skip("empty_input")
+            return
+        if first == b"[" or _is_multiline_document(reader):
+            yield from _read_document(reader, ref.name, quarantine)
+            return
+        for line in reader:
+            line_no += 1
+            if len(line) > max_line_bytes:
+                quarantine.add("line_too_long", ref.name, line_no, line)
+                continue
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
+                stripped = stripped.split(b" ", 1)[1]
+            try:
+                value = orjson.loads(stripped)
+            except orjson.JSONDecodeError:
+                if b"}{" in stripped and stripped[:1] == b"{":
+                    yield from _read_concatenated(stripped, ref.name, line_no, quarantine)
+                else:
+                    quarantine.add(_classify_json_error(stripped), ref.name, line_no, stripped)
+                continue
+            if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
+                yield from _read_envelope(value, ref.name, line_no, quarantine)
+            elif isinstance(value, dict) and value.get("kind") == "EventList":
+                yield from _read_event_list(value, ref.name, line_no, quarantine)
+            else:
+                yield value, None
+    except (EOFError, OSError, ValueError) as error:
+        quarantine.add("gzip_damaged", ref.name, line_no, str(error))
+    finally:
+        reader.close()
+
+
+def _peek_first_content(reader: io.BufferedReader) -> bytes | None:
+    data = reader.peek(4096)
+    while data:
+        stripped = data.lstrip()
+        if stripped:
+            return stripped[:1]
+        reader.read(len(data))
+        data = reader.peek(4096)
+    return None
+
+
+def _is_multiline_document(reader: io.BufferedReader) -> bool:
+    """A single JSON document spread over lines (pretty-printed Event or EventList)."""
+    head = reader.peek(65536).lstrip()
+    first_line = head.split(b"\n", 1)[0].strip()
+    return first_line == b"{" or (first_line.startswith(b"{") and not first_line.endswith(b"}") and b"\n" in head)
+
+
+def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantine) -> Iterator[Event]:
+    data = reader.read()
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        yield from _read_concatenated(data.strip(), source, 1, quarantine)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield item, None
+    elif isinstance(value, dict) and value.get("kind") == "EventList":
+        yield from _read_event_list(value, source, 1, quarantine)
+    elif isinstance(value, dict) and "messageType" in value:
+        yield from _read_envelope(value, source, 1, quarantine)
+    else:
+        yield value, None
+
+
+def _read_concatenated(data: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    """JSON values concatenated with no separator (Firehose without newline delimiting)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        quarantine.add("not_utf8", source, line_no, data)
+        return
+    decoder = json.JSONDecoder()
+    position = 0
+    while position < len(text):
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            break
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            rest = text[position:]
+            quarantine.add(_classify_json_error(rest.encode("utf-8", "surrogateescape")), source, line_no, rest)
+            return
+        if isinstance(value, dict) and "messageType" in value:
+            yield from _read_envelope(value, source, line_no, quarantine)
+        elif isinstance(value, dict) and value.get("kind") == "EventList":
+            yield from _read_event_list(value, source, line_no, quarantine)
+        else:
+            yield value, None
+
+
+def _read_event_list(value: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    items = value.get("items")
+    if not isinstance(items, list):
+        quarantine.add("eventlist_without_items", source, line_no, str(value)[:SAMPLE_CHARS])
+        return
+    for item in items:
+        yield item, None
+
+
+def _read_envelope(envelope: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    """A CloudWatch Logs subscription envelope: one audit event per logEvents[].message."""
+    if envelope.get("messageType") == "CONTROL_MESSAGE":
+        quarantine.skip("control_message")
+        return
+    events = envelope.get("logEvents")
+    if not isinstance(events, list):
+        quarantine.add("envelope_without_log_events", source, line_no, str(envelope)[:SAMPLE_CHARS])
+        return
+    stream = envelope.get("logStream")
+    if isinstance(stream, str) and not stream.startswith("kube-apiserver-audit"):
+        quarantine.skip("non_audit_stream")
+        return
+    for log_event in events:
+        message = log_event.get("message") if isinstance(log_event, dict) else None
+        if not isinstance(message, str):
+            quarantine.add("envelope_event_without_message", source, line_no, str(log_event)[:SAMPLE_CHARS])
+            continue
+        try:
+            value = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, line_no, message)
+            continue
+        event_id = log_event.get("id")
+        yield value, str(event_id) if event_id is not None else None
+
+
+def parse_cloudwatch_message(message: str, event_id: str | None, source: str, quarantine: Quarantine) -> Iterator[Event]:
+    """One CloudWatch log event's message (from FilterLogEvents) as an audit event."""
+    try:
+        yield orjson.loads(message), event_id
+    except orjson.JSONDecodeError:
+        quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, 0, message)
+
+
+def input_size(refs: list[InputRef]) -> int:
+    return sum(ref.size or 0 for ref in refs)
+

@@ -1,0 +1,219 @@
+"""One storage layer for the workdir: a local directory or ``s3://bucket/prefix``.
+
+Every stage reads and writes through ``Storage`` with relative, '/'-separated keys,
+so archive, features, models, reports, checkpoints and locks behave the same on
+disk and on S3. Writes are atomic: a reader sees the old object or the new one,
+never a partial one (temporary file then rename locally; S3 PUTs are atomic).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import LockedError, StorageError
+
+_SAFE_SEGMENT = re.compile(r"[^A-Za-z0-9._=-]")
+
+
+def safe_segment(value: str, max_len: int = 80) -> str:
+    """Turn any string (an entity name, a cluster) into one harmless path segment.
+
+    Log-derived names never become raw path segments: '/', '..' and control bytes
+    are replaced, and a short hash keeps distinct names distinct.
+    """
+    import hashlib
+
+    cleaned = _SAFE_SEGMENT.sub("_", value)[:max_len].strip(".") or "_"
+    if cleaned != value:
+        cleaned = f"{cleaned}-{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+    return cleaned
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise StorageError(f"refusing unsafe storage key {key!r}", hint="keys are relative and contain no '..'")
+    return key
+
+
+class Storage(ABC):
+    """A workdir. Keys are relative paths such as ``archive/cluster=c/date=2026-11-01/hour=03/part-0.parquet``."""
+
+    url: str
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys below ``prefix`` (recursive), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent; True when this call created it."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A filesystem path for ``key`` when the storage is local, else None."""
+        return None
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in self.list(prefix):
+            self.delete(key)
+
+    def read_json(self, key: str):
+        return orjson.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, value) -> None:
+        self.write_bytes(key, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def read_json_or(self, key: str, default):
+        return self.read_json(key) if self.exists(key) else default
+
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns)
+
+    def write_parquet(self, key: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd", write_statistics=True)
+        self.write_bytes(key, sink.getvalue())
+
+    def uri(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    @contextmanager
+    def lock(self, name: str = "run", wait_seconds: float = 0.0, stale_seconds: float = 6 * 3600) -> Iterator[None]:
+        """Hold ``locks/<name>.lock`` for the duration; a second holder waits or gets LockedError.
+
+        A lock older than ``stale_seconds`` whose owner is gone is taken over, so a
+        killed run does not block the schedule forever.
+        """
+        key = f"locks/{name}.lock"
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
+        deadline = time.monotonic() + wait_seconds
+        while not self.create_exclusive(key, orjson.dumps(owner)):
+            holder = self.read_json_or(key, {})
+            if self._is_stale(holder, stale_seconds):
+                self.delete(key)
+                continue
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    f"workdir {self.url} is locked by another run (host {holder.get('host')}, pid {holder.get('pid')})",
+                    hint=f"wait for it to finish; remove {self.uri(key)} only if that run is certainly dead",
+                )
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        try:
+            yield
+        finally:
+            current = self.read_json_or(key, {})
+            if current.get("token") == owner["token"]:
+                self.delete(key)
+
+    @staticmethod
+    def _is_stale(holder: dict, stale_seconds: float) -> bool:
+        if not holder:
+            return False
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+        return time.time() - float(holder.get("since", time.time())) > stale_seconds
+
+
+class LocalStorage(Storage):
+    """A workdir on the local filesystem; atomic writes via temporary file + rename."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.url = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create workdir {self.root}: {error.strerror}", hint="choose a writable --workdir") from None
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"missing {self.uri(key)}", hint="run the stage that produces it first") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.exists():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()
+            for path in base.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+
+
+def open_storage(url: str | Path, config=None) -> Storage:
+    """Open a workdir by URL: ``s3://bucket/prefix`` or a local path."""
+    text = str(url)
+    if text.startswith("s3://"):
+        from pipeline.aws.s3 import S3Storage
+
+        return S3Storage(text, config)
+    if "://" in text:
+        raise StorageError(f"unsupported workdir URL {text!r}", hint="use a local directory or s3://bucket/prefix")
+    return LocalStorage(text)
