@@ -1,0 +1,325 @@
+"""Per-entity window features: map (partial aggregates), reduce (merge), finalise (features).
+
+The three steps are separate so feature extraction can run over shards (hours, files,
+Processing-job instances) and still give exactly the single-process table:
+- ``partial_aggregates``: events of any shard -> counts and distinct-value sets per
+  (entity_type, entity, window_start);
+- ``reduce_partials``: partials of any shards -> one row per key (counts add, sets union);
+- ``finalise``: merged partials in time order -> the feature table, with novelty and
+  baseline-relative features computed against each entity's own earlier windows.
+
+Every window feature is declared once in ``WINDOW_FEATURES`` (name, what it reads, why
+it indicates compromise); the model, the report, the docs and the tests use that list.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from features.flags import FLAG_NAMES
+
+KEY = ["entity_type", "entity", "window_start"]
+
+ENTITY_COLUMNS = {"user": "user", "source_ip": "source_ip"}
+
+# Distinct-value sets kept per window: name -> (column or builder, which flag filters rows, or None).
+SET_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "namespaces": ("namespace", None),
+    "resources": ("resource", None),
+    "object_names": ("object_key", None),
+    "uris": ("uri_path", None),
+    "secret_names": ("object_key", "secret_read"),
+    "listed_resources": ("resource", "list_or_watch"),
+    "user_agents": ("user_agent", None),
+    "ua_families": ("ua_family", None),
+    "verb_resources": ("verb_resource", None),
+    "peers": ("peer", None),
+}
+COUNT_COLUMNS = ("n",) + tuple(f"n_{name}" for name in FLAG_NAMES)
+SET_NAMES = tuple(SET_COLUMNS)
+
+
+def _request_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per request: exec-style requests log ResponseStarted and ResponseComplete; count them once."""
+    if "stage" not in events or events.empty:
+        return events
+    keep = events["stage"].ne("RequestReceived") | ~events["audit_id"].duplicated(keep=False)
+    events = events[keep.to_numpy()]
+    return events[~events.duplicated(subset=["audit_id"], keep="first").to_numpy()]
+
+
+def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: Iterable[str]) -> pd.DataFrame:
+    """Map step: flagged events (see features.flags.add_flags) -> partial aggregates per key."""
+    events = _request_rows(events)
+    if events.empty:
+        return empty_partials()
+    window = events["time"].dt.floor(f"{window_minutes}min")
+    uri_path = events["request_uri"].fillna("").str.split("?", n=1).str[0]
+    derived = pd.DataFrame({
+        "window_start": window,
+        "object_key": _object_key(events),
+        "uri_path": uri_path,
+        "verb_resource": events["verb"].fillna("") + " " + events["resource"].fillna(uri_path),
+        "namespace": events["namespace"],
+        "resource": events["resource"],
+        "user_agent": events["user_agent"],
+        "ua_family": events["ua_family"],
+        "time": events["time"],
+    })
+    flags = events[list(FLAG_NAMES)].astype(np.int64)
+    frames = []
+    for entity_type in entity_types:
+        column = ENTITY_COLUMNS[entity_type]
+        entity = events[column]
+        peer = events["source_ip" if entity_type == "user" else "user"]
+        frame = pd.concat([derived.assign(entity=entity, peer=peer), flags], axis=1)
+        frame = frame[frame["entity"].notna().to_numpy()]
+        if frame.empty:
+            continue
+        grouped = frame.groupby(["entity", "window_start"], sort=True, observed=True)
+        counts = grouped[list(FLAG_NAMES)].sum()
+        counts.columns = [f"n_{c}" for c in counts.columns]
+        counts.insert(0, "n", grouped.size())
+        counts["first_time"] = grouped["time"].min()
+        counts["last_time"] = grouped["time"].max()
+        for set_name, (source, flag) in SET_COLUMNS.items():
+            rows = frame if flag is None else frame[frame[flag].to_numpy(dtype=bool)]
+            pairs = rows[["entity", "window_start", source]].dropna().drop_duplicates()
+            lists = pairs.groupby(["entity", "window_start"], sort=True)[source].agg(lambda s: sorted(s))
+            counts[set_name] = lists.reindex(counts.index)
+            counts[set_name] = counts[set_name].map(lambda v: v if isinstance(v, list) else [])
+        counts = counts.reset_index()
+        counts.insert(0, "entity_type", entity_type)
+        frames.append(counts)
+    if not frames:
+        return empty_partials()
+    return pd.concat(frames, ignore_index=True)[PARTIAL_COLUMNS]
+
+
+def _object_key(events: pd.DataFrame) -> pd.Series:
+    return (events["resource"].fillna("") + "/" + events["namespace"].fillna("") + "/" + events["name"].fillna("")).where(
+        events["name"].notna(), None
+    )
+
+
+PARTIAL_COLUMNS = KEY + list(COUNT_COLUMNS) + ["first_time", "last_time"] + list(SET_NAMES)
+
+
+def empty_partials() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="int64") for c in COUNT_COLUMNS})
+    frame.insert(0, "window_start", pd.Series(dtype="datetime64[us, UTC]"))
+    frame.insert(0, "entity", pd.Series(dtype="str"))
+    frame.insert(0, "entity_type", pd.Series(dtype="str"))
+    frame["first_time"] = pd.Series(dtype="datetime64[us, UTC]")
+    frame["last_time"] = pd.Series(dtype="datetime64[us, UTC]")
+    for name in SET_NAMES:
+        frame[name] = pd.Series(dtype="object")
+    return frame[PARTIAL_COLUMNS]
+
+
+def reduce_partials(partials: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Reduce step: merge partials from any shards; counts add, sets union, times min/max."""
+    frames = [p for p in partials if len(p)]
+    if not frames:
+        return empty_partials()
+    merged = pd.concat(frames, ignore_index=True)
+    duplicated = merged.duplicated(subset=KEY, keep=False).to_numpy()
+    if duplicated.any():
+        single = merged[~duplicated]
+        multi = merged[duplicated]
+        grouped = multi.groupby(KEY, sort=False)
+        combined = grouped[list(COUNT_COLUMNS)].sum()
+        combined["first_time"] = grouped["first_time"].min()
+        combined["last_time"] = grouped["last_time"].max()
+        for name in SET_NAMES:
+            combined[name] = grouped[name].agg(lambda lists: sorted(set().union(*map(set, lists))))
+        merged = pd.concat([single, combined.reset_index()[PARTIAL_COLUMNS]], ignore_index=True)
+    merged["window_start"] = pd.to_datetime(merged["window_start"], utc=True)
+    for name in SET_NAMES:
+        merged[name] = merged[name].map(lambda v: sorted(v) if v is not None else [])
+    return merged.sort_values(KEY, kind="stable").reset_index(drop=True)[PARTIAL_COLUMNS]
+
+
+@dataclass(frozen=True)
+class WindowFeature:
+    name: str
+    reads: str
+    why: str
+    compute: Callable[[pd.DataFrame], pd.Series]
+
+
+def _rate(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame[column] / frame["n"].clip(lower=1)
+
+
+def _count(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda f: np.log1p(f[f"n_{name}"])
+
+
+def _distinct(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda f: np.log1p(f[name].map(len))
+
+
+def _novel(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda f: np.log1p(f[f"new_{name}"])
+
+
+WINDOW_FEATURES: tuple[WindowFeature, ...] = (
+    WindowFeature("requests", "all requests", "volume: sweeps and scripted abuse are bursts", lambda f: np.log1p(f["n"])),
+    WindowFeature("read_fraction", "verb", "an identity that normally writes now only reads (recon)", lambda f: _rate(f, "n_read")),
+    WindowFeature("write_fraction", "verb", "an identity that normally reads now writes", lambda f: _rate(f, "n_write")),
+    WindowFeature("list_fraction", "verb", "bulk list/watch: enumeration", lambda f: _rate(f, "n_list_or_watch")),
+    WindowFeature("delete_fraction", "verb", "deletions: destruction, clean-up", lambda f: _rate(f, "n_delete")),
+    WindowFeature("denied_401", "code", "authentication failures: stolen or expired credentials, brute force", _count("denied_401")),
+    WindowFeature("denied_403", "code, decision", "authorization failures: probing beyond granted rights", _count("denied_403")),
+    WindowFeature("deny_rate", "code, decision", "share of requests refused", lambda f: (f["n_denied_401"] + f["n_denied_403"]) / f["n"].clip(lower=1)),
+    WindowFeature("not_found_404", "code", "guessing names", _count("not_found_404")),
+    WindowFeature("conflict_409", "code", "racing writes", _count("conflict_409")),
+    WindowFeature("server_errors", "code", "malformed or abusive requests", _count("server_error")),
+    WindowFeature("distinct_namespaces", "objectRef.namespace", "reaching across namespaces", _distinct("namespaces")),
+    WindowFeature("distinct_resources", "objectRef.resource", "touching many resource types: discovery", _distinct("resources")),
+    WindowFeature("distinct_objects", "objectRef name", "touching many objects", _distinct("object_names")),
+    WindowFeature("distinct_uris", "requestURI path", "many distinct paths: crawling the API", _distinct("uris")),
+    WindowFeature("distinct_listed_resources", "verb list, resource", "listing many resource types in one window", _distinct("listed_resources")),
+    WindowFeature("distinct_user_agents", "userAgent", "several clients for one identity: shared or stolen credentials", _distinct("user_agents")),
+    WindowFeature("distinct_peers", "sourceIPs / user", "a user from many addresses, or an address used by many users", _distinct("peers")),
+    WindowFeature("secret_reads", "secrets get/list/watch", "credential theft", _count("secret_read")),
+    WindowFeature("distinct_secrets", "secret names", "a sweep reads many different Secrets", _distinct("secret_names")),
+    WindowFeature("secret_denied", "secret reads refused", "probing for credentials", _count("secret_denied")),
+    WindowFeature("secret_list_cluster_wide", "list /api/v1/secrets", "dumping every Secret", _count("secret_list_cluster_wide")),
+    WindowFeature("secret_kube_system", "secrets in kube-system", "control-plane credentials", _count("secret_kube_system")),
+    WindowFeature("secret_writes", "secrets create/update/delete", "planting or destroying credentials", _count("secret_write")),
+    WindowFeature("token_requests", "serviceaccounts/token create", "minting tokens to persist", _count("token_request")),
+    WindowFeature("csr_creates", "certificatesigningrequests create", "minting client certificates", _count("csr_create")),
+    WindowFeature("aws_auth_reads", "configmaps/aws-auth get", "recon of IAM mappings", _count("aws_auth_read")),
+    WindowFeature("aws_auth_writes", "configmaps/aws-auth write", "granting IAM principals cluster access", _count("aws_auth_write")),
+    WindowFeature("kube_system_configmap_reads", "configmaps in kube-system", "control-plane recon", _count("kube_system_configmap_read")),
+    WindowFeature("rbac_writes", "roles/bindings writes", "escalation and persistence", _count("rbac_write")),
+    WindowFeature("admin_bindings", "binding roleRef/subjects", "cluster-admin handed out", _count("admin_binding")),
+    WindowFeature("anonymous_bindings", "binding subjects", "rights granted to anonymous", _count("anonymous_binding")),
+    WindowFeature("dangerous_roles", "role rules", "wildcard or escalate/bind/impersonate grants", _count("dangerous_role")),
+    WindowFeature("impersonations", "impersonatedUser", "acting as someone else", _count("impersonation")),
+    WindowFeature("webhook_writes", "admission webhook configurations", "interception and persistence", _count("webhook_write")),
+    WindowFeature("execs", "pods/exec, attach", "shells in containers", _count("exec")),
+    WindowFeature("exec_kube_system", "exec in kube-system", "shells in control-plane add-ons", _count("exec_kube_system")),
+    WindowFeature("exec_suspicious", "exec command", "reverse shells, token reads, metadata endpoint", _count("exec_suspicious_command")),
+    WindowFeature("portforwards", "pods/portforward", "tunnels into pods", _count("portforward")),
+    WindowFeature("ephemeral_containers", "pods/ephemeralcontainers", "debug containers in running pods", _count("ephemeral_container")),
+    WindowFeature("workload_creates", "workload create", "new code running", _count("workload_create")),
+    WindowFeature("system_namespace_pods", "pods create in kube-system", "hiding among add-ons", _count("pod_in_system_namespace")),
+    WindowFeature("privileged_workloads", "pod spec", "node takeover", _count("privileged_workload")),
+    WindowFeature("persistence_workloads", "cronjobs/daemonsets create", "code that runs again and everywhere", _count("persistence_workload")),
+    WindowFeature("permission_reviews", "selfsubjectaccessreviews/rulesreviews", "checking what stolen credentials can do", _count("permission_review")),
+    WindowFeature("anonymous_allowed", "system:anonymous allowed", "unauthenticated access that works", _count("anonymous_allowed")),
+    WindowFeature("events_deleted", "events delete", "erasing the record", _count("events_delete")),
+    WindowFeature("deletecollections", "deletecollection", "bulk destruction", _count("deletecollection")),
+    WindowFeature("public_source_fraction", "sourceIPs class", "share of requests from the internet", lambda f: _rate(f, "n_source_public")),
+    WindowFeature("aws_source_fraction", "sourceIPs class, ip-ranges.json", "share of requests from AWS space outside the VPC", lambda f: _rate(f, "n_source_aws")),
+    WindowFeature("threat_list_requests", "sourceIPs, threat list", "known-bad addresses", _count("source_threat_list")),
+    WindowFeature("system_from_public", "system identity + public source", "control-plane identities from the internet", _count("system_from_public")),
+    WindowFeature("service_account_from_outside", "SA identity + non-VPC source", "stolen pod tokens", _count("service_account_from_outside")),
+    WindowFeature("scripted_fraction", "userAgent family", "curl/python instead of kubectl or a controller", lambda f: _rate(f, "n_scripted_client")),
+    WindowFeature("new_peers", "history of sourceIPs / users", "first-seen address for this user (or user for this address)", _novel("peers")),
+    WindowFeature("new_user_agents", "history of userAgent", "first-seen client for this entity", _novel("user_agents")),
+    WindowFeature("new_ua_families", "history of client family", "client family change: kubectl to curl or a script", _novel("ua_families")),
+    WindowFeature("new_verb_resources", "history of (verb, resource)", "first-seen action for this entity", _novel("verb_resources")),
+    WindowFeature("new_namespaces", "history of namespaces", "first-seen namespace for this entity", _novel("namespaces")),
+    WindowFeature("new_entity", "history of the entity", "an identity or address never seen before", lambda f: f["entity_is_new"].astype(float)),
+    WindowFeature("off_hours", "history of active hours", "activity at an hour this entity is never active", lambda f: f["off_hours"].astype(float)),
+    WindowFeature("requests_vs_baseline", "request count history", "volume against this entity's own normal (robust z)", lambda f: f["z_requests"]),
+    WindowFeature("denials_vs_baseline", "denial history", "refusals against this entity's own normal (robust z)", lambda f: f["z_denials"]),
+    WindowFeature("resources_vs_baseline", "resource-type history", "breadth against this entity's own normal (robust z)", lambda f: f["z_resources"]),
+)
+FEATURE_NAMES = tuple(f.name for f in WINDOW_FEATURES)
+FEATURE_BY_NAME = {f.name: f for f in WINDOW_FEATURES}
+NOVELTY_SETS = ("peers", "user_agents", "ua_families", "verb_resources", "namespaces")
+BASELINE_INPUTS = {
+    "requests": lambda f: np.log1p(f["n"]),
+    "denials": lambda f: np.log1p(f["n_denied_401"] + f["n_denied_403"]),
+    "resources": lambda f: np.log1p(f["resources"].map(len)),
+}
+MIN_HISTORY_WINDOWS = 3
+Z_CLIP = 20.0
+
+
+@dataclass
+class EntityHistory:
+    """What one entity has done before: the seen sets, active hours and baseline samples."""
+
+    seen: dict[str, set]
+    hours: set
+    samples: dict[str, list]
+    windows: int = 0
+
+
+def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
+    """Finalise step: merged partials -> feature table with novelty and baselines (prequential).
+
+    Windows are processed in time order; each is compared with the same entity's
+    earlier windows only, so a training row sees what a scoring row would have seen.
+    Entities with no history get the neutral prior: novelty counts everything as new
+    but ``entity_is_new`` says why, off_hours is 0 and baseline z-scores are 0.
+    """
+    if merged.empty:
+        frame = merged.copy()
+        for name in FEATURE_NAMES:
+            frame[name] = pd.Series(dtype="float64")
+        return frame
+    frame = merged.sort_values(["window_start", "entity_type", "entity"], kind="stable").reset_index(drop=True)
+    baseline_values = {name: fn(frame).to_numpy(dtype=float) for name, fn in BASELINE_INPUTS.items()}
+    histories: dict[tuple[str, str], EntityHistory] = {}
+    novel = {name: np.zeros(len(frame)) for name in NOVELTY_SETS}
+    entity_new = np.zeros(len(frame), dtype=bool)
+    off_hours = np.zeros(len(frame), dtype=bool)
+    z_scores = {name: np.zeros(len(frame)) for name in BASELINE_INPUTS}
+    hours = frame["window_start"].dt.hour.to_numpy()
+    sets = {name: frame[name].to_numpy() for name in NOVELTY_SETS}
+    entity_types = frame["entity_type"].to_numpy()
+    entities = frame["entity"].to_numpy()
+    for row in range(len(frame)):
+        key = (entity_types[row], entities[row])
+        history = histories.get(key)
+        if history is None:
+            history = histories[key] = EntityHistory({n: set() for n in NOVELTY_SETS}, set(), defaultdict(list))
+            entity_new[row] = True
+        for name in NOVELTY_SETS:
+            values = sets[name][row]
+            novel[name][row] = sum(1 for v in values if v not in history.seen[name])
+            history.seen[name].update(values)
+        if history.windows >= MIN_HISTORY_WINDOWS:
+            off_hours[row] = hours[row] not in history.hours
+            for name, values in baseline_values.items():
+                z_scores[name][row] = _robust_z(values[row], history.samples[name])
+        history.hours.add(hours[row])
+        for name, values in baseline_values.items():
+            history.samples[name].append(values[row])
+        history.windows += 1
+    for name in NOVELTY_SETS:
+        frame[f"new_{name}"] = novel[name]
+    frame["entity_is_new"] = entity_new
+    frame["off_hours"] = off_hours
+    for name in BASELINE_INPUTS:
+        frame[f"z_{name}"] = z_scores[name]
+    frame["window_end"] = frame["window_start"] + pd.Timedelta(minutes=window_minutes)
+    computed = {feature.name: np.asarray(feature.compute(frame), dtype=float) for feature in WINDOW_FEATURES}
+    return pd.concat([frame, pd.DataFrame(computed, index=frame.index)], axis=1)
+
+
+def _robust_z(value: float, samples: list) -> float:
+    """(value - median) / scaled MAD of the entity's earlier windows, clipped; a floor on the
+    spread keeps perfectly regular entities from producing infinite scores."""
+    array = np.asarray(samples)
+    median = float(np.median(array))
+    mad = float(np.median(np.abs(array - median))) * 1.4826
+    z = (value - median) / max(mad, 0.25)
+    return float(max(-Z_CLIP, min(Z_CLIP, z))) if not math.isnan(z) else 0.0
+
+
+def feature_matrix(table: pd.DataFrame) -> np.ndarray:
+    """The model's input: the registered window features in registry order."""
+    return table[list(FEATURE_NAMES)].to_numpy(dtype=float)
