@@ -10,6 +10,8 @@ rerun's merge converges to the same archive.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, normalize_event
 from pipeline.readers import Event, InputRef, Quarantine, read_events
@@ -184,18 +187,49 @@ def archive_tables(
     for date, hour in buffer.hours():
         incoming = buffer.take((date, hour))
         key = hour_key(cluster, date, hour)
-        existing = [storage.read_parquet(key)] if storage.exists(key) else []
+        existing_bytes = storage.read_bytes(key) if storage.exists(key) else None
+        existing = [pq.read_table(io.BytesIO(existing_bytes))] if existing_bytes is not None else []
         before = sum(len(t) for t in existing)
         merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
         added = len(merged) - before
         result.events_added += added
         result.duplicates += sum(len(t) for t in incoming) - added
         if added or not existing:
-            storage.write_parquet(key, merged)
+            write_hour(storage, key, merged)
             result.hours_written.append(key)
+        else:
+            repair_manifest(storage, key, existing_bytes, before)
         _track_range(result, merged)
     storage.delete_prefix(staging)
     return result
+
+
+def write_hour(storage: Storage, key: str, table: pa.Table) -> None:
+    """Replace an hour's Parquet file, then its manifest (rows, sha256): the manifest is the commit
+    marker readers and caches trust; a crash between the two leaves a stale digest that
+    ``hour_digest`` detects and recomputes."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    data = sink.getvalue()
+    storage.write_bytes(key, data)
+    storage.write_json(manifest_key(key), {"rows": len(table), "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def manifest_key(hour_key_: str) -> str:
+    return hour_key_.rsplit("/", 1)[0] + "/_manifest.json"
+
+
+def repair_manifest(storage: Storage, key: str, data: bytes, rows: int) -> None:
+    """Rewrite an hour's manifest if a crash left it missing or stale."""
+    digest = hashlib.sha256(data).hexdigest()
+    if storage.read_json_or(manifest_key(key), {}).get("sha256") != digest:
+        storage.write_json(manifest_key(key), {"rows": rows, "sha256": digest})
+
+
+def hour_digest(storage: Storage, key: str) -> str:
+    """sha256 of an archived hour file: from its manifest, or computed when the manifest is missing."""
+    manifest = storage.read_json_or(manifest_key(key), {})
+    return manifest.get("sha256") or hashlib.sha256(storage.read_bytes(key)).hexdigest()
 
 
 def _track_range(result: ArchiveResult, table: pa.Table) -> None:

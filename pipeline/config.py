@@ -70,14 +70,20 @@ class ThresholdConfig(Section):
 
 
 class IForestParams(Section):
-    n_estimators: int = Field(300, ge=10, le=5000)
-    max_samples: int | Literal["auto"] = "auto"
+    """scikit-learn IsolationForest (training/iforest.py)."""
+
+    n_estimators: int = Field(200, ge=10, le=5000)
+    max_samples: int = Field(256, ge=16, le=100_000)
+    max_features: float = Field(1.0, gt=0.0, le=1.0)
+    max_train_rows: int = Field(32768, ge=100)
 
 
 class RcfLocalParams(Section):
-    num_trees: int = Field(100, ge=10, le=1000)
+    """Open-source Random Cut Forest, krcf (training/rcf.py)."""
+
+    num_trees: int = Field(50, ge=10, le=1000)
     sample_size: int = Field(256, ge=16, le=4096)
-    max_train_rows: int = Field(50_000, ge=100)
+    max_train_rows: int = Field(100_000, ge=100)
 
 
 class SageMakerConfig(Section):

@@ -1,0 +1,4 @@
+"""``python -m pipeline`` runs the auditsift CLI."""
+from pipeline.cli import main
+
+main()

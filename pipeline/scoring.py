@@ -1,0 +1,360 @@
+"""Score stage: model scores + rule hits -> ranked, explained findings with their evidence events.
+
+Rank formula (docs/detection.md):
+    model_part = (score - median of training scores) / (threshold - median of training scores)
+                 so 0 is a typical window and 1 is exactly at the calibrated threshold;
+    rule_part  = weight of the most severe rule hit + 0.25 per further distinct rule hit
+                 (weights from config scoring.severity_weights; info rules weigh 0);
+    combined   = scoring.model_weight * model_part + rule_part.
+A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it
+(the rules alone); neither can hide the other because they add. Suppressions clear
+``flagged`` but keep the record, marked ``suppressed``.
+
+Events are processed hour by hour so memory stays bounded by an hour of events.
+"""
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import logging
+from collections import Counter, defaultdict
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from features.flags import add_flags
+from features.rules import RulePack, RuleError
+from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
+from pipeline.archive import read_archive
+from pipeline.config import Config, Suppression
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError
+from pipeline.stages import events_frame, flag_context, iso, load_features, load_model
+from pipeline.storage import safe_segment
+
+log = logging.getLogger(__name__)
+EVIDENCE_COLUMNS = ("time", "audit_id", "stage", "user", "source_ip", "claimed_ip", "user_agent", "verb", "resource",
+                    "subresource", "namespace", "name", "code", "request_uri", "impersonated_user")
+INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
+                     "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
+                     "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
+MAX_AUDIT_IDS = 50
+TOP_REASONS = 5
+
+
+def load_rule_pack(config: Config) -> RulePack:
+    """The rule pack named in the config (default configs/rules.yaml), validated at load."""
+    path = config.rules_pack_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML", hint="check indentation and quoting") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
+    try:
+        return RulePack.from_dicts(data["rules"], config.rules.disabled, str(path))
+    except RuleError as error:
+        raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
+
+
+def load_suppressions(ctx: RunContext) -> list[Suppression]:
+    """Suppressions from the config plus those recorded by `auditsift triage --suppress-similar`."""
+    recorded = ctx.storage.read_json_or(f"{ctx.cluster_key('triage')}/suppressions.json", [])
+    return list(ctx.config.suppressions) + [Suppression.model_validate(item) for item in recorded]
+
+
+def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppression | None:
+    """The first suppression matching the record's entity AND its rules AND its top reasons (scoped, not blanket)."""
+    rules = {hit["rule"] for hit in record["rule_hits"]}
+    reasons = {reason["feature"] for reason in record["reasons"][:3]}
+    for item in suppressions:
+        if item.entity_type and item.entity_type != record["entity_type"]:
+            continue
+        if item.entity and item.entity != record["entity"]:
+            continue
+        if item.entity_pattern and not fnmatch.fnmatchcase(record["entity"], item.entity_pattern):
+            continue
+        if not (item.entity or item.entity_pattern):
+            continue
+        if item.rules and not rules <= set(item.rules):
+            continue
+        if item.reasons and not reasons <= set(item.reasons):
+            continue
+        return item
+    return None
+
+
+def run_score(ctx: RunContext) -> dict:
+    """Score the scoring range and write ranked findings and top events to the workdir."""
+    with ctx.timed("score"):
+        table, history, ranges = load_features(ctx)
+        detector, model, baselines = load_model(ctx)
+        pack = load_rule_pack(ctx.config)
+        records = table[table["split"] == "score"].reset_index(drop=True)
+        if records.empty:
+            raise ConfigError(f"no entity windows in the scoring range {iso(ranges.score_from)}..{iso(ranges.score_to)}",
+                              hint="check --score-from/--score-to against the archived data")
+        scores = detector.score(feature_matrix(records))
+        spread = max(model["threshold"] - model["train_score_median"], 1e-9)
+        records["model_score"] = scores
+        records["model_part"] = (scores - model["train_score_median"]) / spread
+        weights = ctx.config.scoring.severity_weights
+        events_pass = score_events(ctx, pack, records, history, ranges, weights)
+        rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights)
+        records["rule_part"] = rule_part
+        records["combined"] = ctx.config.scoring.model_weight * records["model_part"] + records["rule_part"]
+        records = records.sort_values(["combined", "model_score", "entity_type", "entity", "window_start"],
+                                      ascending=[False, False, True, True, True], kind="stable").reset_index(drop=True)
+        reasons = explain(detector, records, baselines, ctx.config.report.explain_top)
+        suppressions = load_suppressions(ctx)
+        high = weights.get("high", 1.0)
+        findings = []
+        for position, row in enumerate(records.itertuples(index=False)):
+            key = (row.entity_type, row.entity, row.window_start)
+            rule_hits = hits.get(key, [])
+            record = {
+                "rank": position + 1,
+                "finding_id": finding_id(ctx.cluster, row.entity_type, row.entity, row.window_start),
+                "entity_type": row.entity_type,
+                "entity": row.entity,
+                "window_start": iso(row.window_start),
+                "window_end": iso(row.window_end),
+                "score": round(float(row.combined), 6),
+                "flagged": bool(row.model_part > 1.0 or any(weights.get(h["severity"], 0) >= high for h in rule_hits)),
+                "model_score": round(float(row.model_score), 6),
+                "model_part": round(float(row.model_part), 6),
+                "rule_part": round(float(row.rule_part), 6),
+                "rule_hits": rule_hits,
+                "reasons": reasons.get(position, []),
+                "event_count": int(row.n),
+                "audit_ids": [e["audit_id"] for e in events_pass["evidence"].get(key, [])][:MAX_AUDIT_IDS],
+                "suppressed": False,
+            }
+            match = suppression_for(record, suppressions) if suppressions else None
+            if match is not None:
+                record.update(suppressed=True, flagged=False, suppressed_by=match.id or match.note or "suppression")
+            findings.append(record)
+        out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
+        ctx.storage.write_json(f"{out}/findings.json", findings)
+        ctx.storage.write_json(f"{out}/evidence.json", {
+            f["finding_id"]: events_pass["evidence"].get(_key_of(f), []) for f in findings[: ctx.config.report.top_n]
+        })
+        ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
+        ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
+        summary = {
+            "run_id": ctx.run_id, "key": out, "records": len(findings), "flagged": sum(f["flagged"] for f in findings),
+            "suppressed": sum(f["suppressed"] for f in findings), "events_scored": events_pass["events"],
+            "rule_hits": dict(events_pass["rule_totals"]), "model_id": model["id"], "ranges": ranges.as_dict(),
+        }
+        ctx.update_state("score", summary)
+    return summary
+
+
+def _key_of(finding: dict) -> tuple:
+    return (finding["entity_type"], finding["entity"], pd.Timestamp(finding["window_start"]))
+
+
+def finding_id(cluster: str, entity_type: str, entity: str, window_start) -> str:
+    """Stable id for (cluster, entity, window): a rerun updates the same finding, never duplicates it."""
+    import hashlib
+
+    text = f"{cluster}|{entity_type}|{entity}|{iso(pd.Timestamp(window_start).to_pydatetime())}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, ranges, weights: dict) -> dict:
+    """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events."""
+    window = f"{ctx.config.features.window_minutes}min"
+    model_part = {(r.entity_type, r.entity, r.window_start): r.model_part for r in records[["entity_type", "entity", "window_start", "model_part"]].itertuples(index=False)}
+    seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
+    flags = flag_context(ctx)
+    record_hits: dict[tuple, Counter] = defaultdict(Counter)
+    evidence: dict[tuple, list] = defaultdict(list)
+    rule_totals: Counter = Counter()
+    top_events: list = []
+    total = 0
+    for table in read_archive(ctx.storage, ctx.cluster, ranges.score_from, ranges.score_to):
+        if len(table) == 0:
+            continue
+        events = add_flags(events_frame(table), flags)
+        hits = pack.evaluate(events)
+        events["window_start"] = events["time"].dt.floor(window)
+        severity = np.zeros(len(events))
+        why = [[] for _ in range(len(events))]
+        for rule_id in hits.columns:
+            column = hits[rule_id].to_numpy(dtype=bool)
+            if column.any():
+                rule_totals[rule_id] += int(column.sum())
+                severity += column * weights.get(pack.severity(rule_id), 0.0)
+                for index in np.flatnonzero(column):
+                    why[index].append(f"rule:{rule_id}")
+        events["rule_weight"] = severity
+        novelty = event_novelty(events, seen)
+        interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
+        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(events["user"], events["window_start"])]
+        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(events["source_ip"], events["window_start"])]
+        events["event_score"] = np.maximum(user_part, ip_part) + severity + novelty["score"] + 0.2 * interesting
+        for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
+            why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
+            why[index].extend(novelty["why"][index])
+        events["why"] = why
+        total += len(events)
+        for entity_type, column in (("user", "user"), ("source_ip", "source_ip")):
+            if entity_type not in ctx.config.features.entity_types:
+                continue
+            _accumulate_hits(events, hits, column, entity_type, record_hits)
+            ordered = events.sort_values(["event_score", "time"], ascending=[False, True], kind="stable")
+            for (entity, start), group in ordered.groupby([column, "window_start"], sort=False):
+                bucket = evidence[(entity_type, entity, start)]
+                bucket.extend(evidence_rows(group.head(MAX_AUDIT_IDS)))
+                if len(bucket) > MAX_AUDIT_IDS:
+                    bucket.sort(key=lambda e: (-e["score"], e["time"]))
+                    del bucket[MAX_AUDIT_IDS:]
+        for row in evidence_rows(events.nlargest(ctx.config.report.events_top, "event_score")):
+            item = (row["score"], row["audit_id"], row["stage"], row)
+            if len(top_events) < ctx.config.report.events_top:
+                heapq.heappush(top_events, item)
+            elif item[:3] > top_events[0][:3]:
+                heapq.heapreplace(top_events, item)
+    ordered_top = [item[3] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2]))]
+    return {"record_hits": record_hits, "evidence": evidence, "top_events": ordered_top, "rule_totals": rule_totals, "events": total}
+
+
+def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, entity_type: str, record_hits: dict) -> None:
+    hit_columns = [c for c in hits.columns if hits[c].any()]
+    if not hit_columns:
+        return
+    frame = pd.concat([events[[column, "window_start"]], hits[hit_columns].astype(int)], axis=1)
+    sums = frame.groupby([column, "window_start"], sort=False)[hit_columns].sum()
+    for (entity, start), row in sums.iterrows():
+        for rule_id, count in row.items():
+            if count:
+                record_hits[(entity_type, entity, start)][rule_id] += int(count)
+
+
+def event_novelty(events: pd.DataFrame, seen: dict) -> dict:
+    """Per event: is this address, client or action new for this user (against the training range)?"""
+    scores = np.zeros(len(events))
+    why: list[list[str]] = [[] for _ in range(len(events))]
+    verb_resource = events["verb"].fillna("") + " " + events["resource"].fillna(events["request_uri"].fillna("").str.split("?", n=1).str[0])
+    columns = zip(events["user"], events["source_ip"], events["user_agent"], verb_resource)
+    for index, (user, ip, agent, action) in enumerate(columns):
+        history = seen.get(("user", user))
+        if history is None:
+            scores[index] += 0.25
+            why[index].append("new_identity")
+            continue
+        if ip is not None and ip not in history.peers:
+            scores[index] += 0.5
+            why[index].append("new_source_ip_for_user")
+        if agent is not None and agent not in history.user_agents:
+            scores[index] += 0.25
+            why[index].append("new_user_agent_for_user")
+        if action not in history.verb_resources:
+            scores[index] += 0.5
+            why[index].append("new_action_for_user")
+    return {"score": scores, "why": why}
+
+
+def evidence_rows(frame: pd.DataFrame) -> list[dict]:
+    """Evidence events as plain JSON-ready dicts (times in ISO 8601 UTC)."""
+    rows = []
+    for record in frame[list(EVIDENCE_COLUMNS) + ["event_score", "why"]].to_dict("records"):
+        record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        record["code"] = None if pd.isna(record["code"]) else int(record["code"])
+        record["score"] = round(float(record.pop("event_score")), 4)
+        record["why"] = list(record["why"])
+        rows.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()})
+    return rows
+
+
+def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights: dict) -> tuple[np.ndarray, dict]:
+    parts = np.zeros(len(records))
+    hits_by_key: dict[tuple, list] = {}
+    keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
+    for index, key in enumerate(keys):
+        counter = record_hits.get(key)
+        if not counter:
+            continue
+        hit_list = sorted(
+            ({"rule": rule, "severity": pack.severity(rule), "count": count} for rule, count in counter.items()),
+            key=lambda h: (-weights.get(h["severity"], 0.0), h["rule"]),
+        )
+        hits_by_key[key] = hit_list
+        rule_weights = [weights.get(h["severity"], 0.0) for h in hit_list]
+        parts[index] = rule_weights[0] + 0.25 * sum(1 for w in rule_weights[1:] if w > 0)
+    return parts, hits_by_key
+
+
+def explain(detector, records: pd.DataFrame, baselines: pd.DataFrame, top: int) -> dict[int, list]:
+    """Reasons for the top records: the features that drove each score, with the entity's own baseline.
+
+    Uses the detector's per-feature attribution (RCF attribution, or iforest's
+    leave-one-feature-out) when it has one; features are ranked by contribution and
+    only those above the entity's baseline are kept, since a value below normal does
+    not explain an anomaly.
+    """
+    head = records.head(top)
+    if head.empty:
+        return {}
+    matrix = feature_matrix(head)
+    contributions = detector.explain(matrix)
+    per_entity = baselines.set_index(["entity_type", "entity"]) if len(baselines) else None
+    type_rows = baselines[baselines["entity"].isna()].set_index("entity_type") if len(baselines) else None
+    reasons: dict[int, list] = {}
+    for position, row in enumerate(head.itertuples(index=False)):
+        baseline = _baseline_row(per_entity, type_rows, row.entity_type, row.entity)
+        values = matrix[position]
+        if contributions is not None:
+            order = np.argsort(-contributions[position], kind="stable")
+            weights = contributions[position]
+        else:
+            deviation = values - (baseline if baseline is not None else 0.0)
+            order = np.argsort(-deviation, kind="stable")
+            weights = deviation
+        items = []
+        for j in order:
+            name = FEATURE_NAMES[j]
+            base = float(baseline[j]) if baseline is not None else None
+            if weights[j] <= 0 or (base is not None and values[j] <= base):
+                continue
+            items.append({
+                "feature": name, "value": _display(name, values[j]), "baseline": _display(name, base) if base is not None else None,
+                "contribution": round(float(weights[j]), 4), "why": FEATURE_BY_NAME[name].why,
+            })
+            if len(items) == TOP_REASONS:
+                break
+        reasons[position] = items
+    return reasons
+
+
+def _display(name: str, value: float) -> float:
+    """Features stored as log1p(count) are shown as counts; the rest as they are."""
+    if name.endswith(("_fraction", "_rate")) or name in ("deny_rate", "new_entity", "off_hours") or name.endswith("_vs_baseline"):
+        return round(float(value), 4)
+    return round(float(np.expm1(value)), 3)
+
+
+def _baseline_row(per_entity, type_rows, entity_type: str, entity: str):
+    if per_entity is not None and (entity_type, entity) in per_entity.index:
+        return per_entity.loc[(entity_type, entity), list(FEATURE_NAMES)].to_numpy(dtype=float)
+    if type_rows is not None and entity_type in type_rows.index:
+        return type_rows.loc[entity_type, list(FEATURE_NAMES)].to_numpy(dtype=float)
+    return None
+
+
+def timelines(table: pd.DataFrame, findings: list[dict]) -> dict:
+    """Requests per window across training and scoring ranges for each reported entity."""
+    wanted = {(f["entity_type"], f["entity"]) for f in findings}
+    subset = table[[k in wanted for k in zip(table["entity_type"], table["entity"])]]
+    series: dict[str, list] = {}
+    for (entity_type, entity), group in subset.groupby(["entity_type", "entity"], sort=True):
+        series[f"{entity_type}|{entity}"] = [
+            [iso(start.to_pydatetime()), int(n), int(d)]
+            for start, n, d in zip(group["window_start"], group["n"], group["n_denied_401"] + group["n_denied_403"])
+        ]
+    return series
+

@@ -1,0 +1,357 @@
+"""The pipeline's stages: archive, features, train, score. Each runs alone on a workdir or in sequence.
+
+Entry points (CLI, Step Functions tasks, cron) call these functions and nothing else;
+the functions raise AuditsiftError subclasses with one-line messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.addresses import AddressBook, load_ip_ranges, load_threat_list
+from features.flags import FlagContext, add_flags
+from features.windows import (
+    FEATURE_NAMES, KEY, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
+)
+from pipeline.archive import archive_inputs, hour_digest, list_archive_hours
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError, StageError
+from pipeline.readers import resolve_inputs
+from pipeline.storage import safe_segment
+
+log = logging.getLogger(__name__)
+UTC = timezone.utc
+
+
+# --------------------------------------------------------------------------- time ranges
+@dataclass(frozen=True)
+class Ranges:
+    """Training and scoring ranges, half-open [from, to)."""
+
+    train_from: datetime
+    train_to: datetime
+    score_from: datetime
+    score_to: datetime
+
+    def as_dict(self) -> dict:
+        return {k: iso(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Ranges":
+        return cls(**{k: parse_iso(v) for k, v in value.items()})
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str, flag: str = "time") -> datetime:
+    """Parse an ISO 8601 time; a naive time is UTC. One-line error naming the flag."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{flag}: {text!r} is not an ISO 8601 time", hint="e.g. 2026-11-01T00:00:00Z") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def archive_time_bounds(ctx: RunContext) -> tuple[datetime, datetime]:
+    """Earliest and latest event time in the cluster's archive."""
+    hours = list_archive_hours(ctx.storage, ctx.cluster)
+    if not hours:
+        raise StageError(f"the archive of cluster '{ctx.cluster}' is empty", hint="run `auditsift archive --input PATH` first")
+    first = ctx.storage.read_parquet(hours[0][2], columns=["time"])
+    last = ctx.storage.read_parquet(hours[-1][2], columns=["time"])
+    return pc.min(first["time"]).as_py(), pc.max(last["time"]).as_py()
+
+
+def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None) -> Ranges:
+    """Default: score the last 24 hours present in the data (whole windows), train on everything before."""
+    window = timedelta(minutes=ctx.config.features.window_minutes)
+    low, high = archive_time_bounds(ctx)
+    if score_to is None:
+        score_to = _ceil(high, window)
+    if score_from is None:
+        score_from = score_to - timedelta(hours=24)
+    if train_to is None:
+        train_to = score_from
+    if train_from is None:
+        train_from = _floor(low, window)
+    ranges = Ranges(train_from, train_to, score_from, score_to)
+    if not (ranges.train_from < ranges.train_to <= ranges.score_from < ranges.score_to):
+        raise ConfigError(
+            f"time ranges out of order: train {iso(train_from)}..{iso(train_to)}, score {iso(score_from)}..{iso(score_to)}",
+            hint="need --train-from < --train-to <= --score-from < --score-to, with data before the scored day",
+        )
+    return ranges
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + ((moment - epoch) // step) * step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floored = _floor(moment, step)
+    return floored if floored == moment else floored + step
+
+
+# --------------------------------------------------------------------------- archive
+def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
+    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json."""
+    with ctx.timed("archive"):
+        refs = resolve_inputs(inputs, ctx.config)
+        if not refs:
+            raise StageError(f"no input files found in {', '.join(inputs)}", hint="pass files, directories or globs of audit logs")
+        handle = ctx.progress("archive (records)", None)
+        result = archive_inputs(
+            ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
+            max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance,
+        )
+        handle.close()
+        write_quarantine(ctx, result.quarantine)
+        counts = result.as_dict()
+        ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
+    return counts
+
+
+def write_quarantine(ctx: RunContext, quarantine) -> None:
+    if quarantine.entries:
+        key = f"{ctx.cluster_key('quarantine')}/{safe_segment(ctx.run_id)}.jsonl"
+        ctx.storage.write_bytes(key, b"".join(orjson.dumps(e) + b"\n" for e in quarantine.entries))
+
+
+# --------------------------------------------------------------------------- features
+def flag_context(ctx: RunContext) -> FlagContext:
+    """Address intelligence and the allow-list, loaded once per run from the configured files."""
+    cfg = ctx.config.features
+    aws_nets, threat_nets = [], []
+    if cfg.ip_ranges_file:
+        aws_nets = load_ip_ranges(_read_config_file(cfg.ip_ranges_file, "features.ip_ranges_file"))
+    if cfg.threat_list_file:
+        try:
+            threat_nets = load_threat_list(_read_config_file(cfg.threat_list_file, "features.threat_list_file").decode())
+        except ValueError as error:
+            raise ConfigError(f"features.threat_list_file: {error}", hint="one address or CIDR per line") from None
+    return FlagContext(AddressBook(aws_nets, threat_nets), frozenset(ctx.config.rules.allow_identities))
+
+
+def _read_config_file(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {path}: {error.strerror}", hint="point it at an existing file") from None
+
+
+def features_fingerprint(ctx: RunContext) -> str:
+    """Partials depend on the feature code's window and the address intelligence: cache per fingerprint."""
+    cfg = ctx.config.features
+    material = orjson.dumps({
+        "window": cfg.window_minutes, "entities": list(cfg.entity_types),
+        "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
+        "allow": sorted(ctx.config.rules.allow_identities), "schema": 1,
+    }, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(material).hexdigest()[:12]
+
+
+def _file_digest(path: str | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).exists() else None
+
+
+def events_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow events to pandas with nullable columns kept nullable (code stays Int32, not float)."""
+    return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+
+
+def hour_partials(ctx: RunContext, flags: FlagContext, archive_key: str, cache_key: str) -> pd.DataFrame:
+    """Map step for one archived hour, cached in the workdir under the hour file's digest."""
+    if ctx.storage.exists(cache_key):
+        return partials_from_arrow(ctx.storage.read_parquet(cache_key))
+    events = events_frame(ctx.storage.read_parquet(archive_key))
+    partial = partial_aggregates(add_flags(events, flags), ctx.config.features.window_minutes, ctx.config.features.entity_types)
+    ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
+    return partial
+
+
+def partials_to_arrow(partial: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(partial, preserve_index=False)
+
+
+def partials_from_arrow(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    for name in SET_NAMES:
+        frame[name] = frame[name].map(lambda v: list(v) if v is not None else [])
+    return frame
+
+
+def partial_key(ctx: RunContext, fingerprint: str, date: str, hour: int, archive_key: str) -> str:
+    """Cache key of an hour's partials: changes when the features config or the archived hour changes."""
+    digest = hour_digest(ctx.storage, archive_key)[:16]
+    return f"{ctx.cluster_key('features')}/partials/{fingerprint}/date={date}/hour={hour:02d}/{digest}.parquet"
+
+
+def run_features(ctx: RunContext, ranges: Ranges) -> dict:
+    """Feature table for [train_from, score_to): map per archived hour (cached), reduce, finalise."""
+    with ctx.timed("features"):
+        fingerprint = features_fingerprint(ctx)
+        flags = flag_context(ctx)
+        hours = [
+            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster)
+            if ranges.train_from <= _hour_start(d, h) + timedelta(hours=1) and _hour_start(d, h) < ranges.score_to
+        ]
+        if not hours:
+            raise StageError("no archived events in the requested ranges", hint="check --train-from/--score-to against `auditsift archive` output")
+        handle = ctx.progress("features (hours)", len(hours))
+        partials = []
+        for date, hour, key in hours:
+            partials.append(hour_partials(ctx, flags, key, partial_key(ctx, fingerprint, date, hour, key)))
+            handle.advance()
+        handle.close()
+        merged = reduce_partials(partials)
+        merged = merged[(merged["window_start"] >= pd.Timestamp(ranges.train_from)) & (merged["window_start"] < pd.Timestamp(ranges.score_to))]
+        table = finalise(merged.reset_index(drop=True), ctx.config.features.window_minutes)
+        table["split"] = np.where(table["window_start"] >= pd.Timestamp(ranges.score_from), "score", "train")
+        history = entity_history(merged[merged["window_start"] < pd.Timestamp(ranges.score_from)])
+        base = f"{ctx.cluster_key('features')}/runs/{safe_segment(ctx.run_id)}"
+        ctx.storage.write_parquet(f"{base}/features.parquet", pa.Table.from_pandas(table.drop(columns=list(SET_NAMES)), preserve_index=False))
+        ctx.storage.write_parquet(f"{base}/history.parquet", pa.Table.from_pandas(history, preserve_index=False))
+        counts = {
+            "rows": int(len(table)), "train_rows": int((table["split"] == "train").sum()),
+            "score_rows": int((table["split"] == "score").sum()), "hours": len(hours),
+            "entities": int(table[["entity_type", "entity"]].drop_duplicates().shape[0]),
+        }
+        ctx.update_state("features", {"run_id": ctx.run_id, "key": base, "ranges": ranges.as_dict(), **counts})
+    return counts
+
+
+def _hour_start(date: str, hour: int) -> datetime:
+    return datetime.fromisoformat(f"{date}T{hour:02d}:00:00+00:00")
+
+
+def entity_history(train_partials: pd.DataFrame) -> pd.DataFrame:
+    """What each entity did in the training range: the sets event-level novelty is judged against."""
+    if train_partials.empty:
+        return pd.DataFrame({"entity_type": [], "entity": [], **{n: [] for n in NOVELTY_SETS}, "windows": []})
+    grouped = train_partials.groupby(["entity_type", "entity"], sort=True)
+    history = grouped.size().rename("windows").to_frame()
+    for name in NOVELTY_SETS:
+        history[name] = grouped[name].agg(lambda lists: sorted(set().union(*map(set, lists))))
+    return history.reset_index()
+
+
+def load_features(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame, Ranges]:
+    state = ctx.read_state().get("features")
+    if not state:
+        raise StageError("no feature table in this workdir", hint="run `auditsift features` first")
+    table = ctx.storage.read_parquet(f"{state['key']}/features.parquet").to_pandas()
+    history = partials_from_history(ctx.storage.read_parquet(f"{state['key']}/history.parquet"))
+    return table, history, Ranges.from_dict(state["ranges"])
+
+
+def partials_from_history(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    for name in NOVELTY_SETS:
+        frame[name] = frame[name].map(lambda v: set(v) if v is not None else set())
+    return frame
+
+
+# --------------------------------------------------------------------------- train
+def detector_params(ctx: RunContext) -> dict:
+    model = ctx.config.model
+    common = {"threshold_method": model.threshold.method, "threshold_q": model.threshold.quantile}
+    if model.backend == "iforest":
+        return {**model.iforest.model_dump(), **common}
+    if model.backend == "rcf-local":
+        return {**model.rcf_local.model_dump(), **common}
+    return common
+
+
+def build_detector(ctx: RunContext):
+    backend = ctx.config.model.backend
+    if backend == "sagemaker-rcf":
+        from pipeline.aws.sagemaker_rcf import SageMakerRcf
+
+        return SageMakerRcf(ctx.config, ctx.storage, ctx.run_id, progress=ctx.progress)
+    from training.registry import make_detector
+
+    return make_detector(backend, detector_params(ctx), ctx.config.model.seed)
+
+
+def run_train(ctx: RunContext) -> dict:
+    """Fit the configured detector on the training rows; save it with its manifest and the resolved config."""
+    with ctx.timed("train"):
+        table, _, ranges = load_features(ctx)
+        train = table[table["split"] == "train"]
+        if len(train) < ctx.config.model.min_train_rows:
+            raise StageError(
+                f"only {len(train)} training rows (entity windows) before {iso(ranges.score_from)}; need {ctx.config.model.min_train_rows}",
+                hint="archive more history or move --score-from later",
+            )
+        detector = build_detector(ctx)
+        detector.fit(feature_matrix(train), list(FEATURE_NAMES))
+        model_id = f"{safe_segment(ctx.run_id)}-{ctx.config.model.backend}"
+        model_key = f"{ctx.cluster_key('models')}/{model_id}"
+        manifest = save_detector(ctx, detector, model_key)
+        baselines = entity_baselines(train)
+        ctx.storage.write_parquet(f"{model_key}/baselines.parquet", pa.Table.from_pandas(baselines, preserve_index=False))
+        ctx.storage.write_json(f"{model_key}/config.json", ctx.config.resolved())
+        info = {
+            "id": model_id, "key": model_key, "backend": ctx.config.model.backend, "threshold": float(detector.threshold_),
+            "threshold_method": ctx.config.model.threshold.method, "train_rows": int(len(train)),
+            "train_score_median": float(manifest["training"]["score_stats"]["quantiles"]["0.5"]),
+            "trained_on": {"from": iso(ranges.train_from), "to": iso(ranges.train_to)},
+        }
+        ctx.storage.write_json(f"{model_key}/model.json", info)
+        ctx.update_state("model", info)
+    return info
+
+
+def save_detector(ctx: RunContext, detector, model_key: str) -> dict:
+    """Save through a temporary directory, then copy every file into the workdir (local or S3)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "model"
+        manifest = detector.save(target)
+        for path in sorted(target.iterdir()):
+            ctx.storage.write_bytes(f"{model_key}/detector/{path.name}", path.read_bytes())
+    return manifest
+
+
+def load_model(ctx: RunContext):
+    """The latest model of this cluster, verified (checksums) before anything is deserialised."""
+    info = ctx.read_state().get("model")
+    if not info:
+        raise StageError(f"no trained model for cluster '{ctx.cluster}'", hint="run `auditsift train` first")
+    keys = ctx.storage.list(f"{info['key']}/detector/")
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "model"
+        target.mkdir()
+        for key in keys:
+            (target / key.rsplit("/", 1)[1]).write_bytes(ctx.storage.read_bytes(key))
+        if info["backend"] == "sagemaker-rcf":
+            from pipeline.aws.sagemaker_rcf import load_sagemaker_rcf
+
+            detector = load_sagemaker_rcf(target, ctx.config, ctx.storage, ctx.run_id, progress=ctx.progress)
+        else:
+            from training.registry import load_detector
+
+            detector = load_detector(target)
+    baselines = ctx.storage.read_parquet(f"{info['key']}/baselines.parquet").to_pandas()
+    return detector, info, baselines
+
+
+def entity_baselines(train: pd.DataFrame) -> pd.DataFrame:
+    """Median of every feature per entity over its training windows, and the global median per entity type."""
+    per_entity = train.groupby(["entity_type", "entity"])[list(FEATURE_NAMES)].median().reset_index()
+    per_type = train.groupby("entity_type")[list(FEATURE_NAMES)].median().reset_index()
+    per_type.insert(1, "entity", None)
+    return pd.concat([per_entity, per_type], ignore_index=True)
