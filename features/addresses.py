@@ -112,7 +112,7 @@ _UA_FAMILIES = (
 @lru_cache(maxsize=65536)
 def user_agent_family(user_agent: str | None) -> str:
     """The client family of a userAgent: kubectl vs curl vs a controller binary. A change is a classic tell."""
-    if not user_agent:
+    if not isinstance(user_agent, str) or not user_agent:
         return "none"
     for family, pattern in _UA_FAMILIES:
         if pattern.search(user_agent):

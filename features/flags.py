@@ -23,7 +23,7 @@ WEBHOOK_RESOURCES = ("mutatingwebhookconfigurations", "validatingwebhookconfigur
 WORKLOAD_RESOURCES = ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs")
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 HEALTH_PATHS = re.compile(r"^/(?:healthz|livez|readyz|version)(?:/|\?|$)")
-ADMIN_ROLES = re.compile(r"^ClusterRole/(?:cluster-admin|admin|system:masters)$|^Role/admin$")
+ADMIN_ROLES = re.compile(r"^ClusterRole/(?:cluster-admin|admin|system:masters|system:kube-controller-manager)$|^Role/admin$")
 SUSPICIOUS_EXEC = re.compile(
     r"\b(?:sh|bash|ash|zsh|dash)\b.*-c|curl|wget|\bnc\b|ncat|socat|/dev/tcp|python|perl|/var/run/secrets|"
     r"169\.254\.169\.254|\btar\b|base64|chmod|/etc/shadow|kubeconfig|\.aws/credentials",
@@ -73,7 +73,7 @@ def _f(df: pd.DataFrame, name: str) -> np.ndarray:
 
 FLAGS: tuple[EventFlag, ...] = (
     EventFlag("allowed", "annotations decision, responseStatus.code", "the request succeeded: attacks that work matter most",
-              lambda d: (_eq(d["decision"], "allow") | (d["decision"].isna().to_numpy() & (d["code"].fillna(0).to_numpy() < 400)))),
+              lambda d: (_eq(d["decision"], "allow") | (d["decision"].isna().to_numpy() & (d["code"].fillna(999).to_numpy() < 400)))),
     EventFlag("denied_401", "responseStatus.code", "unauthenticated: bad or stolen-then-revoked credentials, scanners",
               lambda d: _eq(d["code"], 401)),
     EventFlag("denied_403", "responseStatus.code, decision", "forbidden: an identity reaching beyond its permissions (probing)",
@@ -89,8 +89,8 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: _contains(d["request_uri"], HEALTH_PATHS.pattern)),
     EventFlag("anonymous", "user.username", "system:anonymous / system:unauthenticated: no credentials at all",
               lambda d: _isin(d["user"], ("system:anonymous", "system:unauthenticated"))),
-    EventFlag("system_identity", "user.username", "control-plane and EKS identities have very regular behaviour",
-              lambda d: (_contains(d["user"], r"^(?:system:|eks:)") & ~_isin(d["user"], ("system:anonymous", "system:unauthenticated")))),
+    EventFlag("system_identity", "user.username", "control-plane, node, kube-system and EKS identities: very regular behaviour",
+              lambda d: _contains(d["user"], r"^(?:system:node:|system:kube-|system:serviceaccount:kube-system:|system:apiserver|eks:)")),
     EventFlag("node_identity", "user.username", "kubelet credentials: stolen from a node they escalate quickly",
               lambda d: _contains(d["user"], r"^system:node:")),
     EventFlag("service_account", "user.username", "workload identity: normally used only from inside the cluster",

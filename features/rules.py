@@ -111,7 +111,7 @@ class RulePack:
         for rule in self.active:
             matched = _condition(rule, events)
             if not rule.applies_to_allowlisted:
-                matched &= ~managed
+                matched = matched & ~managed
             if rule.aggregate is not None and matched.any():
                 matched = _aggregate(rule.aggregate, events, matched)
             hits[rule.id] = matched
@@ -132,7 +132,7 @@ def _condition(rule: Rule, events: pd.DataFrame) -> np.ndarray:
     except Exception as error:  # pandas raises many types for a bad expression; all mean the rule is broken
         raise RuleError(f"rule {rule.id}: condition cannot be evaluated: {type(error).__name__}: {error}") from None
     if isinstance(result, pd.Series):
-        return result.fillna(False).to_numpy(dtype=bool)
+        return result.fillna(False).to_numpy(dtype=bool).copy()
     return np.full(len(events), bool(result))
 
 

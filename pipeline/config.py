@@ -155,7 +155,11 @@ class Suppression(Section):
 
 
 class ReportConfig(Section):
+    """How much the report shows, and what its pivot queries name."""
+
     top_n: int = Field(200, ge=1)
+    athena_table: str = "auditsift.audit_events"
+    log_group: str | None = None
     terminal_top: int = Field(10, ge=1)
     events_top: int = Field(500, ge=1)
     explain_top: int = Field(200, ge=1)

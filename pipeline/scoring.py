@@ -50,8 +50,10 @@ def load_rule_pack(config: Config) -> RulePack:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML", hint="check indentation and quoting") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML", hint="check indentation and quoting") from None
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
     try:
