@@ -212,14 +212,17 @@ def synthetic_audit_id(raw: dict) -> str:
     return "sha256-" + hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
 
 
-def normalize_event(raw, cw_event_id: str | None = None, default_time: str | None = None) -> dict:
+def normalize_event(raw, cw_event_id: str | None = None, default_time: str | None = None, repairs: dict | None = None) -> dict:
     """One raw audit event (already JSON-decoded) to a flat row; raises BadEvent with a reason.
 
     Tolerates what real pipelines deliver: ``code`` as a digit string and
     ``sourceIPs`` as a bare string are repaired; v1beta1 events (``timestamp``
     instead of ``stageTimestamp``) are read; unknown extra fields are ignored; an
-    event without auditID gets a content-hash id. ``default_time`` stands in for a
-    missing timestamp (used for hand-written rule test events; the archive passes none).
+    event without auditID gets a content-hash id. A failed authentication (401) carries
+    ``"user": {}``: it is kept with no username (the source address still counts). A
+    missing or null ``user`` is kept the same way and counted in ``repairs``.
+    ``default_time`` stands in for a missing timestamp (used for hand-written rule test
+    events; the archive passes none).
     """
     if not isinstance(raw, dict):
         raise BadEvent("not_an_object", type(raw).__name__)
@@ -227,8 +230,10 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     if raw.get("kind") not in ("Event", None) or (api_version is not None and not str(api_version).startswith("audit.k8s.io/")):
         raise BadEvent("not_an_audit_event", f"kind={raw.get('kind')!r} apiVersion={api_version!r}")
     user = raw.get("user")
-    if not isinstance(user, dict) or not isinstance(user.get("username"), str):
-        raise BadEvent("missing_user")
+    if not isinstance(user, dict):
+        if repairs is not None:
+            repairs["user_missing"] = repairs.get("user_missing", 0) + 1
+        user = {}
     time = (
         raw.get("stageTimestamp") or raw.get("timestamp") or raw.get("requestReceivedTimestamp") or raw.get("p_event_time")
         or default_time
@@ -242,6 +247,8 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     ips = raw.get("sourceIPs")
     if isinstance(ips, str):
         ips = [ips]
+        if repairs is not None:
+            repairs["source_ips_as_string"] = repairs.get("source_ips_as_string", 0) + 1
     elif not isinstance(ips, list):
         ips = []
     ips = [ip for ip in ips if isinstance(ip, str) and ip]
@@ -249,6 +256,8 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     code = status.get("code") if isinstance(status, dict) else None
     if isinstance(code, str):
         code = int(code) if code.isdigit() else None
+        if repairs is not None:
+            repairs["code_as_string"] = repairs.get("code_as_string", 0) + 1
     elif not isinstance(code, int) or isinstance(code, bool) or not (0 <= code < 1000):
         code = None
     ref = raw.get("objectRef") if isinstance(raw.get("objectRef"), dict) else {}
@@ -267,7 +276,7 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
         "audit_id": audit_id,
         "stage": _text(raw.get("stage")) or "ResponseComplete",
         "level": _text(raw.get("level")),
-        "user": user["username"],
+        "user": _text(user.get("username")),
         "groups": [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
         "impersonated_user": _text(impersonated.get("username")) if isinstance(impersonated, dict) else None,
         "source_ip": ips[-1] if ips else None,

@@ -57,6 +57,7 @@ class ArchiveResult:
     quarantine: Quarantine = field(default_factory=Quarantine)
     time_min: str | None = None
     time_max: str | None = None
+    repaired: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -69,6 +70,7 @@ class ArchiveResult:
             "quarantined": self.quarantine.total,
             "quarantined_by_reason": dict(sorted(self.quarantine.counts.items())),
             "skipped": dict(sorted(self.quarantine.skipped.items())),
+            "repaired": dict(sorted(self.repaired.items())),
             "time_min": self.time_min,
             "time_max": self.time_max,
         }
@@ -135,7 +137,7 @@ def dedupe_sorted(table: pa.Table) -> pa.Table:
 
 
 def normalise_stream(
-    events: Iterable[Event], quarantine: Quarantine, source: str, chunk_rows: int
+    events: Iterable[Event], quarantine: Quarantine, source: str, chunk_rows: int, repairs: dict | None = None
 ) -> Iterator[tuple[pa.Table, int]]:
     """Normalise decoded events into Arrow tables of at most ``chunk_rows``; yields (table, records consumed).
 
@@ -146,7 +148,7 @@ def normalise_stream(
     for value, cw_id in events:
         consumed += 1
         try:
-            builder.append(normalize_event(value, cw_id))
+            builder.append(normalize_event(value, cw_id, repairs=repairs))
         except BadEvent as error:
             quarantine.add(error.reason, source, consumed, _sample(value))
             continue
@@ -253,7 +255,7 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
             events = read_events(ref, result.quarantine, max_line_bytes)
-            for table, consumed in normalise_stream(events, result.quarantine, ref.name, chunk_rows):
+            for table, consumed in normalise_stream(events, result.quarantine, ref.name, chunk_rows, result.repaired):
                 result.records_read += consumed
                 if progress:
                     progress(consumed)

@@ -93,7 +93,8 @@ def boundary(fn):
 def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
     if debug:
         console.print_exception()
-    console.print(message.splitlines()[0] if message else message, markup=False, highlight=False)
+    first_line = message.splitlines()[0] if message else message
+    console.print(first_line[:400] + ("…" if len(first_line) > 400 else ""), markup=False, highlight=False, soft_wrap=True)
     if hint:
         console.print(f"hint: {hint}", markup=False, highlight=False)
     sys.exit(code)

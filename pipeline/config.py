@@ -265,7 +265,20 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"{target}{where}: not valid YAML", hint="check indentation and quoting") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{target}: top level must be a mapping of sections", hint="see configs/local.yaml")
-    return parse_config(data, str(target), overrides)
+    return parse_config(_resolve_paths(data or {}, target.parent), str(target), overrides)
+
+
+_PATH_KEYS = (("features", "ip_ranges_file"), ("features", "threat_list_file"), ("rules", "pack"))
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """File paths in a config file are relative to that file, so a config works from any directory."""
+    resolved = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for section, key in _PATH_KEYS:
+        value = resolved.get(section, {}).get(key) if isinstance(resolved.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute() and "://" not in value:
+            resolved[section][key] = str((base / value).resolve())
+    return resolved
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

@@ -90,7 +90,7 @@ def test_bad_lines_are_quarantined_with_reasons_and_good_ones_kept(tmp_path):
     storage, result = archive(tmp_path, path)
     assert result.events_added == 4, "good[0], good[2], good[4], good[5]"
     assert result.quarantine.counts == {
-        "cloudwatch_truncated": 1, "invalid_json": 1, "not_an_object": 1, "missing_user": 1, "bad_timestamp": 1, "not_utf8": 1,
+        "cloudwatch_truncated": 1, "invalid_json": 1, "not_an_object": 1, "missing_timestamp": 1, "bad_timestamp": 1, "not_utf8": 1,
     }
     quarantined = {e["reason"] for e in result.quarantine.entries}
     assert "cloudwatch_truncated" in quarantined
@@ -120,8 +120,12 @@ def test_stages_of_one_request_are_kept_apart_but_each_only_once(tmp_path):
 def test_repairs_and_attribution(tmp_path):
     odd = event(audit_id="odd", sourceIPs="203.0.113.5", responseStatus={"code": "403"})
     forwarded = event(audit_id="fwd", sourceIPs=["198.51.100.77", "10.0.4.4"])
-    storage, _ = archive(tmp_path, write_jsonl(tmp_path / "x.jsonl", [odd, forwarded]))
+    failed_login = event(audit_id="401", user={}, responseStatus={"code": 401}, sourceIPs=["203.0.113.9"])
+    no_user = {k: v for k, v in event(audit_id="nouser").items() if k != "user"}
+    storage, result = archive(tmp_path, write_jsonl(tmp_path / "x.jsonl", [odd, forwarded, failed_login, no_user]))
+    assert result.repaired == {"code_as_string": 1, "source_ips_as_string": 1, "user_missing": 1}
     rows = {r["audit_id"]: r for r in archived(storage).to_pylist()}
+    assert rows["401"]["user"] is None and rows["401"]["source_ip"] == "203.0.113.9", "failed logins are kept"
     assert rows["odd"]["source_ip"] == "203.0.113.5" and rows["odd"]["code"] == 403
     assert rows["fwd"]["source_ip"] == "10.0.4.4", "the connection address, not the client-set X-Forwarded-For"
     assert rows["fwd"]["claimed_ip"] == "198.51.100.77"
