@@ -67,6 +67,8 @@ def open_context(workdir: str, config_path: str | None, cluster: str | None, bac
     if factory:
         ctx.progress = factory
         ctx.live_progress = progress
+    if not quiet:
+        ctx.notify = lambda message: console.print(message, markup=False, highlight=False)
     return ctx
 
 

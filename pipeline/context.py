@@ -50,6 +50,7 @@ class RunContext:
     run_id: str
     progress: ProgressFactory = no_progress
     timings: dict[str, float] = field(default_factory=dict)
+    notify: Callable[[str], None] = log.info
 
     @property
     def cluster(self) -> str:

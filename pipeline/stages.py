@@ -281,7 +281,7 @@ def build_detector(ctx: RunContext):
     if backend == "sagemaker-rcf":
         from pipeline.aws.sagemaker_rcf import SageMakerRcf
 
-        return SageMakerRcf(ctx.config, ctx.storage, ctx.run_id, progress=ctx.progress)
+        return SageMakerRcf.from_config(ctx.config, ctx.storage, cluster=ctx.cluster, progress=ctx.notify)
     from training.registry import make_detector
 
     return make_detector(backend, detector_params(ctx), ctx.config.model.seed)
@@ -338,9 +338,9 @@ def load_model(ctx: RunContext):
         for key in keys:
             (target / key.rsplit("/", 1)[1]).write_bytes(ctx.storage.read_bytes(key))
         if info["backend"] == "sagemaker-rcf":
-            from pipeline.aws.sagemaker_rcf import load_sagemaker_rcf
+            from pipeline.aws.sagemaker_rcf import SageMakerRcf
 
-            detector = load_sagemaker_rcf(target, ctx.config, ctx.storage, ctx.run_id, progress=ctx.progress)
+            detector = SageMakerRcf.load(target, ctx.config, ctx.storage, progress=ctx.notify)
         else:
             from training.registry import load_detector
 

@@ -1,0 +1,450 @@
+"""``sagemaker-rcf``: SageMaker's built-in Random Cut Forest behind the detector contract.
+
+Plain boto3 (CreateTrainingJob, CreateModel, CreateTransformJob): SageMaker Python SDK
+3.x removed the ``RandomCutForest`` estimator and ``record_set``, and 2.x is being
+deprecated, so nothing here depends on either. The training image comes from
+``model.sagemaker.image_uri`` or, when unset, from ``sagemaker-core``'s offline table
+(``sagemaker.core.image_uris.retrieve("randomcutforest", region)``, the ``sagemaker``
+extra), e.g. ``382416733822.dkr.ecr.us-east-1.amazonaws.com/randomcutforest:1``.
+
+The detector is ``training.base.BaseDetector``: the same ``Scaler`` the local detectors
+use is fitted on the training rows and applied once, so SageMaker sees exactly what
+``rcf-local`` would. The scaled matrix goes to the S3 workdir as headerless CSV.
+
+fit: upload ``models/<cluster>/<model_id>/train/part-NNNN.csv`` -> training job
+(``model_id`` = training job name) -> CreateModel -> batch transform over the same
+CSVs -> threshold calibrated (``training.calibration.calibrate``) on those training
+scores. The model's self-check scores are the training transform's scores of the
+first rows; loading cannot re-score them without a job, so on load the check only
+confirms the manifest and probe file are intact (their sha256s are verified).
+
+score: upload ``models/<cluster>/<model_id>/transform/<job>/input/part-NNNN.csv`` ->
+transform job (CSV in, ``application/jsonlines`` out, one ``{"score": x}`` per input
+line) -> read ``<output>/part-NNNN.csv.out`` and join scores to rows by order, part by
+part, refusing any count mismatch. Higher score = more anomalous, as everywhere.
+
+Each step (``stage_input``, ``submit_transform``, ``wait``, ``collect_transform``)
+is a method so tests can run them one by one against moto, whose jobs complete at
+once and write no outputs. SageMaker RCF takes no seed: results are not bit-for-bit
+reproducible across trainings (the manifest records the job that produced them).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import pathlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+from botocore.exceptions import ClientError
+
+from pipeline.aws import session as aws
+from pipeline.errors import AwsCallError, ConfigError, StageError
+from pipeline.storage import Storage, safe_segment
+from training.base import PROBE_ROWS, BaseDetector, COMMON_PARAMS
+from training.errors import InvalidInputError, ModelIntegrityError
+from training.manifest import read_manifest
+
+TRAIN_CONTENT_TYPE = "text/csv;label_size=0"
+TRANSFORM_CONTENT_TYPE = "text/csv"
+TRANSFORM_ACCEPT = "application/jsonlines"
+CSV_FORMAT = "%.9g"
+JOB_NAME_MAX = 63
+WAIT_SLACK_SECONDS = 30 * 60
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9]+")
+_JOBS = {
+    "training": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
+    "transform": ("describe_transform_job", "TransformJobName", "TransformJobStatus"),
+}
+
+
+def job_name(cluster: str, when: datetime, *parts: str) -> str:
+    """``auditsift-<cluster>-<yyyymmddHHMMSS>-<hash8>``: valid for SageMaker (<= 63 chars of [A-Za-z0-9-]).
+
+    The hash covers ``parts`` (data digest, purpose), so the name says when and from what.
+    """
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8]
+    room = JOB_NAME_MAX - len("auditsift---") - len(stamp) - len(digest)
+    label = _NAME_CHARS.sub("-", cluster).strip("-")[:room].rstrip("-") or "cluster"
+    return f"auditsift-{label}-{stamp}-{digest}"
+
+
+def rcf_image_uri(region: str, configured: str | None = None) -> str:
+    """The region's ``randomcutforest:1`` image, unless ``model.sagemaker.image_uri`` pins one."""
+    if configured:
+        return configured
+    try:
+        from sagemaker.core import image_uris
+    except ImportError:
+        raise ConfigError("cannot look up the SageMaker Random Cut Forest image: sagemaker-core is not installed",
+                          hint="pip install 'auditsift[sagemaker]', or set model.sagemaker.image_uri") from None
+    try:
+        return image_uris.retrieve("randomcutforest", region=region, version="1")
+    except ValueError as error:
+        raise ConfigError(f"no Random Cut Forest image known for region {region}: {' '.join(str(error).split())[:200]}",
+                          hint="set model.sagemaker.image_uri (see the AWS docs 'Docker registry paths')") from None
+
+
+def parse_transform_output(text: str) -> list[float]:
+    """Scores from a Random Cut Forest batch-transform output object, in input order.
+
+    Accepts what RCF writes with ``Accept: application/jsonlines`` and ``AssembleWith: Line``:
+    one ``{"score": x}`` per line (blank lines ignored), also the documented rendering with
+    several records on one line separated by commas, and the ``application/json`` shape
+    ``{"scores": [{"score": x}, ...]}``. Anything else raises ``StageError`` naming the line.
+    """
+    decoder = json.JSONDecoder()
+    scores: list[float] = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        position, end = 0, len(line)
+        while True:
+            while position < end and (line[position].isspace() or line[position] == ","):
+                position += 1
+            if position >= end:
+                break
+            try:
+                value, position = decoder.raw_decode(line, position)
+            except json.JSONDecodeError:
+                raise _bad_output(line_no, line, "not JSON") from None
+            records = value.get("scores") if isinstance(value, dict) and "scores" in value else [value]
+            if not isinstance(records, list):
+                raise _bad_output(line_no, line, '"scores" is not a list')
+            for record in records:
+                score = record.get("score") if isinstance(record, dict) else None
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                    raise _bad_output(line_no, line, 'expected {"score": <finite number>}')
+                scores.append(float(score))
+    return scores
+
+
+def _bad_output(line_no: int, line: str, why: str) -> StageError:
+    return StageError(f"batch transform output line {line_no}: {why}: {line[:120]!r}",
+                      hint="the job must use Accept application/jsonlines with the randomcutforest image")
+
+
+@dataclass(frozen=True)
+class TransformRun:
+    """One batch transform: its job name and the workdir keys of its input parts (with row counts) and outputs."""
+
+    job_name: str
+    input_prefix: str
+    output_prefix: str
+    parts: tuple[tuple[str, int], ...]
+
+    def output_key(self, input_key: str) -> str:
+        return f"{self.output_prefix}/{input_key.rsplit('/', 1)[-1]}.out"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class SageMakerRcf(BaseDetector):
+    """Random Cut Forest trained and scored by SageMaker; needs an ``s3://`` workdir and ``model.sagemaker.role_arn``."""
+
+    name = "sagemaker-rcf"
+    DEFAULT_PARAMS = {"num_trees": 100, "num_samples_per_tree": 256, **COMMON_PARAMS}
+
+    def __init__(self, params: dict | None = None, seed: int = 0, *, config=None, storage: Storage | None = None,
+                 cluster: str | None = None, progress: Callable[[str], None] | None = None):
+        super().__init__(params, seed)
+        if config is None:
+            from pipeline.config import Config
+
+            config = Config()
+        self.config = config
+        self.storage = storage
+        self.cluster = cluster or config.cluster
+        self.progress = progress
+        self._client = None
+        self._jobs_started = 0
+
+    @classmethod
+    def from_config(cls, config, storage: Storage, cluster: str | None = None,
+                    progress: Callable[[str], None] | None = None) -> "SageMakerRcf":
+        """A fresh detector with hyperparameters, threshold rule and seed from ``config.model``."""
+        settings, threshold = config.model.sagemaker, config.model.threshold
+        params = {"num_trees": settings.num_trees, "num_samples_per_tree": settings.num_samples_per_tree,
+                  "threshold_method": threshold.method, "threshold_q": threshold.quantile}
+        return cls(params, config.model.seed, config=config, storage=storage, cluster=cluster, progress=progress)
+
+    @classmethod
+    def load(cls, directory: pathlib.Path, config, storage: Storage, progress: Callable[[str], None] | None = None,
+             expected_manifest_sha256: str | None = None) -> "SageMakerRcf":
+        """Rebuild a saved model (verified against its manifest) that scores through SageMaker again.
+
+        The cluster, model and region come from the manifest; ``config`` supplies the role,
+        instances and KMS key for the scoring jobs.
+        """
+        directory = pathlib.Path(directory)
+        manifest = read_manifest(directory, expected_manifest_sha256)
+        if manifest.get("detector") != cls.name:
+            raise ModelIntegrityError(f"{directory} holds a {manifest.get('detector')!r} model, not {cls.name}",
+                                      "load it with training.registry.load_detector")
+        try:
+            detector = cls(manifest["params"], manifest["seed"], config=config, storage=storage, progress=progress)
+            return detector._restore(directory, manifest)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntegrityError(f"manifest in {directory} is incomplete or malformed ({exc!r})", "retrain the model") from None
+
+    @property
+    def sagemaker(self):
+        """The SageMaker client (region ``model.sagemaker.region``, else ``aws.region``), made on first use."""
+        if self._client is None:
+            self._client = aws.client("sagemaker", self.config, region=self.config.model.sagemaker.region)
+        return self._client
+
+    @property
+    def settings(self):
+        return self.config.model.sagemaker
+
+    def _kms_key(self) -> str | None:
+        storage = self.config.storage
+        return self.settings.kms_key_id or (storage.kms_key_id if storage.sse == "aws:kms" else None)
+
+    def _require_s3(self) -> Storage:
+        if self.storage is None or not self.storage.url.startswith("s3://"):
+            raise ConfigError("model.backend sagemaker-rcf needs an s3:// workdir (SageMaker reads and writes S3)",
+                              hint="pass --workdir s3://bucket/prefix in the SageMaker region")
+        return self.storage
+
+    def model_prefix(self) -> str:
+        """Workdir key prefix of this model's SageMaker data: ``models/<cluster>/<model_id>``."""
+        return f"models/{safe_segment(self.cluster)}/{self.model_id_}"
+
+    def _next_name(self, *parts: str) -> str:
+        self._jobs_started += 1
+        return job_name(self.cluster, datetime.now(timezone.utc), *parts, str(self._jobs_started))
+
+    def upload_matrix(self, Z: np.ndarray, prefix: str, parts: int) -> tuple[tuple[str, int], ...]:
+        """Write ``Z`` as ``parts`` headerless CSV files ``<prefix>/part-NNNN.csv``, rows in order; returns (key, rows)."""
+        storage = self._require_s3()
+        written = []
+        for index, block in enumerate(np.array_split(Z, parts)):
+            sink = io.StringIO()
+            np.savetxt(sink, block, fmt=CSV_FORMAT, delimiter=",")
+            key = f"{prefix}/part-{index:04d}.csv"
+            storage.write_bytes(key, sink.getvalue().encode("ascii"))
+            written.append((key, int(block.shape[0])))
+        return tuple(written)
+
+    def training_request(self, train_prefix: str, feature_dim: int, data_bytes: int) -> dict:
+        """The CreateTrainingJob request for the CSV parts below ``train_prefix``.
+
+        The ML volume gets twice the CSV size (File mode copies the channel to it), at least 5 GB.
+        """
+        storage = self._require_s3()
+        settings = self.settings
+        if not settings.role_arn:
+            raise ConfigError("model.sagemaker.role_arn is not set",
+                              hint="set it to a SageMaker execution role that can read and write the workdir bucket")
+        kms = self._kms_key()
+        output = {"S3OutputPath": storage.uri(f"{self.model_prefix()}/output")}
+        resources = {"InstanceType": settings.instance_type, "InstanceCount": settings.instance_count,
+                     "VolumeSizeInGB": max(5, 2 * math.ceil(data_bytes / 2**30) + 1)}
+        if kms:
+            output["KmsKeyId"] = kms
+            resources["VolumeKmsKeyId"] = kms
+        return {
+            "TrainingJobName": self.model_id_,
+            "AlgorithmSpecification": {"TrainingImage": self.image_uri_, "TrainingInputMode": "File"},
+            "RoleArn": settings.role_arn,
+            "HyperParameters": {
+                "feature_dim": str(feature_dim),
+                "num_trees": str(self.params["num_trees"]),
+                "num_samples_per_tree": str(self.params["num_samples_per_tree"]),
+            },
+            "InputDataConfig": [{
+                "ChannelName": "train",
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": storage.uri(train_prefix) + "/",
+                                                "S3DataDistributionType": "ShardedByS3Key"}},
+                "ContentType": TRAIN_CONTENT_TYPE,
+                "CompressionType": "None",
+            }],
+            "OutputDataConfig": output,
+            "ResourceConfig": resources,
+            "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
+        }
+
+    def wait(self, kind: str, name: str) -> dict:
+        """Poll Describe*Job every ``poll_seconds`` until the job ends; return the description when Completed.
+
+        A Failed or Stopped job raises one ``AwsCallError`` line with SageMaker's FailureReason.
+        ``progress`` gets a line whenever status or secondary status changes.
+        """
+        method_name, name_key, status_key = _JOBS[kind]
+        method = getattr(self.sagemaker, method_name)
+        deadline = time.monotonic() + self.settings.max_runtime_seconds + WAIT_SLACK_SECONDS
+        last = None
+        while True:
+            description = aws.call(method, name, **{name_key: name})
+            status = description.get(status_key, "Unknown")
+            secondary = description.get("SecondaryStatus")
+            line = f"SageMaker {kind} job {name}: {status}" + (f" ({secondary})" if secondary else "")
+            if self.progress and line != last:
+                self.progress(line)
+            last = line
+            if status == "Completed":
+                return description
+            if status in ("Failed", "Stopped"):
+                reason = _one_line(description.get("FailureReason") or "no FailureReason given")
+                raise AwsCallError(f"SageMaker {kind} job {name} {status.lower()}: {reason}",
+                                   hint=f"see CloudWatch Logs /aws/sagemaker/{'TrainingJobs' if kind == 'training' else 'TransformJobs'} "
+                                        f"stream {name}/...")
+            if time.monotonic() > deadline:
+                raise AwsCallError(f"SageMaker {kind} job {name} still {status} after waiting "
+                                   f"{self.settings.max_runtime_seconds + WAIT_SLACK_SECONDS} s",
+                                   hint="the job keeps running in SageMaker; check it in the console or raise "
+                                        "model.sagemaker.max_runtime_seconds")
+            time.sleep(self.settings.poll_seconds)
+
+    def ensure_model(self) -> None:
+        """CreateModel (image + the training job's artifacts) unless a model with the training job's name exists."""
+        method = self.sagemaker.describe_model
+        try:
+            method(ModelName=self.model_id_)
+            return
+        except ClientError as error:
+            if "Could not find model" not in str(error.response.get("Error", {}).get("Message", "")):
+                raise aws.aws_error(error, method, self.model_id_) from None
+        aws.call(self.sagemaker.create_model, self.model_id_, ModelName=self.model_id_,
+                 PrimaryContainer={"Image": self.image_uri_, "ModelDataUrl": self.model_artifacts_},
+                 ExecutionRoleArn=self.settings.role_arn)
+
+    def stage_input(self, Z: np.ndarray, purpose: str) -> TransformRun:
+        """Name a transform job and upload its input CSVs below ``<model>/transform/<job>/input``."""
+        name = self._next_name(self.model_id_, purpose, hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest())
+        base = f"{self.model_prefix()}/transform/{name}"
+        parts = self.upload_matrix(Z, f"{base}/input", max(1, min(self.settings.train_files, Z.shape[0])))
+        return TransformRun(name, f"{base}/input", f"{base}/output", parts)
+
+    def transform_request(self, run: TransformRun) -> dict:
+        """The CreateTransformJob request: CSV lines in, one jsonlines score per line out."""
+        storage = self._require_s3()
+        kms = self._kms_key()
+        output = {"S3OutputPath": storage.uri(run.output_prefix), "Accept": TRANSFORM_ACCEPT, "AssembleWith": "Line"}
+        resources = {"InstanceType": self.settings.transform_instance_type,
+                     "InstanceCount": max(1, min(self.settings.instance_count, len(run.parts)))}
+        if kms:
+            output["KmsKeyId"] = kms
+            resources["VolumeKmsKeyId"] = kms
+        return {
+            "TransformJobName": run.job_name,
+            "ModelName": self.model_id_,
+            "BatchStrategy": "MultiRecord",
+            "MaxPayloadInMB": 6,
+            "TransformInput": {
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": storage.uri(run.input_prefix) + "/"}},
+                "ContentType": TRANSFORM_CONTENT_TYPE,
+                "SplitType": "Line",
+                "CompressionType": "None",
+            },
+            "TransformOutput": output,
+            "TransformResources": resources,
+        }
+
+    def submit_transform(self, run: TransformRun) -> None:
+        aws.call(self.sagemaker.create_transform_job, run.job_name, **self.transform_request(run))
+
+    def collect_transform(self, run: TransformRun) -> np.ndarray:
+        """Scores of every input row, read from the ``.out`` objects and joined to rows by order.
+
+        Each output object must hold exactly as many scores as its input part had lines.
+        """
+        storage = self._require_s3()
+        scores: list[float] = []
+        for key, rows in run.parts:
+            out_key = run.output_key(key)
+            if not storage.exists(out_key):
+                raise StageError(f"batch transform {run.job_name} wrote no {storage.uri(out_key)}",
+                                 hint=f"see CloudWatch Logs /aws/sagemaker/TransformJobs stream {run.job_name}/...")
+            try:
+                values = parse_transform_output(storage.read_bytes(out_key).decode("utf-8"))
+            except StageError as error:
+                raise StageError(f"{storage.uri(out_key)}: {error.message}", hint=error.hint) from None
+            if len(values) != rows:
+                raise StageError(f"batch transform output {storage.uri(out_key)} has {len(values)} scores "
+                                 f"for {rows} input rows", hint="rerun scoring; rows are joined by order so counts must match")
+            scores.extend(values)
+        return np.asarray(scores, dtype=np.float64)
+
+    def batch_score(self, run: TransformRun) -> np.ndarray:
+        """submit -> wait -> collect for one transform run."""
+        self.submit_transform(run)
+        self.wait("transform", run.job_name)
+        return self.collect_transform(run)
+
+    def _fit_scaled(self, Z: np.ndarray) -> np.ndarray:
+        self._require_s3()
+        settings = self.settings
+        if Z.shape[0] < settings.instance_count:
+            raise InvalidInputError(f"{Z.shape[0]} training rows cannot be sharded over {settings.instance_count} instances",
+                                    "lower model.sagemaker.instance_count or train on more rows")
+        digest = hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()
+        self.model_id_ = self._next_name("train", digest, json.dumps(self.params, sort_keys=True))
+        self.region_ = self.sagemaker.meta.region_name
+        self.image_uri_ = rcf_image_uri(self.region_, settings.image_uri)
+        train_prefix = f"{self.model_prefix()}/train"
+        parts = self.upload_matrix(Z, train_prefix, min(max(settings.train_files, settings.instance_count), Z.shape[0]))
+        self.train_data_ = self.storage.uri(train_prefix) + "/"
+        aws.call(self.sagemaker.create_training_job, self.model_id_,
+                 **self.training_request(train_prefix, Z.shape[1], data_bytes=Z.size * 16))
+        description = self.wait("training", self.model_id_)
+        self.model_artifacts_ = description["ModelArtifacts"]["S3ModelArtifacts"]
+        self.ensure_model()
+        name = self._next_name(self.model_id_, "train-scores", digest)
+        run = TransformRun(name, train_prefix, f"{self.model_prefix()}/transform/{name}/output", parts)
+        scores = self.batch_score(run)
+        self.train_transform_job_ = name
+        self.fit_rows_ = int(Z.shape[0])
+        self.probe_scores_ = scores[:PROBE_ROWS].copy()
+        return scores
+
+    def _score_scaled(self, Z: np.ndarray) -> np.ndarray:
+        """Scores via a batch transform; the probe rows' scores are the ones recorded at fit (no job at save/load)."""
+        if Z is getattr(self, "probe_", None):
+            return self.probe_scores_
+        region = self.sagemaker.meta.region_name
+        if region != self.region_:
+            raise ConfigError(f"model {self.model_id_} was trained in {self.region_}, the SageMaker client is in {region}",
+                              hint=f"set model.sagemaker.region to {self.region_}")
+        self.ensure_model()
+        return self.batch_score(self.stage_input(Z, "score"))
+
+    def _explain_scaled(self, Z: np.ndarray) -> None:
+        return None
+
+    def _save_model(self, directory: pathlib.Path) -> None:
+        """Nothing beyond the manifest: the model artifacts stay in S3 where the training job wrote them."""
+
+    def _load_model(self, directory: pathlib.Path, manifest: dict) -> None:
+        training = manifest["training"]
+        self.cluster = training["cluster"]
+        self.model_id_ = training["model_id"]
+        self.model_artifacts_ = training["model_artifacts"]
+        self.image_uri_ = training["image_uri"]
+        self.region_ = training["region"]
+        self.train_data_ = training["train_data"]
+        self.train_transform_job_ = training["train_transform_job"]
+        self.fit_rows_ = int(training["fit_rows"])
+        self.probe_scores_ = np.asarray(manifest["self_check"]["scores"], dtype=np.float64)
+
+    def _fit_info(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "model_id": self.model_id_,
+            "training_job": self.model_id_,
+            "model_artifacts": self.model_artifacts_,
+            "image_uri": self.image_uri_,
+            "region": self.region_,
+            "train_data": self.train_data_,
+            "train_transform_job": self.train_transform_job_,
+            "fit_rows": self.fit_rows_,
+        }
