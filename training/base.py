@@ -38,7 +38,13 @@ from training.scaling import SCALINGS, Scaler
 
 PROBE_FILE = "probe.npy"
 PROBE_ROWS = 64
-COMMON_PARAMS: dict[str, Any] = {"scaling": "log-robust", "threshold_method": "mean+3std", "threshold_q": 0.995}
+COMMON_PARAMS: dict[str, Any] = {"scaling": "robust", "threshold_method": "quantile", "threshold_q": 0.99}
+"""Parameters every detector takes. The threshold defaults to the 0.99 training-score quantile
+(``training.calibration`` documents both rules): heavy-tailed counts give right-skewed
+training scores, and SageMaker's mean+3std rule then flagged 1.7-2.9% of normal rows in
+our measurements. With 60 features rcf-local's quantile threshold caught as many planted
+outliers (50% vs 53%) while flagging 1.0% of normal rows; with 14 features mean+3std
+caught more (100% vs 85%) at 1.9%."""
 
 
 @runtime_checkable
@@ -95,8 +101,14 @@ class BaseDetector(ABC):
     def fit(self, X: np.ndarray, feature_names: list[str]) -> "BaseDetector":
         """Fit scaler, model and threshold on the training rows; returns ``self``.
 
-        Needs at least one row. Constant columns are allowed (they scale to 0); a single
-        training row fits a degenerate model whose threshold equals its own score.
+        Needs at least one row of finite values. Degenerate inputs are allowed:
+
+        - a constant column scales to 0; iforest cannot split on it, so it ignores that
+          column at scoring, while rcf-local scores any new value in it as anomalous
+          (outside every tree's bounding box) and attributes the score to it;
+        - a single training row gives a threshold equal to that row's score; iforest then
+          scores every row the same (0.5) and flags nothing, rcf-local scores every row
+          that differs from it higher and flags it.
         """
         names = [str(n) for n in feature_names]
         if len(set(names)) != len(names):

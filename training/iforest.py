@@ -9,9 +9,10 @@ hyper-parameters, ``random_state`` and the exact float32 matrix it was fitted on
 ``train.npy`` and loading refits on it. The refit is checked against probe scores
 recorded at save time; a scikit-learn upgrade that changes tree growth therefore fails
 loudly instead of drifting. ``max_train_rows`` (default 32768) caps the rows fitted and
-stored, keeping the model small: with ``max_samples=256`` each tree sees 256 rows
-anyway, so a seeded 32k-row subsample loses nothing measurable. The threshold is still
-calibrated on the scores of every training row.
+stored, keeping the model small (8 MB at 60 features): with ``max_samples=256`` each
+tree sees 256 rows anyway, and a seeded 32k-row subsample cost at most 0.013 ROC-AUC
+against fitting all 60k rows (60 features, 2 seeds). The threshold is still calibrated
+on the scores of every training row.
 """
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ Training streams the training rows, shuffled with the seed, through ``update``. 
 forest's time decay is 0 (``time_decay`` param), so each tree keeps a uniform reservoir
 sample of ``sample_size`` rows from the whole training set, as SageMaker's batch RCF
 does; krcf's streaming default would favour the last few thousand rows. Rows past
-``max_train_rows`` (default 100,000, a seeded subsample) add nothing a 256-row
-reservoir can keep and only cost time. The threshold is calibrated on the scores of the
+``max_train_rows`` (default 100,000, a seeded subsample) add little to 256-row
+reservoirs and cost time. The threshold is calibrated on the scores of the
 fitted rows.
 
 Scoring calls ``score`` per row and never ``update``, so scoring does not change the
-forest: the same input always gets the same score. Scores are RCF's codisplacement-based
-anomaly score (about 1 for typical rows, larger for anomalies). ``explain`` is krcf's
+forest: the same input always gets the same score. Scores are the AWS library's standard
+RCF anomaly score (typical rows below about 1, anomalies well above). ``explain`` is krcf's
 ``attribution``: the score split per dimension (high + low directions), which sums to
 the row's score.
 
@@ -20,8 +20,9 @@ Persistence: krcf serialises the whole forest (trees, reservoirs, RNG state) wit
 (serde decoding in Rust: no code runs from the file).
 
 ``num_trees`` defaults to 50 (krcf's default; SageMaker's is 100): scoring is one
-Python call per row and linear in trees, and 50 trees score 100k x 60 rows in about
-20 s on one core with the same quality on our planted-outlier tests (see the report).
+Python call per row and about linear in trees. Measured on one core, 50 trees fit 100k x
+60 synthetic rows in 25 s and score 100k rows in 24 s (``python -m training.benchmark``);
+100 trees take over twice as long for the same ROC-AUC (0.985 at 60 features, 3 seeds).
 """
 from __future__ import annotations
 

@@ -11,10 +11,10 @@ through three kinds, as the real feature table does:
 
 Planted outliers are normal rows then altered:
 
-- ``single``: one count column set far past anything normal (4x the column's normal
+- ``single``: one count column set far past anything normal (10x the column's normal
   maximum + 20), every other column untouched; ``outlier_feature`` names the column.
 - ``combo``: a low-activity entity whose three chosen count columns each sit at that
-  column's normal 99th percentile; no single value is out of range, the combination is.
+  column's normal 99.5th percentile; no single value is out of range, the combination is.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def _names(n_features: int) -> list[str]:
     return [f"{kinds[j % 7]}_{j:02d}" for j in range(n_features)]
 
 
-def _normal_rows(rng: np.random.Generator, n: int, names: list[str], profiles: np.ndarray) -> np.ndarray:
+def _normal_rows(
+    rng: np.random.Generator, n: int, names: list[str], profiles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     count_cols = [j for j, name in enumerate(names) if name.startswith("count")]
     activity = rng.lognormal(mean=3.0, sigma=1.5, size=n)
     role = rng.choice(len(_ROLE_PROBS), size=n, p=_ROLE_PROBS)
@@ -69,17 +71,17 @@ def audit_like(
 
     reference, ref_activity = _normal_rows(rng, max(n_rows, 5000), names, profiles)
     col_max = reference.max(axis=0)
-    col_p99 = np.quantile(reference, 0.99, axis=0)
+    col_p995 = np.quantile(reference, 0.995, axis=0)
 
     single, _ = _normal_rows(rng, n_single, names, profiles)
     single_feature = rng.choice(count_cols, size=n_single)
-    single[np.arange(n_single), single_feature] = 4 * col_max[single_feature] + 20
+    single[np.arange(n_single), single_feature] = 10 * col_max[single_feature] + 20
 
     quiet = reference[ref_activity < np.quantile(ref_activity, 0.3)]
     combo = quiet[rng.choice(len(quiet), size=n_combo)].copy()
     for row in combo:
         chosen = rng.choice(count_cols, size=3, replace=False)
-        row[chosen] = np.ceil(col_p99[chosen])
+        row[chosen] = np.ceil(col_p995[chosen])
 
     X = np.vstack([normal, single, combo])
     kind = np.array(["normal"] * n_rows + ["single"] * n_single + ["combo"] * n_combo)
