@@ -96,7 +96,7 @@ FLAGS: tuple[EventFlag, ...] = (
     EventFlag("service_account", "user.username", "workload identity: normally used only from inside the cluster",
               lambda d: _contains(d["user"], r"^system:serviceaccount:")),
     EventFlag("managed_identity", "user.username, rules.allow_identities", "EKS managed identities on the allow-list",
-              lambda d: _isin(d["user"], d.attrs["allow_identities"])),
+              lambda d: d["allow_listed"].to_numpy(dtype=bool)),
     EventFlag("source_public", "sourceIPs (last)", "a request from the internet rather than the VPC",
               lambda d: _eq(d["src_class"], "public")),
     EventFlag("source_aws", "sourceIPs (last), ip-ranges.json", "from AWS-owned space (Lambda, other accounts' EC2)",
@@ -184,7 +184,7 @@ FLAG_BY_NAME = {f.name: f for f in FLAGS}
 
 
 def prepare(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
-    """Add the helper columns flags read: address class, threat hit, client family."""
+    """Add the helper columns flags read: address class, threat hit, client family, allow-list membership."""
     ips = events["source_ip"]
     uniques = pd.unique(ips)
     classified = {ip: context.addresses.classify(ip) for ip in uniques}
@@ -192,8 +192,8 @@ def prepare(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
         src_class=ips.map(lambda ip: classified[ip][0]),
         src_threat=ips.map(lambda ip: classified[ip][1]).astype(bool),
         ua_family=events["user_agent"].map(user_agent_family),
+        allow_listed=events["user"].isin(context.allow_identities),
     )
-    events.attrs["allow_identities"] = tuple(context.allow_identities)
     return events
 
 

@@ -124,11 +124,21 @@ class RulePack:
         return {r.id: r for r in self.rules}
 
 
+_IDENTIFIER = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
+_STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _columns_read(condition: str, available) -> list[str]:
+    """The event columns a condition names (pandas.eval is much faster on just those)."""
+    names = set(_IDENTIFIER.findall(_STRING.sub("", condition)))
+    return [c for c in available if c in names]
+
+
 def _condition(rule: Rule, events: pd.DataFrame) -> np.ndarray:
     if events.empty:
         return np.zeros(0, dtype=bool)
     try:
-        result = events.eval(rule.condition, engine="python")
+        result = events[_columns_read(rule.condition, events.columns)].eval(rule.condition, engine="python")
     except Exception as error:  # pandas raises many types for a bad expression; all mean the rule is broken
         raise RuleError(f"rule {rule.id}: condition cannot be evaluated: {type(error).__name__}: {error}") from None
     if isinstance(result, pd.Series):

@@ -113,6 +113,8 @@ def run_score(ctx: RunContext) -> dict:
         reasons = explain(detector, records, baselines, ctx.config.report.explain_top)
         suppressions = load_suppressions(ctx)
         high = weights.get("high", 1.0)
+        evidence = events_pass["evidence"]
+        audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
         findings = []
         for position, row in enumerate(records.itertuples(index=False)):
             key = (row.entity_type, row.entity, row.window_start)
@@ -132,7 +134,7 @@ def run_score(ctx: RunContext) -> dict:
                 "rule_hits": rule_hits,
                 "reasons": reasons.get(position, []),
                 "event_count": int(row.n),
-                "audit_ids": [e["audit_id"] for e in events_pass["evidence"].get(key, [])][:MAX_AUDIT_IDS],
+                "audit_ids": audit_ids.get(key, []),
                 "suppressed": False,
             }
             match = suppression_for(record, suppressions) if suppressions else None
@@ -141,9 +143,9 @@ def run_score(ctx: RunContext) -> dict:
             findings.append(record)
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         ctx.storage.write_json(f"{out}/findings.json", findings)
-        ctx.storage.write_json(f"{out}/evidence.json", {
-            f["finding_id"]: events_pass["evidence"].get(_key_of(f), []) for f in findings[: ctx.config.report.top_n]
-        })
+        reported = findings[: ctx.config.report.top_n]
+        detail = evidence_by_record(evidence, {_key_of(f) for f in reported})
+        ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
         summary = {
@@ -174,7 +176,7 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
     flags = flag_context(ctx)
     record_hits: dict[tuple, Counter] = defaultdict(Counter)
-    evidence: dict[tuple, list] = defaultdict(list)
+    candidates: list[pd.DataFrame] = []
     rule_totals: Counter = Counter()
     top_events: list = []
     total = 0
@@ -196,8 +198,9 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
         events["rule_weight"] = severity
         novelty = event_novelty(events, seen)
         interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
-        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(events["user"], events["window_start"])]
-        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(events["source_ip"], events["window_start"])]
+        starts = events["window_start"].to_numpy(dtype=object)
+        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(_objects(events["user"]), starts)]
+        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(_objects(events["source_ip"]), starts)]
         events["event_score"] = np.maximum(user_part, ip_part) + severity + novelty["score"] + 0.2 * interesting
         for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
             why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
@@ -208,13 +211,10 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
             if entity_type not in ctx.config.features.entity_types:
                 continue
             _accumulate_hits(events, hits, column, entity_type, record_hits)
-            ordered = events.sort_values(["event_score", "time"], ascending=[False, True], kind="stable")
-            for (entity, start), group in ordered.groupby([column, "window_start"], sort=False):
-                bucket = evidence[(entity_type, entity, start)]
-                bucket.extend(evidence_rows(group.head(MAX_AUDIT_IDS)))
-                if len(bucket) > MAX_AUDIT_IDS:
-                    bucket.sort(key=lambda e: (-e["score"], e["time"]))
-                    del bucket[MAX_AUDIT_IDS:]
+            best = events.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
+            best = best.groupby([column, "window_start"], sort=False).head(MAX_AUDIT_IDS)
+            candidates.append(best[list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start"]].assign(
+                entity_type=entity_type, entity=best[column]))
         for row in evidence_rows(events.nlargest(ctx.config.report.events_top, "event_score")):
             item = (row["score"], row["audit_id"], row["stage"], row)
             if len(top_events) < ctx.config.report.events_top:
@@ -222,7 +222,21 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
             elif item[:3] > top_events[0][:3]:
                 heapq.heapreplace(top_events, item)
     ordered_top = [item[3] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2]))]
+    evidence = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start", "entity_type", "entity"])
+    evidence = evidence.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
+    evidence = evidence.groupby(["entity_type", "entity", "window_start"], sort=False).head(MAX_AUDIT_IDS)
     return {"record_hits": record_hits, "evidence": evidence, "top_events": ordered_top, "rule_totals": rule_totals, "events": total}
+
+
+def evidence_by_record(evidence: pd.DataFrame, keys: set | None = None) -> dict[tuple, list]:
+    """Evidence event dicts per (entity_type, entity, window_start), most relevant first; only ``keys`` if given."""
+    if keys is not None:
+        wanted = [k in keys for k in zip(evidence["entity_type"], evidence["entity"], evidence["window_start"])]
+        evidence = evidence[wanted]
+    grouped: dict[tuple, list] = defaultdict(list)
+    for key, row in zip(zip(evidence["entity_type"], evidence["entity"], evidence["window_start"]), evidence_rows(evidence)):
+        grouped[key].append(row)
+    return grouped
 
 
 def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, entity_type: str, record_hits: dict) -> None:
@@ -242,7 +256,7 @@ def event_novelty(events: pd.DataFrame, seen: dict) -> dict:
     scores = np.zeros(len(events))
     why: list[list[str]] = [[] for _ in range(len(events))]
     verb_resource = events["verb"].fillna("") + " " + events["resource"].fillna(events["request_uri"].fillna("").str.split("?", n=1).str[0])
-    columns = zip(events["user"], events["source_ip"], events["user_agent"], verb_resource)
+    columns = zip(_objects(events["user"]), _objects(events["source_ip"]), _objects(events["user_agent"]), _objects(verb_resource))
     for index, (user, ip, agent, action) in enumerate(columns):
         history = seen.get(("user", user))
         if history is None:
@@ -259,6 +273,11 @@ def event_novelty(events: pd.DataFrame, seen: dict) -> dict:
             scores[index] += 0.5
             why[index].append("new_action_for_user")
     return {"score": scores, "why": why}
+
+
+def _objects(series: pd.Series) -> np.ndarray:
+    """Plain Python values (None for missing) for fast Python loops over Arrow-backed columns."""
+    return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
 
 
 def evidence_rows(frame: pd.DataFrame) -> list[dict]:

@@ -1,0 +1,11 @@
+"""Realistic, labelled sample data: days of EKS audit logs with attacks in the last day.
+
+`generate_sample` simulates one EKS cluster (kubelets, control plane, EKS-managed identities,
+add-ons, application service accounts, engineers, CI, internet scanners) and injects about ten
+seeded attack scenarios into the last day, so a pipeline can learn per-identity baselines on
+the earlier days and be scored on the last 24 hours against `labels.json`.
+"""
+
+from .generate import generate_sample
+
+__all__ = ["generate_sample"]

@@ -1,0 +1,271 @@
+"""The sample generator must produce EKS audit logs a detector can be trusted to learn from:
+valid audit.k8s.io/v1 events, a stable and realistic background, and labelled attacks that
+exist only in the last day and carry each category's real signature."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+
+from pipeline.sample import generate_sample
+from pipeline.sample.attacks import CATEGORIES
+from pipeline.sample.emit import api_path
+
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+SEED, DAYS, SCALE = 7, 3, 0.1
+COVERAGE_SEEDS = (0, 1, 2)
+
+
+def read(path):
+    with gzip.open(path) as f:
+        return [orjson.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    summary = generate_sample(out, days=DAYS, seed=SEED, scale=SCALE)
+    files = sorted(out.glob("audit-*.jsonl.gz"))
+    days = [read(f) for f in files]
+    labels = json.loads((out / "labels.json").read_text())
+    return {"dir": out, "summary": summary, "files": files, "days": days, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def coverage(tmp_path_factory):
+    """One tiny single-day sample per seed; together they hold every attack category."""
+    out = {}
+    for seed in COVERAGE_SEEDS:
+        d = tmp_path_factory.mktemp(f"cov{seed}")
+        generate_sample(d, days=1, seed=seed, scale=0.02)
+        events = read(next(d.glob("audit-*.jsonl.gz")))
+        out[seed] = (json.loads((d / "labels.json").read_text()), events)
+    return out
+
+
+def username(e):
+    return e["user"].get("username", "")
+
+
+def test_summary_and_files(sample):
+    s = sample["summary"]
+    assert len(sample["files"]) == DAYS
+    assert set(s["files"]) == {f.name for f in sample["files"]} | {"labels.json"}
+    assert sum(s["events_per_day"].values()) == s["total_events"] == sum(len(d) for d in sample["days"])
+    assert s["scenarios"] == [sc["id"] for sc in sample["labels"]["scenarios"]]
+    assert s["end"].startswith("2026-11-08T00:00:00")  # 2026-11-01 + seed % 20 days
+
+
+def test_same_seed_same_bytes_other_seed_other_attacks(sample, tmp_path):
+    again = tmp_path / "again"
+    generate_sample(again, days=DAYS, seed=SEED, scale=SCALE)
+    for f in sample["files"] + [sample["dir"] / "labels.json"]:
+        assert (again / f.name).read_bytes() == f.read_bytes(), f.name
+    other = tmp_path / "other"
+    generate_sample(other, days=1, seed=SEED + 1, scale=0.02, end=datetime(2026, 11, 8, tzinfo=timezone.utc))
+    mine = sample["labels"]["scenarios"]
+    theirs = json.loads((other / "labels.json").read_text())["scenarios"]
+    assert {(s["user"], s["source_ip"]) for s in mine} != {(s["user"], s["source_ip"]) for s in theirs}
+    assert [s["start"] for s in mine] != [s["start"] for s in theirs]
+    users = {username(e) for e in read(next(other.glob("audit-*.jsonl.gz"))) if "@" in username(e)}
+    assert users != {username(e) for d in sample["days"] for e in d if "@" in username(e)}
+
+
+def test_every_line_is_an_eks_audit_event(sample):
+    for day in sample["days"]:
+        for e in day:
+            assert e["kind"] == "Event" and e["apiVersion"] == "audit.k8s.io/v1"
+            assert e["level"] in ("Metadata", "Request", "RequestResponse")
+            assert UUID4.match(e["auditID"])
+            assert e["stage"] in ("ResponseStarted", "ResponseComplete")
+            assert TS.match(e["requestReceivedTimestamp"]) and TS.match(e["stageTimestamp"])
+            assert e["stageTimestamp"] >= e["requestReceivedTimestamp"]
+            assert isinstance(e["sourceIPs"], list) and e["sourceIPs"]
+            assert e["userAgent"] and e["verb"]
+            code = e["responseStatus"]["code"]
+            if code == 401:
+                assert e["stage"] == "ResponseStarted" and e["user"] == {} and "annotations" not in e
+                continue
+            decision = e["annotations"]["authorization.k8s.io/decision"]
+            assert decision == ("forbid" if code == 403 else "allow")
+            if code >= 400:
+                assert e["responseStatus"]["status"] == "Failure"
+                assert "requestObject" not in e and "responseObject" not in e
+            ref = e.get("objectRef")
+            path = urlsplit(e["requestURI"]).path
+            if ref:
+                assert path == api_path(ref["resource"], ref.get("namespace", "") if ref["resource"] != "namespaces" else "",
+                                        ref.get("name", ""), ref.get("subresource", ""), ref.get("apiGroup", ""),
+                                        ref["apiVersion"])
+                if e["verb"] == "watch":
+                    assert parse_qs(urlsplit(e["requestURI"]).query)["watch"] == ["true"]
+            else:
+                assert not path.startswith("/api/v1/namespaces/")
+
+
+def test_files_are_time_sorted_and_free_of_duplicates(sample):
+    seen = set()
+    for f, day in zip(sample["files"], sample["days"]):
+        stamps = [e["stageTimestamp"] for e in day]
+        assert stamps == sorted(stamps)
+        assert all(s.startswith(f.name[6:16]) for s in stamps)
+        for e in day:
+            key = (e["auditID"], e["stage"])
+            assert key not in seen
+            seen.add(key)
+
+
+def test_audit_policy_levels(sample):
+    for e in (e for d in sample["days"] for e in d):
+        ref = e.get("objectRef") or {}
+        if ref.get("resource") in ("secrets", "configmaps") and ref.get("name") != "aws-auth":
+            assert e["level"] == "Metadata" and "requestObject" not in e
+        if ref.get("resource") == "leases" and e["verb"] == "update":
+            assert e["level"] == "RequestResponse" and e["requestObject"]["kind"] == "Lease"
+        if ref and e["verb"] in ("get", "list", "watch") and ref.get("apiGroup", "") in ("", "apps") \
+                and ref["resource"] not in ("secrets", "configmaps"):
+            assert e["level"] == "Request"
+        if not ref:
+            assert e["level"] == "Metadata"
+
+
+def test_streaming_requests_have_both_stages(sample):
+    stages = collections.defaultdict(list)
+    for e in (e for d in sample["days"] for e in d):
+        sub = (e.get("objectRef") or {}).get("subresource")
+        if sub in ("exec", "attach", "portforward"):
+            stages[e["auditID"]].append((e["stage"], e["responseStatus"]["code"]))
+    assert stages, "engineers exec into their own pods in the background"
+    for got in stages.values():
+        assert sorted(got) == [("ResponseComplete", 101), ("ResponseStarted", 101)] or got == [("ResponseStarted", 101)]
+
+
+def test_background_has_every_identity_family_every_day(sample):
+    required = ["system:kube-controller-manager", "system:kube-scheduler",
+                "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+                "system:serviceaccount:kube-system:cronjob-controller", "eks:node-manager", "eks:cloud-controller-manager",
+                "eks:vpc-resource-controller", "eks:authenticator", "eks:k8s-metrics", "eks:certificate-controller",
+                "system:serviceaccount:kube-system:aws-node", "system:serviceaccount:kube-system:coredns",
+                "system:serviceaccount:kube-system:kube-proxy", "system:serviceaccount:monitoring:prometheus",
+                "system:serviceaccount:monitoring:kube-state-metrics",
+                "system:serviceaccount:argocd:argocd-application-controller", "system:serviceaccount:cert-manager:cert-manager",
+                "system:serviceaccount:checkout:checkout-api", "system:serviceaccount:data:etl-runner", "system:anonymous"]
+    for day in sample["days"]:
+        users = {username(e) for e in day}
+        missing = [u for u in required if u not in users]
+        assert not missing, missing
+        assert any(u.startswith("system:node:ip-10-0-") for u in users)
+        etl = [e for e in day if username(e) == "system:serviceaccount:data:etl-runner" and e["verb"] == "list"]
+        assert len(etl) > 100 and all(e["responseStatus"]["code"] == 403 for e in etl)
+        anon = [e for e in day if username(e) == "system:anonymous"]
+        assert any(e["requestURI"] in ("/healthz", "/livez", "/readyz") and e["sourceIPs"][-1].startswith("10.0.") for e in anon)
+        assert sum(e["responseStatus"]["code"] == 403 for e in anon) > 50, "internet scanners are normal noise"
+    weekday = [d for d in sample["days"] if datetime.fromisoformat(d[0]["stageTimestamp"][:10]).weekday() < 5]
+    humans = {username(e) for d in weekday for e in d if username(e).endswith("@corp.example")}
+    assert 4 <= len(humans) <= 8
+    assert any(username(e) == "ci-deployer" and e["userAgent"].startswith("Helm/") for d in weekday for e in d)
+    gc = [e for d in sample["days"] for e in d if username(e).endswith("generic-garbage-collector") and e["verb"] == "list"]
+    assert len({e["objectRef"]["resource"] for e in gc}) >= 15, "benign discovery: GC lists every resource type"
+
+
+def test_engineer_extra_and_sources_are_stable(sample):
+    by_user = collections.defaultdict(lambda: collections.Counter())
+    for e in (e for d in sample["days"][:-1] for e in d):
+        u = username(e)
+        if u.endswith("@corp.example"):
+            extra = e["user"]["extra"]
+            assert extra["arn"][0].startswith("arn:aws:sts::111122223333:assumed-role/")
+            assert extra["accessKeyId"][0].startswith("ASIA") and extra["sessionName"]
+            by_user[u][e["sourceIPs"][-1]] += 1
+    for u, ips in by_user.items():
+        top = ips.most_common(2)
+        assert sum(n for _, n in top) >= 0.8 * sum(ips.values()), (u, ips)
+
+
+def test_kubelet_leases_dominate_volume(sample):
+    for day in sample["days"]:
+        groups = collections.Counter(
+            ("node" if username(e).startswith("system:node:") else username(e), e["verb"], (e.get("objectRef") or {}).get("resource"))
+            for e in day)
+        (top, n), = groups.most_common(1)
+        assert top == ("node", "update", "leases")
+        assert n / len(day) > 0.15
+
+
+def test_labels_name_last_day_events_only(sample):
+    labels = sample["labels"]
+    assert labels["seed"] == SEED and labels["days"] == DAYS
+    assert 8 <= len(labels["scenarios"]) <= 12
+    last = {e["auditID"]: e for e in sample["days"][-1]}
+    training = {e["auditID"] for d in sample["days"][:-1] for e in d}
+    day0 = sample["days"][-1][0]["stageTimestamp"][:10]
+    for s in labels["scenarios"]:
+        assert s["category"] in CATEGORIES and s["audit_ids"] and s["description"]
+        assert s["start"][:10] == s["end"][:10] == day0 and s["start"] <= s["end"]
+        assert not training.intersection(s["audit_ids"])
+        events = [last[a] for a in s["audit_ids"]]
+        assert any(e["sourceIPs"][-1] == s["source_ip"] for e in events)
+        if s["user"]:
+            assert any(username(e) == s["user"] for e in events)
+
+
+def test_every_category_appears_with_its_signature(coverage):
+    seen = set()
+    for labels, events in coverage.values():
+        by_id = collections.defaultdict(list)
+        for e in events:
+            by_id[e["auditID"]].append(e)
+        for s in labels["scenarios"]:
+            assert all(a in by_id for a in s["audit_ids"]), s["id"]
+            evs = [e for a in s["audit_ids"] for e in by_id[a]]
+            assert SIGNATURES[s["category"]](evs, s), s["id"]
+            seen.add(s["category"])
+    assert seen == set(CATEGORIES)
+
+
+def _res(e):
+    return (e.get("objectRef") or {}).get("resource")
+
+
+def _public(ip):
+    return not ip.startswith(("10.", "172.16.", "192.168."))
+
+
+SIGNATURES = {
+    "stolen_user_credentials": lambda evs, s: _public(s["source_ip"]) and any(_res(e) == "secrets" for e in evs),
+    "stolen_sa_token": lambda evs, s: s["user"].startswith("system:serviceaccount:") and _public(s["source_ip"])
+    and any(e["responseStatus"]["code"] == 403 for e in evs),
+    "permission_probing": lambda evs, s: sum(_res(e) == "selfsubjectaccessreviews" for e in evs) >= 5
+    and sum(e["responseStatus"]["code"] == 403 for e in evs) >= 3,
+    "secrets_sweep": lambda evs, s: len({e["objectRef"].get("name") for e in evs if _res(e) == "secrets" and e["verb"] == "get"}) >= 15
+    and any(e["requestURI"].startswith("/api/v1/secrets?") for e in evs),
+    "anonymous_access_granted": lambda evs, s: any(_res(e) == "clusterrolebindings" and e["verb"] == "create"
+                                                   and e["requestObject"]["subjects"][0]["name"] == "system:anonymous" for e in evs)
+    and any(username(e) == "system:anonymous" and e["responseStatus"]["code"] == 200 and _res(e) for e in evs),
+    "rbac_escalation": lambda evs, s: any(_res(e) in ("clusterrolebindings", "roles", "clusterroles")
+                                          and e["verb"] == "create" for e in evs),
+    "exec_system_pod": lambda evs, s: any(e["objectRef"].get("namespace") == "kube-system" and e["stage"] == "ResponseStarted"
+                                          and e["responseStatus"]["code"] == 101 for e in evs if _res(e) == "pods"),
+    "aws_auth_tampering": lambda evs, s: any(e["verb"] in ("patch", "update") and e["objectRef"].get("name") == "aws-auth"
+                                             and (e["responseStatus"]["code"] == 403 or "system:masters" in json.dumps(e["requestObject"]))
+                                             for e in evs if _res(e) == "configmaps"),
+    "privileged_workload": lambda evs, s: any(e["verb"] == "create" and "privileged" in json.dumps(e.get("requestObject", {}))
+                                              for e in evs if _res(e) in ("pods", "daemonsets", "cronjobs")),
+    "credential_minting": lambda evs, s: any((_res(e) == "serviceaccounts" and e["objectRef"].get("subresource") == "token")
+                                             or (_res(e) == "certificatesigningrequests" and e["verb"] == "create"
+                                                 and "client auth" in e["requestObject"]["spec"]["usages"]) for e in evs),
+    "defense_evasion": lambda evs, s: any(_res(e) == "events" and e["verb"] in ("delete", "deletecollection") for e in evs),
+    "system_identity_public_ip": lambda evs, s: (s["user"].startswith(("system:node:", "system:serviceaccount:kube-system:", "eks:")))
+    and _public(s["source_ip"]),
+    "auth_brute_force": lambda evs, s: sum(e["responseStatus"]["code"] == 401 and e["sourceIPs"][-1] == s["source_ip"] for e in evs) >= 80,
+    "webhook_tampering": lambda evs, s: any(_res(e) in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+                                            and e["verb"] in ("create", "patch") for e in evs),
+}
