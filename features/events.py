@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -149,13 +151,20 @@ def _workload_facts(spec: dict, row: dict) -> None:
     row["pod_images"] = _joined(c.get("image") for c in containers)
 
 
+_WORKLOADS = ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs")
+_BINDINGS = ("clusterrolebindings", "rolebindings")
+_ROLES = ("clusterroles", "roles")
+# Resources whose request body ``_request_facts`` reads; every other body is dropped unread.
+BODY_RESOURCES = frozenset(_WORKLOADS + _BINDINGS + _ROLES + ("services", "certificatesigningrequests", "configmaps", "ingresses"))
+
+
 def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict) -> None:
     """Reduce a request body to the facts rules need; never copy values of Secrets or ConfigMaps."""
-    if resource in ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs"):
+    if resource in _WORKLOADS:
         spec = _pod_spec(obj)
         if spec:
             _workload_facts(spec, row)
-    elif resource in ("clusterrolebindings", "rolebindings"):
+    elif resource in _BINDINGS:
         ref = obj.get("roleRef")
         if isinstance(ref, dict):
             row["role_ref"] = f"{ref.get('kind', '')}/{ref.get('name', '')}"
@@ -164,7 +173,7 @@ def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict)
             row["subjects"] = _joined(
                 f"{s.get('kind', '')}:{s.get('namespace') or ''}/{s.get('name', '')}" for s in subjects if isinstance(s, dict)
             )
-    elif resource in ("clusterroles", "roles"):
+    elif resource in _ROLES:
         rules = obj.get("rules")
         if isinstance(rules, list):
             rules = [r for r in rules if isinstance(r, dict)]

@@ -25,8 +25,9 @@ SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 HEALTH_PATHS = re.compile(r"^/(?:healthz|livez|readyz|version)(?:/|\?|$)")
 ADMIN_ROLES = re.compile(r"^ClusterRole/(?:cluster-admin|admin|system:masters|system:kube-controller-manager)$|^Role/admin$")
 SUSPICIOUS_EXEC = re.compile(
-    r"\b(?:sh|bash|ash|zsh|dash)\b.*-c|curl|wget|\bnc\b|ncat|socat|/dev/tcp|python|perl|/var/run/secrets|"
-    r"169\.254\.169\.254|\btar\b|base64|chmod|/etc/shadow|kubeconfig|\.aws/credentials",
+    r"/var/run/secrets|serviceaccount/token|169\.254\.169\.254|/dev/tcp/|\bnc\b.*\s-e\b|\bncat\b|\bsocat\b|"
+    r"\bbash\s+-i\b|(?:curl|wget)[^|]*\|\s*(?:ba)?sh\b|base64\s+(?:-d|--decode)|\btar\s+-?c|chmod\s+\+x|/etc/shadow|"
+    r"kubeconfig|\.aws/credentials|\bxmrig\b|\bnmap\b",
     re.I,
 )
 DANGEROUS_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_ADMIN", "NET_RAW", "DAC_READ_SEARCH", "ALL", "BPF")

@@ -105,6 +105,8 @@ WINDOW_FEATURES: tuple[WindowFeature, ...] = (
     WindowFeature("new_ua_families", "history of client family", "client family change: kubectl to curl or a script", _novel("ua_families")),
     WindowFeature("new_verb_resources", "history of (verb, resource)", "first-seen action for this entity", _novel("verb_resources")),
     WindowFeature("new_namespaces", "history of namespaces", "first-seen namespace for this entity", _novel("namespaces")),
+    WindowFeature("new_sensitive_actions", "history of sensitive flags", "a kind of sensitive action (secret read, RBAC write, exec, ...) this entity never did before",
+                  lambda f: np.log1p(f["novel_sensitive"])),
     WindowFeature("new_entity", "history of the entity", "an identity or address never seen before", lambda f: f["entity_is_new"].astype(float)),
     WindowFeature("off_hours", "history of active hours", "activity at an hour this entity is never active", lambda f: f["is_off_hours"].astype(float)),
     WindowFeature("requests_vs_baseline", "request count history", "volume against this entity's own normal (robust z)", lambda f: f["z_requests"]),
@@ -114,6 +116,15 @@ WINDOW_FEATURES: tuple[WindowFeature, ...] = (
 FEATURE_NAMES = tuple(f.name for f in WINDOW_FEATURES)
 FEATURE_BY_NAME = {f.name: f for f in WINDOW_FEATURES}
 NOVELTY_SETS = ("peers", "user_agents", "ua_families", "verb_resources", "namespaces")
+SENSITIVE_FLAGS = (
+    "secret_read", "secret_denied", "secret_list_cluster_wide", "secret_kube_system", "secret_write", "token_request",
+    "csr_create", "aws_auth_read", "aws_auth_write", "kube_system_configmap_read", "configmap_credentials", "rbac_write",
+    "admin_binding", "anonymous_binding", "default_sa_binding", "dangerous_role", "system_role_change", "impersonation",
+    "webhook_write", "exec", "exec_kube_system", "exec_suspicious_command", "portforward", "ephemeral_container",
+    "workload_create", "pod_in_system_namespace", "privileged_workload", "persistence_workload", "nodeport_service",
+    "permission_review", "anonymous_allowed", "events_delete", "deletecollection", "denied_403", "denied_401",
+    "source_public", "source_threat_list", "system_from_public", "service_account_from_outside", "scripted_client",
+)
 BASELINE_INPUTS = {
     "requests": lambda f: np.log1p(f["n"]),
     "denials": lambda f: np.log1p(f["n_denied_401"] + f["n_denied_403"]),
@@ -130,6 +141,7 @@ class EntityHistory:
     seen: dict[str, set]
     hours: set
     samples: dict[str, list]
+    sensitive: set
     windows: int = 0
 
 
@@ -155,14 +167,20 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     z_scores = {name: np.zeros(len(frame)) for name in BASELINE_INPUTS}
     hours = frame["window_start"].dt.hour.to_numpy()
     sets = {name: frame[name].to_numpy() for name in NOVELTY_SETS}
+    sensitive_counts = frame[[f"n_{name}" for name in SENSITIVE_FLAGS]].to_numpy() > 0
+    novel_sensitive = np.zeros(len(frame))
     entity_types = frame["entity_type"].to_numpy()
     entities = frame["entity"].to_numpy()
     for row in range(len(frame)):
         key = (entity_types[row], entities[row])
         history = histories.get(key)
         if history is None:
-            history = histories[key] = EntityHistory({n: set() for n in NOVELTY_SETS}, set(), defaultdict(list))
+            history = histories[key] = EntityHistory({n: set() for n in NOVELTY_SETS}, set(), defaultdict(list), set())
             entity_new[row] = True
+        active = {SENSITIVE_FLAGS[j] for j in np.flatnonzero(sensitive_counts[row])}
+        if history.windows:
+            novel_sensitive[row] = len(active - history.sensitive)
+        history.sensitive |= active
         for name in NOVELTY_SETS:
             values = sets[name][row]
             novel[name][row] = sum(1 for v in values if v not in history.seen[name])
@@ -178,6 +196,7 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     for name in NOVELTY_SETS:
         frame[f"novel_{name}"] = novel[name]
     frame["entity_is_new"] = entity_new
+    frame["novel_sensitive"] = novel_sensitive
     frame["is_off_hours"] = off_hours
     for name in BASELINE_INPUTS:
         frame[f"z_{name}"] = z_scores[name]

@@ -3,11 +3,12 @@
 Rank formula (docs/detection.md):
     model_part = (score - median of training scores) / (threshold - median of training scores)
                  so 0 is a typical window and 1 is exactly at the calibrated threshold;
-    rule_part  = weight of the most severe rule hit + 0.25 per further distinct rule hit
-                 (weights from config scoring.severity_weights; info rules weigh 0);
+    rule_part  = weight of the heaviest rule hit + 0.25 per further rule hit of at least low weight
+                 (weights from config scoring.severity_weights; info rules weigh 0; a rule the
+                 entity triggers routinely in training weighs a quarter: see ``rule_parts``);
     combined   = scoring.model_weight * model_part + rule_part.
-A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it
-(the rules alone); neither can hide the other because they add. Suppressions clear
+A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it that
+is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions clear
 ``flagged`` but keep the record, marked ``suppressed``.
 
 Events are processed hour by hour so memory stays bounded by an hour of events.
@@ -21,16 +22,15 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from features.flags import add_flags
-from features.rules import RulePack, RuleError
+from features.rules import RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
 from pipeline.archive import read_archive
 from pipeline.config import Config, Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.stages import events_frame, flag_context, iso, load_features, load_model
+from pipeline.stages import events_frame, flag_context, iso, load_features, load_model, load_rule_pack, load_rule_history
 from pipeline.storage import safe_segment
 
 log = logging.getLogger(__name__)
@@ -40,26 +40,9 @@ INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_wr
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
 MAX_AUDIT_IDS = 50
+ROUTINE_WINDOWS = 2
+ROUTINE_FACTOR = 0.25
 TOP_REASONS = 5
-
-
-def load_rule_pack(config: Config) -> RulePack:
-    """The rule pack named in the config (default configs/rules.yaml), validated at load."""
-    path = config.rules_pack_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML", hint="check indentation and quoting") from None
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
-        raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
-    try:
-        return RulePack.from_dicts(data["rules"], config.rules.disabled, str(path))
-    except RuleError as error:
-        raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
 
 
 def load_suppressions(ctx: RunContext) -> list[Suppression]:
@@ -105,7 +88,7 @@ def run_score(ctx: RunContext) -> dict:
         records["model_part"] = (scores - model["train_score_median"]) / spread
         weights = ctx.config.scoring.severity_weights
         events_pass = score_events(ctx, pack, records, history, ranges, weights)
-        rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights)
+        rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
         records["rule_part"] = rule_part
         records["combined"] = ctx.config.scoring.model_weight * records["model_part"] + records["rule_part"]
         records = records.sort_values(["combined", "model_score", "entity_type", "entity", "window_start"],
@@ -127,7 +110,7 @@ def run_score(ctx: RunContext) -> dict:
                 "window_start": iso(row.window_start),
                 "window_end": iso(row.window_end),
                 "score": round(float(row.combined), 6),
-                "flagged": bool(row.model_part > 1.0 or any(weights.get(h["severity"], 0) >= high for h in rule_hits)),
+                "flagged": bool(row.model_part > 1.0 or any(h["weight"] >= high for h in rule_hits)),
                 "model_score": round(float(row.model_score), 6),
                 "model_part": round(float(row.model_part), 6),
                 "rule_part": round(float(row.rule_part), 6),
@@ -292,7 +275,11 @@ def evidence_rows(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights: dict) -> tuple[np.ndarray, dict]:
+def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights: dict,
+               routine: dict[tuple[str, str, str], int]) -> tuple[np.ndarray, dict]:
+    """Each record's rule part and its hit list. A rule this entity triggered in ROUTINE_WINDOWS or
+    more training windows is its routine (the GitOps controller writing RBAC): it still shows,
+    marked ``routine``, but weighs ROUTINE_FACTOR of its severity and cannot flag alone."""
     parts = np.zeros(len(records))
     hits_by_key: dict[tuple, list] = {}
     keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
@@ -300,13 +287,15 @@ def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights
         counter = record_hits.get(key)
         if not counter:
             continue
-        hit_list = sorted(
-            ({"rule": rule, "severity": pack.severity(rule), "count": count} for rule, count in counter.items()),
-            key=lambda h: (-weights.get(h["severity"], 0.0), h["rule"]),
-        )
+        hit_list = []
+        for rule, count in counter.items():
+            seen = routine.get((key[0], key[1], rule), 0)
+            weight = weights.get(pack.severity(rule), 0.0) * (ROUTINE_FACTOR if seen >= ROUTINE_WINDOWS else 1.0)
+            hit_list.append({"rule": rule, "severity": pack.severity(rule), "count": count,
+                             "routine": seen >= ROUTINE_WINDOWS, "weight": round(weight, 4)})
+        hit_list.sort(key=lambda h: (-h["weight"], h["rule"]))
         hits_by_key[key] = hit_list
-        rule_weights = [weights.get(h["severity"], 0.0) for h in hit_list]
-        parts[index] = rule_weights[0] + 0.25 * sum(1 for w in rule_weights[1:] if w > 0)
+        parts[index] = hit_list[0]["weight"] + 0.25 * sum(1 for h in hit_list[1:] if h["weight"] >= weights.get("low", 0.25))
     return parts, hits_by_key
 
 

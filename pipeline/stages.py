@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import yaml
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.flags import FlagContext, add_flags
+from features.rules import RuleError, RulePack
 from features.windows import (
     FEATURE_NAMES, KEY, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
 )
@@ -159,7 +161,8 @@ def features_fingerprint(ctx: RunContext) -> str:
     material = orjson.dumps({
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
-        "allow": sorted(ctx.config.rules.allow_identities), "schema": 1,
+        "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
+        "disabled": sorted(ctx.config.rules.disabled), "schema": 2,
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 
@@ -173,14 +176,18 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
 
 
-def hour_partials(ctx: RunContext, flags: FlagContext, archive_key: str, cache_key: str) -> pd.DataFrame:
-    """Map step for one archived hour, cached in the workdir under the hour file's digest."""
-    if ctx.storage.exists(cache_key):
-        return partials_from_arrow(ctx.storage.read_parquet(cache_key))
-    events = events_frame(ctx.storage.read_parquet(archive_key))
-    partial = partial_aggregates(add_flags(events, flags), ctx.config.features.window_minutes, ctx.config.features.entity_types)
+def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_key: str, cache_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map step for one archived hour (window partials and rule hits), cached under the hour file's digest."""
+    rules_key = cache_key.replace(".parquet", ".rules.parquet")
+    if ctx.storage.exists(cache_key) and ctx.storage.exists(rules_key):
+        return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_key).to_pandas()
+    cfg = ctx.config.features
+    events = add_flags(events_frame(ctx.storage.read_parquet(archive_key)), flags)
+    partial = partial_aggregates(events, cfg.window_minutes, cfg.entity_types)
+    rules = rule_partials(pack, events, cfg.window_minutes, cfg.entity_types)
+    ctx.storage.write_parquet(rules_key, pa.Table.from_pandas(rules, preserve_index=False))
     ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
-    return partial
+    return partial, rules
 
 
 def partials_to_arrow(partial: pd.DataFrame) -> pa.Table:
@@ -211,12 +218,16 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         ]
         if not hours:
             raise StageError("no archived events in the requested ranges", hint="check --train-from/--score-to against `auditsift archive` output")
+        pack = load_rule_pack(ctx.config)
         handle = ctx.progress("features (hours)", len(hours))
-        partials = []
+        partials, rules = [], []
         for date, hour, key in hours:
-            partials.append(hour_partials(ctx, flags, key, partial_key(ctx, fingerprint, date, hour, key)))
+            partial, hits = hour_partials(ctx, flags, pack, key, partial_key(ctx, fingerprint, date, hour, key))
+            partials.append(partial)
+            rules.append(hits)
             handle.advance()
         handle.close()
+        rules = pd.concat(rules, ignore_index=True)
         merged = reduce_partials(partials)
         merged = merged[(merged["window_start"] >= pd.Timestamp(ranges.train_from)) & (merged["window_start"] < pd.Timestamp(ranges.score_to))]
         table = finalise(merged.reset_index(drop=True), ctx.config.features.window_minutes)
@@ -225,6 +236,8 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         base = f"{ctx.cluster_key('features')}/runs/{safe_segment(ctx.run_id)}"
         ctx.storage.write_parquet(f"{base}/features.parquet", pa.Table.from_pandas(table.drop(columns=list(SET_NAMES)), preserve_index=False))
         ctx.storage.write_parquet(f"{base}/history.parquet", pa.Table.from_pandas(history, preserve_index=False))
+        trained = rules[(rules["window_start"] >= pd.Timestamp(ranges.train_from)) & (rules["window_start"] < pd.Timestamp(ranges.score_from))]
+        ctx.storage.write_parquet(f"{base}/rule_history.parquet", pa.Table.from_pandas(rule_history(trained), preserve_index=False))
         counts = {
             "rows": int(len(table)), "train_rows": int((table["split"] == "train").sum()),
             "score_rows": int((table["split"] == "score").sum()), "hours": len(hours),
@@ -263,6 +276,61 @@ def partials_from_history(table: pa.Table) -> pd.DataFrame:
     for name in NOVELTY_SETS:
         frame[name] = frame[name].map(lambda v: set(v) if v is not None else set())
     return frame
+
+
+def load_rule_pack(config: Config) -> RulePack:
+    """The rule pack named in the config (default configs/rules.yaml), validated at load."""
+    path = config.rules_pack_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML", hint="check indentation and quoting") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
+    try:
+        return RulePack.from_dicts(data["rules"], config.rules.disabled, str(path))
+    except RuleError as error:
+        raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
+
+
+def rule_partials(pack: RulePack, events: pd.DataFrame, window_minutes: int, entity_types) -> pd.DataFrame:
+    """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when."""
+    hits = pack.evaluate(events)
+    fired = [c for c in hits.columns if hits[c].any()]
+    frames = []
+    if fired:
+        window = events["time"].dt.floor(f"{window_minutes}min")
+        for entity_type in entity_types:
+            frame = pd.concat([events[[entity_type]].rename(columns={entity_type: "entity"}), window.rename("window_start"),
+                               hits[fired].astype("int64")], axis=1).dropna(subset=["entity"])
+            long = frame.groupby(["entity", "window_start"], sort=True)[fired].sum().reset_index().melt(
+                id_vars=["entity", "window_start"], var_name="rule", value_name="count")
+            frames.append(long[long["count"] > 0].assign(entity_type=entity_type))
+    if not frames:
+        return pd.DataFrame({"entity_type": pd.Series(dtype="str"), "entity": pd.Series(dtype="str"),
+                             "window_start": pd.Series(dtype="datetime64[us, UTC]"), "rule": pd.Series(dtype="str"),
+                             "count": pd.Series(dtype="int64")})
+    return pd.concat(frames, ignore_index=True)[["entity_type", "entity", "window_start", "rule", "count"]]
+
+
+def rule_history(rules: pd.DataFrame) -> pd.DataFrame:
+    """Per entity and rule: in how many training windows the entity triggered it (its routine)."""
+    if rules.empty:
+        return pd.DataFrame({"entity_type": [], "entity": [], "rule": [], "windows": []})
+    return rules.groupby(["entity_type", "entity", "rule"]).size().rename("windows").reset_index()
+
+
+def load_rule_history(ctx: RunContext) -> dict[tuple[str, str, str], int]:
+    state = ctx.read_state().get("features") or {}
+    key = f"{state.get('key')}/rule_history.parquet"
+    if not state or not ctx.storage.exists(key):
+        return {}
+    table = ctx.storage.read_parquet(key).to_pandas()
+    return {(t, e, r): int(w) for t, e, r, w in zip(table["entity_type"], table["entity"], table["rule"], table["windows"])}
 
 
 # --------------------------------------------------------------------------- train
