@@ -295,6 +295,17 @@ def report(workdir, config_path, cluster, report_dir, top, no_write, quiet, wait
     console.print(f"report: {run['report']['html']}", markup=False, highlight=False)
 
 
+@main.command()
+@config_option
+@boundary
+def catalog(config_path) -> None:
+    """Print every event flag, window feature and rule (Markdown), from their registries."""
+    from pipeline.catalog import catalog_markdown
+    from pipeline.stages import load_rule_pack
+
+    click.echo(catalog_markdown(load_rule_pack(load_config(config_path))), nl=False)
+
+
 def latest_findings(ctx: RunContext) -> list[dict]:
     from pipeline.errors import StageError
 

@@ -1,8 +1,10 @@
 """Score stage: model scores + rule hits -> ranked, explained findings with their evidence events.
 
 Rank formula (docs/detection.md):
-    model_part = (score - median of training scores) / (threshold - median of training scores)
-                 so 0 is a typical window and 1 is exactly at the calibrated threshold;
+    model_part = (score - median) / (threshold - median), with median and threshold of the
+                 training scores of the record's peer group (features.entities: humans, nodes,
+                 service accounts, public addresses, ...), so 0 is typical for its kind and 1 is
+                 exactly at the calibrated threshold;
     rule_part  = weight of the heaviest rule hit + 0.25 per further rule hit of at least low weight
                  (weights from config scoring.severity_weights; info rules weigh 0; a rule the
                  entity triggers routinely in training weighs a quarter: see ``rule_parts``);
@@ -83,9 +85,8 @@ def run_score(ctx: RunContext) -> dict:
             raise ConfigError(f"no entity windows in the scoring range {iso(ranges.score_from)}..{iso(ranges.score_to)}",
                               hint="check --score-from/--score-to against the archived data")
         scores = detector.score(feature_matrix(records))
-        spread = max(model["threshold"] - model["train_score_median"], 1e-9)
         records["model_score"] = scores
-        records["model_part"] = (scores - model["train_score_median"]) / spread
+        records["model_part"] = model_parts(scores, records["entity_group"].to_numpy(), model["calibration"])
         weights = ctx.config.scoring.severity_weights
         events_pass = score_events(ctx, pack, records, history, ranges, weights)
         rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
@@ -138,6 +139,15 @@ def run_score(ctx: RunContext) -> dict:
         }
         ctx.update_state("score", summary)
     return summary
+
+
+def model_parts(scores: np.ndarray, groups: np.ndarray, calibration: dict) -> np.ndarray:
+    """Scores on the calibrated scale of each record's peer group: 0 = its group's median, 1 = its threshold."""
+    parts = np.empty(len(scores))
+    for index, (score, group) in enumerate(zip(scores, groups)):
+        entry = calibration.get(group) or calibration["*"]
+        parts[index] = (score - entry["median"]) / max(entry["threshold"] - entry["median"], 1e-9)
+    return parts
 
 
 def _key_of(finding: dict) -> tuple:

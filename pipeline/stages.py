@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.flags import FlagContext, add_flags
+from features.entities import entity_group
 from features.rules import RuleError, RulePack
 from features.windows import (
     FEATURE_NAMES, KEY, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
@@ -231,7 +232,9 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         merged = reduce_partials(partials)
         merged = merged[(merged["window_start"] >= pd.Timestamp(ranges.train_from)) & (merged["window_start"] < pd.Timestamp(ranges.score_to))]
         table = finalise(merged.reset_index(drop=True), ctx.config.features.window_minutes)
-        table["split"] = np.where(table["window_start"] >= pd.Timestamp(ranges.score_from), "score", "train")
+        table["split"] = np.where(table["window_start"] >= pd.Timestamp(ranges.score_from), "score",
+                                  np.where(table["window_start"] >= pd.Timestamp(warmup_end(ranges)), "train", "warmup"))
+        table["entity_group"] = [entity_group(t, e, flags.addresses) for t, e in zip(table["entity_type"], table["entity"])]
         history = entity_history(merged[merged["window_start"] < pd.Timestamp(ranges.score_from)])
         base = f"{ctx.cluster_key('features')}/runs/{safe_segment(ctx.run_id)}"
         ctx.storage.write_parquet(f"{base}/features.parquet", pa.Table.from_pandas(table.drop(columns=list(SET_NAMES)), preserve_index=False))
@@ -245,6 +248,16 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         }
         ctx.update_state("features", {"run_id": ctx.run_id, "key": base, "ranges": ranges.as_dict(), **counts})
     return counts
+
+
+WARMUP = timedelta(hours=24)
+
+
+def warmup_end(ranges: Ranges) -> datetime:
+    """Training windows before this only seed the entities' histories: in the first day every
+    entity looks new, and training on that would teach the model that novelty is normal.
+    At most half the training range is spent this way."""
+    return ranges.train_from + min(WARMUP, (ranges.train_to - ranges.train_from) / 2)
 
 
 def _hour_start(date: str, hour: int) -> datetime:
@@ -366,7 +379,9 @@ def run_train(ctx: RunContext) -> dict:
                 hint="archive more history or move --score-from later",
             )
         detector = build_detector(ctx)
-        detector.fit(feature_matrix(train), list(FEATURE_NAMES))
+        matrix = feature_matrix(train)
+        detector.fit(matrix, list(FEATURE_NAMES))
+        calibration = group_calibration(detector.score(matrix), train["entity_group"].to_numpy(), ctx.config.model.threshold)
         model_id = f"{safe_segment(ctx.run_id)}-{ctx.config.model.backend}"
         model_key = f"{ctx.cluster_key('models')}/{model_id}"
         manifest = save_detector(ctx, detector, model_key)
@@ -377,11 +392,35 @@ def run_train(ctx: RunContext) -> dict:
             "id": model_id, "key": model_key, "backend": ctx.config.model.backend, "threshold": float(detector.threshold_),
             "threshold_method": ctx.config.model.threshold.method, "train_rows": int(len(train)),
             "train_score_median": float(manifest["training"]["score_stats"]["quantiles"]["0.5"]),
+            "calibration": calibration,
             "trained_on": {"from": iso(ranges.train_from), "to": iso(ranges.train_to)},
         }
         ctx.storage.write_json(f"{model_key}/model.json", info)
         ctx.update_state("model", info)
     return info
+
+
+MIN_GROUP_ROWS = 200
+
+
+def group_calibration(scores: np.ndarray, groups: np.ndarray, threshold) -> dict:
+    """Median and threshold of the training scores per entity peer group (features.entities).
+
+    A group with fewer than MIN_GROUP_ROWS training windows uses the all-groups values,
+    under the key "*". The threshold rule is the configured one (quantile or mean+3std).
+    """
+    from training.calibration import calibrate
+
+    def stats(values: np.ndarray) -> dict:
+        return {"median": float(np.median(values)), "threshold": float(calibrate(values, threshold.method, threshold.quantile)),
+                "rows": int(values.size)}
+
+    table = {"*": stats(scores)}
+    for group in sorted(set(groups)):
+        values = scores[groups == group]
+        if values.size >= MIN_GROUP_ROWS:
+            table[group] = stats(values)
+    return table
 
 
 def save_detector(ctx: RunContext, detector, model_key: str) -> dict:
