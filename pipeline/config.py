@@ -66,7 +66,7 @@ class FeaturesConfig(Section):
 
 class ThresholdConfig(Section):
     method: Literal["mean+3std", "quantile"] = "quantile"
-    quantile: float = Field(0.995, gt=0.5, lt=1.0)
+    quantile: float = Field(0.998, gt=0.5, lt=1.0)
 
 
 class IForestParams(Section):

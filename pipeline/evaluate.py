@@ -62,7 +62,18 @@ def evaluate_findings(findings: list[dict], labels: dict, top_k: int = TOP_K) ->
     }
 
 
-def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Path, config_path: str | None) -> dict:
+def rerun_from_archive(ctx: RunContext) -> dict:
+    """Features, train and score on an already archived workdir (for quick iterations on detection)."""
+    from pipeline.scoring import run_score
+    from pipeline.stages import resolve_ranges, run_features, run_train
+
+    run_features(ctx, resolve_ranges(ctx))
+    run_train(ctx)
+    return run_score(ctx)
+
+
+def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Path, config_path: str | None,
+                  reuse_archive: bool = False) -> dict:
     from pipeline.sample import generate_sample
 
     sample_dir = workroot / f"sample-{seed}"
@@ -70,7 +81,10 @@ def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Pa
         generate_sample(sample_dir, days=days, seed=seed, scale=scale)
     config = load_config(config_path, {"model": {"backend": backend}})
     ctx = RunContext(LocalStorage(workroot / f"work-{seed}-{backend}"), config, new_run_id())
-    result = run_pipeline(ctx, [str(sample_dir)])
+    if reuse_archive and ctx.read_state().get("archive"):
+        result = rerun_from_archive(ctx)
+    else:
+        result = run_pipeline(ctx, [str(sample_dir)])
     findings = ctx.storage.read_json(f"{ctx.read_state()['score']['key']}/findings.json")
     labels = orjson.loads((sample_dir / "labels.json").read_bytes())
     return {"seed": seed, "backend": backend, "timings": dict(ctx.timings), "flagged": result["flagged"],
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--workdir", default=None, help="Reuse samples and workdirs here (default: a temporary directory).")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    parser.add_argument("--reuse-archive", action="store_true", help="With --workdir: skip archiving where a workdir exists.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for backend in args.backend:
             for seed in args.seeds:
-                outcome = evaluate_seed(seed, backend, args.days, args.scale, root, args.config)
+                outcome = evaluate_seed(seed, backend, args.days, args.scale, root, args.config, args.reuse_archive)
                 results.append(outcome)
                 misses = [f"{s['id']}@{s['best_rank']}" for s in outcome["scenarios"] if not s["in_top_k"]]
                 print(f"{backend:10s} seed {seed}: {outcome['scenarios_in_top_k']}/{outcome['scenario_count']} scenarios in top {TOP_K}, "

@@ -86,7 +86,8 @@ def run_score(ctx: RunContext) -> dict:
                               hint="check --score-from/--score-to against the archived data")
         scores = detector.score(feature_matrix(records))
         records["model_score"] = scores
-        records["model_part"] = model_parts(scores, records["entity_group"].to_numpy(), model["calibration"])
+        records["model_part"] = model_parts(scores, records["entity_group"].to_numpy(), records["entity_type"].to_numpy(),
+                                            model["calibration"])
         weights = ctx.config.scoring.severity_weights
         events_pass = score_events(ctx, pack, records, history, ranges, weights)
         rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
@@ -141,11 +142,11 @@ def run_score(ctx: RunContext) -> dict:
     return summary
 
 
-def model_parts(scores: np.ndarray, groups: np.ndarray, calibration: dict) -> np.ndarray:
+def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, calibration: dict) -> np.ndarray:
     """Scores on the calibrated scale of each record's peer group: 0 = its group's median, 1 = its threshold."""
     parts = np.empty(len(scores))
-    for index, (score, group) in enumerate(zip(scores, groups)):
-        entry = calibration.get(group) or calibration["*"]
+    for index, (score, group, entity_type) in enumerate(zip(scores, groups, entity_types)):
+        entry = calibration.get(group) or calibration.get(f"type:{entity_type}") or calibration["*"]
         parts[index] = (score - entry["median"]) / max(entry["threshold"] - entry["median"], 1e-9)
     return parts
 

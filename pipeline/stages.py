@@ -381,7 +381,8 @@ def run_train(ctx: RunContext) -> dict:
         detector = build_detector(ctx)
         matrix = feature_matrix(train)
         detector.fit(matrix, list(FEATURE_NAMES))
-        calibration = group_calibration(detector.score(matrix), train["entity_group"].to_numpy(), ctx.config.model.threshold)
+        calibration = group_calibration(detector.score(matrix), train["entity_group"].to_numpy(), train["entity_type"].to_numpy(),
+                                        ctx.config.model.threshold)
         model_id = f"{safe_segment(ctx.run_id)}-{ctx.config.model.backend}"
         model_key = f"{ctx.cluster_key('models')}/{model_id}"
         manifest = save_detector(ctx, detector, model_key)
@@ -400,14 +401,15 @@ def run_train(ctx: RunContext) -> dict:
     return info
 
 
-MIN_GROUP_ROWS = 200
+MIN_GROUP_ROWS = 100
 
 
-def group_calibration(scores: np.ndarray, groups: np.ndarray, threshold) -> dict:
+def group_calibration(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, threshold) -> dict:
     """Median and threshold of the training scores per entity peer group (features.entities).
 
-    A group with fewer than MIN_GROUP_ROWS training windows uses the all-groups values,
-    under the key "*". The threshold rule is the configured one (quantile or mean+3std).
+    A group with fewer than MIN_GROUP_ROWS training windows falls back to its entity
+    type ("type:user", "type:source_ip"), then to all rows ("*"). The threshold rule is
+    the configured one (quantile or mean+3std).
     """
     from training.calibration import calibrate
 
@@ -416,6 +418,10 @@ def group_calibration(scores: np.ndarray, groups: np.ndarray, threshold) -> dict
                 "rows": int(values.size)}
 
     table = {"*": stats(scores)}
+    for entity_type in sorted(set(entity_types)):
+        values = scores[entity_types == entity_type]
+        if values.size >= MIN_GROUP_ROWS:
+            table[f"type:{entity_type}"] = stats(values)
     for group in sorted(set(groups)):
         values = scores[groups == group]
         if values.size >= MIN_GROUP_ROWS:
