@@ -360,5 +360,9 @@ def finish(ctx: RunContext, result: dict, as_json: bool, fail_on_flagged: bool) 
         sys.exit(EXIT_FLAGGED)
 
 
+from pipeline.triage import triage_command  # noqa: E402  (registered after main exists)
+
+main.add_command(triage_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -143,7 +143,13 @@ class ScoringConfig(Section):
 
 
 class Suppression(Section):
-    """A known-benign pattern: matching findings leave `flagged` but stay listed as suppressed."""
+    """A known-benign pattern: matching findings leave `flagged` but stay listed as suppressed.
+
+    It always names an entity (or a glob pattern). ``rules`` and ``reasons`` narrow it: a
+    finding matches when its rule hits and top reasons are among them. Empty means "any"
+    unless ``exact`` (what triage writes): then empty means "none", so a later finding with
+    a new rule or a new kind of deviation is never hidden.
+    """
 
     id: str | None = None
     entity: str | None = None
@@ -151,6 +157,7 @@ class Suppression(Section):
     entity_type: Literal["user", "source_ip"] | None = None
     rules: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    exact: bool = False
     note: str = ""
 
 

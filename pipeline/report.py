@@ -18,7 +18,7 @@ import orjson
 
 from pipeline.context import RunContext
 from pipeline.errors import StageError
-from pipeline.render import render_html, render_markdown
+from pipeline.render import render_html, render_markdown, report_extras
 from pipeline.storage import LocalStorage, Storage, open_storage, safe_segment
 
 PACKAGES = ("auditsift", "numpy", "pandas", "pyarrow", "scikit-learn", "krcf", "orjson", "boto3", "pydantic", "sagemaker-core")
@@ -62,13 +62,15 @@ def run_report(ctx: RunContext, report_dir: str | None = None, run_info: dict | 
         target.write_bytes(prefix + "findings.csv", findings_csv(findings).encode("utf-8"))
         context = {"run": run, "findings": findings, "evidence": evidence, "events": events, "timelines": timelines,
                    "top_n": ctx.config.report.top_n}
+        context.update(report_extras(ctx, findings, evidence))
         target.write_bytes(prefix + "report.md", render_markdown(context).encode("utf-8"))
         target.write_bytes(prefix + "report.html", render_html(context).encode("utf-8"))
-        location = target.uri(prefix + "report.html") if prefix else target.uri("report.html")
+        location = target.uri(prefix + "report.html")
         run["report"] = {"dir": location.rsplit("/", 1)[0], "html": location}
-        target.write_json(prefix + "run.json", run)
         ctx.update_state("report", {"run_id": ctx.run_id, "dir": run["report"]["dir"], "html": location,
                                     "local": isinstance(target, LocalStorage)})
+    run["timings"] = dict(ctx.timings)
+    target.write_json(prefix + "run.json", run)
     return run
 
 
@@ -77,8 +79,13 @@ def jsonl(items) -> bytes:
 
 
 def safe_cell(value) -> str:
-    """A CSV cell that spreadsheets will not evaluate: formula-leading text gets a quote prefix."""
-    text = "" if value is None else str(value)
+    """A CSV cell that spreadsheets will not evaluate: formula-leading text gets a quote prefix
+    (numbers stay numbers, so a score of -0.6 is not turned into text)."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value)
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 

@@ -66,9 +66,9 @@ def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppressio
             continue
         if not (item.entity or item.entity_pattern):
             continue
-        if item.rules and not rules <= set(item.rules):
+        if (item.rules or item.exact) and not rules <= set(item.rules):
             continue
-        if item.reasons and not reasons <= set(item.reasons):
+        if (item.reasons or item.exact) and not reasons <= set(item.reasons):
             continue
         return item
     return None
