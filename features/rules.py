@@ -42,10 +42,14 @@ class Aggregate(BaseModel):
 
 
 class RuleTest(BaseModel):
+    """Test events for a rule: ``event`` merged over a base event, ``repeat`` copies ({i} numbers them),
+    and for rules on history flags the identity's ``history`` (peers, user_agents, ua_families, verb_resources)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     event: dict
     expect: bool = True
     repeat: int = Field(1, ge=1, le=1000)
+    history: dict[str, list[str]] | None = None
 
 
 class Rule(BaseModel):

@@ -6,6 +6,7 @@ two drift apart, so the docs can never list a feature the code does not compute.
 from __future__ import annotations
 
 from features.flags import FLAGS
+from features.novelty import HISTORY_FLAGS
 from features.rules import RulePack
 from features.windows import WINDOW_FEATURES
 
@@ -29,6 +30,16 @@ def catalog_markdown(pack: RulePack) -> str:
         "|---|---|---|",
     ]
     lines += [f"| `{f.name}` | {_cell(f.reads)} | {_cell(f.why)} |" for f in FLAGS]
+    lines += [
+        "",
+        f"## History flags ({len(HISTORY_FLAGS)})",
+        "",
+        "Per event, judged against the identity's own history from the training range (scoring only; rules may name them).",
+        "",
+        "| flag | reads | why it matters |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{f.name}` | {_cell(f.reads)} | {_cell(f.why)} |" for f in HISTORY_FLAGS]
     lines += [
         "",
         f"## Window features ({len(WINDOW_FEATURES)})",

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.flags import add_flags
+from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score
 from features.rules import RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
 from pipeline.archive import read_archive
@@ -177,7 +178,7 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     for table in read_archive(ctx.storage, ctx.cluster, ranges.score_from, ranges.score_to):
         if len(table) == 0:
             continue
-        events = add_flags(events_frame(table), flags)
+        events = add_history_flags(add_flags(events_frame(table), flags), seen)
         hits = pack.evaluate(events)
         events["window_start"] = events["time"].dt.floor(window)
         severity = np.zeros(len(events))
@@ -190,15 +191,16 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
                 for index in np.flatnonzero(column):
                     why[index].append(f"rule:{rule_id}")
         events["rule_weight"] = severity
-        novelty = event_novelty(events, seen)
         interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
         starts = events["window_start"].to_numpy(dtype=object)
         user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(_objects(events["user"]), starts)]
         ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(_objects(events["source_ip"]), starts)]
-        events["event_score"] = np.maximum(user_part, ip_part) + severity + novelty["score"] + 0.2 * interesting
+        events["event_score"] = np.maximum(user_part, ip_part) + severity + history_score(events) + 0.2 * interesting
         for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
             why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
-            why[index].extend(novelty["why"][index])
+        for name in HISTORY_FLAG_NAMES:
+            for index in np.flatnonzero(events[name].to_numpy(dtype=bool)):
+                why[index].append(name)
         events["why"] = why
         total += len(events)
         for entity_type, column in (("user", "user"), ("source_ip", "source_ip")):
@@ -243,30 +245,6 @@ def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, enti
         for rule_id, count in row.items():
             if count:
                 record_hits[(entity_type, entity, start)][rule_id] += int(count)
-
-
-def event_novelty(events: pd.DataFrame, seen: dict) -> dict:
-    """Per event: is this address, client or action new for this user (against the training range)?"""
-    scores = np.zeros(len(events))
-    why: list[list[str]] = [[] for _ in range(len(events))]
-    verb_resource = events["verb"].fillna("") + " " + events["resource"].fillna(events["request_uri"].fillna("").str.split("?", n=1).str[0])
-    columns = zip(_objects(events["user"]), _objects(events["source_ip"]), _objects(events["user_agent"]), _objects(verb_resource))
-    for index, (user, ip, agent, action) in enumerate(columns):
-        history = seen.get(("user", user))
-        if history is None:
-            scores[index] += 0.25
-            why[index].append("new_identity")
-            continue
-        if ip is not None and ip not in history.peers:
-            scores[index] += 0.5
-            why[index].append("new_source_ip_for_user")
-        if agent is not None and agent not in history.user_agents:
-            scores[index] += 0.25
-            why[index].append("new_user_agent_for_user")
-        if action not in history.verb_resources:
-            scores[index] += 0.5
-            why[index].append("new_action_for_user")
-    return {"score": scores, "why": why}
 
 
 def _objects(series: pd.Series) -> np.ndarray:

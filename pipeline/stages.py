@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.flags import FlagContext, add_flags
+from features.novelty import add_history_flags
 from features.entities import entity_group
 from features.rules import RuleError, RulePack
 from features.windows import (
@@ -311,8 +312,10 @@ def load_rule_pack(config: Config) -> RulePack:
 
 
 def rule_partials(pack: RulePack, events: pd.DataFrame, window_minutes: int, entity_types) -> pd.DataFrame:
-    """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when."""
-    hits = pack.evaluate(events)
+    """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when.
+    History flags are all False here (no history is judged in the map step), so rules that need them never count
+    as an entity's routine."""
+    hits = pack.evaluate(add_history_flags(events, {}))
     fired = [c for c in hits.columns if hits[c].any()]
     frames = []
     if fired:

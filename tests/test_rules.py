@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pandas as pd
 import pyarrow as pa
@@ -14,6 +15,7 @@ import yaml
 from features.addresses import AddressBook, load_threat_list
 from features.events import EventTableBuilder, normalize_event
 from features.flags import FLAG_NAMES, FLAGS, FlagContext, add_flags
+from features.novelty import add_history_flags
 from features.rules import RuleError, RulePack
 from pipeline.config import DEFAULT_RULES, load_config
 from pipeline.scoring import load_rule_pack
@@ -25,13 +27,18 @@ PACK = load_rule_pack(CONFIG)
 CONTEXT = FlagContext(AddressBook([], load_threat_list("192.0.2.0/24\n")), frozenset(CONFIG.rules.allow_identities))
 
 
-def flagged_frame(raw_events: list[dict]) -> pd.DataFrame:
+def flagged_frame(raw_events: list[dict], history: dict | None = None) -> pd.DataFrame:
+    """Normalised, flagged events; ``history`` is the identity's training-range sets, for new-terms rules."""
     builder = EventTableBuilder()
     for raw in raw_events:
         builder.append(normalize_event(raw, default_time=T0.isoformat()))
     table, bad = builder.build()
     assert not bad
-    return add_flags(events_frame(table), CONTEXT)
+    known = {}
+    if history is not None:
+        user = raw_events[0]["user"]["username"]
+        known = {("user", user): SimpleNamespace(**{k: set(v) for k, v in history.items()})}
+    return add_history_flags(add_flags(events_frame(table), CONTEXT), known)
 
 
 def expand(test) -> list[dict]:
@@ -48,7 +55,7 @@ CASES = [(rule.id, index, test) for rule in PACK.rules for index, test in enumer
 
 @pytest.mark.parametrize("rule_id,index,test", CASES, ids=[f"{r}-{i}" for r, i, _ in CASES])
 def test_rule_fires_exactly_as_its_tests_say(rule_id, index, test):
-    hits = PACK.evaluate(flagged_frame(expand(test)))
+    hits = PACK.evaluate(flagged_frame(expand(test), test.history))
     assert bool(hits[rule_id].any()) is test.expect
 
 
