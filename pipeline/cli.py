@@ -360,9 +360,13 @@ def finish(ctx: RunContext, result: dict, as_json: bool, fail_on_flagged: bool) 
         sys.exit(EXIT_FLAGGED)
 
 
-from pipeline.triage import triage_command  # noqa: E402  (registered after main exists)
+from pipeline.deploy import deploy_command  # noqa: E402  (command groups registered after main exists)
+from pipeline.findings_export import export_command  # noqa: E402
+from pipeline.triage import triage_command  # noqa: E402
 
 main.add_command(triage_command)
+main.add_command(deploy_command)
+main.add_command(export_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

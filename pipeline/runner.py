@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline.context import RunContext
+from pipeline.findings_export import export_findings
 from pipeline.report import run_report
 from pipeline.scoring import run_score
 from pipeline.stages import resolve_ranges, run_archive, run_features, run_train
@@ -9,14 +10,15 @@ from pipeline.stages import resolve_ranges, run_archive, run_features, run_train
 
 def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = None, train_from=None, train_to=None,
                  score_from=None, score_to=None) -> dict:
-    """Archive -> features -> train -> score -> report. Returns the result object schedulers act on."""
+    """Archive -> features -> train -> score -> report -> export (Security Hub / SNS when enabled).
+    Returns the result object schedulers act on (docs/operations.md)."""
     archive_counts = run_archive(ctx, inputs)
     ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to)
     feature_counts = run_features(ctx, ranges)
     model = run_train(ctx)
     summary = run_score(ctx)
     run = run_report(ctx, report_dir, {"inputs": archive_counts["inputs"], "archive": archive_counts})
-    return {
+    result = {
         "run_id": ctx.run_id,
         "cluster": ctx.cluster,
         "status": "ok",
@@ -33,3 +35,5 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
         "report_dir": run["report"]["dir"],
         "ranges": ranges.as_dict(),
     }
+    result["exported"] = export_findings(ctx.config, ctx.storage.read_json(f"{summary['key']}/findings.json"), result)
+    return result

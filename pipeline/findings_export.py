@@ -1,0 +1,296 @@
+"""Flagged findings out of the workdir: AWS Security Hub (ASFF, BatchImportFindings) and an SNS summary.
+
+Both are optional (``findings.securityhub.enabled``, ``findings.sns.enabled``). Security Hub
+gets one finding per flagged, unsuppressed (entity, window) record scoring at least
+``findings.securityhub.min_score``; its ``Id`` is ``<cluster>/<finding_id>`` and finding_id is
+stable per (cluster, entity, window), so rerunning a day updates the same findings instead
+of adding copies. Severity and Types also go in ``FindingProviderFields``, the only place
+Security Hub accepts provider updates to them after a finding exists.
+
+Log-derived text (entity names, reasons) is data: control characters are removed and it
+is cut to ASFF's limits (Title 256, Description 1024, ProductFields values 2048), never
+interpreted. Any rejected finding raises one ``AwsCallError`` naming the call and the
+first FailedFindings reason, after every batch has been sent.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+
+import click
+import orjson
+
+from pipeline.config import Config, load_config
+from pipeline.deploy import cli_boundary, partition
+from pipeline.errors import AwsCallError, ConfigError, StageError
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = 100
+SCHEMA_VERSION = "2018-10-08"
+TITLE_MAX, DESCRIPTION_MAX, FIELD_MAX, SUBJECT_MAX = 256, 1024, 2048, 100
+SEVERITY_ORDER = ("INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+RULE_SEVERITY = {"info": "INFORMATIONAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "critical": "CRITICAL"}
+ENTITY_TYPES = {"user": "Unusual Behaviors/User", "source_ip": "Unusual Behaviors/IP address"}
+RULE_TYPES = {
+    "rbac_object_changed": "TTPs/Privilege Escalation",
+    "unauthorized_secret_read": "TTPs/Credential Access",
+    "anonymous_request_failed": "TTPs/Initial Access",
+    "aws_auth_modified": "TTPs/Persistence",
+    "anonymous_access_allowed": "TTPs/Initial Access",
+    "anonymous_binding_created": "TTPs/Persistence",
+    "admin_binding_created": "TTPs/Privilege Escalation",
+    "default_service_account_bound": "TTPs/Privilege Escalation",
+    "dangerous_role_created": "TTPs/Privilege Escalation",
+    "system_role_modified": "TTPs/Privilege Escalation",
+    "impersonation_used": "TTPs/Privilege Escalation",
+    "webhook_configuration_changed": "TTPs/Persistence",
+    "exec_in_system_namespace": "TTPs/Execution",
+    "exec_into_pod": "TTPs/Execution",
+    "exec_suspicious_command": "TTPs/Execution",
+    "portforward_or_ephemeral": "TTPs/Lateral Movement",
+    "privileged_workload_created": "TTPs/Privilege Escalation",
+    "pod_created_in_system_namespace": "TTPs/Defense Evasion",
+    "persistence_workload_created": "TTPs/Persistence",
+    "nodeport_service_created": "TTPs/Persistence",
+    "service_account_token_minted": "TTPs/Credential Access",
+    "system_service_account_token_requested": "TTPs/Privilege Escalation",
+    "client_certificate_requested": "TTPs/Credential Access",
+    "events_deleted": "TTPs/Defense Evasion",
+    "events_bulk_deleted": "TTPs/Defense Evasion",
+    "cluster_wide_secret_list": "TTPs/Credential Access",
+    "system_identity_from_public_ip": "TTPs/Initial Access",
+    "service_account_token_used_outside": "TTPs/Credential Access",
+    "threat_list_source": "TTPs/Initial Access",
+    "credentials_used_from_new_place_and_client": "TTPs/Initial Access",
+    "new_client_family_for_identity": "TTPs/Initial Access",
+    "secrets_sweep": "TTPs/Credential Access",
+    "denied_secret_burst": "TTPs/Credential Access",
+    "forbidden_enumeration": "TTPs/Discovery",
+    "permission_checks": "TTPs/Discovery",
+    "public_403_burst": "TTPs/Discovery",
+    "unauthenticated_burst": "TTPs/Initial Access",
+}
+"""ASFF ``namespace/category`` per rule of configs/rules.yaml (a test fails when a rule has none)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean(text: object, limit: int) -> str:
+    """Log-derived text as one plain line within ``limit`` characters."""
+    flat = " ".join(_CONTROL.sub(" ", str(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def product_arn(config: Config, region: str, account: str) -> str:
+    """``findings.securityhub.product_arn``, else the account's default product for custom findings."""
+    return config.findings.securityhub.product_arn or f"arn:{partition(region)}:securityhub:{region}:{account}:product/{account}/default"
+
+
+def exportable(findings: list[dict], min_score: float) -> list[dict]:
+    """Flagged, unsuppressed findings scoring at least ``min_score``, in rank order."""
+    return [f for f in findings if f.get("flagged") and not f.get("suppressed") and f["score"] >= min_score]
+
+
+def severity_label(finding: dict) -> str:
+    """The most severe of its rule hits and the model's verdict.
+
+    Rule hits map by their declared severity, except hits scoring marked ``routine`` (a rule
+    the entity triggers in most of its training windows), which cannot raise the severity.
+    The model alone gives MEDIUM past its calibrated threshold (model_part > 1) and HIGH at
+    three times that distance.
+    """
+    labels = [RULE_SEVERITY.get(hit["severity"], "LOW") for hit in finding.get("rule_hits", []) if not hit.get("routine")]
+    model_part = finding.get("model_part", 0.0)
+    if model_part > 3:
+        labels.append("HIGH")
+    elif model_part > 1:
+        labels.append("MEDIUM")
+    return max(labels, key=SEVERITY_ORDER.index, default="LOW")
+
+
+def finding_types(finding: dict) -> list[str]:
+    types = [ENTITY_TYPES.get(finding["entity_type"], "Unusual Behaviors/Application")]
+    for hit in finding.get("rule_hits", []):
+        kind = RULE_TYPES.get(hit["rule"])
+        if kind and kind not in types:
+            types.append(kind)
+    return types
+
+
+def _description(finding: dict) -> str:
+    rules = ", ".join(f"{hit['rule']} ({hit['severity']}, {hit['count']}x)" for hit in finding.get("rule_hits", []))
+    reasons = "; ".join(f"{r['feature']}={r['value']} (usual {r['baseline']})" for r in finding.get("reasons", [])[:3])
+    parts = [f"auditsift score {finding['score']:.2f} (model {finding.get('model_part', 0.0):.2f}x threshold) over "
+             f"{finding.get('event_count', 0)} requests from {finding['window_start']} to {finding['window_end']}."]
+    if rules:
+        parts.append(f"Rules: {rules}.")
+    if reasons:
+        parts.append(f"Unusual: {reasons}.")
+    return clean(" ".join(parts), DESCRIPTION_MAX)
+
+
+def asff_finding(finding: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
+                 run_result: dict) -> dict:
+    """One auditsift finding in the AWS Security Finding Format."""
+    arn_partition = partition(region)
+    hits = finding.get("rule_hits", [])
+    severity = {"Label": severity_label(finding), "Original": f"{finding['score']:.3f}"}
+    types = finding_types(finding)
+    fields = {
+        "auditsift/entity_type": finding["entity_type"],
+        "auditsift/entity": finding["entity"],
+        "auditsift/window": f"{finding['window_start']}/{finding['window_end']}",
+        "auditsift/score": f"{finding['score']:.4f}",
+        "auditsift/rank": str(finding.get("rank", "")),
+        "auditsift/rules": ",".join(hit["rule"] for hit in hits),
+        "auditsift/reasons": ",".join(r["feature"] for r in finding.get("reasons", [])[:5]),
+        "auditsift/run_id": str(run_result.get("run_id", "")),
+        "auditsift/report": str(run_result.get("report") or ""),
+    }
+    return {
+        "SchemaVersion": SCHEMA_VERSION,
+        "Id": f"{cluster}/{finding['finding_id']}",
+        "ProductArn": product,
+        "GeneratorId": f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model",
+        "AwsAccountId": account,
+        "Types": types,
+        "CreatedAt": finding["window_end"],
+        "UpdatedAt": updated_at,
+        "FirstObservedAt": finding["window_start"],
+        "LastObservedAt": finding["window_end"],
+        "Severity": severity,
+        "FindingProviderFields": {"Severity": severity, "Types": types},
+        "Title": clean(f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", TITLE_MAX),
+        "Description": _description(finding),
+        "ProductFields": {key: clean(value, FIELD_MAX) for key, value in fields.items() if value},
+        "Resources": [{
+            "Type": "AwsEksCluster",
+            "Id": f"arn:{arn_partition}:eks:{region}:{account}:cluster/{cluster}",
+            "Partition": arn_partition,
+            "Region": region,
+            "Details": {"AwsEksCluster": {"Name": cluster}},
+        }],
+        "RecordState": "ACTIVE",
+    }
+
+
+def caller_account(config: Config) -> str:
+    """``findings.securityhub.account_id``, else the caller's own account (the default product requires it)."""
+    from pipeline.aws import session as aws
+
+    configured = config.findings.securityhub.account_id
+    if configured:
+        return configured
+    sts = aws.client("sts", config)
+    return aws.call(sts.get_caller_identity)["Account"]
+
+
+def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, now: datetime | None = None) -> dict:
+    """BatchImportFindings in batches of 100; every batch is sent before rejections are raised."""
+    from pipeline.aws import session as aws
+
+    client = aws.client("securityhub", config)
+    region = client.meta.region_name
+    account = caller_account(config)
+    product = product_arn(config, region, account)
+    updated_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    items = [asff_finding(f, cluster=config.cluster, region=region, account=account, product=product,
+                          updated_at=updated_at, run_result=run_result) for f in findings]
+    imported, failed = 0, []
+    for start in range(0, len(items), BATCH_SIZE):
+        batch = items[start:start + BATCH_SIZE]
+        response = aws.call(client.batch_import_findings, f"{len(batch)} findings into {product}", Findings=batch)
+        imported += int(response.get("SuccessCount", 0))
+        failed.extend(response.get("FailedFindings", []))
+    if failed:
+        first = failed[0]
+        raise AwsCallError(
+            f"SecurityHub.BatchImportFindings rejected {len(failed)} of {len(items)} findings: "
+            f"{first.get('ErrorCode', 'Unknown')}: {clean(first.get('ErrorMessage', ''), 300)} (Id {first.get('Id')})",
+            hint="the other findings were imported; fix the reported field and rerun (Ids are stable, nothing duplicates)",
+        )
+    log.info("imported %d findings into Security Hub (%s)", imported, product)
+    return {"imported": imported, "batches": -(-len(items) // BATCH_SIZE), "product_arn": product}
+
+
+def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10) -> tuple[str, str]:
+    """(Subject, Message) of the run summary: counts, the report's location and the top flagged entities."""
+    flagged = [f for f in findings if f.get("flagged")]
+    subject = clean(f"auditsift {config.cluster}: {len(flagged)} flagged of {len(findings)} entity windows", SUBJECT_MAX)
+    ranges = run_result.get("ranges") or {}
+    lines = [
+        f"auditsift run {run_result.get('run_id', '?')} for cluster {config.cluster}",
+        f"scored {ranges.get('score_from', '?')} .. {ranges.get('score_to', '?')}",
+        f"entity windows: {len(findings)}; flagged: {len(flagged)}; suppressed: {sum(bool(f.get('suppressed')) for f in findings)}",
+        f"report: {run_result.get('report') or 'not written'}",
+        "",
+    ]
+    for f in flagged[:top]:
+        rules = ",".join(hit["rule"] for hit in f.get("rule_hits", [])) or "model"
+        lines.append(clean(f"#{f.get('rank')} {f['score']:.2f} {f['entity_type']} {f['entity']} "
+                           f"{f['window_start']} [{rules}]", 400))
+    return subject, "\n".join(lines)
+
+
+def publish_summary(config: Config, findings: list[dict], run_result: dict) -> dict:
+    topic = config.findings.sns.topic_arn
+    if not topic:
+        raise ConfigError("findings.sns.topic_arn is not set", hint="set it, or findings.sns.enabled: false")
+    from pipeline.aws import session as aws
+
+    subject, message = summary_message(config, findings, run_result)
+    client = aws.client("sns", config)
+    response = aws.call(client.publish, topic, TopicArn=topic, Subject=subject, Message=message)
+    return {"message_id": response["MessageId"], "topic_arn": topic}
+
+
+def export_findings(config: Config, findings: list[dict], run_result: dict) -> dict:
+    """Send a scored run's findings wherever the config enables: Security Hub and/or an SNS summary.
+
+    ``run_result`` is ``pipeline.runner.run_pipeline``'s result (run_id, report, ranges are read).
+    Returns what was sent; a section is None when it is disabled.
+    """
+    result: dict = {"securityhub": None, "sns": None}
+    hub = config.findings.securityhub
+    if hub.enabled:
+        result["securityhub"] = {"selected": 0, "imported": 0, "batches": 0}
+        selected = exportable(findings, hub.min_score)
+        if selected:
+            result["securityhub"] = {"selected": len(selected), **import_to_security_hub(config, selected, run_result)}
+    if config.findings.sns.enabled:
+        result["sns"] = publish_summary(config, findings, run_result)
+    return result
+
+
+def latest_run(storage, config: Config) -> tuple[list[dict], dict]:
+    """The latest scored findings of the workdir and a run result assembled from its state file."""
+    from pipeline.context import RunContext
+
+    state = RunContext(storage, config, "export").read_state()
+    score = state.get("score")
+    if not score:
+        raise StageError("nothing scored yet in this workdir", hint="run `auditsift score` (or `auditsift run`) first")
+    report = state.get("report") or {}
+    run_result = {"run_id": score["run_id"], "cluster": config.cluster, "records": score["records"],
+                  "flagged": score["flagged"], "suppressed": score["suppressed"], "ranges": score.get("ranges"),
+                  "report": report.get("html")}
+    return storage.read_json(f"{score['key']}/findings.json"), run_result
+
+
+@click.command("export")
+@click.option("--workdir", required=True, help="Workdir: a local directory or s3://bucket/prefix.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: configs/local.yaml).")
+@click.option("--cluster", default=None, help="Cluster name; overrides the config.")
+@cli_boundary
+def export_command(workdir: str, config_path: str | None, cluster: str | None) -> None:
+    """Export the latest scored findings to Security Hub and/or SNS, as the config enables."""
+    from pipeline.storage import open_storage
+
+    config = load_config(config_path, {"cluster": cluster} if cluster else None)
+    findings, run_result = latest_run(open_storage(workdir, config), config)
+    click.echo(orjson.dumps(export_findings(config, findings, run_result)).decode())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    export_command()
