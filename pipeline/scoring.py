@@ -3,8 +3,8 @@
 Rank formula (docs/detection.md):
     model_part = (score - median) / (threshold - median), with median and threshold of the
                  training scores of the record's peer group (features.entities: humans, nodes,
-                 service accounts, public addresses, ...), so 0 is typical for its kind and 1 is
-                 exactly at the calibrated threshold;
+                 service accounts, public addresses, ...), the threshold raised to the entity's own
+                 highest training score; 0 is typical for its kind, 1 is exactly at the threshold;
     rule_part  = weight of the heaviest rule hit + 0.25 per further rule hit of at least low weight
                  (weights from config scoring.severity_weights; info rules weigh 0; a rule the
                  entity triggers routinely in training weighs a quarter: see ``rule_parts``);
@@ -88,7 +88,7 @@ def run_score(ctx: RunContext) -> dict:
         scores = detector.score(feature_matrix(records))
         records["model_score"] = scores
         records["model_part"] = model_parts(scores, records["entity_group"].to_numpy(), records["entity_type"].to_numpy(),
-                                            model["calibration"])
+                                            model["calibration"], own_max_scores(records, baselines))
         weights = ctx.config.scoring.severity_weights
         events_pass = score_events(ctx, pack, records, history, ranges, weights)
         rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
@@ -143,13 +143,24 @@ def run_score(ctx: RunContext) -> dict:
     return summary
 
 
-def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, calibration: dict) -> np.ndarray:
-    """Scores on the calibrated scale of each record's peer group: 0 = its group's median, 1 = its threshold."""
+def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, calibration: dict,
+                own_max: np.ndarray) -> np.ndarray:
+    """Scores on a calibrated scale: 0 = the peer group's median, 1 = the threshold, where the threshold is the
+    peer group's, raised to the entity's own highest training score: an identity that is always unusual among
+    its peers (the GitOps controller) is flagged only when it is more unusual than it has been."""
     parts = np.empty(len(scores))
-    for index, (score, group, entity_type) in enumerate(zip(scores, groups, entity_types)):
+    for index, (score, group, entity_type, own) in enumerate(zip(scores, groups, entity_types, own_max)):
         entry = calibration.get(group) or calibration.get(f"type:{entity_type}") or calibration["*"]
-        parts[index] = (score - entry["median"]) / max(entry["threshold"] - entry["median"], 1e-9)
+        threshold = max(entry["threshold"], own) if np.isfinite(own) else entry["threshold"]
+        parts[index] = (score - entry["median"]) / max(threshold - entry["median"], 1e-9)
     return parts
+
+
+def own_max_scores(records: pd.DataFrame, baselines: pd.DataFrame) -> np.ndarray:
+    """Each record's entity's highest training score (NaN for entities without training windows)."""
+    known = baselines.dropna(subset=["entity"]).set_index(["entity_type", "entity"])["max_score"]
+    keys = pd.MultiIndex.from_arrays([records["entity_type"], records["entity"]])
+    return known.reindex(keys).to_numpy(dtype=float)
 
 
 def _key_of(finding: dict) -> tuple:

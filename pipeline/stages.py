@@ -384,12 +384,13 @@ def run_train(ctx: RunContext) -> dict:
         detector = build_detector(ctx)
         matrix = feature_matrix(train)
         detector.fit(matrix, list(FEATURE_NAMES))
-        calibration = group_calibration(detector.score(matrix), train["entity_group"].to_numpy(), train["entity_type"].to_numpy(),
+        train_scores = detector.score(matrix)
+        calibration = group_calibration(train_scores, train["entity_group"].to_numpy(), train["entity_type"].to_numpy(),
                                         ctx.config.model.threshold)
         model_id = f"{safe_segment(ctx.run_id)}-{ctx.config.model.backend}"
         model_key = f"{ctx.cluster_key('models')}/{model_id}"
         manifest = save_detector(ctx, detector, model_key)
-        baselines = entity_baselines(train)
+        baselines = entity_baselines(train, train_scores)
         ctx.storage.write_parquet(f"{model_key}/baselines.parquet", pa.Table.from_pandas(baselines, preserve_index=False))
         ctx.storage.write_json(f"{model_key}/config.json", ctx.config.resolved())
         info = {
@@ -465,9 +466,12 @@ def load_model(ctx: RunContext):
     return detector, info, baselines
 
 
-def entity_baselines(train: pd.DataFrame) -> pd.DataFrame:
-    """Median of every feature per entity over its training windows, and the global median per entity type."""
-    per_entity = train.groupby(["entity_type", "entity"])[list(FEATURE_NAMES)].median().reset_index()
-    per_type = train.groupby("entity_type")[list(FEATURE_NAMES)].median().reset_index()
+def entity_baselines(train: pd.DataFrame, train_scores: np.ndarray) -> pd.DataFrame:
+    """Per entity over its training windows: the median of every feature (the baseline reasons cite) and the
+    highest model score (``max_score``: how unusual this entity already was); plus a row per entity type."""
+    scored = train.assign(max_score=train_scores)
+    per_entity = scored.groupby(["entity_type", "entity"]).agg(
+        {**{name: "median" for name in FEATURE_NAMES}, "max_score": "max"}).reset_index()
+    per_type = scored.groupby("entity_type")[list(FEATURE_NAMES)].median().reset_index()
     per_type.insert(1, "entity", None)
     return pd.concat([per_entity, per_type], ignore_index=True)
