@@ -45,6 +45,7 @@ INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_wr
 MAX_AUDIT_IDS = 50
 ROUTINE_WINDOWS = 2
 ROUTINE_FACTOR = 0.25
+OWN_MARGIN = 0.1
 TOP_REASONS = 5
 
 
@@ -146,12 +147,14 @@ def run_score(ctx: RunContext) -> dict:
 def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, calibration: dict,
                 own_max: np.ndarray) -> np.ndarray:
     """Scores on a calibrated scale: 0 = the peer group's median, 1 = the threshold, where the threshold is the
-    peer group's, raised to the entity's own highest training score: an identity that is always unusual among
-    its peers (the GitOps controller) is flagged only when it is more unusual than it has been."""
+    peer group's, raised to the entity's own highest training score plus OWN_MARGIN of the group's spread: an
+    identity that is always unusual among its peers (the GitOps controller) is flagged only when it is clearly
+    more unusual than it has ever been."""
     parts = np.empty(len(scores))
     for index, (score, group, entity_type, own) in enumerate(zip(scores, groups, entity_types, own_max)):
         entry = calibration.get(group) or calibration.get(f"type:{entity_type}") or calibration["*"]
-        threshold = max(entry["threshold"], own) if np.isfinite(own) else entry["threshold"]
+        spread = entry["threshold"] - entry["median"]
+        threshold = max(entry["threshold"], own + OWN_MARGIN * spread) if np.isfinite(own) else entry["threshold"]
         parts[index] = (score - entry["median"]) / max(threshold - entry["median"], 1e-9)
     return parts
 
