@@ -106,7 +106,7 @@ class SageMakerConfig(Section):
 class ModelConfig(Section):
     """Which detector backend runs and its parameters. Higher score = more anomalous, always."""
 
-    backend: Literal["iforest", "rcf-local", "sagemaker-rcf"] = "rcf-local"
+    backend: Literal["iforest", "rcf-local", "sagemaker-rcf"] = "iforest"
     seed: int = 0
     threshold: ThresholdConfig = ThresholdConfig()
     iforest: IForestParams = IForestParams()
