@@ -64,6 +64,8 @@ RULE_TYPES = {
     "threat_list_source": "TTPs/Initial Access",
     "credentials_used_from_new_place_and_client": "TTPs/Initial Access",
     "new_client_family_for_identity": "TTPs/Initial Access",
+    "privileged_change_from_new_place": "TTPs/Privilege Escalation",
+    "escalation_attempt_refused": "TTPs/Privilege Escalation",
     "secrets_sweep": "TTPs/Credential Access",
     "denied_secret_burst": "TTPs/Credential Access",
     "forbidden_enumeration": "TTPs/Discovery",
