@@ -39,7 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench --events $(N) --out bench-out
 
 evaluate: $(STAMP)
-	$(BIN)/python -m pipeline.evaluate --seeds $(SEEDS) --out docs/evaluation.json
+	$(BIN)/python -m pipeline.evaluate --seeds $(SEEDS) --backend iforest rcf-local --out evaluation.json
+
+reliability: $(STAMP)
+	$(BIN)/python scripts/reliability.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(SAMPLE_DIR) $(WORKDIR) bench-out .pytest_cache build *.egg-info
