@@ -12,6 +12,8 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.flags import FLAG_NAMES
 
@@ -36,67 +38,115 @@ COUNT_COLUMNS = ("n",) + tuple(f"n_{name}" for name in FLAG_NAMES)
 SET_NAMES = tuple(SET_COLUMNS)
 
 
-def _request_rows(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per request: exec-style requests log ResponseStarted and ResponseComplete; count them once."""
-    if "stage" not in events or events.empty:
-        return events
-    keep = events["stage"].ne("RequestReceived") | ~events["audit_id"].duplicated(keep=False)
-    events = events[keep.to_numpy()]
-    return events[~events.duplicated(subset=["audit_id"], keep="first").to_numpy()]
+def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, -1 where missing; distinct values) with codes numbered in sorted value order,
+    so codes sort exactly as the values do."""
+    encoded = pc.dictionary_encode(values)
+    uniques = encoded.dictionary.to_pylist()
+    order = sorted(range(len(uniques)), key=uniques.__getitem__)
+    rank = np.empty(len(uniques) + 1, dtype=np.int64)
+    rank[order] = np.arange(len(uniques))
+    rank[-1] = -1
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    return rank[codes], np.array([uniques[i] for i in order], dtype=object)
+
+
+def _request_rows(events: pd.DataFrame) -> np.ndarray:
+    """Positions of one row per request: exec-style requests log ResponseStarted and
+    ResponseComplete, and a request can log RequestReceived too; count each request once."""
+    if "stage" not in events:
+        return np.arange(len(events))
+    ids = pc.dictionary_encode(pa.array(events["audit_id"], from_pandas=True), null_encoding="encode").indices.to_numpy()
+    repeated = np.bincount(ids)[ids] > 1
+    received = (events["stage"] == "RequestReceived").fillna(False).to_numpy(dtype=bool)
+    kept = np.flatnonzero(~received | ~repeated)
+    _, first = np.unique(ids[kept], return_index=True)
+    return kept[np.sort(first)]
 
 
 def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: Iterable[str]) -> pd.DataFrame:
-    """Map step: flagged events (see features.flags.add_flags) -> partial aggregates per key."""
-    events = _request_rows(events)
-    if events.empty:
+    """Map step: flagged events (see features.flags.add_flags) -> partial aggregates per key.
+
+    Vectorised: rows are grouped by integer codes of (entity, window) and distinct values
+    are collected as unique (group, value code) pairs, so the cost is a few array passes per
+    hour instead of a pandas groupby per set. Same table as a plain pandas groupby would give
+    (tests/test_fast_paths.py holds that reference).
+    """
+    rows = _request_rows(events)
+    if len(rows) == 0:
         return empty_partials()
-    window = events["time"].dt.floor(f"{window_minutes}min")
-    uri_path = events["request_uri"].fillna("").str.split("?", n=1).str[0]
-    derived = pd.DataFrame({
-        "window_start": window,
-        "object_key": _object_key(events),
-        "uri_path": uri_path,
-        "verb_resource": events["verb"].fillna("") + " " + events["resource"].fillna(uri_path),
-        "namespace": events["namespace"],
-        "resource": events["resource"],
-        "user_agent": events["user_agent"],
-        "ua_family": events["ua_family"],
-        "time": events["time"],
-    })
-    flags = events[list(FLAG_NAMES)].astype(np.int64)
+    taken = pa.array(rows)
+
+    def column(name: str) -> pa.Array:
+        return pa.array(events[name], from_pandas=True).take(taken).cast(pa.string())
+
+    step = window_minutes * 60_000_000
+    micros = events["time"].to_numpy(dtype="datetime64[us]").view(np.int64)[rows]
+    windows = micros // step * step
+    resource, namespace, name = column("resource"), column("namespace"), column("name")
+    uri_path = pc.list_element(pc.split_pattern(pc.fill_null(column("request_uri"), ""), "?", max_splits=1), 0)
+    object_key = pc.if_else(pc.is_valid(name), pc.binary_join_element_wise(
+        pc.fill_null(resource, ""), pc.fill_null(namespace, ""), pc.fill_null(name, ""), "/"), pa.scalar(None, pa.string()))
+    sources = {
+        "namespace": namespace, "resource": resource, "object_key": object_key, "uri_path": uri_path,
+        "user_agent": column("user_agent"), "ua_family": column("ua_family"),
+        "verb_resource": pc.binary_join_element_wise(pc.fill_null(column("verb"), ""), pc.coalesce(resource, uri_path), " "),
+    }
+    encoded = {key: _encode(values) for key, values in sources.items()}
+    people = {c: _encode(column(c)) for c in set(ENTITY_COLUMNS.values())}
+    flags = events[list(FLAG_NAMES)].to_numpy(dtype=np.int64)[rows]
+    filters = {None: None, **{f: flags[:, FLAG_NAMES.index(f)].astype(bool) for _, f in SET_COLUMNS.values() if f}}
     frames = []
     for entity_type in entity_types:
-        column = ENTITY_COLUMNS[entity_type]
-        entity = events[column]
-        peer = events["source_ip" if entity_type == "user" else "user"]
-        frame = pd.concat([derived.assign(entity=entity, peer=peer), flags], axis=1)
-        frame = frame[frame["entity"].notna().to_numpy()]
-        if frame.empty:
+        entity_column = ENTITY_COLUMNS[entity_type]
+        entity_codes, entity_values = people[entity_column]
+        present = np.flatnonzero(entity_codes >= 0)
+        if len(present) == 0:
             continue
-        grouped = frame.groupby(["entity", "window_start"], sort=True, observed=True)
-        counts = grouped[list(FLAG_NAMES)].sum()
-        counts.columns = [f"n_{c}" for c in counts.columns]
-        counts.insert(0, "n", grouped.size())
-        counts["first_time"] = grouped["time"].min()
-        counts["last_time"] = grouped["time"].max()
+        span = int(windows.max() - windows.min()) // step + 1
+        group_key = entity_codes[present] * span + (windows[present] - windows.min()) // step
+        keys, group = np.unique(group_key, return_inverse=True)
+        order = np.argsort(group, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+        sizes = np.diff(np.r_[starts, len(order)])
+        frame = {
+            "entity_type": entity_type,
+            "entity": pd.array(entity_values[keys // span], dtype="str"),
+            "window_start": _utc(keys % span * step + windows.min()),
+            "n": sizes.astype(np.int64),
+        }
+        counts = np.add.reduceat(flags[present][order], starts, axis=0) if len(order) else flags[:0]
+        for index, flag in enumerate(FLAG_NAMES):
+            frame[f"n_{flag}"] = counts[:, index]
+        times = micros[present][order]
+        frame["first_time"] = _utc(np.minimum.reduceat(times, starts))
+        frame["last_time"] = _utc(np.maximum.reduceat(times, starts))
+        peers = people[ENTITY_COLUMNS["source_ip" if entity_type == "user" else "user"]]
         for set_name, (source, flag) in SET_COLUMNS.items():
-            rows = frame if flag is None else frame[frame[flag].to_numpy(dtype=bool)]
-            pairs = rows[["entity", "window_start", source]].dropna().drop_duplicates()
-            lists = pairs.groupby(["entity", "window_start"], sort=True)[source].agg(lambda s: sorted(s))
-            counts[set_name] = lists.reindex(counts.index)
-            counts[set_name] = counts[set_name].map(lambda v: v if isinstance(v, list) else [])
-        counts = counts.reset_index()
-        counts.insert(0, "entity_type", entity_type)
-        frames.append(counts)
+            codes, values = peers if source == "peer" else encoded[source]
+            frame[set_name] = _distinct_lists(group, codes[present], values, len(keys), None if flag is None else filters[flag][present])
+        frames.append(pd.DataFrame(frame))
     if not frames:
         return empty_partials()
     return pd.concat(frames, ignore_index=True)[PARTIAL_COLUMNS]
 
 
-def _object_key(events: pd.DataFrame) -> pd.Series:
-    return (events["resource"].fillna("") + "/" + events["namespace"].fillna("") + "/" + events["name"].fillna("")).where(
-        events["name"].notna(), None
-    )
+def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: np.ndarray, groups: int, keep: np.ndarray | None) -> list[list]:
+    """Per group, the sorted distinct non-missing values (``codes`` are numbered in value order)."""
+    mask = codes >= 0 if keep is None else (codes >= 0) & keep
+    pairs = np.unique(group[mask] * (len(values) + 1) + codes[mask])
+    owners, value_codes = np.divmod(pairs, len(values) + 1)
+    lists: list[list] = [[] for _ in range(groups)]
+    if len(pairs):
+        bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1], True])
+        chosen = values[value_codes].tolist()
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            lists[owners[begin]] = chosen[begin:end]
+    return lists
+
+
+def _utc(micros: np.ndarray) -> pd.Series:
+    return pd.Series(micros.astype("datetime64[us]")).dt.tz_localize("UTC")
 
 
 PARTIAL_COLUMNS = KEY + list(COUNT_COLUMNS) + ["first_time", "last_time"] + list(SET_NAMES)

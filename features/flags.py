@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.addresses import AddressBook, user_agent_family
 from features.events import SENSITIVE_HOST_PATHS
@@ -46,135 +48,178 @@ class EventFlag:
     name: str
     reads: str
     why: str
-    compute: Callable[[pd.DataFrame], np.ndarray]
+    compute: Callable[["FlagInputs"], np.ndarray]
 
 
-def _isin(series: pd.Series, values) -> np.ndarray:
-    return series.isin(values).to_numpy(dtype=bool)
+class FlagInputs:
+    """The events as flags read them: ``d[column]`` is the column; each column a predicate
+    reads is dictionary-encoded once, so a predicate runs once per distinct value (a few
+    hundred users, verbs, resources per hour) and is broadcast to the rows by code."""
+
+    def __init__(self, events: pd.DataFrame):
+        self.events = events
+        self.flags: dict[str, np.ndarray] = {}
+        self._codes: dict[str, tuple[np.ndarray, list]] = {}
+        self._answers: dict[tuple, np.ndarray] = {}
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return self.events[column]
+
+    def where(self, column: str, predicate: Callable[[object], bool], key: tuple | None = None) -> np.ndarray:
+        """``predicate(value)`` for every row; a missing value is passed as None. Calls with the
+        same ``key`` (a test that several flags share) are answered once."""
+        if key is not None and (column, key) in self._answers:
+            return self._answers[(column, key)]
+        if column not in self._codes:
+            encoded = pc.dictionary_encode(pa.array(self.events[column], from_pandas=True))
+            self._codes[column] = (pc.fill_null(encoded.indices, -1).to_numpy(), encoded.dictionary.to_pylist())
+        codes, uniques = self._codes[column]
+        answers = np.fromiter(map(predicate, uniques), dtype=bool, count=len(uniques))
+        result = np.append(answers, bool(predicate(None)))[codes]
+        if key is not None:
+            self._answers[(column, key)] = result
+        return result
 
 
-def _eq(series: pd.Series, value) -> np.ndarray:
-    return (series == value).fillna(False).to_numpy(dtype=bool)
+def _isin(d: FlagInputs, column: str, values) -> np.ndarray:
+    wanted = frozenset(values)
+    return d.where(column, lambda v: v is not None and v in wanted, ("in", wanted))
 
 
-def _contains(series: pd.Series, pattern: str) -> np.ndarray:
-    return series.fillna("").str.contains(re.compile(pattern)).to_numpy(dtype=bool)
+def _eq(d: FlagInputs, column: str, value) -> np.ndarray:
+    return d.where(column, lambda v: v is not None and v == value, ("==", value))
 
 
-def _any_path(series: pd.Series) -> np.ndarray:
-    def sensitive(value) -> bool:
-        return isinstance(value, str) and any(p in SENSITIVE_HOST_PATHS for p in value.split(","))
-
-    return series.map(sensitive).to_numpy(dtype=bool)
+def _contains(d: FlagInputs, column: str, pattern: str) -> np.ndarray:
+    search = re.compile(pattern).search
+    return d.where(column, lambda v: search(v if v is not None else "") is not None, ("re", pattern))
 
 
-def _f(df: pd.DataFrame, name: str) -> np.ndarray:
-    return df[name].to_numpy(dtype=bool)
+def _true(d: FlagInputs, column: str) -> np.ndarray:
+    return d.where(column, lambda v: v is not None and bool(v))
+
+
+def _isna(d: FlagInputs, column: str) -> np.ndarray:
+    return d[column].isna().to_numpy()
+
+
+def _number(d: FlagInputs, column: str, missing: int) -> np.ndarray:
+    return d[column].fillna(missing).to_numpy()
+
+
+def _any_path(d: FlagInputs, column: str) -> np.ndarray:
+    return d.where(column, lambda v: isinstance(v, str) and any(p in SENSITIVE_HOST_PATHS for p in v.split(",")))
+
+
+def _f(d: FlagInputs, name: str) -> np.ndarray:
+    """A flag computed earlier in the registry, or a boolean helper column of ``prepare``."""
+    flag = d.flags.get(name)
+    return flag if flag is not None else d[name].to_numpy(dtype=bool)
 
 
 FLAGS: tuple[EventFlag, ...] = (
     EventFlag("allowed", "annotations decision, responseStatus.code", "the request succeeded: attacks that work matter most",
-              lambda d: (_eq(d["decision"], "allow") | (d["decision"].isna().to_numpy() & (d["code"].fillna(999).to_numpy() < 400)))),
+              lambda d: (_eq(d, "decision", "allow") | (_isna(d, "decision") & (_number(d, "code", 999) < 400)))),
     EventFlag("denied_401", "responseStatus.code", "unauthenticated: bad or stolen-then-revoked credentials, scanners",
-              lambda d: _eq(d["code"], 401)),
+              lambda d: _eq(d, "code", 401)),
     EventFlag("denied_403", "responseStatus.code, decision", "forbidden: an identity reaching beyond its permissions (probing)",
-              lambda d: _eq(d["code"], 403) | _eq(d["decision"], "forbid")),
-    EventFlag("not_found_404", "responseStatus.code", "guessing object names", lambda d: _eq(d["code"], 404)),
-    EventFlag("conflict_409", "responseStatus.code", "racing writes; odd for humans", lambda d: _eq(d["code"], 409)),
-    EventFlag("server_error", "responseStatus.code", "5xx: malformed or abusive requests", lambda d: (d["code"].fillna(0).to_numpy() >= 500)),
-    EventFlag("read", "verb", "get/list/watch", lambda d: _isin(d["verb"], READ_VERBS)),
-    EventFlag("write", "verb", "create/update/patch/delete", lambda d: _isin(d["verb"], WRITE_VERBS)),
-    EventFlag("list_or_watch", "verb", "bulk reads: enumeration", lambda d: _isin(d["verb"], ("list", "watch"))),
-    EventFlag("delete", "verb", "destruction or clean-up of traces", lambda d: _isin(d["verb"], ("delete", "deletecollection"))),
+              lambda d: _eq(d, "code", 403) | _eq(d, "decision", "forbid")),
+    EventFlag("not_found_404", "responseStatus.code", "guessing object names", lambda d: _eq(d, "code", 404)),
+    EventFlag("conflict_409", "responseStatus.code", "racing writes; odd for humans", lambda d: _eq(d, "code", 409)),
+    EventFlag("server_error", "responseStatus.code", "5xx: malformed or abusive requests", lambda d: (_number(d, "code", 0) >= 500)),
+    EventFlag("read", "verb", "get/list/watch", lambda d: _isin(d, "verb", READ_VERBS)),
+    EventFlag("write", "verb", "create/update/patch/delete", lambda d: _isin(d, "verb", WRITE_VERBS)),
+    EventFlag("list_or_watch", "verb", "bulk reads: enumeration", lambda d: _isin(d, "verb", ("list", "watch"))),
+    EventFlag("delete", "verb", "destruction or clean-up of traces", lambda d: _isin(d, "verb", ("delete", "deletecollection"))),
     EventFlag("health_check", "requestURI", "health and version probes are noise, excluded from anonymous rules",
-              lambda d: _contains(d["request_uri"], HEALTH_PATHS.pattern)),
+              lambda d: _contains(d, "request_uri", HEALTH_PATHS.pattern)),
     EventFlag("anonymous", "user.username", "system:anonymous / system:unauthenticated: no credentials at all",
-              lambda d: _isin(d["user"], ("system:anonymous", "system:unauthenticated"))),
+              lambda d: _isin(d, "user", ("system:anonymous", "system:unauthenticated"))),
     EventFlag("system_identity", "user.username", "control-plane, node, kube-system and EKS identities: very regular behaviour",
-              lambda d: _contains(d["user"], r"^(?:system:node:|system:kube-|system:serviceaccount:kube-system:|system:apiserver|eks:)")),
+              lambda d: _contains(d, "user", r"^(?:system:node:|system:kube-|system:serviceaccount:kube-system:|system:apiserver|eks:)")),
     EventFlag("node_identity", "user.username", "kubelet credentials: stolen from a node they escalate quickly",
-              lambda d: _contains(d["user"], r"^system:node:")),
+              lambda d: _contains(d, "user", r"^system:node:")),
     EventFlag("service_account", "user.username", "workload identity: normally used only from inside the cluster",
-              lambda d: _contains(d["user"], r"^system:serviceaccount:")),
+              lambda d: _contains(d, "user", r"^system:serviceaccount:")),
     EventFlag("managed_identity", "user.username, rules.allow_identities", "EKS managed identities on the allow-list",
-              lambda d: d["allow_listed"].to_numpy(dtype=bool)),
+              lambda d: _f(d, "allow_listed")),
     EventFlag("source_public", "sourceIPs (last)", "a request from the internet rather than the VPC",
-              lambda d: _eq(d["src_class"], "public")),
+              lambda d: _eq(d, "src_class", "public")),
     EventFlag("source_aws", "sourceIPs (last), ip-ranges.json", "from AWS-owned space (Lambda, other accounts' EC2)",
-              lambda d: _eq(d["src_class"], "aws")),
-    EventFlag("source_private", "sourceIPs (last)", "from the VPC or a private network", lambda d: _eq(d["src_class"], "private")),
+              lambda d: _eq(d, "src_class", "aws")),
+    EventFlag("source_private", "sourceIPs (last)", "from the VPC or a private network", lambda d: _eq(d, "src_class", "private")),
     EventFlag("source_threat_list", "sourceIPs (last), threat list", "the address is on the user-supplied threat list",
-              lambda d: d["src_threat"].to_numpy(dtype=bool)),
+              lambda d: _f(d, "src_threat")),
     EventFlag("scripted_client", "userAgent", "curl/python/Go clients: credentials used outside kubectl and controllers",
-              lambda d: _isin(d["ua_family"], ("curl", "wget", "python", "go-http", "scanner", "none", "other"))),
+              lambda d: _isin(d, "ua_family", ("curl", "wget", "python", "go-http", "scanner", "none", "other"))),
     EventFlag("secret_read", "objectRef.resource, verb", "reading Secrets is how credentials are stolen",
-              lambda d: _eq(d["resource"], "secrets") & _isin(d["verb"], READ_VERBS)),
+              lambda d: _eq(d, "resource", "secrets") & _isin(d, "verb", READ_VERBS)),
     EventFlag("secret_denied", "objectRef.resource, code", "denied Secret reads: probing for credentials",
-              lambda d: _eq(d["resource"], "secrets") & _isin(d["verb"], READ_VERBS) & (_eq(d["code"], 403) | _eq(d["code"], 401))),
+              lambda d: _eq(d, "resource", "secrets") & _isin(d, "verb", READ_VERBS) & (_eq(d, "code", 403) | _eq(d, "code", 401))),
     EventFlag("secret_list_cluster_wide", "objectRef.resource, namespace, verb", "listing every Secret in the cluster at once (dump)",
-              lambda d: _eq(d["resource"], "secrets") & _isin(d["verb"], ("list", "watch")) & d["namespace"].isna().to_numpy()),
+              lambda d: _eq(d, "resource", "secrets") & _isin(d, "verb", ("list", "watch")) & _isna(d, "namespace")),
     EventFlag("secret_kube_system", "objectRef.resource, namespace", "kube-system Secrets hold control-plane and add-on credentials",
-              lambda d: _eq(d["resource"], "secrets") & _isin(d["verb"], READ_VERBS) & _eq(d["namespace"], "kube-system")),
+              lambda d: _eq(d, "resource", "secrets") & _isin(d, "verb", READ_VERBS) & _eq(d, "namespace", "kube-system")),
     EventFlag("secret_write", "objectRef.resource, verb", "Secrets created or deleted: planting or destroying credentials",
-              lambda d: _eq(d["resource"], "secrets") & _isin(d["verb"], WRITE_VERBS)),
+              lambda d: _eq(d, "resource", "secrets") & _isin(d, "verb", WRITE_VERBS)),
     EventFlag("token_request", "objectRef.subresource", "TokenRequest API: minting a service-account token to keep access",
-              lambda d: _eq(d["resource"], "serviceaccounts") & _eq(d["subresource"], "token") & _eq(d["verb"], "create")),
+              lambda d: _eq(d, "resource", "serviceaccounts") & _eq(d, "subresource", "token") & _eq(d, "verb", "create")),
     EventFlag("csr_create", "objectRef.resource, requestObject.spec", "CSR for a client certificate: a long-lived credential",
-              lambda d: _eq(d["resource"], "certificatesigningrequests") & _eq(d["verb"], "create")),
+              lambda d: _eq(d, "resource", "certificatesigningrequests") & _eq(d, "verb", "create")),
     EventFlag("aws_auth_read", "objectRef name/namespace", "aws-auth maps IAM to Kubernetes identities: recon for escalation",
-              lambda d: _eq(d["resource"], "configmaps") & _eq(d["name"], "aws-auth") & _isin(d["verb"], READ_VERBS)),
+              lambda d: _eq(d, "resource", "configmaps") & _eq(d, "name", "aws-auth") & _isin(d, "verb", READ_VERBS)),
     EventFlag("aws_auth_write", "objectRef name/namespace, verb", "rewriting aws-auth grants any IAM principal cluster access",
-              lambda d: _eq(d["resource"], "configmaps") & _eq(d["name"], "aws-auth") & _eq(d["namespace"], "kube-system") & _isin(d["verb"], WRITE_VERBS)),
+              lambda d: _eq(d, "resource", "configmaps") & _eq(d, "name", "aws-auth") & _eq(d, "namespace", "kube-system") & _isin(d, "verb", WRITE_VERBS)),
     EventFlag("kube_system_configmap_read", "objectRef", "kube-system ConfigMaps describe the control plane",
-              lambda d: _eq(d["resource"], "configmaps") & _eq(d["namespace"], "kube-system") & _isin(d["verb"], READ_VERBS)),
+              lambda d: _eq(d, "resource", "configmaps") & _eq(d, "namespace", "kube-system") & _isin(d, "verb", READ_VERBS)),
     EventFlag("configmap_credentials", "requestObject.data keys (values masked)", "credentials planted in a ConfigMap",
-              lambda d: d["configmap_credentials"].fillna(False).to_numpy(dtype=bool)),
+              lambda d: _true(d, "configmap_credentials")),
     EventFlag("rbac_write", "objectRef.resource, verb", "changing RBAC is how access is escalated and kept",
-              lambda d: _isin(d["resource"], RBAC_RESOURCES) & _isin(d["verb"], WRITE_VERBS)),
+              lambda d: _isin(d, "resource", RBAC_RESOURCES) & _isin(d, "verb", WRITE_VERBS)),
     EventFlag("admin_binding", "requestObject.roleRef", "binding cluster-admin/admin: full control handed out",
-              lambda d: _isin(d["resource"], ("clusterrolebindings", "rolebindings")) & _isin(d["verb"], ("create", "update", "patch"))
-              & (_contains(d["role_ref"], ADMIN_ROLES.pattern) | _contains(d["subjects"], r"Group:/system:masters"))),
+              lambda d: _isin(d, "resource", ("clusterrolebindings", "rolebindings")) & _isin(d, "verb", ("create", "update", "patch"))
+              & (_contains(d, "role_ref", ADMIN_ROLES.pattern) | _contains(d, "subjects", r"Group:/system:masters"))),
     EventFlag("anonymous_binding", "requestObject.subjects", "granting rights to system:anonymous opens the API to the internet",
-              lambda d: _isin(d["resource"], ("clusterrolebindings", "rolebindings")) & _contains(d["subjects"], r"system:(?:anonymous|unauthenticated)")),
+              lambda d: _isin(d, "resource", ("clusterrolebindings", "rolebindings")) & _contains(d, "subjects", r"system:(?:anonymous|unauthenticated)")),
     EventFlag("default_sa_binding", "requestObject.subjects", "rights for a default service account reach every pod in the namespace",
-              lambda d: _isin(d["resource"], ("clusterrolebindings", "rolebindings")) & _contains(d["subjects"], r"ServiceAccount:[^,]*/default(?:,|$)")),
+              lambda d: _isin(d, "resource", ("clusterrolebindings", "rolebindings")) & _contains(d, "subjects", r"ServiceAccount:[^,]*/default(?:,|$)")),
     EventFlag("dangerous_role", "requestObject.rules", "wildcards or escalate/bind/impersonate verbs, pods/exec or nodes/proxy grants",
-              lambda d: _isin(d["resource"], ("roles", "clusterroles")) & _isin(d["verb"], ("create", "update", "patch"))
-              & (_contains(d["role_verbs"], r"(?:^|,)(?:\*|escalate|bind|impersonate)(?:,|$)") | _contains(d["role_resources"], r"(?:^|,)(?:\*|pods/exec|nodes/proxy|secrets)(?:,|$)"))),
+              lambda d: _isin(d, "resource", ("roles", "clusterroles")) & _isin(d, "verb", ("create", "update", "patch"))
+              & (_contains(d, "role_verbs", r"(?:^|,)(?:\*|escalate|bind|impersonate)(?:,|$)") | _contains(d, "role_resources", r"(?:^|,)(?:\*|pods/exec|nodes/proxy|secrets)(?:,|$)"))),
     EventFlag("system_role_change", "objectRef.name", "modifying a built-in system: ClusterRole",
-              lambda d: _isin(d["resource"], ("clusterroles", "clusterrolebindings")) & _isin(d["verb"], WRITE_VERBS) & _contains(d["name"], r"^system:")),
+              lambda d: _isin(d, "resource", ("clusterroles", "clusterrolebindings")) & _isin(d, "verb", WRITE_VERBS) & _contains(d, "name", r"^system:")),
     EventFlag("impersonation", "impersonatedUser", "acting as another identity hides who really did it",
-              lambda d: d["impersonated_user"].notna().to_numpy() | _eq(d["verb"], "impersonate")),
+              lambda d: ~_isna(d, "impersonated_user") | _eq(d, "verb", "impersonate")),
     EventFlag("webhook_write", "objectRef.resource", "admission webhooks see or change every object: persistence and interception",
-              lambda d: _isin(d["resource"], WEBHOOK_RESOURCES) & _isin(d["verb"], WRITE_VERBS)),
+              lambda d: _isin(d, "resource", WEBHOOK_RESOURCES) & _isin(d, "verb", WRITE_VERBS)),
     EventFlag("exec", "objectRef.subresource", "exec/attach: a shell in a running container",
-              lambda d: _isin(d["subresource"], ("exec", "attach"))),
-    EventFlag("exec_kube_system", "objectRef.subresource, namespace", "a shell inside a control-plane add-on pod",
-              lambda d: _isin(d["subresource"], ("exec", "attach")) & _isin(d["namespace"], SYSTEM_NAMESPACES)),
+              lambda d: _isin(d, "subresource", ("exec", "attach"))),
+    EventFlag("exec_kube_system", "objectRef.subresource, namespace", "a shell in, or a tunnel to, a control-plane add-on pod",
+              lambda d: _isin(d, "subresource", ("exec", "attach", "portforward")) & _isin(d, "namespace", SYSTEM_NAMESPACES)),
     EventFlag("exec_suspicious_command", "requestURI command= parameters", "reverse shells, token reads, metadata endpoint, tar copies",
-              lambda d: _isin(d["subresource"], ("exec", "attach")) & _contains(d["exec_command"], SUSPICIOUS_EXEC.pattern)),
-    EventFlag("portforward", "objectRef.subresource", "tunnelling into a pod from outside", lambda d: _eq(d["subresource"], "portforward")),
+              lambda d: _isin(d, "subresource", ("exec", "attach")) & _contains(d, "exec_command", SUSPICIOUS_EXEC.pattern)),
+    EventFlag("portforward", "objectRef.subresource", "tunnelling into a pod from outside", lambda d: _eq(d, "subresource", "portforward")),
     EventFlag("ephemeral_container", "objectRef.subresource", "debug containers added to a running pod",
-              lambda d: _eq(d["subresource"], "ephemeralcontainers") & _isin(d["verb"], ("create", "update", "patch"))),
+              lambda d: _eq(d, "subresource", "ephemeralcontainers") & _isin(d, "verb", ("create", "update", "patch"))),
     EventFlag("workload_create", "objectRef.resource, verb", "new workloads: where an attacker runs code",
-              lambda d: _isin(d["resource"], WORKLOAD_RESOURCES) & _isin(d["verb"], ("create",)) & d["subresource"].isna().to_numpy()),
+              lambda d: _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create",)) & _isna(d, "subresource")),
     EventFlag("pod_in_system_namespace", "objectRef.namespace", "pods created directly in kube-system blend in with add-ons",
-              lambda d: _eq(d["resource"], "pods") & _eq(d["verb"], "create") & _isin(d["namespace"], ("kube-system", "kube-public")) & d["subresource"].isna().to_numpy()),
+              lambda d: _eq(d, "resource", "pods") & _eq(d, "verb", "create") & _isin(d, "namespace", ("kube-system", "kube-public")) & _isna(d, "subresource")),
     EventFlag("privileged_workload", "requestObject pod spec", "privileged, host namespaces, sensitive hostPath or dangerous capabilities: node takeover",
-              lambda d: _isin(d["resource"], WORKLOAD_RESOURCES) & _isin(d["verb"], ("create", "update", "patch")) & (
-                  d["pod_privileged"].fillna(False).to_numpy(dtype=bool) | d["pod_host_namespaces"].notna().to_numpy()
-                  | _any_path(d["pod_host_paths"]) | _contains(d["pod_capabilities"], "|".join(DANGEROUS_CAPABILITIES)))),
+              lambda d: _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & (
+                  _true(d, "pod_privileged") | ~_isna(d, "pod_host_namespaces")
+                  | _any_path(d, "pod_host_paths") | _contains(d, "pod_capabilities", "|".join(DANGEROUS_CAPABILITIES)))),
     EventFlag("persistence_workload", "objectRef.resource, verb", "CronJobs and DaemonSets run code again and everywhere",
-              lambda d: _isin(d["resource"], ("cronjobs", "daemonsets")) & _eq(d["verb"], "create")),
+              lambda d: _isin(d, "resource", ("cronjobs", "daemonsets")) & _eq(d, "verb", "create")),
     EventFlag("nodeport_service", "requestObject.spec.type", "exposing a service on every node's address",
-              lambda d: _eq(d["resource"], "services") & _eq(d["verb"], "create") & _eq(d["service_type"], "NodePort")),
+              lambda d: _eq(d, "resource", "services") & _eq(d, "verb", "create") & _eq(d, "service_type", "NodePort")),
     EventFlag("permission_review", "objectRef.resource", "kubectl auth can-i: checking what stolen credentials can do",
-              lambda d: _isin(d["resource"], ("selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews"))),
+              lambda d: _isin(d, "resource", ("selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews"))),
     EventFlag("anonymous_allowed", "user.username, decision, requestURI", "an unauthenticated request that succeeded (health checks excluded)",
               lambda d: _f(d, "anonymous") & _f(d, "allowed") & ~_f(d, "health_check")),
     EventFlag("events_delete", "objectRef.resource, verb", "deleting Events erases the cluster's own record",
-              lambda d: _eq(d["resource"], "events") & _isin(d["verb"], ("delete", "deletecollection"))),
-    EventFlag("deletecollection", "verb", "bulk deletion", lambda d: _eq(d["verb"], "deletecollection")),
+              lambda d: _eq(d, "resource", "events") & _isin(d, "verb", ("delete", "deletecollection"))),
+    EventFlag("deletecollection", "verb", "bulk deletion", lambda d: _eq(d, "verb", "deletecollection")),
     EventFlag("system_from_public", "user.username, sourceIPs", "control-plane or node identities never call from the internet",
               lambda d: _f(d, "system_identity") & _f(d, "source_public")),
     EventFlag("service_account_from_outside", "user.username, sourceIPs", "a pod's token used from outside the VPC: stolen token",
@@ -186,13 +231,14 @@ FLAG_BY_NAME = {f.name: f for f in FLAGS}
 
 def prepare(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
     """Add the helper columns flags read: address class, threat hit, client family, allow-list membership."""
-    ips = events["source_ip"]
-    uniques = pd.unique(ips)
-    classified = {ip: context.addresses.classify(ip) for ip in uniques}
+    ip_codes, ips = pd.factorize(events["source_ip"], use_na_sentinel=False)
+    classified = [context.addresses.classify(ip) for ip in ips]
+    agent_codes, agents = pd.factorize(events["user_agent"], use_na_sentinel=False)
+    families = np.array([user_agent_family(agent) for agent in agents], dtype=object)
     events = events.assign(
-        src_class=ips.map(lambda ip: classified[ip][0]),
-        src_threat=ips.map(lambda ip: classified[ip][1]).astype(bool),
-        ua_family=events["user_agent"].map(user_agent_family),
+        src_class=pd.Series(np.array([c for c, _ in classified], dtype=object)[ip_codes], index=events.index, dtype="str"),
+        src_threat=np.array([t for _, t in classified], dtype=bool)[ip_codes],
+        ua_family=pd.Series(families[agent_codes], index=events.index, dtype="str"),
         allow_listed=events["user"].isin(context.allow_identities),
     )
     return events
@@ -201,6 +247,9 @@ def prepare(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
 def add_flags(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
     """The events with every registered flag as a boolean column (in registry order)."""
     events = prepare(events, context)
+    inputs = FlagInputs(events)
     for flag in FLAGS:
-        events[flag.name] = np.asarray(flag.compute(events), dtype=bool)
-    return events
+        inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
+    replaced = {name: values for name, values in inputs.flags.items() if name in events.columns}
+    added = {name: values for name, values in inputs.flags.items() if name not in replaced}
+    return pd.concat([events.assign(**replaced), pd.DataFrame(added, index=events.index)], axis=1)

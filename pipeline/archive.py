@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, normalize_event
-from pipeline.readers import Event, InputRef, Quarantine, read_events
+from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, normalize_event, normalize_json_lines, rows_table
+from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
 from pipeline.storage import Storage, safe_segment
 
 log = logging.getLogger(__name__)
@@ -112,28 +113,53 @@ class HourBuffer:
 
 
 def split_by_hour(table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
-    """Split a table of events into (date, hour) partitions by event time (UTC)."""
+    """Split a table of events into (date, hour) partitions by event time (UTC), rows in input order.
+
+    Input arrives nearly in time order, so one stable sort by hour and zero-copy slices replace
+    a filter per hour."""
     if len(table) == 0:
         return
-    hour_start = pc.floor_temporal(table["time"], unit="hour")
-    unique = pc.unique(hour_start)
-    for value in unique.to_pylist():
-        part = table.filter(pc.equal(hour_start, pa.scalar(value, type=hour_start.type)))
-        yield (value.strftime("%Y-%m-%d"), value.hour), part
+    hours = pc.floor_temporal(table["time"], unit="hour").combine_chunks()
+    keys = hours.cast(pa.int64()).to_numpy()
+    if np.any(keys[1:] < keys[:-1]):
+        order = np.argsort(keys, kind="stable")
+        table, keys, hours = table.take(order), keys[order], hours.take(order)
+    bounds = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1, len(keys)]
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        value = hours[int(begin)].as_py()
+        yield (value.strftime("%Y-%m-%d"), value.hour), table.slice(begin, end - begin)
 
 
 def dedupe_sorted(table: pa.Table) -> pa.Table:
-    """One row per (audit_id, stage): the earliest delivery wins, output sorted by time."""
+    """One row per (audit_id, stage): the earliest delivery wins (earliest time, then lowest
+    CloudWatch id, then input order), output sorted by (time, audit_id, stage).
+
+    Sorting by (time, audit_id, stage, cw_event_id) puts every key's winner first among its
+    copies, so keeping first occurrences needs no second sort. Times rarely tie, so rows are
+    ordered by an integer sort of the times and only runs of equal times are ordered by the
+    text keys; one ``take`` then builds the result, and none is needed when the rows already
+    are in order without duplicates (the usual case: a stream arrives nearly sorted).
+    """
     if len(table) == 0:
         return table
-    ordered = table.sort_by([("audit_id", "ascending"), ("stage", "ascending"), ("time", "ascending"), ("cw_event_id", "ascending")])
-    keys = pc.binary_join_element_wise(ordered["audit_id"], ordered["stage"], "\x00")
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    if len(keys) > 1:
-        changed = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
-        keep = pa.concat_arrays([pa.array([True]), changed.combine_chunks() if isinstance(changed, pa.ChunkedArray) else changed])
-        ordered = ordered.filter(keep)
-    return ordered.sort_by([("time", "ascending"), ("audit_id", "ascending"), ("stage", "ascending")])
+    times = table["time"].combine_chunks().cast(pa.int64()).to_numpy()
+    order = np.argsort(times, kind="stable")
+    ordered_times = times[order]
+    tied = np.flatnonzero(ordered_times[1:] == ordered_times[:-1])
+    if len(tied):
+        audit_ids, stages, cw_ids = (table[name].to_pylist() for name in ("audit_id", "stage", "cw_event_id"))
+        starts = tied[np.r_[True, np.diff(tied) > 1]]
+        ends = tied[np.r_[np.diff(tied) > 1, True]] + 2
+        for start, end in zip(starts, ends):
+            order[start:end] = sorted(order[start:end], key=lambda i: (audit_ids[i], stages[i], cw_ids[i] is None, cw_ids[i] or ""))
+    ids = pc.dictionary_encode(table["audit_id"].combine_chunks()).indices.to_numpy()
+    stage_codes = pc.dictionary_encode(table["stage"].combine_chunks())
+    keys = ids.astype(np.int64) * max(len(stage_codes.dictionary), 1) + stage_codes.indices.to_numpy()
+    _, first = np.unique(keys[order], return_index=True)
+    keep = order[np.sort(first)]
+    if len(keep) == len(table) and not np.any(keep[1:] < keep[:-1]):
+        return table
+    return table.take(keep)
 
 
 def normalise_stream(
@@ -147,16 +173,63 @@ def normalise_stream(
     consumed = 0
     for value, cw_id in events:
         consumed += 1
-        try:
-            builder.append(normalize_event(value, cw_id, repairs=repairs))
-        except BadEvent as error:
-            quarantine.add(error.reason, source, consumed, _sample(value))
-            continue
+        row = _normalise_one(value, cw_id, quarantine, source, consumed, repairs)
+        if row is not None:
+            builder.append(row)
         if len(builder) >= chunk_rows:
             yield _finish(builder, quarantine, source), consumed
             consumed = 0
     if len(builder) or consumed:
         yield _finish(builder, quarantine, source), consumed
+
+
+def normalise_blocks(
+    items: Iterable[LineBlock | Event], quarantine: Quarantine, source: str, chunk_rows: int, repairs: dict | None = None
+) -> Iterator[tuple[pa.Table, int]]:
+    """``normalise_stream`` over ``read_blocks`` output: each block of JSON texts is parsed and
+    normalised column-wise at once (``normalize_json_lines``); the records it leaves go through
+    the per-line path in their place, so the rows, their order, the quarantine reasons and the
+    repair counts are those of ``normalise_stream(read_events(...))``. Tables hold about
+    ``chunk_rows`` rows; a quarantined record is numbered by its input line.
+    """
+    builder = EventTableBuilder()
+    consumed = 0
+    for item in items:
+        if isinstance(item, LineBlock):
+            rows, positions = normalize_json_lines(item.lines, item.cw_ids, repairs)
+            consumed += len(rows)
+            if len(rows) < len(item):
+                slow, slow_positions = [], []
+                for index in np.setdiff1d(np.arange(len(item)), positions, assume_unique=True):
+                    for value, cw_id in item.decode(index):
+                        consumed += 1
+                        row = _normalise_one(value, cw_id, quarantine, source, item.line_nos[index], repairs)
+                        if row is not None:
+                            slow.append(row)
+                            slow_positions.append(index)
+                if slow:
+                    order = np.argsort(np.r_[positions, slow_positions], kind="stable")
+                    rows = pa.concat_tables([rows, rows_table(slow)]).take(order)
+            builder.extend(rows)
+        else:
+            consumed += 1
+            row = _normalise_one(item[0], item[1], quarantine, source, consumed, repairs)
+            if row is not None:
+                builder.append(row)
+        if len(builder) >= chunk_rows:
+            yield _finish(builder, quarantine, source), consumed
+            consumed = 0
+    if len(builder) or consumed:
+        yield _finish(builder, quarantine, source), consumed
+
+
+def _normalise_one(value, cw_id, quarantine: Quarantine, source: str, line_no: int, repairs: dict | None) -> dict | None:
+    """One decoded record as a row, or None after quarantining it with its reason."""
+    try:
+        return normalize_event(value, cw_id, repairs=repairs)
+    except BadEvent as error:
+        quarantine.add(error.reason, source, line_no, _sample(value))
+        return None
 
 
 def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> pa.Table:
@@ -254,8 +327,8 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
 
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
-            events = read_events(ref, result.quarantine, max_line_bytes)
-            for table, consumed in normalise_stream(events, result.quarantine, ref.name, chunk_rows, result.repaired):
+            items = read_blocks(ref, result.quarantine, max_line_bytes)
+            for table, consumed in normalise_blocks(items, result.quarantine, ref.name, chunk_rows, result.repaired):
                 result.records_read += consumed
                 if progress:
                     progress(consumed)

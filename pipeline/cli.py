@@ -98,7 +98,7 @@ def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
     first_line = message.splitlines()[0] if message else message
     console.print(first_line[:400] + ("…" if len(first_line) > 400 else ""), markup=False, highlight=False, soft_wrap=True)
     if hint:
-        console.print(f"hint: {hint}", markup=False, highlight=False)
+        console.print(f"hint: {hint}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -166,9 +166,9 @@ def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from,
     """Archive, features, train, score and report in one go."""
     from pipeline.runner import run_pipeline
 
-    ctx = open_context(workdir, config_path, cluster, backend, quiet)
     times = {k: parse_time_option(v, f"--{k.replace('_', '-')}") for k, v in
              dict(train_from=train_from, train_to=train_to, score_from=score_from, score_to=score_to).items()}
+    ctx = open_context(workdir, config_path, cluster, backend, quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         result = run_pipeline(ctx, list(inputs), report_dir=report_dir, **times)
     finish(ctx, result, as_json, fail_on_flagged)
@@ -224,10 +224,11 @@ def features(workdir, config_path, cluster, train_from, train_to, score_from, sc
     """Compute per-entity window features for the training and scoring ranges."""
     from pipeline.stages import resolve_ranges, run_features
 
+    times = [parse_time_option(train_from, "--train-from"), parse_time_option(train_to, "--train-to"),
+             parse_time_option(score_from, "--score-from"), parse_time_option(score_to, "--score-to")]
     ctx = open_context(workdir, config_path, cluster, quiet=quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
-        ranges = resolve_ranges(ctx, parse_time_option(train_from, "--train-from"), parse_time_option(train_to, "--train-to"),
-                                parse_time_option(score_from, "--score-from"), parse_time_option(score_to, "--score-to"))
+        ranges = resolve_ranges(ctx, *times)
         counts = run_features(ctx, ranges)
     console.print(f"features: {counts['train_rows']} training and {counts['score_rows']} scoring entity windows",
                   markup=False, highlight=False)

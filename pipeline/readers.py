@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import orjson
 
@@ -45,6 +45,19 @@ class InputRef:
     size: int | None = None
 
 
+_SECRET_BODY = re.compile(r'"(?:data|stringData|binaryData)"\s*:')
+_CREDENTIAL = re.compile(r"(?:AKIA|ASIA)[0-9A-Z]{12,}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def redact(sample: str) -> str:
+    """A quarantine sample without secret material: everything from a Secret/ConfigMap body on is cut,
+    and access keys or private keys elsewhere are masked. Bad lines are evidence, not a leak."""
+    body = _SECRET_BODY.search(sample)
+    if body:
+        sample = sample[: body.start()] + "[redacted]"
+    return _CREDENTIAL.sub("[redacted]", sample)
+
+
 @dataclass
 class Quarantine:
     """Counts and samples of everything that did not become an event. Nothing is silently dropped."""
@@ -63,7 +76,7 @@ class Quarantine:
             else:
                 size = len(sample or "")
                 sample = (sample or "")[:SAMPLE_CHARS]
-            self.entries.append({"reason": reason, "source": source, "line": line_no, "bytes": size, "sample": sample})
+            self.entries.append({"reason": reason, "source": source, "line": line_no, "bytes": size, "sample": redact(sample)})
 
     def skip(self, reason: str) -> None:
         """Count input that is deliberately not an event (control messages, non-audit streams)."""
@@ -147,6 +160,36 @@ class _Prefixed(io.RawIOBase):
 
 
 Event = tuple[object, str | None]
+BLOCK_BYTES = 2 << 20
+
+
+@dataclass
+class LineBlock:
+    """Consecutive records of one input as JSON texts, for the vectorised normaliser.
+
+    ``lines[i]`` is one record's JSON text (a line of a JSON-lines or export file, or a
+    CloudWatch message) and ``decode(i)`` the per-line path: exactly the decoded events
+    ``read_events`` yields for that record, with anything undecodable quarantined.
+    """
+
+    lines: list[bytes]
+    line_nos: Sequence[int]
+    source: str
+    quarantine: Quarantine
+    messages: list[tuple[str, str | None]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def cw_ids(self) -> list[str | None] | None:
+        """CloudWatch event ids, one per line, for the messages of an envelope."""
+        return [event_id for _, event_id in self.messages] if self.messages is not None else None
+
+    def decode(self, index: int) -> Iterator[Event]:
+        if self.messages is not None:
+            return _decode_message(*self.messages[index], self.source, self.line_nos[index], self.quarantine)
+        return _decode_line(self.lines[index], self.source, self.line_nos[index], self.quarantine)
 
 
 def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024) -> Iterator[Event]:
@@ -155,48 +198,148 @@ def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
     The decoded event is whatever JSON value the line held; shape checks happen in
     normalisation so every reason is counted in one place.
     """
+    for item in read_blocks(ref, quarantine, max_line_bytes):
+        if isinstance(item, LineBlock):
+            for index in range(len(item)):
+                yield from item.decode(index)
+        else:
+            yield item
+
+
+def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024,
+                block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock | Event]:
+    """The records of ``ref`` in input order: runs of JSON texts as ``LineBlock``s of about
+    ``block_bytes``, and the events of whole-document inputs already decoded.
+
+    JSON and export lines are not decoded here (the normaliser parses a whole block at
+    once); a line holding a CloudWatch envelope is, and its messages become a block.
+    """
     try:
         stream = _open_decompressed(ref)
     except OSError as error:
         raise InputError(f"cannot open {ref.name}: {error}", hint="check the path and permissions") from None
     reader = io.BufferedReader(stream, buffer_size=1 << 20) if not isinstance(stream, io.BufferedIOBase) else stream
+    source = ref.name
     line_no = 0
+    block = LineBlock([], [], source, quarantine)
     try:
         first = _peek_first_content(reader)
         if first is None:
             quarantine.skip("empty_input")
             return
         if first == b"[" or _is_multiline_document(reader):
-            yield from _read_document(reader, ref.name, quarantine)
+            yield from _read_document(reader, source, quarantine)
             return
-        for line in reader:
-            line_no += 1
-            if len(line) > max_line_bytes:
-                quarantine.add("line_too_long", ref.name, line_no, line)
+        for text in _text_chunks(reader, min(block_bytes, max_line_bytes // 2)):
+            lines = text.split(b"\n")
+            if _plain(text, lines[0], max_line_bytes):
+                yield LineBlock(lines, range(line_no + 1, line_no + 1 + len(lines)), source, quarantine)
+                line_no += len(lines)
                 continue
-            stripped = line.strip()
-            if not stripped:
-                continue
-            if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
-                stripped = stripped.split(b" ", 1)[1]
-            try:
-                value = orjson.loads(stripped)
-            except orjson.JSONDecodeError:
-                if b"}{" in stripped and stripped[:1] == b"{":
-                    yield from _read_concatenated(stripped, ref.name, line_no, quarantine)
-                else:
-                    quarantine.add(_classify_json_error(stripped), ref.name, line_no, stripped)
-                continue
-            if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
-                yield from _read_envelope(value, ref.name, line_no, quarantine)
-            elif isinstance(value, dict) and value.get("kind") == "EventList":
-                yield from _read_event_list(value, ref.name, line_no, quarantine)
-            else:
-                yield value, None
+            has_envelopes = b'"logEvents"' in text
+            for line in lines:
+                line_no += 1
+                if len(line) >= max_line_bytes:
+                    quarantine.add("line_too_long", source, line_no, line)
+                    continue
+                stripped = line.strip()
+                if not stripped:
+                    continue
+                if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
+                    stripped = stripped.split(b" ", 1)[1]
+                if has_envelopes and b'"logEvents"' in stripped:
+                    if block.lines:
+                        yield block
+                        block = LineBlock([], [], source, quarantine)
+                    yield from _expand_line(stripped, source, line_no, quarantine)
+                    continue
+                block.lines.append(stripped)
+                block.line_nos.append(line_no)
+            if block.lines:
+                yield block
+                block = LineBlock([], [], source, quarantine)
     except (EOFError, OSError, ValueError) as error:
-        quarantine.add("gzip_damaged", ref.name, line_no, str(error))
+        if block.lines:
+            yield block
+        quarantine.add("gzip_damaged", source, line_no, str(error))
     finally:
         reader.close()
+
+
+def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+    """The input in runs of whole lines of about ``block_bytes`` (without the last newline); the
+    whole lines read before a decompression error are yielded before it propagates."""
+    rest = b""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while data := reader.read1(1 << 20):
+            parts.append(data)
+            size += len(data)
+            if size >= block_bytes:
+                buffer = rest + b"".join(parts)
+                parts, size = [], 0
+                cut = buffer.rfind(b"\n")
+                rest = buffer[cut + 1:]
+                if cut >= 0:
+                    yield buffer[:cut]
+    except (EOFError, OSError, ValueError):
+        buffer = rest + b"".join(parts)
+        if buffer.rfind(b"\n") >= 0:
+            yield buffer[:buffer.rfind(b"\n")]
+        raise
+    buffer = rest + b"".join(parts)
+    if buffer:
+        yield buffer[:-1] if buffer.endswith(b"\n") else buffer
+
+
+def _plain(text: bytes, first_line: bytes, max_line_bytes: int) -> bool:
+    """Whether a run of lines can go to the normaliser as it is, with no look at each line: JSON
+    lines (not export lines, not envelopes) none of which can be too long. Blank lines and any
+    odd line in it take the per-line path (``_decode_line``), which skips or quarantines them."""
+    return text[:1] == b"{" and len(text) < max_line_bytes and b'"logEvents"' not in first_line
+
+
+def _decode_line(line: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    """The per-line path: one line's JSON value(s), as the line reader has always decoded them
+    (a blank line is nothing, an export line's timestamp prefix is dropped)."""
+    stripped = line.strip()
+    if not stripped:
+        return
+    if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
+        stripped = stripped.split(b" ", 1)[1]
+    try:
+        value = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        if b"}{" in stripped and stripped[:1] == b"{":
+            yield from _read_concatenated(stripped, source, line_no, quarantine)
+        else:
+            quarantine.add(_classify_json_error(stripped), source, line_no, stripped)
+        return
+    if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
+        yield from _read_envelope(value, source, line_no, quarantine)
+    elif isinstance(value, dict) and value.get("kind") == "EventList":
+        yield from _read_event_list(value, source, line_no, quarantine)
+    else:
+        yield value, None
+
+
+def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[LineBlock | Event]:
+    """A line that may hold a CloudWatch envelope: its messages as one block; anything else per line."""
+    try:
+        value = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        yield from _decode_line(stripped, source, line_no, quarantine)
+        return
+    if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
+        messages = list(_envelope_messages(value, source, line_no, quarantine))
+        if messages:
+            lines = [message.encode("utf-8", "surrogatepass").strip() for message, _ in messages]
+            yield LineBlock(lines, [line_no] * len(lines), source, quarantine, messages)
+    elif isinstance(value, dict) and value.get("kind") == "EventList":
+        yield from _read_event_list(value, source, line_no, quarantine)
+    else:
+        yield value, None
 
 
 def _peek_first_content(reader: io.BufferedReader) -> bytes | None:
@@ -274,6 +417,12 @@ def _read_event_list(value: dict, source: str, line_no: int, quarantine: Quarant
 
 def _read_envelope(envelope: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
     """A CloudWatch Logs subscription envelope: one audit event per logEvents[].message."""
+    for message, event_id in _envelope_messages(envelope, source, line_no, quarantine):
+        yield from _decode_message(message, event_id, source, line_no, quarantine)
+
+
+def _envelope_messages(envelope: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[tuple[str, str | None]]:
+    """(message, event id) of every logEvent of a DATA_MESSAGE from an audit stream; the rest skipped or quarantined."""
     if envelope.get("messageType") == "CONTROL_MESSAGE":
         quarantine.skip("control_message")
         return
@@ -290,13 +439,17 @@ def _read_envelope(envelope: dict, source: str, line_no: int, quarantine: Quaran
         if not isinstance(message, str):
             quarantine.add("envelope_event_without_message", source, line_no, str(log_event)[:SAMPLE_CHARS])
             continue
-        try:
-            value = orjson.loads(message)
-        except orjson.JSONDecodeError:
-            quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, line_no, message)
-            continue
         event_id = log_event.get("id")
-        yield value, str(event_id) if event_id is not None else None
+        yield message, str(event_id) if event_id is not None else None
+
+
+def _decode_message(message: str, event_id: str | None, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    try:
+        value = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, line_no, message)
+        return
+    yield value, event_id
 
 
 def parse_cloudwatch_message(message: str, event_id: str | None, source: str, quarantine: Quarantine) -> Iterator[Event]:

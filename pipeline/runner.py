@@ -5,13 +5,16 @@ from pipeline.context import RunContext
 from pipeline.findings_export import export_findings
 from pipeline.report import run_report
 from pipeline.scoring import run_score
-from pipeline.stages import resolve_ranges, run_archive, run_features, run_train
+from pipeline.stages import flag_context, load_rule_pack, resolve_ranges, run_archive, run_features, run_train
 
 
 def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = None, train_from=None, train_to=None,
                  score_from=None, score_to=None) -> dict:
     """Archive -> features -> train -> score -> report -> export (Security Hub / SNS when enabled).
+    The rule pack and address files are loaded first, so a bad one stops the run before anything is written.
     Returns the result object schedulers act on (docs/operations.md)."""
+    load_rule_pack(ctx.config)
+    flag_context(ctx)
     archive_counts = run_archive(ctx, inputs)
     ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to)
     feature_counts = run_features(ctx, ranges)

@@ -41,6 +41,17 @@ def safe_segment(value: str, max_len: int = 80) -> str:
     return cleaned
 
 
+def _parse_holder(raw: bytes | None) -> dict:
+    """The lock owner record; a lock caught mid-write or unreadable counts as held by someone unknown."""
+    if not raw:
+        return {}
+    try:
+        holder = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def _check_key(key: str) -> str:
     parts = key.split("/")
     if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
@@ -112,9 +123,10 @@ class Storage(ABC):
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
         deadline = time.monotonic() + wait_seconds
         while not self.create_exclusive(key, orjson.dumps(owner)):
-            holder = self.read_json_or(key, {})
-            if self._is_stale(holder, stale_seconds):
-                self.delete(key)
+            raw = self.read_bytes_or(key)
+            holder = _parse_holder(raw)
+            if raw is not None and self._is_stale(holder, stale_seconds):
+                self.take_over(key, raw)
                 continue
             if time.monotonic() >= deadline:
                 raise LockedError(
@@ -125,9 +137,22 @@ class Storage(ABC):
         try:
             yield
         finally:
-            current = self.read_json_or(key, {})
-            if current.get("token") == owner["token"]:
+            if _parse_holder(self.read_bytes_or(key)).get("token") == owner["token"]:
                 self.delete(key)
+
+    def read_bytes_or(self, key: str) -> bytes | None:
+        try:
+            return self.read_bytes(key)
+        except StorageError:
+            return None
+
+    def take_over(self, key: str, expected: bytes) -> bool:
+        """Remove ``key`` only if it still holds ``expected`` (a stale lock). Best effort here (read, compare,
+        delete); LocalStorage does it atomically."""
+        if self.read_bytes_or(key) != expected:
+            return False
+        self.delete(key)
+        return True
 
     @staticmethod
     def _is_stale(holder: dict, stale_seconds: float) -> bool:
@@ -196,15 +221,36 @@ class LocalStorage(Storage):
         self._path(key).unlink(missing_ok=True)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write a temporary file, then hard-link it into place: the file appears complete or not at all."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+        tmp.write_bytes(data)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
+
+    def take_over(self, key: str, expected: bytes) -> bool:
+        """Atomically claim a stale file: rename it aside, and put it back if it was not the stale one."""
+        path = self._path(key)
+        claim = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.claim")
+        try:
+            os.rename(path, claim)
+        except FileNotFoundError:
+            return False
+        if claim.read_bytes() == expected:
+            claim.unlink()
+            return True
+        try:
+            os.link(claim, path)
+        except FileExistsError:
+            pass
+        claim.unlink()
+        return False
 
 
 def open_storage(url: str | Path, config=None) -> Storage:

@@ -1,0 +1,281 @@
+"""The fast paths give exactly what the simple paths give: block normalisation == per-line
+normalisation (rows, order, quarantine reasons, repairs), vectorised aggregates == a plain pandas
+groupby, dictionary-encoded flag helpers == pandas comparisons, one-sort dedupe == two-sort dedupe."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from features.addresses import AddressBook, load_threat_list
+from features.aggregate import ENTITY_COLUMNS, PARTIAL_COLUMNS, SET_COLUMNS, empty_partials, partial_aggregates
+from features.events import EVENT_SCHEMA
+from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
+from pipeline.archive import archive_inputs, dedupe_sorted, normalise_blocks, normalise_stream, read_archive
+from pipeline.readers import InputRef, Quarantine, read_blocks, read_events, resolve_inputs
+from pipeline.stages import events_frame
+from pipeline.storage import LocalStorage
+from tests.factory import CONTROL_MESSAGE, SHARED_FIXTURES, T0, envelope, event, events
+
+CONTEXT = FlagContext(AddressBook([], load_threat_list("203.0.113.0/24\n")), frozenset({"eks:addon-manager"}))
+
+
+def odd_lines() -> list[str]:
+    """Every shape the per-line path treats specially, as JSON lines."""
+    base = event(T0 + timedelta(minutes=5), audit_id="odd-base")
+    pod = {"spec": {"hostPID": True, "containers": [{"image": "alpine", "securityContext": {"privileged": True}}],
+                    "volumes": [{"hostPath": {"path": "/"}}]}}
+    variants = [
+        {"responseStatus": {"code": "403"}}, {"responseStatus": {"code": 200.0}}, {"responseStatus": {"code": True}},
+        {"responseStatus": {"code": 10 ** 30}}, {"responseStatus": {"code": -1}}, {"sourceIPs": "198.51.100.7"},
+        {"sourceIPs": ["", "10.0.0.1", ""]}, {"sourceIPs": ["198.51.100.1", "10.0.0.2"]}, {"sourceIPs": [None, "10.0.0.3"]},
+        {"user": {"username": "x", "groups": ["a", None, 3]}}, {"user": {}}, {"user": None}, {"user": "alice"},
+        {"user": {"username": "bob", "extra": {"arn": "arn:aws:iam::1:user/bob", "accessKeyId": [], "sessionName": [None]}}},
+        {"user": {"username": 5}}, {"verb": 7}, {"kind": "EventList"}, {"kind": "Pod"}, {"apiVersion": "v1"},
+        {"apiVersion": "audit.k8s.io/v1beta1"}, {"auditID": ""}, {"stageTimestamp": "", "timestamp": "2026-11-01T09:03:00Z"},
+        {"stageTimestamp": None, "requestReceivedTimestamp": None}, {"stageTimestamp": "yesterday"}, {"stageTimestamp": 5},
+        {"stage": ""}, {"annotations": {"audit.k8s.io/truncated": "true"}}, {"annotations": "x"}, {"objectRef": []},
+        {"impersonatedUser": {"username": "system:admin"}}, {"impersonatedUser": "root"},
+        {"verb": "create", "objectRef": {"resource": "pods", "namespace": "web", "name": "p"}, "requestObject": pod},
+        {"verb": "create", "objectRef": {"resource": "secrets", "namespace": "web", "name": "s"},
+         "requestObject": {"data": {"password": "c2VjcmV0"}, "stringData": {"token": "PLANTED"}}},
+        {"verb": "get", "objectRef": {"resource": "pods", "namespace": "web"}, "requestObject": None},
+        {"verb": "update", "objectRef": {"resource": "leases", "namespace": "kube-node-lease"}, "requestObject": {"spec": {}}},
+        {"verb": "create", "objectRef": {"resource": "pods", "subresource": "exec", "namespace": "web", "name": "p"},
+         "requestURI": "/api/v1/namespaces/web/pods/p/exec?command=sh&command=-c&command=id&container=app"},
+        {"requestURI": "/api/v1/pods?x=\u00e9&y=\u0026"},
+    ]
+    lines = [json.dumps({**base, "auditID": f"odd-{i}", **variant}) for i, variant in enumerate(variants)]
+    no_id = {k: v for k, v in base.items() if k != "auditID"}
+    lines += [
+        json.dumps(no_id), json.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events(2)}),
+        json.dumps(envelope(events(2, start=T0 + timedelta(hours=1)))), json.dumps(CONTROL_MESSAGE),
+        json.dumps(base)[:150] + "[Truncated...]", "{not json", "[1, 2]", "3", "", "   ",
+        f"{base['stageTimestamp']} {json.dumps({**base, 'auditID': 'exported'})}",
+        json.dumps(base).replace('"verb": "list"', '"verb": "list", "verb": "get"'),
+        json.dumps({**base, "auditID": "surrogate"}).replace('"web"', '"\\ud800"'),
+        json.dumps({**base, "auditID": "tabbed"}).replace('"list"', '"li\tst"'),
+        json.dumps(base) + json.dumps({**base, "auditID": "glued"}),
+        "  " + json.dumps({**base, "auditID": "padded"}) + " \r",
+    ]
+    return lines
+
+
+def fixture_lines() -> list[str]:
+    if not SHARED_FIXTURES.exists():
+        return []
+    return [json.dumps(json.loads(p.read_text())) for p in sorted(SHARED_FIXTURES.glob("*.json"))]
+
+
+def both_paths(path, block_bytes: int):
+    """(tables, consumed, quarantine, repairs) of the block path and of the per-line path."""
+    ref = resolve_inputs([str(path)])[0]
+    results = []
+    for fast in (True, False):
+        quarantine, repairs = Quarantine(), {}
+        if fast:
+            chunks = normalise_blocks(read_blocks(ref, quarantine, block_bytes=block_bytes), quarantine, ref.name, 7, repairs)
+        else:
+            chunks = normalise_stream(read_events(ref, quarantine), quarantine, ref.name, 7, repairs)
+        chunks = list(chunks)
+        results.append((pa.concat_tables([t for t, _ in chunks] or [EVENT_SCHEMA.empty_table()]), sum(c for _, c in chunks), quarantine, repairs))
+    return results
+
+
+def assert_same(fast, slow) -> None:
+    assert fast[0].equals(slow[0])
+    assert fast[1] == slow[1]
+    assert fast[2].counts == slow[2].counts and fast[2].skipped == slow[2].skipped
+    assert sorted((e["reason"], e["sample"]) for e in fast[2].entries) == sorted((e["reason"], e["sample"]) for e in slow[2].entries)
+    assert fast[3] == slow[3]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 3000])
+@pytest.mark.parametrize("gz", [False, True])
+def test_block_path_equals_per_line_path_on_mixed_input(tmp_path, block_bytes, gz):
+    good = [json.dumps(e) for e in events(300, step=timedelta(seconds=20))]
+    lines = good + odd_lines() * 2 + fixture_lines()
+    random.Random(7).shuffle(lines)
+    data = ("\n".join(lines) + "\n").encode() + b"\xff\xfe not utf-8 \x00\n" + json.dumps(good[0]).encode()
+    path = tmp_path / ("mixed.jsonl.gz" if gz else "mixed.jsonl")
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    fast, slow = both_paths(path, block_bytes)
+    assert len(fast[0]) > 300 and fast[2].total > 5 and fast[3]
+    assert_same(fast, slow)
+
+
+def test_firehose_envelopes_take_the_block_path_with_their_event_ids(tmp_path):
+    items = events(40) + [{"kind": "Event"}, "{broken"]
+    path = tmp_path / "firehose"
+    path.write_bytes(gzip.compress(
+        (json.dumps(envelope(items)) + "\n" + json.dumps(CONTROL_MESSAGE) + "\n" + json.dumps(envelope(events(3), first_id=900))).encode(),
+        mtime=0))
+    fast, slow = both_paths(path, 1 << 22)
+    assert_same(fast, slow)
+    assert fast[0]["cw_event_id"].null_count == 0 and len(fast[0]) == 43
+
+
+def test_mutated_lines_take_the_same_path(tmp_path):
+    """Random byte damage to real-shaped lines: whatever the per-line path does, the block path does too."""
+    rng = random.Random(11)
+    seeds = [json.dumps(e) for e in events(5)] + odd_lines()[:12] + fixture_lines()[:20]
+    lines = []
+    for _ in range(400):
+        line = bytearray(rng.choice(seeds).encode())
+        for _ in range(rng.randint(1, 3)):
+            line[rng.randrange(len(line))] = rng.choice(b'{}[]":,0 \\aZ\x00\xc3')
+        lines.append(bytes(line))
+    path = tmp_path / "mutated.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    fast, slow = both_paths(path, 5000)
+    assert_same(fast, slow)
+
+
+def test_secret_values_never_reach_the_block_path_output(tmp_path):
+    lines = odd_lines()
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    storage = LocalStorage(tmp_path / "work")
+    archive_inputs(storage, resolve_inputs([str(path)]), "demo", "r1")
+    for file in (tmp_path / "work").rglob("*"):
+        if file.is_file():
+            assert b"PLANTED" not in file.read_bytes() and b"c2VjcmV0" not in file.read_bytes()
+    rows = {r["audit_id"]: r for r in pa.concat_tables(list(read_archive(storage, "demo"))).to_pylist()}
+    privileged = next(r for r in rows.values() if r["resource"] == "pods" and r["verb"] == "create" and r["subresource"] is None)
+    assert privileged["pod_privileged"] is True and privileged["pod_host_paths"] == "/"
+
+
+# --------------------------------------------------------------------------- aggregates
+def reference_partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types) -> pd.DataFrame:
+    """The plain pandas groupby the vectorised map step replaced."""
+    if "stage" in events and not events.empty:
+        keep = events["stage"].ne("RequestReceived") | ~events["audit_id"].duplicated(keep=False)
+        events = events[keep.to_numpy()]
+        events = events[~events.duplicated(subset=["audit_id"], keep="first").to_numpy()]
+    if events.empty:
+        return empty_partials()
+    uri_path = events["request_uri"].fillna("").str.split("?", n=1).str[0]
+    derived = pd.DataFrame({
+        "window_start": events["time"].dt.floor(f"{window_minutes}min"),
+        "object_key": (events["resource"].fillna("") + "/" + events["namespace"].fillna("") + "/"
+                       + events["name"].fillna("")).where(events["name"].notna(), None),
+        "uri_path": uri_path,
+        "verb_resource": events["verb"].fillna("") + " " + events["resource"].fillna(uri_path),
+        "namespace": events["namespace"], "resource": events["resource"], "user_agent": events["user_agent"],
+        "ua_family": events["ua_family"], "time": events["time"],
+    })
+    flags = events[list(FLAG_NAMES)].astype(np.int64)
+    frames = []
+    for entity_type in entity_types:
+        peer = events["source_ip" if entity_type == "user" else "user"]
+        frame = pd.concat([derived.assign(entity=events[ENTITY_COLUMNS[entity_type]], peer=peer), flags], axis=1)
+        frame = frame[frame["entity"].notna().to_numpy()]
+        if frame.empty:
+            continue
+        grouped = frame.groupby(["entity", "window_start"], sort=True, observed=True)
+        counts = grouped[list(FLAG_NAMES)].sum()
+        counts.columns = [f"n_{c}" for c in counts.columns]
+        counts.insert(0, "n", grouped.size())
+        counts["first_time"] = grouped["time"].min()
+        counts["last_time"] = grouped["time"].max()
+        for set_name, (source, flag) in SET_COLUMNS.items():
+            rows = frame if flag is None else frame[frame[flag].to_numpy(dtype=bool)]
+            pairs = rows[["entity", "window_start", source]].dropna().drop_duplicates()
+            lists = pairs.groupby(["entity", "window_start"], sort=True)[source].agg(lambda s: sorted(s))
+            counts[set_name] = lists.reindex(counts.index)
+            counts[set_name] = counts[set_name].map(lambda v: v if isinstance(v, list) else [])
+        counts = counts.reset_index()
+        counts.insert(0, "entity_type", entity_type)
+        frames.append(counts)
+    if not frames:
+        return empty_partials()
+    return pd.concat(frames, ignore_index=True)[PARTIAL_COLUMNS]
+
+
+@pytest.fixture(scope="module")
+def sample_hours(tmp_path_factory):
+    """A day of realistic sample logs with its attacks, archived: one flagged frame per hour."""
+    from pipeline.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("sample")
+    generate_sample(root / "data", days=1, seed=5, scale=0.05)
+    storage = LocalStorage(root / "work")
+    archive_inputs(storage, resolve_inputs([str(root / "data")]), "demo", "r1")
+    return [add_flags(events_frame(table), CONTEXT) for table in read_archive(storage, "demo")]
+
+
+@pytest.mark.parametrize("window", [60, 15])
+def test_fast_aggregate_equals_reference_on_sample_hours(sample_hours, window):
+    assert sum(len(h) for h in sample_hours) > 1000
+    for hour in sample_hours:
+        pd.testing.assert_frame_equal(partial_aggregates(hour, window, ["user", "source_ip"]),
+                                      reference_partial_aggregates(hour, window, ["user", "source_ip"]))
+
+
+def test_fast_aggregate_equals_reference_with_gaps_and_repeated_stages():
+    started = event(T0, audit_id="exec-1", stage="ResponseStarted", verb="create", responseStatus={"code": 101},
+                    objectRef={"resource": "pods", "subresource": "exec", "namespace": "web", "name": "w"})
+    raw = events(30, step=timedelta(minutes=7)) + [
+        started, {**started, "stage": "ResponseComplete"}, {**started, "auditID": "rr", "stage": "RequestReceived"},
+        event(T0, audit_id="anon", user={}, sourceIPs=["203.0.113.9"], responseStatus={"code": 401}),
+        event(T0, audit_id="noip", sourceIPs=[], objectRef={"resource": "secrets", "namespace": "kube-system", "name": "x"}),
+        event(T0, audit_id="nouri", requestURI=None, objectRef={}),
+    ]
+    from features.events import EventTableBuilder, normalize_event
+
+    builder = EventTableBuilder()
+    for item in raw:
+        builder.append(normalize_event(item))
+    table, _ = builder.build()
+    frame = add_flags(events_frame(table), CONTEXT)
+    for types in (["user", "source_ip"], ["source_ip"]):
+        pd.testing.assert_frame_equal(partial_aggregates(frame, 60, types), reference_partial_aggregates(frame, 60, types))
+    pd.testing.assert_frame_equal(partial_aggregates(frame.iloc[:0], 60, ["user"]), empty_partials())
+
+
+# --------------------------------------------------------------------------- flags and dedupe
+@pytest.mark.parametrize("seed", range(5))
+def test_flag_helpers_equal_pandas_comparisons(seed):
+    rng = random.Random(seed)
+    words = ["get", "list", "", "system:node:a", "GET", "x,/proc", None]
+    frame = pd.DataFrame({
+        "s": pd.array([rng.choice(words) for _ in range(50)], dtype="str"),
+        "code": pd.array([rng.choice([200, 401, None, 503]) for _ in range(50)], dtype="Int32"),
+        "b": pd.Series([rng.choice([True, False, None]) for _ in range(50)], dtype=object),
+    })
+    d = FlagInputs(frame)
+    assert (_eq(d, "s", "get") == (frame["s"] == "get").fillna(False).to_numpy(dtype=bool)).all()
+    assert (_isin(d, "s", ("get", "list")) == frame["s"].isin(("get", "list")).to_numpy(dtype=bool)).all()
+    assert (_contains(d, "s", r"^system:|^$") == frame["s"].fillna("").str.contains(r"^system:|^$").to_numpy(dtype=bool)).all()
+    assert (_eq(d, "code", 401) == (frame["code"] == 401).fillna(False).to_numpy(dtype=bool)).all()
+    assert (_true(d, "b") == frame["b"].fillna(False).to_numpy(dtype=bool)).all()
+
+
+def reference_dedupe(table: pa.Table) -> pa.Table:
+    ordered = table.sort_by([("audit_id", "ascending"), ("stage", "ascending"), ("time", "ascending"), ("cw_event_id", "ascending")])
+    keys = [f"{a}\x00{s}" for a, s in zip(ordered["audit_id"].to_pylist(), ordered["stage"].to_pylist())]
+    keep = [i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))]
+    return ordered.filter(pa.array(keep)).sort_by([("time", "ascending"), ("audit_id", "ascending"), ("stage", "ascending")])
+
+
+def test_one_sort_dedupe_equals_two_sort_dedupe(tmp_path):
+    rng = random.Random(3)
+    raw = []
+    for i in range(400):
+        moment = T0 + timedelta(seconds=rng.randint(0, 50))
+        raw.append(event(moment, audit_id=f"a{rng.randint(0, 120)}", stage=rng.choice(["ResponseComplete", "ResponseStarted"]),
+                         verb=rng.choice(["get", "list"])))
+    lines = [json.dumps(envelope(raw[:200], first_id=rng.randint(1, 9))), json.dumps(envelope(raw[100:], first_id=5))]
+    lines += [json.dumps(e) for e in raw[::3]]
+    path = tmp_path / "dups.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    ref = InputRef(str(path), lambda: open(path, "rb"))
+    quarantine = Quarantine()
+    table = pa.concat_tables([t for t, _ in normalise_blocks(read_blocks(ref, quarantine), quarantine, "x", 10_000)])
+    assert dedupe_sorted(table).equals(reference_dedupe(table))
