@@ -354,10 +354,16 @@ def _peek_first_content(reader: io.BufferedReader) -> bytes | None:
 
 
 def _is_multiline_document(reader: io.BufferedReader) -> bool:
-    """A single JSON document spread over lines (pretty-printed Event or EventList)."""
+    """A single JSON document spread over lines (pretty-printed Event or EventList). A damaged first
+    line followed by a line that starts a JSON object is JSON lines, not a document."""
     head = reader.peek(65536).lstrip()
-    first_line = head.split(b"\n", 1)[0].strip()
-    return first_line == b"{" or (first_line.startswith(b"{") and not first_line.endswith(b"}") and b"\n" in head)
+    lines = head.split(b"\n", 2)
+    first_line = lines[0].strip()
+    if first_line == b"{":
+        return True
+    if not first_line.startswith(b"{") or first_line.endswith((b"}", TRUNCATED_MARK)) or len(lines) < 2:
+        return False
+    return not lines[1].lstrip().startswith(b"{")
 
 
 def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantine) -> Iterator[Event]:

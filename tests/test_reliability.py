@@ -323,10 +323,8 @@ def _bug(reason: str):
 BAD_INPUTS = [
     pytest.param(cloudwatch_truncated_in_envelope, id="cloudwatch-truncated-message-in-firehose-envelope"),
     pytest.param(cloudwatch_truncated_export_line, id="cloudwatch-truncated-export-line"),
-    pytest.param(cloudwatch_truncated_first_line, id="cloudwatch-truncated-first-line-of-jsonl",
-                 marks=_bug("readers: a JSON-lines file whose first line is damaged is read as one document; all its events are lost")),
-    pytest.param(damaged_first_line, id="damaged-first-line-of-jsonl",
-                 marks=_bug("readers: a JSON-lines file whose first line is damaged is read as one document; all its events are lost")),
+    pytest.param(cloudwatch_truncated_first_line, id="cloudwatch-truncated-first-line-of-jsonl"),
+    pytest.param(damaged_first_line, id="damaged-first-line-of-jsonl"),
     pytest.param(body_stripped_with_truncated_annotation, id="body-stripped-audit.k8s.io/truncated"),
     pytest.param(invalid_json, id="invalid-json-lines"),
     pytest.param(non_utf8, id="non-utf8-bytes"),
