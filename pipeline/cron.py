@@ -98,8 +98,8 @@ def crontab_line(config: Config, config_path: str | None, workdir: str, inputs: 
 
 def scheduled_run(ctx: RunContext, inputs: list[str], log_group: str | None, now: datetime) -> dict:
     """One scheduled pass (the caller holds the workdir lock); returns the run's result object."""
-    from pipeline.findings_export import export_findings
     from pipeline.processing import plan_key, plan_run
+    from pipeline.runner import finish_run, result_object
     from pipeline.report import run_report
     from pipeline.scoring import run_score
     from pipeline.stages import run_archive, run_features, run_train, write_quarantine
@@ -120,27 +120,9 @@ def scheduled_run(ctx: RunContext, inputs: list[str], log_group: str | None, now
     model = run_train(ctx) if plan["retrain"] else ctx.read_state()["model"]
     summary = run_score(ctx)
     run = run_report(ctx, None, {"inputs": counts["inputs"], "archive": counts})
-    result = {
-        "run_id": ctx.run_id,
-        "cluster": ctx.cluster,
-        "status": "ok",
-        "counts": {
-            "records_read": counts["records_read"], "events": counts["events"], "events_added": counts["events_added"],
-            "duplicates": counts["duplicates"], "quarantined": counts["quarantined"], "entity_windows": feature_counts["rows"],
-        },
-        "records": summary["records"],
-        "flagged": summary["flagged"],
-        "suppressed": summary["suppressed"],
-        "model": {"id": model["id"], "backend": model["backend"], "threshold": model["threshold"]},
-        "report": run["report"]["html"],
-        "report_dir": run["report"]["dir"],
-        "ranges": ranges.as_dict(),
-        "retrained": plan["retrain"],
-        "plan": plan,
-    }
-    findings = ctx.storage.read_json(f"{summary['key']}/findings.json")
-    result["exported"] = export_findings(ctx.config, findings, result)
-    return result
+    result = result_object(ctx, counts, feature_counts, model, summary, run, ranges)
+    result.update(retrained=plan["retrain"], plan=plan)
+    return finish_run(ctx, result, summary)
 
 
 @click.command("cron")

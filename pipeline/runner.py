@@ -21,7 +21,13 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
     model = run_train(ctx)
     summary = run_score(ctx)
     run = run_report(ctx, report_dir, {"inputs": archive_counts["inputs"], "archive": archive_counts})
-    result = {
+    return finish_run(ctx, result_object(ctx, archive_counts, feature_counts, model, summary, run, ranges), summary)
+
+
+def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, model: dict, summary: dict, run: dict,
+                  ranges) -> dict:
+    """The machine-readable result a Step Functions task or cron wrapper acts on (docs/operations.md)."""
+    return {
         "run_id": ctx.run_id,
         "cluster": ctx.cluster,
         "status": "ok",
@@ -38,5 +44,9 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
         "report_dir": run["report"]["dir"],
         "ranges": ranges.as_dict(),
     }
+
+
+def finish_run(ctx: RunContext, result: dict, summary: dict) -> dict:
+    """Export the flagged findings (Security Hub / SNS, when enabled) and add what was exported to the result."""
     result["exported"] = export_findings(ctx.config, ctx.storage.read_json(f"{summary['key']}/findings.json"), result)
     return result
