@@ -169,18 +169,7 @@ def normalise_stream(
 
     A record that decodes but is not a usable event is quarantined here with its reason.
     """
-    builder = EventTableBuilder()
-    consumed = 0
-    for value, cw_id in events:
-        consumed += 1
-        row = _normalise_one(value, cw_id, quarantine, source, consumed, repairs)
-        if row is not None:
-            builder.append(row)
-        if len(builder) >= chunk_rows:
-            yield _finish(builder, quarantine, source), consumed
-            consumed = 0
-    if len(builder) or consumed:
-        yield _finish(builder, quarantine, source), consumed
+    yield from normalise_blocks(events, quarantine, source, chunk_rows, repairs)
 
 
 def normalise_blocks(
