@@ -34,7 +34,8 @@ HISTORY_FLAGS: tuple[HistoryFlag, ...] = (
 HISTORY_FLAG_NAMES = tuple(f.name for f in HISTORY_FLAGS)
 
 
-def _objects(series: pd.Series) -> np.ndarray:
+def python_values(series: pd.Series) -> np.ndarray:
+    """Plain Python values (None for missing) for fast Python loops over Arrow-backed columns."""
     return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
 
 
@@ -48,8 +49,8 @@ def add_history_flags(events: pd.DataFrame, history: dict) -> pd.DataFrame:
     flags = {name: np.zeros(len(events), dtype=bool) for name in HISTORY_FLAG_NAMES}
     if history and len(events):
         uri_path = events["request_uri"].fillna("").str.split("?", n=1).str[0]
-        actions = _objects(events["verb"].fillna("") + " " + events["resource"].fillna(uri_path))
-        rows = zip(_objects(events["user"]), _objects(events["source_ip"]), _objects(events["user_agent"]), actions)
+        actions = python_values(events["verb"].fillna("") + " " + events["resource"].fillna(uri_path))
+        rows = zip(python_values(events["user"]), python_values(events["source_ip"]), python_values(events["user_agent"]), actions)
         for index, (user, ip, agent, action) in enumerate(rows):
             if user is None:
                 continue

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.flags import add_flags
-from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score
+from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score, python_values
 from features.rules import RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
 from pipeline.archive import read_archive
@@ -207,8 +207,8 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
         events["rule_weight"] = severity
         interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
         starts = events["window_start"].to_numpy(dtype=object)
-        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(_objects(events["user"]), starts)]
-        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(_objects(events["source_ip"]), starts)]
+        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(python_values(events["user"]), starts)]
+        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(python_values(events["source_ip"]), starts)]
         events["event_score"] = np.maximum(user_part, ip_part) + severity + history_score(events) + 0.2 * interesting
         for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
             why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
@@ -259,11 +259,6 @@ def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, enti
         for rule_id, count in row.items():
             if count:
                 record_hits[(entity_type, entity, start)][rule_id] += int(count)
-
-
-def _objects(series: pd.Series) -> np.ndarray:
-    """Plain Python values (None for missing) for fast Python loops over Arrow-backed columns."""
-    return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
 
 
 def evidence_rows(frame: pd.DataFrame) -> list[dict]:
