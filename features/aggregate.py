@@ -84,7 +84,8 @@ def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: 
     micros = events["time"].to_numpy(dtype="datetime64[us]").view(np.int64)[rows]
     windows = micros // step * step
     resource, namespace, name = column("resource"), column("namespace"), column("name")
-    uri_path = pc.list_element(pc.split_pattern(pc.fill_null(column("request_uri"), ""), "?", max_splits=1), 0)
+    uris = pc.dictionary_encode(pc.fill_null(column("request_uri"), ""))
+    uri_path = pa.array([uri.split("?", 1)[0] for uri in uris.dictionary.to_pylist()], pa.string()).take(uris.indices)
     object_key = pc.if_else(pc.is_valid(name), pc.binary_join_element_wise(
         pc.fill_null(resource, ""), pc.fill_null(namespace, ""), pc.fill_null(name, ""), "/"), pa.scalar(None, pa.string()))
     sources = {
@@ -94,7 +95,7 @@ def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: 
     }
     encoded = {key: _encode(values) for key, values in sources.items()}
     people = {c: _encode(column(c)) for c in set(ENTITY_COLUMNS.values())}
-    flags = events[list(FLAG_NAMES)].to_numpy(dtype=np.int64)[rows]
+    flags = events[list(FLAG_NAMES)].to_numpy(dtype=np.uint8)[rows]
     filters = {None: None, **{f: flags[:, FLAG_NAMES.index(f)].astype(bool) for _, f in SET_COLUMNS.values() if f}}
     frames = []
     for entity_type in entity_types:
@@ -115,7 +116,7 @@ def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: 
             "window_start": _utc(keys % span * step + windows.min()),
             "n": sizes.astype(np.int64),
         }
-        counts = np.add.reduceat(flags[present][order], starts, axis=0) if len(order) else flags[:0]
+        counts = np.add.reduceat(flags[present[order]], starts, axis=0, dtype=np.int64)
         for index, flag in enumerate(FLAG_NAMES):
             frame[f"n_{flag}"] = counts[:, index]
         times = micros[present][order]
