@@ -51,15 +51,37 @@ def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return rank[codes], np.array([uniques[i] for i in order], dtype=object)
 
 
-def _request_rows(events: pd.DataFrame) -> np.ndarray:
-    """Positions of one row per request: exec-style requests log ResponseStarted and
-    ResponseComplete, and a request can log RequestReceived too; count each request once."""
+# Requests the API server treats as long-running log ResponseStarted when the response begins
+# and ResponseComplete when it ends, possibly hours later (k8s BasicLongRunningRequestCheck).
+LONG_RUNNING_VERBS = ("watch", "proxy")
+LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
+
+
+def _request_rows(events: pd.DataFrame, step: int) -> np.ndarray:
+    """Positions of one row per request, so that each request counts in exactly one window.
+
+    Within a partial, a request's RequestReceived row yields to its other stages and the first
+    remaining row counts. Across partials, a long-running request's ResponseComplete row does not
+    count when the request was received in an earlier window: its ResponseStarted row, logged when
+    the response began, counted it there (an exec session crossing the hour counts once)."""
     if "stage" not in events:
         return np.arange(len(events))
     ids = pc.dictionary_encode(pa.array(events["audit_id"], from_pandas=True), null_encoding="encode").indices.to_numpy()
     repeated = np.bincount(ids)[ids] > 1
-    received = (events["stage"] == "RequestReceived").fillna(False).to_numpy(dtype=bool)
-    kept = np.flatnonzero(~received | ~repeated)
+    stage = events["stage"]
+    received = (stage == "RequestReceived").fillna(False).to_numpy(dtype=bool)
+    keep = ~received | ~repeated
+    if "received_time" in events:
+        long_running = (events["verb"].isin(LONG_RUNNING_VERBS) | events["subresource"].isin(LONG_RUNNING_SUBRESOURCES)).to_numpy(dtype=bool)
+        completes = (stage == "ResponseComplete").fillna(False).to_numpy(dtype=bool) & long_running
+        if completes.any():
+            started = events["received_time"].to_numpy(dtype="datetime64[us]")
+            ended = events["time"].to_numpy(dtype="datetime64[us]")
+            known = ~np.isnat(started)
+            earlier = np.zeros(len(events), dtype=bool)
+            earlier[known] = started[known].view(np.int64) // step < ended[known].view(np.int64) // step
+            keep &= ~(completes & earlier)
+    kept = np.flatnonzero(keep)
     _, first = np.unique(ids[kept], return_index=True)
     return kept[np.sort(first)]
 
@@ -72,7 +94,8 @@ def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: 
     hour instead of a pandas groupby per set. Same table as a plain pandas groupby would give
     (tests/test_fast_paths.py holds that reference).
     """
-    rows = _request_rows(events)
+    step = window_minutes * 60_000_000
+    rows = _request_rows(events, step)
     if len(rows) == 0:
         return empty_partials()
     taken = pa.array(rows)
@@ -80,7 +103,6 @@ def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: 
     def column(name: str) -> pa.Array:
         return pa.array(events[name], from_pandas=True).take(taken).cast(pa.string())
 
-    step = window_minutes * 60_000_000
     micros = events["time"].to_numpy(dtype="datetime64[us]").view(np.int64)[rows]
     windows = micros // step * step
     resource, namespace, name = column("resource"), column("namespace"), column("name")

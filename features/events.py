@@ -76,6 +76,10 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     Column("configmap_credentials", pa.bool_(), "a written ConfigMap's data looks like it holds credentials (values masked)"),
     Column("grants_masters", pa.bool_(), "a written aws-auth ConfigMap maps someone into system:masters"),
     Column("ingress_tls", pa.bool_(), "a created Ingress declares spec.tls"),
+    Column("webhook_targets", pa.string(),
+           "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined"),
+    Column("webhook_weakened", pa.bool_(),
+           "a written webhook configuration leaves a webhook with no rules, or sets a validating webhook to failurePolicy Ignore"),
     Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: first dedup key"),
 )
 EVENT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in EVENT_COLUMNS])
@@ -158,8 +162,11 @@ def _workload_facts(spec: dict, row: dict) -> None:
 _WORKLOADS = ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs")
 _BINDINGS = ("clusterrolebindings", "rolebindings")
 _ROLES = ("clusterroles", "roles")
+_WEBHOOKS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
 # Resources whose request body ``_request_facts`` reads; every other body is dropped unread.
-BODY_RESOURCES = frozenset(_WORKLOADS + _BINDINGS + _ROLES + ("services", "certificatesigningrequests", "configmaps", "ingresses"))
+BODY_RESOURCES = frozenset(
+    _WORKLOADS + _BINDINGS + _ROLES + _WEBHOOKS + ("services", "certificatesigningrequests", "configmaps", "ingresses")
+)
 
 
 def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict) -> None:
@@ -206,6 +213,43 @@ def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict)
         spec = obj.get("spec")
         if isinstance(spec, dict):
             row["ingress_tls"] = bool(spec.get("tls"))
+    elif resource in _WEBHOOKS:
+        _webhook_facts(resource, obj, row)
+
+
+def _webhook_facts(resource: str, obj: dict, row: dict) -> None:
+    """Targets of an admission webhook configuration, and whether a write switches a webhook off.
+
+    An attacker's webhook receives every matching object (secrets, pod specs) at an address of
+    their choosing; neutering a policy webhook (no rules, fail open) lets what it blocked through.
+    """
+    hooks = obj.get("webhooks")
+    if not isinstance(hooks, list):
+        return
+    hooks = [h for h in hooks if isinstance(h, dict)]
+    targets = []
+    for hook in hooks:
+        client = hook.get("clientConfig")
+        if not isinstance(client, dict):
+            continue
+        url, service = client.get("url"), client.get("service")
+        if isinstance(url, str) and url:
+            targets.append("url:" + _url_host(url))
+        elif isinstance(service, dict):
+            targets.append(f"service:{_text(service.get('namespace')) or ''}/{_text(service.get('name')) or ''}")
+    row["webhook_targets"] = _joined(targets)
+    row["webhook_weakened"] = any(
+        hook.get("rules") == [] or (resource == "validatingwebhookconfigurations" and hook.get("failurePolicy") == "Ignore")
+        for hook in hooks
+    )
+
+
+def _url_host(url: str) -> str:
+    """Host of a URL, or the URL itself when it does not parse (an attacker may write anything)."""
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
 
 
 def _exec_command(uri: str | None) -> str | None:
@@ -588,3 +632,13 @@ def parse_time(value: str) -> datetime | None:
 
 def empty_event_table() -> pa.Table:
     return EVENT_SCHEMA.empty_table()
+
+
+def conform_events(table: pa.Table) -> pa.Table:
+    """An archived hour written by an older release, as EVENT_SCHEMA: columns added since are null.
+
+    New body facts are added as columns over time; an archive must stay readable without a rewrite."""
+    if table.schema.equals(EVENT_SCHEMA):
+        return table
+    columns = [table[c.name] if c.name in table.column_names else pa.nulls(len(table), c.type) for c in EVENT_COLUMNS]
+    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)

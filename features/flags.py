@@ -32,6 +32,8 @@ SUSPICIOUS_EXEC = re.compile(
     r"kubeconfig|\.aws/credentials|\bxmrig\b|\bnmap\b",
     re.I,
 )
+# url:<host> webhook targets other than loopback and in-cluster service DNS names.
+EXTERNAL_WEBHOOK_URL = re.compile(r"(?:^|,)url:(?!(?:127\.\d+\.\d+\.\d+|localhost|::1|[^,]*\.svc(?:\.cluster\.local)?)(?:,|$))")
 DANGEROUS_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_ADMIN", "NET_RAW", "DAC_READ_SEARCH", "ALL", "BPF")
 
 
@@ -192,6 +194,12 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: ~_isna(d, "impersonated_user") | _eq(d, "verb", "impersonate")),
     EventFlag("webhook_write", "objectRef.resource", "admission webhooks see or change every object: persistence and interception",
               lambda d: _isin(d, "resource", WEBHOOK_RESOURCES) & _isin(d, "verb", WRITE_VERBS)),
+    EventFlag("webhook_external_url", "requestObject.webhooks[].clientConfig.url",
+              "a webhook that posts objects to an address outside the cluster hands every matching secret and pod spec to it",
+              lambda d: _contains(d, "webhook_targets", EXTERNAL_WEBHOOK_URL.pattern)),
+    EventFlag("webhook_weakened", "requestObject.webhooks[].rules, failurePolicy",
+              "emptying a webhook's rules or failing a policy webhook open lets through what it was installed to block",
+              lambda d: _isin(d, "resource", WEBHOOK_RESOURCES) & _true(d, "webhook_weakened")),
     EventFlag("exec", "objectRef.subresource", "exec/attach: a shell in a running container",
               lambda d: _isin(d, "subresource", ("exec", "attach"))),
     EventFlag("exec_kube_system", "objectRef.subresource, namespace", "a shell in, or a tunnel to, a control-plane add-on pod",

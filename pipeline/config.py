@@ -143,6 +143,9 @@ class ScoringConfig(Section):
 
 
 class Suppression(Section):
+    repeat_factor: float = Field(0.6, gt=0.0, le=1.0, description=(
+        "a record whose evidence is mostly a higher-ranked record's (the same requests seen as identity and as "
+        "address) ranks at this fraction of its score (lowered by 1 - factor of its magnitude); 1 ranks by score alone"))
     """A known-benign pattern: matching findings leave `flagged` but stay listed as suppressed.
 
     It always names an entity (or a glob pattern). ``rules`` and ``reasons`` narrow it: a

@@ -37,6 +37,8 @@ RULE_TYPES = {
     "unauthorized_secret_read": "TTPs/Credential Access",
     "anonymous_request_failed": "TTPs/Initial Access",
     "aws_auth_modified": "TTPs/Persistence",
+    "webhook_sends_objects_outside_cluster": "TTPs/Persistence",
+    "webhook_disabled": "TTPs/Defense Evasion",
     "anonymous_access_allowed": "TTPs/Initial Access",
     "anonymous_binding_created": "TTPs/Persistence",
     "admin_binding_created": "TTPs/Privilege Escalation",

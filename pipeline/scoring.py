@@ -95,13 +95,20 @@ def run_score(ctx: RunContext) -> dict:
         rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
         records["rule_part"] = rule_part
         records["combined"] = ctx.config.scoring.model_weight * records["model_part"] + records["rule_part"]
-        records = records.sort_values(["combined", "model_score", "entity_type", "entity", "window_start"],
-                                      ascending=[False, False, True, True, True], kind="stable").reset_index(drop=True)
+        order = ["combined", "model_score", "entity_type", "entity", "window_start"]
+        records = records.sort_values(order, ascending=[False, False, True, True, True], kind="stable").reset_index(drop=True)
+        evidence = events_pass["evidence"]
+        audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
+        keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
+        repeats = repeat_of(keys, audit_ids)
+        records["repeats"] = repeats
+        lowered = (1.0 - ctx.config.scoring.repeat_factor) * records["combined"].abs()
+        records["rank_score"] = records["combined"] - np.where(records["repeats"].notna(), lowered, 0.0)
+        records = records.sort_values(["rank_score", *order], ascending=[False, False, False, True, True, True],
+                                      kind="stable").reset_index(drop=True)
         reasons = explain(detector, records, baselines, ctx.config.report.explain_top)
         suppressions = load_suppressions(ctx)
         high = weights.get("high", 1.0)
-        evidence = events_pass["evidence"]
-        audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
         findings = []
         for position, row in enumerate(records.itertuples(index=False)):
             key = (row.entity_type, row.entity, row.window_start)
@@ -114,6 +121,7 @@ def run_score(ctx: RunContext) -> dict:
                 "window_start": iso(row.window_start),
                 "window_end": iso(row.window_end),
                 "score": round(float(row.combined), 6),
+                "rank_score": round(float(row.rank_score), 6),
                 "flagged": bool(row.model_part > 1.0 or any(h["weight"] >= high for h in rule_hits)),
                 "model_score": round(float(row.model_score), 6),
                 "model_part": round(float(row.model_part), 6),
@@ -123,11 +131,16 @@ def run_score(ctx: RunContext) -> dict:
                 "event_count": int(row.n),
                 "audit_ids": audit_ids.get(key, []),
                 "suppressed": False,
+                "repeats": None if row.repeats is None else finding_id(ctx.cluster, *row.repeats),
             }
             match = suppression_for(record, suppressions) if suppressions else None
             if match is not None:
                 record.update(suppressed=True, flagged=False, suppressed_by=match.id or match.note or "suppression")
             findings.append(record)
+        ranks = {f["finding_id"]: f["rank"] for f in findings}
+        for record in findings:
+            if record["repeats"] is not None:
+                record["repeats_rank"] = ranks[record["repeats"]]
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         ctx.storage.write_json(f"{out}/findings.json", findings)
         reported = findings[: ctx.config.report.top_n]
@@ -142,6 +155,24 @@ def run_score(ctx: RunContext) -> dict:
         }
         ctx.update_state("score", summary)
     return summary
+
+
+def repeat_of(keys: list[tuple], audit_ids: dict[tuple, list]) -> list[tuple | None]:
+    """For records in rank order: the key of a higher-ranked record that already holds at least half of
+    this record's evidence events (the same requests seen as an identity and as its address), else None.
+
+    Such a record adds no new activity for the analyst; it stays listed but ranks lower
+    (``scoring.repeat_factor``), so distinct activity reaches the top of the list."""
+    holder: dict[str, int] = {}
+    result: list[tuple | None] = []
+    for index, key in enumerate(keys):
+        ids = set(audit_ids.get(key, ()))
+        held = Counter(holder[i] for i in ids if i in holder)
+        owner, shared = held.most_common(1)[0] if held else (None, 0)
+        result.append(keys[owner] if owner is not None and 2 * shared >= len(ids) else None)
+        for i in ids:
+            holder.setdefault(i, index)
+    return result
 
 
 def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, calibration: dict,

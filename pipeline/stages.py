@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
+from features.events import conform_events
 from features.flags import FlagContext, add_flags
 from features.novelty import add_history_flags
 from features.entities import entity_group
@@ -184,7 +185,7 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if ctx.storage.exists(cache_key) and ctx.storage.exists(rules_key):
         return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_key).to_pandas()
     cfg = ctx.config.features
-    events = add_flags(events_frame(ctx.storage.read_parquet(archive_key)), flags)
+    events = add_flags(events_frame(conform_events(ctx.storage.read_parquet(archive_key))), flags)
     partial = partial_aggregates(events, cfg.window_minutes, cfg.entity_types)
     rules = rule_partials(pack, events, cfg.window_minutes, cfg.entity_types)
     ctx.storage.write_parquet(rules_key, pa.Table.from_pandas(rules, preserve_index=False))

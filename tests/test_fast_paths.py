@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from features.addresses import AddressBook, load_threat_list
-from features.aggregate import ENTITY_COLUMNS, PARTIAL_COLUMNS, SET_COLUMNS, empty_partials, partial_aggregates
+from features.aggregate import (ENTITY_COLUMNS, LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, PARTIAL_COLUMNS, SET_COLUMNS,
+                                empty_partials, partial_aggregates, reduce_partials)
 from features.events import EVENT_SCHEMA
 from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
 from pipeline.archive import archive_inputs, dedupe_sorted, normalise_blocks, normalise_stream, read_archive
@@ -156,7 +157,10 @@ def reference_partial_aggregates(events: pd.DataFrame, window_minutes: int, enti
     """The plain pandas groupby the vectorised map step replaced."""
     if "stage" in events and not events.empty:
         keep = events["stage"].ne("RequestReceived") | ~events["audit_id"].duplicated(keep=False)
-        events = events[keep.to_numpy()]
+        long_running = events["verb"].isin(LONG_RUNNING_VERBS) | events["subresource"].isin(LONG_RUNNING_SUBRESOURCES)
+        received_earlier = events["received_time"].dt.floor(f"{window_minutes}min") < events["time"].dt.floor(f"{window_minutes}min")
+        keep &= ~(events["stage"].eq("ResponseComplete") & long_running & received_earlier.fillna(False))
+        events = events[keep.fillna(True).to_numpy(dtype=bool)]
         events = events[~events.duplicated(subset=["audit_id"], keep="first").to_numpy()]
     if events.empty:
         return empty_partials()
@@ -237,6 +241,27 @@ def test_fast_aggregate_equals_reference_with_gaps_and_repeated_stages():
     for types in (["user", "source_ip"], ["source_ip"]):
         pd.testing.assert_frame_equal(partial_aggregates(frame, 60, types), reference_partial_aggregates(frame, 60, types))
     pd.testing.assert_frame_equal(partial_aggregates(frame.iloc[:0], 60, ["user"]), empty_partials())
+
+
+def test_request_whose_stages_straddle_an_hour_counts_once():
+    """An exec session started at 09:59 and ended at 10:02 is one request: the hour partials of
+    09:00 and 10:00 reduce to one exec in the 09:00 window, whichever hour is mapped first."""
+    from features.events import EventTableBuilder, normalize_event
+
+    exec_ref = {"resource": "pods", "subresource": "exec", "namespace": "web", "name": "w"}
+    received = "2026-11-01T09:59:30.000000Z"
+    started = event(T0, audit_id="exec-x", stage="ResponseStarted", verb="create", responseStatus={"code": 101},
+                    objectRef=exec_ref, requestReceivedTimestamp=received, stageTimestamp="2026-11-01T09:59:31.000000Z")
+    complete = {**started, "stage": "ResponseComplete", "stageTimestamp": "2026-11-01T10:02:00.000000Z"}
+    hours = []
+    for item in (started, complete):
+        builder = EventTableBuilder()
+        builder.append(normalize_event(item))
+        table, _ = builder.build()
+        hours.append(partial_aggregates(add_flags(events_frame(table), CONTEXT), 60, ["user"]))
+    merged = reduce_partials(reversed(hours))
+    assert merged["n_exec"].sum() == 1 and merged["n"].sum() == 1
+    assert merged.loc[merged["n"] == 1, "window_start"].dt.hour.tolist() == [9]
 
 
 # --------------------------------------------------------------------------- flags and dedupe

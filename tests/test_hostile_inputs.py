@@ -240,12 +240,13 @@ def test_report_md_has_no_html_links_or_broken_tables_from_payloads(full_run, re
     injected = [line for line in text.splitlines() if line.lstrip().startswith(INJECTED_HEADING)]
     ranked = text[text.index("## Ranked findings"):text.index("## Finding details")]
     columns = {len(re.findall(r"(?<!\\)\|", line)) for line in ranked.splitlines() if line.startswith("|")}
-    unescaped = re.findall(r"(?<!\\)<script", text, re.I)
-    record_property("result", f"unescaped <script: {len(unescaped)}; link: {MD_LINK in text}; injected heading lines: {len(injected)}; "
+    prose = re.sub(r"^(`{3,})[^\n]*\n.*?\n\1$", "", text, flags=re.M | re.S)  # pivot queries: fenced, shown as typed
+    unescaped = re.findall(r"(?<!\\)<script", prose, re.I)
+    record_property("result", f"unescaped <script: {len(unescaped)}; link: {MD_LINK in prose}; injected heading lines: {len(injected)}; "
                               f"table rows with {sorted(columns)} cell separators")
     assert unescaped == [], "every < from a log is backslash-escaped"
-    assert MD_LINK not in text and "](javascript:" not in text
-    assert MD_PIPE not in text
+    assert MD_LINK not in prose and "](javascript:" not in prose
+    assert MD_PIPE not in prose
     assert injected == []
     assert len(columns) == 1, "every ranked-findings row has the same number of cells"
 

@@ -52,7 +52,16 @@ def test_result_object_tells_a_scheduler_what_happened(run):
 def test_anomalies_jsonl_follows_the_contract(run):
     findings = run["findings"]
     assert [f["rank"] for f in findings] == list(range(1, len(findings) + 1))
-    assert all(a["score"] >= b["score"] for a, b in zip(findings, findings[1:]))
+    assert all(a["rank_score"] >= b["rank_score"] for a, b in zip(findings, findings[1:]))
+    by_id = {f["finding_id"]: f for f in findings}
+    for f in findings:
+        if f["repeats"] is None:
+            assert f["rank_score"] == f["score"]
+            continue
+        owner = by_id[f["repeats"]]
+        assert owner["rank"] == f["repeats_rank"]
+        assert f["rank_score"] == pytest.approx(f["score"] - 0.4 * abs(f["score"]), abs=1e-5), "repeat_factor 0.6"
+        assert 2 * len(set(f["audit_ids"]) & set(owner["audit_ids"])) >= len(set(f["audit_ids"])), "a repeat shares most evidence"
     for f in findings:
         assert f["entity_type"] in ("user", "source_ip") and isinstance(f["entity"], str)
         assert ISO.match(f["window_start"]) and ISO.match(f["window_end"]) and f["window_start"] < f["window_end"]
