@@ -140,12 +140,12 @@ class ScoringConfig(Section):
 
     severity_weights: dict[str, float] = {"info": 0.0, "low": 0.25, "medium": 0.5, "high": 1.0, "critical": 1.5}
     model_weight: float = Field(1.0, ge=0.0)
-
-
-class Suppression(Section):
     repeat_factor: float = Field(0.6, gt=0.0, le=1.0, description=(
         "a record whose evidence is mostly a higher-ranked record's (the same requests seen as identity and as "
         "address) ranks at this fraction of its score (lowered by 1 - factor of its magnitude); 1 ranks by score alone"))
+
+
+class Suppression(Section):
     """A known-benign pattern: matching findings leave `flagged` but stay listed as suppressed.
 
     It always names an entity (or a glob pattern). ``rules`` and ``reasons`` narrow it: a

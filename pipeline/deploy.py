@@ -37,9 +37,12 @@ FEATURES_OUT_DIR = "/opt/ml/processing/output/features"
 VOLUME_GB = 50
 JOB_PREFIX = "auditsift-"
 PROCESSING_RULE = "StepFunctionsGetEventsForSageMakerProcessingJobsRule"
+TRAINING_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
+TRANSFORM_RULE = "StepFunctionsGetEventsForSageMakerTransformJobsRule"
 SAGEMAKER_ERRORS = ["SageMaker.AmazonSageMakerException", "ThrottlingException"]
 RUNTIME = {"archive": 7200, "plan": 900, "features-map": 7200, "features": 7200, "train": 14400, "score": 7200,
-           "report": 3600, "export": 1800}
+           "report": 3600, "export": 1800, "train-prep": 7200, "score-prep": 7200}
+RCF_JOB_NAME = "auditsift-rcf-{}-{}{}"  # run id, step letter, $$.State.RetryCount: a new name per attempt
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9._=-]+)*")
 _ECR_IMAGE = re.compile(r"(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+)[:@].+")
 _KMS_KEY_ID = re.compile(r"(?:mrk-)?[0-9a-f-]{32,36}")
@@ -276,21 +279,128 @@ def plan_key_path(config: Config, prefix: str) -> str:
     return f"{prefix}/state/cluster={cluster_segment(config)}/plans/{{}}.json"
 
 
+def rcf_spec_key_path(config: Config, prefix: str, kind: str) -> str:
+    """A split sagemaker-rcf spec's key (``pipeline.processing.rcf_spec_key``) as a States.Format template over the run id."""
+    return f"{prefix}/state/cluster={cluster_segment(config)}/sagemaker/{{}}/{kind}.json"
+
+
+def _rcf_job_name(step: str) -> str:
+    """``States.Format`` of ``auditsift-rcf-<run id>-<step><attempt>``: at most 53 characters, and a retry
+    after a lost response (a 5xx after SageMaker created the job) gets a new name instead of "name in use"."""
+    return _format(RCF_JOB_NAME.format("{}", step, "{}"), "$.run.id", "$$.State.RetryCount")
+
+
+def _sagemaker_sync_task(resource: str, parameters: dict, result_selector: dict, result_path: str, next_state: str,
+                         comment: str) -> dict:
+    return {"Type": "Task", "Comment": comment, "Resource": f"arn:aws:states:::sagemaker:{resource}",
+            "Parameters": parameters, "ResultSelector": result_selector, "ResultPath": result_path,
+            "Retry": _sagemaker_retry(), "Catch": _catch("NotifyFailure"), "Next": next_state}
+
+
+def _read_spec_task(config: Config, prefix: str, bucket: str, kind: str, result_path: str, next_state: str) -> dict:
+    return {
+        "Type": "Task", "Comment": f"Read the {kind} spec the previous step wrote (requests for the SageMaker steps).",
+        "Resource": "arn:aws:states:::aws-sdk:s3:getObject",
+        "Parameters": {"Bucket": bucket, "Key.$": _format(rcf_spec_key_path(config, prefix, kind), "$.run.id")},
+        "ResultSelector": {"spec.$": "States.StringToJson($.Body)"}, "ResultPath": result_path,
+        "Retry": _sdk_retry(), "Catch": _catch("NotifyFailure"), "Next": next_state,
+    }
+
+
+def _transform_parameters(step: str, model_name_path: str, body_path: str, tags: list[dict]) -> dict:
+    fields = ("BatchStrategy", "MaxPayloadInMB", "TransformInput", "TransformOutput", "TransformResources")
+    return {"TransformJobName.$": _rcf_job_name(step), "ModelName.$": model_name_path,
+            **{f"{field}.$": f"{body_path}.{field}" for field in fields}, "Tags": tags}
+
+
+def rcf_states(config: Config, prefix: str, bucket: str, score_next: str) -> dict[str, dict]:
+    """The sagemaker-rcf train and score steps: the pipeline's work in Processing jobs around SageMaker's own
+    training job, model and batch transforms, which Step Functions runs with ``.sync``.
+
+    PrepareTraining -> ReadTrainingSpec -> TrainRcf -> CreateRcfModel -> ScoreTrainingRows -> Train, then
+    PrepareScoring -> ReadScoringSpec -> ScoreRcf -> Score (-> ``score_next``). The request bodies come from the
+    spec files the prepare steps write (``SageMakerRcf.prepare_training``/``prepare_scoring``, the same request
+    builders as the in-process backend); names, roles and tags are fixed here.
+    """
+    role = require(config, "model.sagemaker.role_arn")
+    tags = [{"Key": "auditsift:cluster", "Value": config.cluster}]
+    train_spec, score_spec = "$.rcf_training.spec", "$.rcf_scoring.spec"
+    training_body = f"{train_spec}.requests.training"
+    entry = ("python", "-m", "pipeline.processing")
+
+    def step_arguments(command: str, *extra: str) -> str:
+        return _states_array(["--log-level", "INFO", command, "--workdir", workdir(config, prefix), "--config",
+                              CONTAINER_CONFIG, "--spec-id", "$.run.id", *extra, "--wait-lock", "0"])
+
+    return {
+        "PrepareTraining": _processing_task(
+            "train-prep", _stage_job(config, prefix, "train-prep", None, entry), "ReadTrainingSpec",
+            step_arguments("rcf-train-prepare"),
+            comment="Scale the training rows as the detector does, upload headerless CSV, write the training spec."),
+        "ReadTrainingSpec": _read_spec_task(config, prefix, bucket, "training", "$.rcf_training", "TrainRcf"),
+        "TrainRcf": _sagemaker_sync_task(
+            "createTrainingJob.sync",
+            {"TrainingJobName.$": _rcf_job_name("t"), "RoleArn": role,
+             **{f"{field}.$": f"{training_body}.{field}" for field in (
+                 "AlgorithmSpecification", "HyperParameters", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
+                 "StoppingCondition")},
+             "Tags": tags},
+            {"name.$": "$.TrainingJobName", "artifacts.$": "$.ModelArtifacts.S3ModelArtifacts"},
+            "$.rcf_training.job", "CreateRcfModel",
+            "SageMaker's built-in Random Cut Forest (randomcutforest:1) on the staged CSV."),
+        "CreateRcfModel": _sagemaker_sync_task(
+            "createModel",
+            {"ModelName.$": _rcf_job_name("m"), "ExecutionRoleArn": role,
+             "PrimaryContainer": {"Image.$": f"{train_spec}.image_uri", "ModelDataUrl.$": "$.rcf_training.job.artifacts"},
+             "Tags": tags},
+            {"name.$": "States.ArrayGetItem(States.StringSplit($.ModelArn, '/'), 1)"},
+            "$.rcf_training.model", "ScoreTrainingRows", "The model the batch transforms use (name read back from its ARN)."),
+        "ScoreTrainingRows": _sagemaker_sync_task(
+            "createTransformJob.sync",
+            _transform_parameters("c", "$.rcf_training.model.name", f"{train_spec}.requests.calibration", tags),
+            {"name.$": "$.TransformJobName"}, "$.rcf_training.calibration", "Train",
+            "Scores of the training rows, which calibrate the threshold."),
+        "Train": _processing_task(
+            "train", _stage_job(config, prefix, "train", None, entry), "PrepareScoring",
+            step_arguments("rcf-train-finish", "--training-job", "$.rcf_training.job.name", "--model-name",
+                           "$.rcf_training.model.name", "--transform-job", "$.rcf_training.calibration.name"),
+            comment="Calibrate the threshold on the training scores; write the verified model manifest and state."),
+        "PrepareScoring": _processing_task(
+            "score-prep", _stage_job(config, prefix, "score-prep", None, entry), "ReadScoringSpec",
+            step_arguments("rcf-score-prepare"),
+            comment="Scale the scoring rows with the current model, upload headerless CSV, write the scoring spec."),
+        "ReadScoringSpec": _read_spec_task(config, prefix, bucket, "scoring", "$.rcf_scoring", "ScoreRcf"),
+        "ScoreRcf": _sagemaker_sync_task(
+            "createTransformJob.sync",
+            _transform_parameters("s", f"{score_spec}.requests.transform.ModelName", f"{score_spec}.requests.transform", tags),
+            {"name.$": "$.TransformJobName"}, "$.rcf_scoring.transform", "Score",
+            "Batch transform of the scoring rows: one {\"score\": x} line per row."),
+        "Score": _processing_task(
+            "score", _stage_job(config, prefix, "score", None, entry), score_next,
+            step_arguments("rcf-score-finish", "--transform-job", "$.rcf_scoring.transform.name"),
+            comment="Rank, explain and record findings from the transform's scores (as `auditsift score`)."),
+    }
+
+
 def state_machine_definition(config: Config, prefix: str = DEFAULT_PREFIX) -> dict:
     """The Amazon States Language definition of one scheduled run (diagram in docs/operations.md).
 
     Start gives the run an id (job names ``auditsift-<step>-<id>``); Archive reads the cluster's
     CloudWatch audit streams; Plan decides the ranges (ending at the execution's start time) and
     whether the model is due; RetrainDue trains when the execution input says ``retrain: true``,
-    or when it says nothing and the plan says so; Score, Report and (when configured) Export follow;
+    or when it says nothing and the plan says so (with sagemaker-rcf, ``rcf_states``: SageMaker's
+    training job and batch transforms run as ``.sync`` steps between Processing steps); Score,
+    Report and (when configured) Export follow;
     Notify publishes to deploy.notify_topic_arn. Every Task retries transient errors and routes any
     failure to NotifyFailure, then Failed.
     """
     prefix = check_prefix(prefix)
     bucket = require(config, "deploy.bucket")
     topic = require(config, "deploy.notify_topic_arn")
-    if config.model.backend == "sagemaker-rcf":
+    rcf = config.model.backend == "sagemaker-rcf"
+    if rcf:
         require(config, "model.sagemaker.role_arn")
+    train_entry, score_entry = ("PrepareTraining", "PrepareScoring") if rcf else ("Train", "Score")
     scale_out = config.deploy.processing_instance_count > 1
     export = config.findings.securityhub.enabled or config.findings.sns.enabled
     cluster = config.cluster
@@ -333,19 +443,21 @@ def state_machine_definition(config: Config, prefix: str = DEFAULT_PREFIX) -> di
         "Comment": "Execution input retrain: true/false wins; otherwise the plan decides (schedule.retrain_every_days).",
         "Choices": [
             {"And": [{"Variable": "$.retrain", "IsPresent": True}, {"Variable": "$.retrain", "BooleanEquals": True}],
-             "Next": "Train"},
+             "Next": train_entry},
             {"And": [{"Variable": "$.retrain", "IsPresent": True}, {"Variable": "$.retrain", "BooleanEquals": False}],
-             "Next": "Score"},
-            {"Variable": "$.plan.decision.retrain", "BooleanEquals": True, "Next": "Train"},
+             "Next": score_entry},
+            {"Variable": "$.plan.decision.retrain", "BooleanEquals": True, "Next": train_entry},
         ],
-        "Default": "Score",
+        "Default": score_entry,
     }
-    states["Train"] = _processing_task(
-        "train", _stage_job(config, prefix, "train", _stage_arguments(config, prefix, "train")), "Score",
-        comment=f"Train model.backend {config.model.backend} on the training rows (for sagemaker-rcf the "
-                "container runs the SageMaker training and transform jobs).")
-    states["Score"] = _processing_task(
-        "score", _stage_job(config, prefix, "score", _stage_arguments(config, prefix, "score")), "Report")
+    if rcf:
+        states.update(rcf_states(config, prefix, bucket, "Report"))
+    else:
+        states["Train"] = _processing_task(
+            "train", _stage_job(config, prefix, "train", _stage_arguments(config, prefix, "train")), "Score",
+            comment=f"Train model.backend {config.model.backend} on the training rows.")
+        states["Score"] = _processing_task(
+            "score", _stage_job(config, prefix, "score", _stage_arguments(config, prefix, "score")), "Report")
     states["Report"] = _processing_task(
         "report", _stage_job(config, prefix, "report", _stage_arguments(config, prefix, "report")), after_report)
     if export:
@@ -496,17 +608,31 @@ def iam_policies(config: Config, prefix: str = DEFAULT_PREFIX) -> dict:
     sagemaker_arn = f"arn:{arn_partition}:sagemaker:{region}:{account}"
     group = log_group(config)
 
+    rcf = config.model.backend == "sagemaker-rcf"
+    execution_role = require(config, "model.sagemaker.role_arn") if rcf else None
+    rules = [PROCESSING_RULE, TRAINING_RULE, TRANSFORM_RULE] if rcf else [PROCESSING_RULE]
+    state = f"arn:{arn_partition}:s3:::{bucket}/{prefix}/state/cluster={cluster_segment(config)}"
     state_machine = [
         _statement("ProcessingJobs", ["sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob",
                                       "sagemaker:StopProcessingJob"], [f"{sagemaker_arn}:processing-job/{JOB_PREFIX}*"]),
         _statement("SyncIntegrationListTags", ["sagemaker:ListTags"], "*"),
         _pass_role("PassJobRole", job_role),
         _statement("SyncIntegrationRule", ["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                   [f"arn:{arn_partition}:events:{region}:{account}:rule/{PROCESSING_RULE}"]),
-        _statement("ReadPlan", ["s3:GetObject"],
-                   [f"arn:{arn_partition}:s3:::{bucket}/{prefix}/state/cluster={cluster_segment(config)}/plans/*"]),
+                   [f"arn:{arn_partition}:events:{region}:{account}:rule/{rule}" for rule in rules]),
+        _statement("ReadPlan", ["s3:GetObject"], [f"{state}/plans/*", *([f"{state}/sagemaker/*"] if rcf else [])]),
         _statement("Notify", ["sns:Publish"], [topic]),
     ]
+    if rcf:
+        state_machine += [
+            _statement("RcfTrainingJobs", ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
+                                           "sagemaker:StopTrainingJob", "sagemaker:AddTags"],
+                       [f"{sagemaker_arn}:training-job/{JOB_PREFIX}rcf-*"]),
+            _statement("RcfModels", ["sagemaker:CreateModel", "sagemaker:AddTags"], [f"{sagemaker_arn}:model/{JOB_PREFIX}rcf-*"]),
+            _statement("RcfTransformJobs", ["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
+                                            "sagemaker:StopTransformJob", "sagemaker:AddTags"],
+                       [f"{sagemaker_arn}:transform-job/{JOB_PREFIX}rcf-*"]),
+            _pass_role("PassRcfRole", execution_role),
+        ]
     if key_arn:
         state_machine += [_statement("KmsReadPlan", ["kms:Decrypt"], [key_arn]), *_kms_grant(key_arn)]
 
@@ -527,6 +653,11 @@ def iam_policies(config: Config, prefix: str = DEFAULT_PREFIX) -> dict:
         job.append(_statement("SecurityHubImport", ["securityhub:BatchImportFindings"], [product]))
     if config.findings.sns.enabled:
         job.append(_statement("FindingsTopic", ["sns:Publish"], [require(config, "findings.sns.topic_arn")]))
+    if rcf:
+        # The state machine runs the SageMaker jobs; the Train/Score steps only check what ran.
+        job.append(_statement("RcfCheckJobs", ["sagemaker:DescribeTrainingJob", "sagemaker:DescribeModel",
+                                               "sagemaker:DescribeTransformJob"],
+                              [f"{sagemaker_arn}:{kind}/{JOB_PREFIX}rcf-*" for kind in ("training-job", "model", "transform-job")]))
 
     roles = {
         "state_machine_role": {"arn": config.deploy.state_machine_role_arn, "trust": _trust("states.amazonaws.com", account),
@@ -538,23 +669,14 @@ def iam_policies(config: Config, prefix: str = DEFAULT_PREFIX) -> dict:
                                           [f"arn:{arn_partition}:states:{region}:{account}:stateMachine:{state_machine_name(config)}"])]),
         },
     }
-    if config.model.backend == "sagemaker-rcf":
-        execution_role = require(config, "model.sagemaker.role_arn")
-        job += [
-            _statement("RcfJobs", ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
-                                   "sagemaker:CreateModel", "sagemaker:DescribeModel", "sagemaker:CreateTransformJob",
-                                   "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob"],
-                       [f"{sagemaker_arn}:{kind}/{JOB_PREFIX}*" for kind in ("training-job", "model", "transform-job")]),
-            _pass_role("PassRcfRole", execution_role),
-            *_kms_grant(key_arn),
-        ]
-        rcf = [
+    if rcf:
+        execution = [
             *_s3_prefix("RcfData", bucket, f"{prefix}/models", arn_partition),
             *_job_logs("RcfLogs", region, account, arn_partition, ["/aws/sagemaker/TrainingJobs", "/aws/sagemaker/TransformJobs"]),
             *_kms_use(key_arn),
         ]
         roles["sagemaker_execution_role"] = {"arn": execution_role, "trust": _trust("sagemaker.amazonaws.com", account),
-                                             "policy": _policy(rcf)}
+                                             "policy": _policy(execution)}
     return roles
 
 

@@ -22,6 +22,22 @@
     at ``now`` and whether the model is due for retraining. Written to
     ``state/cluster=<c>/plans/<ID>.json`` for Step Functions to read; the cron runner calls
     ``plan_run`` directly.
+
+``sagemaker-rcf`` split around SageMaker jobs that Step Functions runs with ``.sync``
+(``ID`` is the execution's run id; specs are ``state/cluster=<c>/sagemaker/<ID>/{training,scoring}.json``):
+
+``python -m pipeline.processing rcf-train-prepare --workdir URL --spec-id ID``
+    Scale the feature table's training rows (``SageMakerRcf.prepare_training``), upload
+    them as headerless CSV and write the training spec: the CreateTrainingJob and the
+    calibration CreateTransformJob bodies the state machine sends.
+``python -m pipeline.processing rcf-train-finish --workdir URL --spec-id ID --training-job T --model-name M --transform-job C``
+    ``run_train`` attached to those completed jobs: the same scaling check, threshold
+    calibration on the calibration transform's scores, peer-group calibration, baselines,
+    manifest and model state as ``auditsift train``.
+``python -m pipeline.processing rcf-score-prepare --workdir URL --spec-id ID``
+    Scale the scoring rows with the current model and write the scoring spec.
+``python -m pipeline.processing rcf-score-finish --workdir URL --spec-id ID --transform-job S``
+    ``run_score`` attached to the completed scoring transform: findings and ranks as ``auditsift score``.
 """
 from __future__ import annotations
 
@@ -37,7 +53,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from pipeline.config import Config, load_config
-from pipeline.context import RunContext
+from pipeline.context import RunContext, new_run_id
 from pipeline.deploy import cli_boundary
 from pipeline.errors import ConfigError, InputError
 from pipeline.storage import LocalStorage, open_storage, safe_segment
@@ -174,6 +190,86 @@ def plan_key(ctx: RunContext, plan_id: str) -> str:
     return f"state/cluster={safe_segment(ctx.cluster)}/plans/{safe_segment(plan_id)}.json"
 
 
+SPEC_KINDS = ("training", "scoring")
+
+
+def rcf_spec_key(ctx: RunContext, spec_id: str, kind: str) -> str:
+    """Where the split sagemaker-rcf steps of run ``spec_id`` keep their spec (Step Functions reads it)."""
+    assert kind in SPEC_KINDS
+    return f"state/cluster={safe_segment(ctx.cluster)}/sagemaker/{safe_segment(spec_id)}/{kind}.json"
+
+
+def _require_rcf(ctx: RunContext) -> None:
+    if ctx.config.model.backend != "sagemaker-rcf":
+        raise ConfigError(f"model.backend is {ctx.config.model.backend}; the rcf-* steps are for sagemaker-rcf",
+                          hint="regenerate the state machine with `auditsift deploy stepfunctions` for this config")
+
+
+def _read_spec(ctx: RunContext, spec_id: str, kind: str) -> dict:
+    key = rcf_spec_key(ctx, spec_id, kind)
+    spec = ctx.storage.read_json_or(key, None)
+    if not isinstance(spec, dict) or spec.get("kind") != kind or spec.get("spec_id") != spec_id:
+        raise InputError(f"no {kind} spec for run {spec_id} at {ctx.storage.uri(key)}",
+                         hint=f"the rcf-{'train' if kind == 'training' else 'score'}-prepare step of this run writes it")
+    return spec
+
+
+def prepare_rcf_training(ctx: RunContext, spec_id: str) -> dict:
+    """Stage the scaled training rows for SageMaker and write the training spec; returns a summary."""
+    from features.windows import FEATURE_NAMES, feature_matrix
+    from pipeline.stages import build_detector, training_rows
+
+    _require_rcf(ctx)
+    train, _ = training_rows(ctx)
+    spec = build_detector(ctx).prepare_training(feature_matrix(train), list(FEATURE_NAMES), spec_id)
+    key = rcf_spec_key(ctx, spec_id, "training")
+    ctx.storage.write_json(key, spec)
+    return {"spec": ctx.storage.uri(key), "rows": spec["rows"], "train_data": spec["train_data"], "digest": spec["digest"]}
+
+
+def finish_rcf_training(ctx: RunContext, spec_id: str, training_job: str, model_name: str, transform_job: str) -> dict:
+    """``run_train`` on the completed training job, model and calibration transform of run ``spec_id``."""
+    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs
+    from pipeline.stages import run_train
+
+    _require_rcf(ctx)
+    jobs = CompletedJobs(training_spec=_read_spec(ctx, spec_id, "training"), training_job=training_job,
+                         model_name=model_name, calibration_job=transform_job)
+    with completed_jobs(jobs):
+        return run_train(ctx)
+
+
+def prepare_rcf_scoring(ctx: RunContext, spec_id: str) -> dict:
+    """Stage the scaled scoring rows for the current model's batch transform and write the scoring spec."""
+    from features.windows import feature_matrix
+    from pipeline.stages import iso, load_features, load_model
+
+    _require_rcf(ctx)
+    table, _, ranges = load_features(ctx)
+    detector, model, _ = load_model(ctx)
+    if model["backend"] != "sagemaker-rcf":
+        raise ConfigError(f"the current model {model['id']} is {model['backend']}, not sagemaker-rcf",
+                          hint="retrain: start the execution with {\"retrain\": true}")
+    records = table[table["split"] == "score"].reset_index(drop=True)
+    if records.empty:
+        raise ConfigError(f"no entity windows in the scoring range {iso(ranges.score_from)}..{iso(ranges.score_to)}",
+                          hint="check --score-from/--score-to against the archived data")
+    spec = detector.prepare_scoring(feature_matrix(records), spec_id)
+    key = rcf_spec_key(ctx, spec_id, "scoring")
+    ctx.storage.write_json(key, spec)
+    return {"spec": ctx.storage.uri(key), "rows": spec["rows"], "model": model["id"], "digest": spec["digest"]}
+
+
+def finish_rcf_scoring(ctx: RunContext, spec_id: str, transform_job: str) -> dict:
+    """``run_score`` with the model scores of the completed scoring transform of run ``spec_id``."""
+    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs
+    from pipeline.scoring import run_score
+
+    _require_rcf(ctx)
+    with completed_jobs(CompletedJobs(scoring_spec=_read_spec(ctx, spec_id, "scoring"), scoring_job=transform_job)):
+        return run_score(ctx)
+
+
 def _echo(value: dict) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
 
@@ -226,6 +322,71 @@ def plan_command(workdir: str, plan_id: str, now: str | None, config_path: str |
     _, plan = plan_run(ctx, parse_iso(now, "--now") if now else datetime.now(UTC))
     ctx.storage.write_json(plan_key(ctx, plan_id), plan)
     _echo(plan)
+
+
+workdir_option = click.option("--workdir", required=True, help="Workdir: s3://bucket/prefix.")
+spec_option = click.option("--spec-id", required=True, help="Names the run's spec files (Step Functions passes its run id).")
+wait_option = click.option("--wait-lock", default=0.0, type=float, show_default=True,
+                           help="Seconds to wait for another run on the same workdir before giving up.")
+
+
+def _rcf_step(workdir: str, config_path: str | None, wait_lock: float, step, *args) -> None:
+    config = load_config(config_path)
+    ctx = RunContext(open_storage(workdir, config), config, new_run_id())
+    _require_rcf(ctx)
+    with ctx.storage.lock(wait_seconds=wait_lock):
+        result = step(ctx, *args)
+    _echo({key: value for key, value in result.items() if key != "calibration"})
+
+
+@processing_cli.command("rcf-train-prepare")
+@workdir_option
+@spec_option
+@config_option
+@wait_option
+@cli_boundary
+def rcf_train_prepare_command(workdir: str, spec_id: str, config_path: str | None, wait_lock: float) -> None:
+    """Scale and upload the training rows; write the training spec for the SageMaker steps."""
+    _rcf_step(workdir, config_path, wait_lock, prepare_rcf_training, spec_id)
+
+
+@processing_cli.command("rcf-train-finish")
+@workdir_option
+@spec_option
+@click.option("--training-job", required=True, help="The completed training job.")
+@click.option("--model-name", required=True, help="The SageMaker model created from its artifacts.")
+@click.option("--transform-job", required=True, help="The completed batch transform over the training rows.")
+@config_option
+@wait_option
+@cli_boundary
+def rcf_train_finish_command(workdir: str, spec_id: str, training_job: str, model_name: str, transform_job: str,
+                             config_path: str | None, wait_lock: float) -> None:
+    """Calibrate on the training transform's scores and register the model (as `auditsift train`)."""
+    _rcf_step(workdir, config_path, wait_lock, finish_rcf_training, spec_id, training_job, model_name, transform_job)
+
+
+@processing_cli.command("rcf-score-prepare")
+@workdir_option
+@spec_option
+@config_option
+@wait_option
+@cli_boundary
+def rcf_score_prepare_command(workdir: str, spec_id: str, config_path: str | None, wait_lock: float) -> None:
+    """Scale and upload the scoring rows for the current model; write the scoring spec."""
+    _rcf_step(workdir, config_path, wait_lock, prepare_rcf_scoring, spec_id)
+
+
+@processing_cli.command("rcf-score-finish")
+@workdir_option
+@spec_option
+@click.option("--transform-job", required=True, help="The completed batch transform over the scoring rows.")
+@config_option
+@wait_option
+@cli_boundary
+def rcf_score_finish_command(workdir: str, spec_id: str, transform_job: str, config_path: str | None,
+                             wait_lock: float) -> None:
+    """Rank and explain findings from the scoring transform's scores (as `auditsift score`)."""
+    _rcf_step(workdir, config_path, wait_lock, finish_rcf_scoring, spec_id, transform_job)
 
 
 if __name__ == "__main__":  # pragma: no cover

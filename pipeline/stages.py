@@ -372,16 +372,22 @@ def build_detector(ctx: RunContext):
     return make_detector(backend, detector_params(ctx), ctx.config.model.seed)
 
 
+def training_rows(ctx: RunContext) -> tuple[pd.DataFrame, Ranges]:
+    """The feature table's training rows (at least model.min_train_rows) and its ranges."""
+    table, _, ranges = load_features(ctx)
+    train = table[table["split"] == "train"]
+    if len(train) < ctx.config.model.min_train_rows:
+        raise StageError(
+            f"only {len(train)} training rows (entity windows) before {iso(ranges.score_from)}; need {ctx.config.model.min_train_rows}",
+            hint="archive more history or move --score-from later",
+        )
+    return train, ranges
+
+
 def run_train(ctx: RunContext) -> dict:
     """Fit the configured detector on the training rows; save it with its manifest and the resolved config."""
     with ctx.timed("train"):
-        table, _, ranges = load_features(ctx)
-        train = table[table["split"] == "train"]
-        if len(train) < ctx.config.model.min_train_rows:
-            raise StageError(
-                f"only {len(train)} training rows (entity windows) before {iso(ranges.score_from)}; need {ctx.config.model.min_train_rows}",
-                hint="archive more history or move --score-from later",
-            )
+        train, ranges = training_rows(ctx)
         detector = build_detector(ctx)
         matrix = feature_matrix(train)
         detector.fit(matrix, list(FEATURE_NAMES))

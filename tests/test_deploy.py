@@ -95,7 +95,7 @@ def happy_path(definition: dict, retrain: bool) -> list[str]:
         path.append(name)
         state = states[name]
         if state["Type"] == "Choice":
-            name = "Train" if retrain else state["Default"]
+            name = state["Choices"][0]["Next"] if retrain else state["Default"]
         elif state.get("End") or state["Type"] in ("Succeed", "Fail"):
             return path
         else:
@@ -110,11 +110,17 @@ def test_run_order_with_scale_out_export_and_training_only_when_due():
     assert "Train" not in happy_path(definition, retrain=False)
     rcf = state_machine_definition(deploy_config(**RCF))
     assert happy_path(rcf, retrain=False) == [
-        "Start", "Archive", "Plan", "ReadPlan", "Features", "RetrainDue", "Score", "Report", "NotifySuccess"]
+        "Start", "Archive", "Plan", "ReadPlan", "Features", "RetrainDue", "PrepareScoring", "ReadScoringSpec", "ScoreRcf",
+        "Score", "Report", "NotifySuccess"]
+    assert happy_path(rcf, retrain=True) == [
+        "Start", "Archive", "Plan", "ReadPlan", "Features", "RetrainDue", "PrepareTraining", "ReadTrainingSpec", "TrainRcf",
+        "CreateRcfModel", "ScoreTrainingRows", "Train", "PrepareScoring", "ReadScoringSpec", "ScoreRcf", "Score", "Report",
+        "NotifySuccess"]
 
 
-def test_every_task_retries_and_routes_failures_to_a_notification_then_fail():
-    states = state_machine_definition(deploy_config())["States"]
+@pytest.mark.parametrize("overrides", [{}, RCF], ids=["iforest", "sagemaker-rcf"])
+def test_every_task_retries_and_routes_failures_to_a_notification_then_fail(overrides):
+    states = state_machine_definition(deploy_config(**overrides))["States"]
     tasks = {name: state for name, state in states.items() if state["Type"] == "Task"}
     for name, state in tasks.items():
         assert state["Retry"] and all(r["IntervalSeconds"] > 0 and r["BackoffRate"] >= 1 and r["MaxAttempts"] > 0
@@ -126,6 +132,59 @@ def test_every_task_retries_and_routes_failures_to_a_notification_then_fail():
     assert states["NotifyFailure"]["Next"] == "Failed" and states["Failed"]["Type"] == "Fail"
     assert states["NotifyFailure"]["Resource"] == "arn:aws:states:::sns:publish"
     assert states["NotifyFailure"]["Parameters"]["TopicArn"] == DEPLOY["deploy"]["notify_topic_arn"]
+
+
+RCF_RESOURCES = {
+    "TrainRcf": "arn:aws:states:::sagemaker:createTrainingJob.sync",
+    "CreateRcfModel": "arn:aws:states:::sagemaker:createModel",
+    "ScoreTrainingRows": "arn:aws:states:::sagemaker:createTransformJob.sync",
+    "ScoreRcf": "arn:aws:states:::sagemaker:createTransformJob.sync",
+}
+RCF_NAME_KEYS = {"TrainRcf": "TrainingJobName.$", "CreateRcfModel": "ModelName.$", "ScoreTrainingRows": "TransformJobName.$",
+                 "ScoreRcf": "TransformJobName.$"}
+UUID_LIKE = "0" * 8 + "-" + "0" * 4 + "-" + "0" * 4 + "-" + "0" * 4 + "-" + "0" * 12
+
+
+def test_sagemaker_rcf_runs_training_model_and_transforms_as_service_integrations():
+    """The built-in algorithm's jobs are Step Functions steps (.sync), each attempt with its own valid name;
+    the pipeline's own work runs in Processing jobs around them."""
+    from tests.aws import asl
+
+    states = state_machine_definition(deploy_config(**RCF))["States"]
+    jobs = {n: s["Resource"] for n, s in states.items() if s.get("Resource", "").startswith("arn:aws:states:::sagemaker:")}
+    processing = {n for n, r in jobs.items() if r == "arn:aws:states:::sagemaker:createProcessingJob.sync"}
+    assert {n: r for n, r in jobs.items() if n not in processing} == RCF_RESOURCES
+    assert processing == {"Archive", "Plan", "Features", "PrepareTraining", "Train", "PrepareScoring", "Score", "Report"}
+    for name, key in RCF_NAME_KEYS.items():
+        names = {asl.evaluate({key: states[name]["Parameters"][key]}, {"run": {"id": UUID_LIKE}},
+                              {"State": {"RetryCount": attempt}})[key[:-2]] for attempt in range(10)}
+        assert len(names) == 10, f"{name}: every attempt needs its own name"
+        for job in names:
+            assert re.fullmatch(r"auditsift-rcf-[a-z0-9](-*[a-z0-9]){0,62}", job) and len(job) <= 63, job
+        assert states[name]["Parameters"]["Tags"] == [{"Key": "auditsift:cluster", "Value": "prod"}]
+    role = RCF["model"]["sagemaker"]["role_arn"]
+    assert states["TrainRcf"]["Parameters"]["RoleArn"] == states["CreateRcfModel"]["Parameters"]["ExecutionRoleArn"] == role
+    assert states["TrainRcf"]["ResultSelector"] == {"name.$": "$.TrainingJobName", "artifacts.$": "$.ModelArtifacts.S3ModelArtifacts"}
+    selected = asl.evaluate(states["CreateRcfModel"]["ResultSelector"],
+                            {"ModelArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/auditsift-rcf-{UUID_LIKE}-m1"}, {})
+    assert selected == {"name": f"auditsift-rcf-{UUID_LIKE}-m1"}
+    assert states["CreateRcfModel"]["Parameters"]["PrimaryContainer"]["ModelDataUrl.$"] == "$.rcf_training.job.artifacts"
+    assert states["ScoreTrainingRows"]["Parameters"]["ModelName.$"] == "$.rcf_training.model.name"
+    for name in ("ReadTrainingSpec", "ReadScoringSpec"):
+        assert states[name]["Resource"] == "arn:aws:states:::aws-sdk:s3:getObject"
+    assert "Train" not in {s.get("Next") for n, s in states.items() if n != "ScoreTrainingRows"}
+
+
+@pytest.mark.parametrize("kind, state", [("training", "ReadTrainingSpec"), ("scoring", "ReadScoringSpec")])
+def test_rcf_specs_are_read_from_the_keys_the_prepare_steps_write(kind, state):
+    from pipeline.context import RunContext
+    from pipeline.processing import rcf_spec_key
+
+    read = state_machine_definition(deploy_config(**RCF))["States"][state]
+    template = re.fullmatch(r"States\.Format\('([^']*)', \$\.run\.id\)", read["Parameters"]["Key.$"]).group(1)
+    ctx = RunContext(LocalStorage("/tmp"), deploy_config(**RCF), "r")
+    assert template.format("RUN") == f"auditsift/{rcf_spec_key(ctx, 'RUN', kind)}"
+    assert read["ResultSelector"] == {"spec.$": "States.StringToJson($.Body)"}
 
 
 def test_sagemaker_steps_are_sync_processing_jobs_with_unique_valid_names():
@@ -159,13 +218,14 @@ def check_options(command: click.Command, arguments: list[str]) -> None:
             assert item in names, f"{command.name} has no option {item}"
 
 
-def test_every_job_runs_a_real_command_with_options_it_accepts():
+@pytest.mark.parametrize("overrides", [{}, RCF], ids=["iforest", "sagemaker-rcf"])
+def test_every_job_runs_a_real_command_with_options_it_accepts(overrides):
     """The definition is checked against the CLI itself, so renaming an option breaks this test, not a 3 a.m. run."""
     from pipeline.cli import main
     from pipeline.findings_export import export_command
     from pipeline.processing import processing_cli
 
-    states = state_machine_definition(deploy_config())["States"]
+    states = state_machine_definition(deploy_config(**overrides))["States"]
     entrypoints = {"pipeline": main, "pipeline.processing": processing_cli, "pipeline.findings_export": export_command}
     for name, state in states.items():
         app = state.get("Parameters", {}).get("AppSpecification")
@@ -180,6 +240,8 @@ def test_every_job_runs_a_real_command_with_options_it_accepts():
             check_options(root.commands[arguments[position]], arguments[position + 1:])
         else:
             check_options(root, arguments)
+    if overrides:
+        return
     features = container_arguments(states["Features"]["Parameters"]["AppSpecification"])
     assert features[features.index("--train-from") + 1] == "$.plan.decision.ranges.train_from"
     assert features[features.index("--score-to") + 1] == "$.plan.decision.ranges.score_to"
@@ -208,17 +270,19 @@ def _matches(rule: dict, document: dict) -> bool:
     return _lookup(document, rule["Variable"]) == rule["BooleanEquals"]
 
 
-@pytest.mark.parametrize("document, target", [
-    ({"plan": {"decision": {"retrain": True}}}, "Train"),
-    ({"plan": {"decision": {"retrain": False}}}, "Score"),
-    ({"retrain": True, "plan": {"decision": {"retrain": False}}}, "Train"),
-    ({"retrain": False, "plan": {"decision": {"retrain": True}}}, "Score"),
+@pytest.mark.parametrize("overrides, train, score", [({}, "Train", "Score"), (RCF, "PrepareTraining", "PrepareScoring")],
+                         ids=["iforest", "sagemaker-rcf"])
+@pytest.mark.parametrize("document, retrains", [
+    ({"plan": {"decision": {"retrain": True}}}, True),
+    ({"plan": {"decision": {"retrain": False}}}, False),
+    ({"retrain": True, "plan": {"decision": {"retrain": False}}}, True),
+    ({"retrain": False, "plan": {"decision": {"retrain": True}}}, False),
 ])
-def test_retrain_choice_follows_the_input_flag_first_then_the_plan(document, target):
+def test_retrain_choice_follows_the_input_flag_first_then_the_plan(document, retrains, overrides, train, score):
     """Evaluated the way Step Functions does; a missing $.retrain never reaches BooleanEquals (a runtime error)."""
-    choice = state_machine_definition(deploy_config())["States"]["RetrainDue"]
+    choice = state_machine_definition(deploy_config(**overrides))["States"]["RetrainDue"]
     chosen = next((rule["Next"] for rule in choice["Choices"] if _matches(rule, document)), choice["Default"])
-    assert chosen == target
+    assert chosen == (train if retrains else score)
 
 
 def test_plan_is_read_from_the_key_the_plan_step_writes():
@@ -258,8 +322,9 @@ def test_stepfunctions_command_writes_the_definition(tmp_path):
     assert "s3://audit-bucket/team/auditsift" in json.dumps(definition["States"]["Archive"])
 
 
-def test_moto_creates_the_state_machine_and_the_schedule_that_starts_it():
-    config = deploy_config()
+@pytest.mark.parametrize("overrides", [{}, RCF], ids=["iforest", "sagemaker-rcf"])
+def test_moto_creates_the_state_machine_and_the_schedule_that_starts_it(overrides):
+    config = deploy_config(**overrides)
     definition = json.dumps(state_machine_definition(config))
     machine = aws_session.client("stepfunctions", config).create_state_machine(
         name="auditsift-prod", definition=definition, roleArn=config.deploy.state_machine_role_arn)
@@ -334,12 +399,49 @@ def test_iam_is_scoped_to_the_bucket_prefix_log_group_key_and_job_names(override
                     assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
     machine = {a: s["Resource"] for s in statements(policies, "state_machine_role") for a in s["Action"]}
     assert machine["sagemaker:CreateProcessingJob"] == [f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:processing-job/auditsift-*"]
-    assert machine["events:PutRule"] == [f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventsForSageMakerProcessingJobsRule"]
+    assert machine["events:PutRule"][0] == f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventsForSageMakerProcessingJobsRule"
+    assert len(machine["events:PutRule"]) == (3 if overrides else 1)
     job = {a: s["Resource"] for s in statements(policies, "job_role") for a in s["Action"]}
     assert job["logs:FilterLogEvents"] == [f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/eks/prod/cluster",
                                            f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/eks/prod/cluster:*"]
     assert ("sagemaker_execution_role" in policies) == bool(overrides)
     assert ("securityhub:BatchImportFindings" in job) != bool(overrides)
+
+
+def test_iam_for_sagemaker_rcf_lets_only_the_state_machine_start_jobs():
+    policies = iam_policies(deploy_config(**RCF))
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
+    machine = statements(policies, "state_machine_role")
+    by_sid = {s["Sid"]: s for s in machine}
+    assert by_sid["RcfTrainingJobs"]["Action"] == ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
+                                                   "sagemaker:StopTrainingJob", "sagemaker:AddTags"]
+    assert by_sid["RcfTrainingJobs"]["Resource"] == [f"{arn}:training-job/auditsift-rcf-*"]
+    assert by_sid["RcfModels"]["Action"] == ["sagemaker:CreateModel", "sagemaker:AddTags"]
+    assert by_sid["RcfModels"]["Resource"] == [f"{arn}:model/auditsift-rcf-*"]
+    assert by_sid["RcfTransformJobs"]["Action"] == ["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
+                                                    "sagemaker:StopTransformJob", "sagemaker:AddTags"]
+    assert by_sid["RcfTransformJobs"]["Resource"] == [f"{arn}:transform-job/auditsift-rcf-*"]
+    assert by_sid["PassRcfRole"]["Resource"] == [RCF["model"]["sagemaker"]["role_arn"]]
+    assert by_sid["SyncIntegrationRule"]["Resource"] == [
+        f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventsFor{kind}Rule"
+        for kind in ("SageMakerProcessingJobs", "SageMakerTrainingJobs", "SageMakerTransformJobs")]
+    assert by_sid["ReadPlan"]["Resource"] == [f"arn:aws:s3:::audit-bucket/auditsift/state/cluster=prod/{area}/*"
+                                              for area in ("plans", "sagemaker")]
+    assert by_sid["KmsJobVolumes"]["Resource"] == [KEY_ARN]
+
+    # every resource the definition names is covered: the jobs' names and the passed roles
+    states = state_machine_definition(deploy_config(**RCF))["States"]
+    passed = {s["Parameters"].get("RoleArn") or s["Parameters"].get("ExecutionRoleArn") for s in states.values()
+              if s.get("Resource", "").startswith("arn:aws:states:::sagemaker:")} - {None}
+    assert passed == {DEPLOY["deploy"]["job_role_arn"], RCF["model"]["sagemaker"]["role_arn"]}
+    assert passed == {r for s in machine if s["Action"] == ["iam:PassRole"] for r in s["Resource"]}
+
+    # the jobs' role only checks what ran; it cannot start SageMaker jobs or pass a role
+    job_actions = {a for s in statements(policies, "job_role") for a in s["Action"]}
+    assert {"sagemaker:DescribeTrainingJob", "sagemaker:DescribeModel", "sagemaker:DescribeTransformJob"} <= job_actions
+    assert not {a for a in job_actions if a.startswith("sagemaker:Create") or a == "iam:PassRole"}
+    default_machine = {a for s in statements(iam_policies(deploy_config()), "state_machine_role") for a in s["Action"]}
+    assert not {a for a in default_machine if a in ("sagemaker:CreateTrainingJob", "sagemaker:CreateModel", "sagemaker:AddTags")}
 
 
 def test_moto_iam_accepts_every_policy_and_trust_document():

@@ -281,3 +281,30 @@ def test_plan_entry_point_writes_the_plan_file_step_functions_reads(tmp_path):
     plan = storage.read_json(f"state/cluster={CLUSTER}/plans/3f2a-run.json")
     assert plan["retrain"] is False and plan["reason"] == "model is 3 days old (retrain every 7)"
     assert plan["ranges"]["score_to"] == "2026-11-08T06:00:00Z"
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("rcf-train-prepare", []), ("rcf-score-prepare", []), ("rcf-score-finish", ["--transform-job", "t"]),
+    ("rcf-train-finish", ["--training-job", "t", "--model-name", "m", "--transform-job", "c"]),
+])
+def test_rcf_steps_refuse_another_backend_before_touching_the_workdir(tmp_path, command, extra):
+    """A state machine generated for sagemaker-rcf run with a config that says otherwise stops in one line."""
+    from click.testing import CliRunner
+
+    from pipeline.processing import processing_cli
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"cluster": CLUSTER, "model": {"backend": "rcf-local"}}))
+    result = CliRunner().invoke(processing_cli, [command, "--workdir", str(tmp_path / "work"), "--spec-id", "run-1",
+                                                 *extra, "--config", str(config_path), "--wait-lock", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0] == "error: model.backend is rcf-local; the rcf-* steps are for sagemaker-rcf"
+    assert sorted(p.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("*") if p.is_file()) == []
+
+
+def test_rcf_spec_keys_are_per_cluster_and_run():
+    from pipeline.processing import rcf_spec_key
+
+    ctx = RunContext(LocalStorage("/tmp"), load_config(None, {"cluster": "prod.eu"}), "r")
+    assert rcf_spec_key(ctx, "3f2a-9c", "training") == "state/cluster=prod.eu/sagemaker/3f2a-9c/training.json"
+    assert rcf_spec_key(ctx, "3f2a-9c", "scoring") == "state/cluster=prod.eu/sagemaker/3f2a-9c/scoring.json"

@@ -8,11 +8,16 @@ row by its distance from the origin (planted outliers score high).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
+import botocore.retries.bucket as bucket_module
+import botocore.retries.standard as standard
+import botocore.session
 import numpy as np
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 from pipeline.aws import session as aws_session
@@ -279,3 +284,103 @@ def test_sagemaker_needs_an_s3_workdir_and_a_role(make_config, tmp_path):
         s3_detector.model_id_ = "x"
         s3_detector.image_uri_ = RCF_IMAGE_US_EAST_1
         s3_detector.training_request("models/demo/x/train", 2, 100)
+
+
+# --------------------------------------------------------------------------- lost Create* responses
+class _Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+def _fault(status: int, code: str, message: str) -> AWSResponse:
+    body = json.dumps({"__type": code, "message": message}).encode()
+    return AWSResponse("https://api.sagemaker.us-east-1.amazonaws.com/", status,
+                       {"x-amzn-RequestId": "5e1f", "Content-Type": "application/x-amz-json-1.1"}, _Body(body))
+
+
+class LostResponse:
+    """before-send: the first Create* reaches SageMaker (created through another client) but its answer is a 503;
+    botocore retries, and SageMaker answers what it answers for a name in use."""
+
+    def __init__(self, operation: str, code: str, message: str, change=None):
+        self.side = botocore.session.get_session().create_client("sagemaker", region_name="us-east-1")
+        self.operation, self.code, self.message, self.change = operation, code, message, change
+        self.sent: list[dict] = []
+
+    def __call__(self, request, **_):
+        self.sent.append(json.loads(request.body))
+        if len(self.sent) == 1:
+            created = json.loads(json.dumps(self.sent[0]))
+            if self.change:
+                self.change(created)
+            getattr(self.side, self.operation)(**created)
+            return _fault(503, "ServiceUnavailable", "Service Unavailable")
+        return _fault(400, self.code, self.message.format(**self.sent[0]))
+
+
+@pytest.fixture
+def no_retry_sleeps(monkeypatch):
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0)
+    monkeypatch.setattr(bucket_module.TokenBucket, "acquire", lambda self, amount=1, block=True: True)
+
+
+TRAINING_IN_USE = ("ResourceInUse", "Training job names must be unique within an AWS account and region, and a training "
+                   "job with this name already exists (arn:aws:sagemaker:us-east-1:111122223333:training-job/{TrainingJobName})")
+TRANSFORM_IN_USE = ("ValidationException", "Transform job names must be unique within an AWS account and region, and a "
+                    "transform job with this name already exists (arn:aws:sagemaker:us-east-1:111122223333:transform-job/"
+                    "{TransformJobName})")
+MODEL_IN_USE = ("ValidationException", 'Cannot create already existing model "arn:aws:sagemaker:us-east-1:111122223333:model/'
+                '{ModelName}".')
+
+
+def test_a_5xx_after_sagemaker_created_the_jobs_and_model_continues_with_them(detector_factory, fake, client_events,
+                                                                            no_retry_sleeps):
+    """Issue 7: CreateTrainingJob/CreateModel/CreateTransformJob acted on, response lost, botocore's retry told
+    "name in use": the existing (identical) job or model is described and used; nothing fails, nothing is duplicated."""
+    lost = {operation: LostResponse(name, *answer) for operation, name, answer in [
+        ("CreateTrainingJob", "create_training_job", TRAINING_IN_USE), ("CreateModel", "create_model", MODEL_IN_USE),
+        ("CreateTransformJob", "create_transform_job", TRANSFORM_IN_USE)]}
+    for operation, handler in lost.items():
+        client_events(f"before-send.sagemaker.{operation}", handler)
+    progress = []
+    detector = detector_factory()
+    detector.progress = progress.append
+    X = _counts(7, 120)
+    detector.fit(X, ["list", "get", "create", "watch", "exec", "delete"])
+
+    for operation, handler in lost.items():
+        assert len(handler.sent) == 2 and handler.sent[0] == handler.sent[1], operation
+    name = detector.model_id_
+    assert f"SageMaker training job {name} already exists (an earlier attempt created it); using it" in progress
+    assert f"SageMaker model {name} already exists (an earlier attempt created it); using it" in progress
+    assert any(line.startswith("SageMaker transform job ") and line.endswith("using it") for line in progress)
+    assert detector.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Completed"
+    expected = _fake_score(detector.transform(X))
+    assert detector.threshold_ == pytest.approx(calibrate(expected, "quantile", 0.99), rel=1e-9)
+    np.testing.assert_allclose(detector.score(X), expected, rtol=1e-9)
+
+
+def test_a_name_in_use_by_a_different_job_is_an_error_naming_the_difference(detector_factory, client_events, no_retry_sleeps):
+    def elsewhere(request):
+        request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = "s3://someone-else/data/"
+
+    client_events("before-send.sagemaker.CreateTrainingJob",
+                  LostResponse("create_training_job", *TRAINING_IN_USE, change=elsewhere))
+    detector = detector_factory()
+    with pytest.raises(AwsCallError) as caught:
+        detector.fit(_counts(7, 50), ["list", "get", "create", "watch", "exec", "delete"])
+    assert str(caught.value) == (f"SageMaker training job {detector.model_id_} already exists with a different "
+                                 "InputDataConfig.0.DataSource.S3DataSource.S3Uri")
+
+
+def test_other_create_errors_are_not_mistaken_for_a_lost_response(detector_factory, client_events):
+    client_events("before-send.sagemaker.CreateTrainingJob",
+                  lambda **_: _fault(400, "ResourceLimitExceeded", "The account-level service limit 'ml.m5.large for "
+                                                                   "training job usage' is 0 Instances"))
+    detector = detector_factory()
+    with pytest.raises(AwsCallError) as caught:
+        detector.fit(_counts(7, 50), ["list", "get", "create", "watch", "exec", "delete"])
+    assert str(caught.value).startswith(f"SageMaker.CreateTrainingJob failed ({detector.model_id_}): ResourceLimitExceeded: ")
