@@ -1,8 +1,9 @@
 """Readers: turn any supported input object into decoded audit events, quarantining the rest.
 
-Formats are detected per file from its first bytes, no flag needed:
+Formats are detected per file from its first bytes (after a UTF-8 byte-order mark), no flag needed:
 - JSON lines of audit.k8s.io Events (``.jsonl``/``.json``/``.log``, optionally gzip);
 - one JSON document: an ``EventList``, a JSON array of events, or a single (pretty-printed) Event;
+  a file that only looked like one from its first lines is read as JSON lines after all;
 - CloudWatch Logs export lines (CreateExportTask): ``<ISO time> <event JSON>``;
 - CloudWatch Logs subscription envelopes as Firehose writes them to S3: gzip, possibly several
   members, envelopes concatenated with or without newlines; ``CONTROL_MESSAGE`` skipped.
@@ -12,13 +13,14 @@ to the ``Quarantine`` with a reason, and reading continues.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -26,10 +28,13 @@ from pipeline.errors import InputError
 
 try:
     from isal import igzip as _gzip
+    from isal import isal_zlib as _zlib
 except ImportError:  # pragma: no cover - isal is a declared dependency; stdlib gzip is the slower fallback
     import gzip as _gzip
+    import zlib as _zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 TRUNCATED_MARK = b"[Truncated...]"
 _EXPORT_LINE = re.compile(rb"^\d{4}-\d{2}-\d{2}T[0-9:.]+Z? ")
 _INPUT_SUFFIXES = (".jsonl", ".json", ".log", ".gz", ".txt", "")
@@ -111,7 +116,8 @@ def resolve_local_inputs(spec: str) -> list[InputRef]:
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         if not paths:
             raise InputError(f"input not found: {spec}", hint="pass a file, a directory or a quoted glob such as 'logs/*.gz'")
-    return [InputRef(str(p), (lambda p=p: open(p, "rb")), p.stat().st_size) for p in paths]
+    # functools.partial, not a lambda: a local input can be pickled to an archive worker process
+    return [InputRef(str(p), functools.partial(open, p, "rb"), p.stat().st_size) for p in paths]
 
 
 def resolve_inputs(specs: list[str], config=None) -> list[InputRef]:
@@ -134,7 +140,7 @@ def _open_decompressed(ref: InputRef) -> BinaryIO:
     else:
         raw = _Prefixed(head, raw)
     if head == GZIP_MAGIC:
-        return _gzip.GzipFile(fileobj=raw, mode="rb")
+        return _GzipInput(raw, ref.open)
     return raw
 
 
@@ -149,14 +155,196 @@ class _Prefixed(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._stream.read(len(buffer))
+        """The prefix and what follows it in one read, so a first ``peek`` sees more than the prefix."""
+        prefix, self._prefix = self._prefix[: len(buffer)], self._prefix[len(buffer):]
+        data = prefix + self._stream.read(len(buffer) - len(prefix)) if len(prefix) < len(buffer) else prefix
         buffer[: len(data)] = data
         return len(data)
+
+
+class DamagedGzip(OSError):
+    """A gzip member that is cut short or corrupt (or bytes after the last member that are not one)."""
+
+
+GZIP_READ_BYTES = 256 << 10
+GZIP_FEED_BYTES = 64 << 10
+GZIP_PIECE_BYTES = 1 << 20
+
+
+class _GzipInput(io.BufferedIOBase):
+    """A gzip input read by isal's gzip reader, at its speed; read again member by member if that fails.
+
+    isal's reader raises on a damaged member before returning what the complete members read in the
+    same call decompressed to (up to ~1 MB of good events of a Firehose object whose last member is
+    cut), and raises isal's own error type for corrupt deflate data. So at its first error the input
+    is opened again and read by ``_GzipMembers`` past the bytes already returned: the rest of what
+    the members before the damage hold comes out, then ``DamagedGzip``.
+    """
+
+    def __init__(self, stream: BinaryIO, reopen: Callable[[], BinaryIO]):
+        self._stream = stream
+        self._reopen = reopen
+        self._reader: BinaryIO = _gzip.GzipFile(fileobj=stream, mode="rb")
+        self._returned = 0
+        self._exact = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._reading("read1", size)
+        self._returned += len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._reading("read", size)
+        self._returned += len(data)
+        return data
+
+    def peek(self, size: int = 0) -> bytes:
+        return self._reading("peek", size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+            self._stream.close()
+        super().close()
+
+    def _reading(self, method: str, size: int | None) -> bytes:
+        try:
+            return getattr(self._reader, method)(size)
+        except (EOFError, OSError, _zlib.error):
+            if self._exact:
+                raise
+        self._read_again_exactly()
+        return getattr(self._reader, method)(size)
+
+    def _read_again_exactly(self) -> None:
+        self._reader.close()
+        self._stream.close()
+        self._stream = self._reopen()
+        self._reader, self._exact = _GzipMembers(self._stream), True
+        to_skip = self._returned
+        while to_skip > 0 and (data := self._reader.read1(min(to_skip, GZIP_PIECE_BYTES))):
+            to_skip -= len(data)
+
+
+class _GzipMembers(io.BufferedIOBase):
+    """Gzip input decompressed member by member (one member, or many as Firehose writes them, a
+    member per record): all that the members before a damaged one hold is returned, and what the
+    damaged one gave up to the damage, before ``DamagedGzip`` is raised.
+
+    The decompressor is fed at most ``GZIP_FEED_BYTES`` at a time so that starting each of many small
+    members does not copy the rest of a large read.
+    """
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._input = b""
+        self._offset = 0
+        self._member = None
+        self._peeked = b""
+        self._damage: DamagedGzip | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        if self._peeked:
+            size = len(self._peeked) if size < 0 else size
+            data, self._peeked = self._peeked[:size], self._peeked[size:]
+            return data
+        return self._next_piece(GZIP_PIECE_BYTES if size < 0 else size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        parts = []
+        wanted = -1 if size is None else size
+        while wanted:
+            try:
+                data = self.read1(wanted)
+            except DamagedGzip:
+                if parts:
+                    break
+                raise
+            if not data:
+                break
+            parts.append(data)
+            wanted = wanted - len(data) if wanted > 0 else wanted
+        return b"".join(parts)
+
+    def peek(self, size: int = 0) -> bytes:
+        """At least ``size`` bytes ahead (fewer when the input ends or is damaged first); nothing is consumed."""
+        while len(self._peeked) < max(size, 1):
+            try:
+                piece = self._next_piece(GZIP_PIECE_BYTES)
+            except DamagedGzip:
+                if self._peeked:
+                    break
+                raise
+            if not piece:
+                break
+            self._peeked += piece
+        return self._peeked
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+    def _next_piece(self, limit: int) -> bytes:
+        """The next decompressed bytes (at most ``limit``); empty at the end of the input."""
+        if self._damage is not None:
+            raise self._damage
+        try:
+            while (data := self._decompress(limit)) is not None:
+                if data:
+                    return data
+        except DamagedGzip as damage:
+            self._damage = damage
+            raise
+        return b""
+
+    def _decompress(self, limit: int) -> bytes | None:
+        """Up to ``limit`` decompressed bytes (none when more input is needed), None after the last member.
+        Zero bytes between or after members are padding, as gzip allows."""
+        if self._offset == len(self._input):
+            self._input, self._offset = self._stream.read(GZIP_READ_BYTES), 0
+            if not self._input:
+                return self._finish(limit)
+        if self._member is None:
+            if self._input[self._offset] == 0:
+                rest = self._input[self._offset:]
+                self._offset += len(rest) - len(rest.lstrip(b"\0"))
+                return b""
+            self._member = _zlib.decompressobj(31)
+        member = self._member
+        fed = memoryview(self._input)[self._offset:self._offset + GZIP_FEED_BYTES]
+        try:
+            data = member.decompress(fed, limit)
+        except _zlib.error as error:
+            raise DamagedGzip(f"damaged gzip member: {error}") from None
+        if member.eof:
+            self._offset += len(fed) - len(member.unused_data)
+            self._member = None
+        else:
+            self._offset += len(fed) - len(member.unconsumed_tail)
+        return data
+
+    def _finish(self, limit: int) -> bytes | None:
+        """At the end of the input: what the last member still holds back, or the damage if it is cut short."""
+        if self._member is None:
+            return None
+        try:
+            data = self._member.decompress(b"", limit)
+        except _zlib.error as error:
+            raise DamagedGzip(f"damaged gzip member: {error}") from None
+        if self._member.eof:
+            self._member = None
+        elif not data:
+            raise DamagedGzip("gzip member cut short: the input ends inside it")
+        return data
 
 
 Event = tuple[object, str | None]
@@ -213,6 +401,7 @@ def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
 
     JSON and export lines are not decoded here (the normaliser parses a whole block at
     once); a line holding a CloudWatch envelope is, and its messages become a block.
+    A UTF-8 byte-order mark before the first line is dropped.
     """
     try:
         stream = _open_decompressed(ref)
@@ -220,17 +409,38 @@ def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
         raise InputError(f"cannot open {ref.name}: {error}", hint="check the path and permissions") from None
     reader = io.BufferedReader(stream, buffer_size=1 << 20) if not isinstance(stream, io.BufferedIOBase) else stream
     source = ref.name
+    try:
+        if reader.peek(len(UTF8_BOM))[: len(UTF8_BOM)] == UTF8_BOM:
+            reader.read(len(UTF8_BOM))
+        head = _peek_head(reader)
+        if not head:
+            quarantine.skip("empty_input")
+            return
+        if _starts_a_document(head):
+            yield from _read_document(reader, source, quarantine, max_line_bytes, block_bytes)
+            return
+        yield from _read_lines(_text_chunks(reader, min(block_bytes, max_line_bytes // 2)), source, quarantine, max_line_bytes)
+    except (EOFError, OSError, ValueError) as error:
+        quarantine.add("gzip_damaged", source, 0, str(error))
+    finally:
+        reader.close()
+
+
+class _InputCut(Exception):
+    """Reading stopped at a decompression error; ``tail`` is what was read after the last whole line."""
+
+    def __init__(self, error: Exception, tail: bytes):
+        super().__init__(str(error))
+        self.tail = tail
+
+
+def _read_lines(runs: Iterable[bytes], source: str, quarantine: Quarantine, max_line_bytes: int) -> Iterator[LineBlock | Event]:
+    """JSON lines, export lines and envelope lines from runs of whole lines (``_text_chunks``); when the
+    input breaks off, the complete values of its last, cut line are read and the damage is counted."""
     line_no = 0
     block = LineBlock([], [], source, quarantine)
     try:
-        first = _peek_first_content(reader)
-        if first is None:
-            quarantine.skip("empty_input")
-            return
-        if first == b"[" or _is_multiline_document(reader):
-            yield from _read_document(reader, source, quarantine)
-            return
-        for text in _text_chunks(reader, min(block_bytes, max_line_bytes // 2)):
+        for text in runs:
             lines = text.split(b"\n")
             if _plain(text, lines[0], max_line_bytes):
                 yield LineBlock(lines, range(line_no + 1, line_no + 1 + len(lines)), source, quarantine)
@@ -258,17 +468,17 @@ def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
             if block.lines:
                 yield block
                 block = LineBlock([], [], source, quarantine)
-    except (EOFError, OSError, ValueError) as error:
-        if block.lines:
-            yield block
-        quarantine.add("gzip_damaged", source, line_no, str(error))
-    finally:
-        reader.close()
+    except _InputCut as cut:
+        if len(cut.tail) >= max_line_bytes:
+            quarantine.add("line_too_long", source, line_no + 1, cut.tail)
+        else:
+            yield from _read_cut_line(cut.tail, source, line_no + 1, quarantine)
+        quarantine.add("gzip_damaged", source, line_no + 1, str(cut))
 
 
 def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
-    """The input in runs of whole lines of about ``block_bytes`` (without the last newline); the
-    whole lines read before a decompression error are yielded before it propagates."""
+    """The input in runs of whole lines of about ``block_bytes`` (without the last newline); at a
+    decompression error, the whole lines read before it are yielded and ``_InputCut`` is raised."""
     rest = b""
     parts: list[bytes] = []
     size = 0
@@ -283,11 +493,12 @@ def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
                 rest = buffer[cut + 1:]
                 if cut >= 0:
                     yield buffer[:cut]
-    except (EOFError, OSError, ValueError):
+    except (EOFError, OSError, ValueError) as error:
         buffer = rest + b"".join(parts)
-        if buffer.rfind(b"\n") >= 0:
-            yield buffer[:buffer.rfind(b"\n")]
-        raise
+        cut = buffer.rfind(b"\n")
+        if cut >= 0:
+            yield buffer[:cut]
+        raise _InputCut(error, buffer[cut + 1:]) from None
     buffer = rest + b"".join(parts)
     if buffer:
         yield buffer[:-1] if buffer.endswith(b"\n") else buffer
@@ -342,39 +553,114 @@ def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarant
         yield value, None
 
 
-def _peek_first_content(reader: io.BufferedReader) -> bytes | None:
-    data = reader.peek(4096)
+def _peek_head(reader: io.BufferedReader) -> bytes:
+    """The buffered start of the input from its first non-blank byte on (a buffer of blanks only is
+    consumed); empty at the end of the input."""
+    data = reader.peek(65536)
     while data:
         stripped = data.lstrip()
         if stripped:
-            return stripped[:1]
+            return stripped
         reader.read(len(data))
-        data = reader.peek(4096)
-    return None
+        data = reader.peek(65536)
+    return b""
 
 
-def _is_multiline_document(reader: io.BufferedReader) -> bool:
-    """A single JSON document spread over lines (pretty-printed Event or EventList). A damaged first
-    line followed by a line that starts a JSON object is JSON lines, not a document."""
-    head = reader.peek(65536).lstrip()
-    lines = head.split(b"\n", 2)
-    first_line = lines[0].strip()
-    if first_line == b"{":
+def _starts_a_document(head: bytes) -> bool:
+    """Whether an input beginning with ``head`` is one JSON document (an array, an ``EventList``, a
+    pretty-printed Event) rather than JSON lines, judged from its first two lines.
+
+    Pretty-printers break a document's lines after ``{``, ``[`` or ``,``. A first line that ends
+    otherwise is a JSON-lines record (damaged, or a whole value with more lines after it), and so is a
+    first ``{...`` line followed by a line that starts an object. A document that does not parse after
+    all is read as JSON lines by ``_read_document``; deciding here keeps big JSON-lines files streamed.
+    """
+    first, newline, rest = head.partition(b"\n")
+    first = first.strip()
+    if first in (b"[", b"{") or (first[:1] == b"[" and not newline):
         return True
-    if not first_line.startswith(b"{") or first_line.endswith((b"}", TRUNCATED_MARK)) or len(lines) < 2:
+    if first[:1] == b"[" and _is_json(first):
+        return not rest.strip()
+    if not newline or not first.endswith((b"{", b"[", b",")):
         return False
-    return not lines[1].lstrip().startswith(b"{")
+    return first[:1] == b"[" or not rest.lstrip().startswith(b"{")
 
 
-def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantine) -> Iterator[Event]:
-    data = reader.read()
+def _is_json(text: bytes) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantine, max_line_bytes: int,
+                   block_bytes: int) -> Iterator[LineBlock | Event]:
+    """The input read whole as one JSON document. One that does not parse is read as JSON lines after
+    all (its first lines only looked like a document's) or as JSON values one after another (events
+    pretty-printed in a row, as ``jq .`` writes them; a document cut short): whichever gives more
+    objects, so every good line is kept and a damaged document is one quarantined record, not one a line.
+    """
+    data, damage = _read_all(reader)
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        yield from _read_concatenated(data.strip(), source, 1, quarantine)
-        return
+        def as_lines(into: Quarantine) -> Iterator[LineBlock | Event]:
+            runs = _text_chunks(_Replay(data, damage), min(block_bytes, max_line_bytes // 2))
+            return _read_lines(runs, source, into, max_line_bytes)
+
+        def as_values(into: Quarantine) -> Iterator[Event]:
+            return _read_concatenated(data.strip(), source, 1, into, cut_short=damage is not None)
+
+        if _objects(as_lines(Quarantine())) > _objects(as_values(Quarantine())):
+            yield from as_lines(quarantine)
+            return
+        yield from as_values(quarantine)
+    else:
+        yield from _document_events(value, source, quarantine)
+    if damage is not None:
+        quarantine.add("gzip_damaged", source, 1, str(damage))
+
+
+def _read_all(reader: BinaryIO) -> tuple[bytes, Exception | None]:
+    """All of the input, or what was read of it before a decompression error, and that error."""
+    parts = []
+    try:
+        while data := reader.read1(1 << 20):
+            parts.append(data)
+    except (EOFError, OSError, ValueError) as error:
+        return b"".join(parts), error
+    return b"".join(parts), None
+
+
+class _Replay(io.BytesIO):
+    """Input already read into memory, read again; it ends with the error that stopped the first reading."""
+
+    def __init__(self, data: bytes, error: Exception | None):
+        super().__init__(data)
+        self._error = error
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        if not data and self._error is not None:
+            raise self._error
+        return data
+
+
+def _objects(items: Iterable[LineBlock | Event]) -> int:
+    """How many JSON objects a reading of an input yields."""
+    count = 0
+    for item in items:
+        if isinstance(item, LineBlock):
+            count += sum(isinstance(value, dict) for index in range(len(item)) for value, _ in item.decode(index))
+        else:
+            count += isinstance(item[0], dict)
+    return count
+
+
+def _document_events(value: object, source: str, quarantine: Quarantine) -> Iterator[Event]:
     if isinstance(value, list):
-        for index, item in enumerate(value):
+        for item in value:
             yield item, None
     elif isinstance(value, dict) and value.get("kind") == "EventList":
         yield from _read_event_list(value, source, 1, quarantine)
@@ -384,13 +670,26 @@ def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantin
         yield value, None
 
 
-def _read_concatenated(data: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
-    """JSON values concatenated with no separator (Firehose without newline delimiting)."""
+def _read_cut_line(tail: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+    """What was read of the last line before the input broke off: its complete JSON values are read
+    (Firehose envelopes one after another with no newline); the cut one is part of the damage."""
+    stripped = tail.strip()
+    if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
+        stripped = stripped.split(b" ", 1)[1]
+    yield from _read_concatenated(stripped, source, line_no, quarantine, cut_short=True)
+
+
+def _read_concatenated(data: bytes, source: str, line_no: int, quarantine: Quarantine,
+                       cut_short: bool = False) -> Iterator[Event]:
+    """JSON values concatenated with no separator (Firehose without newline delimiting). What cannot be
+    decoded is quarantined as one record, unless the data is ``cut_short`` (then it is the cut value)."""
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        quarantine.add("not_utf8", source, line_no, data)
-        return
+    except UnicodeDecodeError as error:
+        if not cut_short:
+            quarantine.add("not_utf8", source, line_no, data)
+            return
+        text = data[: error.start].decode("utf-8")
     decoder = json.JSONDecoder()
     position = 0
     while position < len(text):
@@ -401,8 +700,9 @@ def _read_concatenated(data: bytes, source: str, line_no: int, quarantine: Quara
         try:
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError:
-            rest = text[position:]
-            quarantine.add(_classify_json_error(rest.encode("utf-8", "surrogateescape")), source, line_no, rest)
+            if not cut_short:
+                rest = text[position:]
+                quarantine.add(_classify_json_error(rest.encode("utf-8", "surrogateescape")), source, line_no, rest)
             return
         if isinstance(value, dict) and "messageType" in value:
             yield from _read_envelope(value, source, line_no, quarantine)

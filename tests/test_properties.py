@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.archive import archive_inputs, read_archive
@@ -24,6 +24,7 @@ VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 RESOURCES = ("pods", "secrets", "configmaps", "deployments", "serviceaccounts", "nodes")
 TRUNCATABLE = json.dumps(event(audit_id="never-archived", verb="create"))
 NON_OBJECTS = ("42", '"text"', "null", "true", "[]", "[1, 2]", "-0.5e3")
+DOCUMENT_OPENERS = ("[", "{", "[{", '{"kind": "EventList", "items": [', '[{"kind": "Event",')
 
 
 @st.composite
@@ -44,12 +45,14 @@ def good_events(draw) -> list[dict]:
 
 def bad_records(as_text: bool):
     """One bad record: random bytes (JSON lines) or text (a CloudWatch message), an event cut short
-    with or without CloudWatch's ``[Truncated...]`` mark, or JSON that is not an object.
+    with or without CloudWatch's ``[Truncated...]`` mark, JSON that is not an object, or a line
+    that opens a JSON document (first in a file, it makes the reader try one).
 
     A JSON line is never blank (blank lines are not records) and never holds two JSON values glued
     together (``}{``: the reader decodes each, by design for Firehose without newlines)."""
     cut = st.integers(1, len(TRUNCATABLE) - 1).map(lambda n: TRUNCATABLE[:n])
-    structured = st.one_of(cut, cut.map(lambda text: text + "[Truncated...]"), st.sampled_from(NON_OBJECTS))
+    structured = st.one_of(cut, cut.map(lambda text: text + "[Truncated...]"), st.sampled_from(NON_OBJECTS),
+                           st.sampled_from(DOCUMENT_OPENERS))
     if as_text:
         return st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_size=80), structured)
     noise = st.binary(min_size=1, max_size=80).map(lambda data: data.replace(b"\n", b" "))
@@ -71,28 +74,38 @@ def mixed_inputs(draw) -> tuple[dict[str, bytes], list[dict], int]:
         for index, chunk in enumerate(c for c in chunks if c):
             files[f"firehose-{index}"] = firehose_object(draw, [text for _, text in chunk], index)
     else:
-        for index, chunk in enumerate(starting_with_good(chunks)):
+        for index, chunk in enumerate(each_with_an_event(chunks)):
             data = b"".join((text.encode() if good_record else text) + b"\n" for good_record, text in chunk)
+            assume(not one_document(data))
             files[f"audit-{index}.jsonl.gz" if fmt == "gzip" else f"audit-{index}.jsonl"] = gzip.compress(data, mtime=0) if fmt == "gzip" else data
     return files, good, len(bad)
 
 
-def starting_with_good(chunks: list[list]) -> list[list]:
-    """Each JSON-lines file begins with a good event; a file of bad lines only joins a neighbour.
-    A first line starting with '[', or two damaged first lines, still turn the file into one document:
-    the known bug in test_reliability.py's xfail cases (DOCUMENT_MODE). Lift this once it is fixed."""
+def each_with_an_event(chunks: list[list]) -> list[list]:
+    """The chunks as files, a chunk without a good event joining a neighbour. A file in which no line
+    is an event and whose first line could open a JSON document (``[``, ``{``, a line ending in ``,``)
+    is read as one damaged document: one quarantined record, not one a line."""
     files: list[list] = []
     pending: list = []
     for chunk in chunks:
         records = pending + chunk
-        good = [i for i, (is_good, _) in enumerate(records) if is_good]
-        if not good:
+        if not any(is_good for is_good, _ in records):
             pending = records
             continue
-        files.append([records[good[0]], *records[:good[0]], *records[good[0] + 1:]])
+        files.append(records)
         pending = []
     files[-1].extend(pending)
     return files
+
+
+def one_document(data: bytes) -> bool:
+    """Whether the lines of a file happen to make one JSON document over several lines (``[``, events,
+    ``]``): the reader rightly reads that as a document, not as JSON lines."""
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return b"\n" in data.strip()
 
 
 def firehose_object(draw, messages: list[str], index: int) -> bytes:

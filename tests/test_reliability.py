@@ -156,6 +156,20 @@ def two_damaged_first_lines() -> BadInput:
     return BadInput({"audit.jsonl": lines(b'{"kind":"Event","auditID":"cut', b"garbage", *good)}, keys(good), {"invalid_json": 2})
 
 
+def lines_that_open_a_document_then_json_lines() -> BadInput:
+    """First lines a pretty-printed document could start with: the file is read as one, does not parse, and is JSON lines after all."""
+    good = events(6)
+    files = {"a.jsonl": lines(b"[", *good[:2], b"{not json", good[2]),
+             "b.jsonl": lines(b'{"kind":"Event","auditID":"cut",', b"garbage", *good[3:])}
+    return BadInput(files, keys(good), {"invalid_json": 4})
+
+
+def pretty_printed_document_cut_short() -> BadInput:
+    good = events(2)
+    document = json.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events(3, start=T0 + timedelta(hours=3))}, indent=2)
+    return BadInput({"a-list.json": document[: len(document) // 2].encode(), "b.jsonl": lines(*good)}, keys(good), {"invalid_json": 1})
+
+
 def body_stripped_with_truncated_annotation() -> BadInput:
     good = events(2)
     stripped = event(audit_id="stripped", verb="create", level="RequestResponse",
@@ -218,6 +232,13 @@ def firehose_last_member_cut() -> BadInput:
     members = [gzip.compress(json.dumps(envelope(b, first_id=100 * i)).encode(), mtime=0) for i, b in enumerate(batches)]
     data = b"".join(members[:-1]) + members[-1][: len(members[-1]) // 2]
     return BadInput({"firehose-1": data}, [k for b in batches[:-1] for k in keys(b)], {"gzip_damaged": 1})
+
+
+def gzip_member_with_corrupt_deflate_data() -> BadInput:
+    good, lost = events(200), events(200, start=T0 + timedelta(hours=2))
+    second = gzip.compress(lines(*lost), mtime=0)
+    data = gzip.compress(lines(*good), mtime=0) + second[:10] + b"\xff" * 64 + second[74:]
+    return BadInput({"audit.jsonl.gz": data}, keys(good), {"gzip_damaged": 1})
 
 
 def not_an_object() -> BadInput:
@@ -328,32 +349,35 @@ def timestamps_out_of_range() -> BadInput:
 
 
 def utf8_bom() -> BadInput:
-    good = events(3)
-    return BadInput({"audit.jsonl": b"\xef\xbb\xbf" + lines(*good)}, keys(good))
+    good = events(6)
+    bom = b"\xef\xbb\xbf"
+    files = {"a.jsonl": bom + lines(*good[:2]), "b.jsonl.gz": gzip.compress(bom + lines(*good[2:4]), mtime=0),
+             "c.json": bom + json.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": good[4:]}, indent=2).encode()}
+    return BadInput(files, keys(good))
 
 
 def _bug(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)
 
 
-DOCUMENT_MODE = ("readers: a file whose first line starts with '[' (or two damaged lines) is still read as one document; "
-                 "everything after the first undecodable value is lost")
 BAD_INPUTS = [
     pytest.param(cloudwatch_truncated_in_envelope, id="cloudwatch-truncated-message-in-firehose-envelope"),
     pytest.param(cloudwatch_truncated_export_line, id="cloudwatch-truncated-export-line"),
     pytest.param(cloudwatch_truncated_first_line, id="cloudwatch-truncated-first-line-of-jsonl"),
     pytest.param(damaged_first_line, id="damaged-first-line-of-jsonl"),
-    pytest.param(array_first_line_then_a_bad_line, id="array-first-line-then-a-bad-line", marks=_bug(DOCUMENT_MODE)),
-    pytest.param(garbage_first_line_starting_with_a_bracket, id="garbage-first-line-starting-with-[", marks=_bug(DOCUMENT_MODE)),
-    pytest.param(two_damaged_first_lines, id="two-damaged-first-lines", marks=_bug(DOCUMENT_MODE)),
+    pytest.param(array_first_line_then_a_bad_line, id="array-first-line-then-a-bad-line"),
+    pytest.param(garbage_first_line_starting_with_a_bracket, id="garbage-first-line-starting-with-["),
+    pytest.param(two_damaged_first_lines, id="two-damaged-first-lines"),
+    pytest.param(lines_that_open_a_document_then_json_lines, id="first-lines-opening-a-document-then-json-lines"),
+    pytest.param(pretty_printed_document_cut_short, id="pretty-printed-eventlist-cut-short"),
     pytest.param(body_stripped_with_truncated_annotation, id="body-stripped-audit.k8s.io/truncated"),
     pytest.param(invalid_json, id="invalid-json-lines"),
     pytest.param(non_utf8, id="non-utf8-bytes"),
     pytest.param(line_of_5_mb, id="line-of-5-MB"),
     pytest.param(empty_files, id="empty-blank-and-empty-gzip-files"),
     pytest.param(binary_garbage_file, id="binary-garbage-file"),
-    pytest.param(firehose_last_member_cut, id="firehose-object-last-gzip-member-cut",
-                 marks=_bug("readers: isal gzip drops the output of complete members read in the same call as a damaged one")),
+    pytest.param(firehose_last_member_cut, id="firehose-object-last-gzip-member-cut"),
+    pytest.param(gzip_member_with_corrupt_deflate_data, id="gzip-member-with-corrupt-deflate-data"),
     pytest.param(not_an_object, id="json-that-is-not-an-object"),
     pytest.param(wrong_types, id="wrong-types-code-user-groups-ips"),
     pytest.param(audit_v1beta1, id="audit.k8s.io/v1beta1-event"),
@@ -364,8 +388,7 @@ BAD_INPUTS = [
     pytest.param(deeply_nested_body, id="event-with-2000-deep-body"),
     pytest.param(huge_numbers, id="huge-numbers"),
     pytest.param(timestamps_out_of_range, id="timestamps-out-of-range"),
-    pytest.param(utf8_bom, id="utf8-byte-order-mark",
-                 marks=_bug("readers: a UTF-8 BOM before the first line makes that event invalid_json")),
+    pytest.param(utf8_bom, id="utf8-byte-order-mark"),
 ]
 
 
