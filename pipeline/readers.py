@@ -493,6 +493,10 @@ def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
                 rest = buffer[cut + 1:]
                 if cut >= 0:
                     yield buffer[:cut]
+                if len(rest) >= block_bytes:
+                    values, rest = _split_glued(rest)
+                    if values:
+                        yield values
     except (EOFError, OSError, ValueError) as error:
         buffer = rest + b"".join(parts)
         cut = buffer.rfind(b"\n")
@@ -502,6 +506,28 @@ def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
     buffer = rest + b"".join(parts)
     if buffer:
         yield buffer[:-1] if buffer.endswith(b"\n") else buffer
+
+
+def _split_glued(run: bytes) -> tuple[bytes, bytes]:
+    """The complete JSON values at the start of a long run without newlines, one per line, and the
+    rest. Firehose's default delivery glues CloudWatch envelopes together (``}{``); a day's object
+    can be megabytes without a newline. A ``}{`` inside a string is no boundary: the text before it
+    does not parse as a value, so the search goes on to the next one."""
+    start = len(run) - len(run.lstrip())
+    if run[start:start + 1] != b"{":
+        return b"", run
+    values = []
+    position = start
+    while (found := run.find(b"}{", position)) >= 0:
+        end = found + 1
+        try:
+            orjson.loads(run[start:end])
+        except orjson.JSONDecodeError:
+            position = end
+            continue
+        values.append(run[start:end])
+        start = position = end
+    return b"\n".join(values), run[start:]
 
 
 def _plain(text: bytes, first_line: bytes, max_line_bytes: int) -> bool:
