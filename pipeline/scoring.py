@@ -166,9 +166,10 @@ def repeat_of(keys: list[tuple], audit_ids: dict[tuple, list]) -> list[tuple | N
     holder: dict[str, int] = {}
     result: list[tuple | None] = []
     for index, key in enumerate(keys):
-        ids = set(audit_ids.get(key, ()))
+        ids = list(dict.fromkeys(audit_ids.get(key, ())))
         held = Counter(holder[i] for i in ids if i in holder)
-        owner, shared = held.most_common(1)[0] if held else (None, 0)
+        # The record holding the most of them; on a tie the higher-ranked one (never hash order).
+        owner, shared = min(held.items(), key=lambda item: (-item[1], item[0])) if held else (None, 0)
         result.append(keys[owner] if owner is not None and 2 * shared >= len(ids) else None)
         for i in ids:
             holder.setdefault(i, index)

@@ -25,3 +25,13 @@ def test_a_record_holding_less_than_half_of_someone_elses_requests_stands_alone(
     audit_ids = {first: ["a", "b", "c"], second: ["a", "x", "y"]}
     assert repeat_of([first, second], audit_ids) == [None, None]
     assert repeat_of([first, ("user", "no-evidence", WINDOW)], audit_ids) == [None, None]
+
+
+def test_a_tie_between_two_holders_goes_to_the_higher_ranked_one_in_every_process():
+    """Evidence split evenly between two higher records: the choice may not depend on set or hash order
+    (a rerun in a new process must rank identically)."""
+    first, second = ("user", "a", WINDOW), ("user", "b", WINDOW)
+    both = ("source_ip", "10.0.0.1", WINDOW)
+    for shared in (["x", "y"], ["y", "x"]):
+        audit_ids = {first: ["x"], second: ["y"], both: shared}
+        assert repeat_of([first, second, both], audit_ids)[2] == first
