@@ -160,6 +160,9 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
         return frame
     frame = merged.sort_values(["window_start", "entity_type", "entity"], kind="stable").reset_index(drop=True)
     baseline_values = {name: fn(frame).to_numpy(dtype=float) for name, fn in BASELINE_INPUTS.items()}
+    # Python floats: _robust_z sorts them (the same doubles np.median would pick); NaN needs numpy's rules
+    robust_z = _robust_z_numpy if any(np.isnan(v).any() for v in baseline_values.values()) else _robust_z
+    baseline_values = {name: values.tolist() for name, values in baseline_values.items()}
     histories: dict[tuple[str, str], EntityHistory] = {}
     novel = {name: np.zeros(len(frame)) for name in NOVELTY_SETS}
     entity_new = np.zeros(len(frame), dtype=bool)
@@ -188,7 +191,7 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
         if history.windows >= MIN_HISTORY_WINDOWS:
             off_hours[row] = hours[row] not in history.hours
             for name, values in baseline_values.items():
-                z_scores[name][row] = _robust_z(values[row], history.samples[name])
+                z_scores[name][row] = robust_z(values[row], history.samples[name])
         history.hours.add(hours[row])
         for name, values in baseline_values.items():
             history.samples[name].append(values[row])
@@ -207,7 +210,24 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
 
 def _robust_z(value: float, samples: list) -> float:
     """(value - median) / scaled MAD of the entity's earlier windows, clipped; a floor on the
-    spread keeps perfectly regular entities from producing infinite scores."""
+    spread keeps perfectly regular entities from producing infinite scores.
+
+    Sorted Python floats, the same arithmetic as ``_robust_z_numpy`` (np.median: the middle
+    element, or the mean of the two middle ones) at a tenth of its cost on these short lists."""
+    ordered = sorted(samples)
+    median = _median_of_sorted(ordered)
+    mad = _median_of_sorted(sorted([abs(x - median) for x in ordered])) * 1.4826
+    z = (value - median) / max(mad, 0.25)
+    return float(max(-Z_CLIP, min(Z_CLIP, z))) if not math.isnan(z) else 0.0
+
+
+def _median_of_sorted(ordered: list) -> float:
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _robust_z_numpy(value: float, samples: list) -> float:
+    """``_robust_z`` with numpy's median (the definition; also used when a sample is NaN)."""
     array = np.asarray(samples)
     median = float(np.median(array))
     mad = float(np.median(np.abs(array - median))) * 1.4826

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, normalize_event, normalize_json_lines, rows_table
+from features.events import (EVENT_SCHEMA, BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines,
+                             rows_table)
 from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
 from pipeline.storage import Storage, safe_segment
+from pipeline.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
 
 log = logging.getLogger(__name__)
 ARCHIVE_ROOT = "archive"
@@ -78,19 +82,29 @@ class ArchiveResult:
 
 
 class HourBuffer:
-    """Normalised tables waiting per hour; spills to staging when large so memory stays bounded."""
+    """Normalised tables waiting per hour; spills to staging when large so memory stays bounded.
+
+    Every table added has an order key, its place in the input (a running count, or (file,
+    chunk) when worker processes normalise the files and their tables arrive interleaved);
+    ``take`` returns an hour's parts in key order, which is the order one process reads them in.
+    Staged parts are Arrow IPC streams (zstd): about half the cost of Parquet to write and read
+    back, and staging is deleted at the end of the run.
+    """
 
     def __init__(self, storage: Storage, staging: str, spill_rows: int):
         self.storage = storage
         self.staging = staging
         self.spill_rows = spill_rows
-        self.tables: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+        self.tables: dict[tuple[str, int], list[tuple[tuple, pa.Table]]] = defaultdict(list)
         self.rows = 0
-        self.spilled: dict[tuple[str, int], list[str]] = defaultdict(list)
+        self.spilled: dict[tuple[str, int], list[tuple[str, list[tuple[tuple, int]]]]] = defaultdict(list)
+        self._added = 0
 
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, order: tuple | None = None) -> None:
+        order = (self._added,) if order is None else order
+        self._added += 1
         for key, part in split_by_hour(table):
-            self.tables[key].append(part)
+            self.tables[key].append((order, part))
         self.rows += len(table)
         if self.rows >= self.spill_rows:
             self.spill()
@@ -98,9 +112,9 @@ class HourBuffer:
     def spill(self) -> None:
         for (date, hour), parts in self.tables.items():
             index = len(self.spilled[(date, hour)])
-            key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.parquet"
-            self.storage.write_parquet(key, pa.concat_tables(parts))
-            self.spilled[(date, hour)].append(key)
+            key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.arrows"
+            _write_staged(self.storage, key, _ipc_bytes(pa.concat_tables([part for _, part in parts])))
+            self.spilled[(date, hour)].append((key, [(order, len(part)) for order, part in parts]))
         self.tables.clear()
         self.rows = 0
 
@@ -108,8 +122,34 @@ class HourBuffer:
         return sorted(set(self.tables) | set(self.spilled))
 
     def take(self, key: tuple[str, int]) -> list[pa.Table]:
-        staged = [self.storage.read_parquet(k) for k in self.spilled.get(key, [])]
-        return staged + self.tables.pop(key, [])
+        parts = []
+        for staged, layout in self.spilled.get(key, []):
+            table = pa.ipc.open_stream(self.storage.read_bytes(staged)).read_all()
+            offset = 0
+            for order, rows in layout:
+                parts.append((order, table.slice(offset, rows)))
+                offset += rows
+        parts += self.tables.pop(key, [])
+        parts.sort(key=lambda part: part[0])
+        return [table for _, table in parts]
+
+
+def _write_staged(storage: Storage, key: str, data: bytes) -> None:
+    """Staged parts need no fsync or atomic rename: staging is deleted at the end of the run, and a
+    killed run's staging by the next run before it stages anything."""
+    path = storage.local_path(key)
+    if path is None:
+        storage.write_bytes(key, data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def split_by_hour(table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
@@ -244,28 +284,57 @@ def archive_tables(
     staging = f"staging/{safe_segment(run_id)}"
     storage.delete_prefix("staging/")
     buffer = HourBuffer(storage, staging, spill_rows)
-    for table in tables:
+    for item in tables:
+        order, table = item if isinstance(item, tuple) else (None, item)
         if len(table):
             result.events_normalised += len(table)
-            buffer.add(table)
+            buffer.add(table, order)
     for date, hour in buffer.hours():
-        incoming = buffer.take((date, hour))
-        key = hour_key(cluster, date, hour)
-        existing_bytes = storage.read_bytes(key) if storage.exists(key) else None
-        existing = [pq.read_table(io.BytesIO(existing_bytes))] if existing_bytes is not None else []
-        before = sum(len(t) for t in existing)
-        merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
-        added = len(merged) - before
-        result.events_added += added
-        result.duplicates += sum(len(t) for t in incoming) - added
-        if added or not existing:
-            write_hour(storage, key, merged)
-            result.hours_written.append(key)
-        else:
-            repair_manifest(storage, key, existing_bytes, before)
-        _track_range(result, merged)
+        _count_merge(result, merge_hour(storage, cluster, date, hour, buffer.take((date, hour))))
     storage.delete_prefix(staging)
     return result
+
+
+@dataclass
+class HourMerge:
+    """What merging one hour's new rows into the archive did."""
+
+    key: str
+    added: int
+    incoming: int
+    written: bool
+    time_min: str | None
+    time_max: str | None
+
+
+def merge_hour(storage: Storage, cluster: str, date: str, hour: int, incoming: list[pa.Table]) -> HourMerge:
+    """Merge an hour's incoming rows (in input order) with what the archive holds: deduplicate, sort,
+    and replace the hour file if anything was added."""
+    key = hour_key(cluster, date, hour)
+    existing_bytes = storage.read_bytes(key) if storage.exists(key) else None
+    existing = [conform_events(pq.read_table(io.BytesIO(existing_bytes)))] if existing_bytes is not None else []
+    before = sum(len(t) for t in existing)
+    merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
+    added = len(merged) - before
+    written = bool(added or not existing)
+    if written:
+        write_hour(storage, key, merged.combine_chunks())  # one layout however the parts were buffered
+    else:
+        repair_manifest(storage, key, existing_bytes, before)
+    low = high = None
+    if len(merged):
+        low, high = _iso(pc.min(merged["time"]).as_py()), _iso(pc.max(merged["time"]).as_py())
+    return HourMerge(key, added, sum(len(t) for t in incoming), written, low, high)
+
+
+def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
+    result.events_added += merge.added
+    result.duplicates += merge.incoming - merge.added
+    if merge.written:
+        result.hours_written.append(merge.key)
+    if merge.time_min is not None:
+        result.time_min = merge.time_min if result.time_min is None else min(result.time_min, merge.time_min)
+        result.time_max = merge.time_max if result.time_max is None else max(result.time_max, merge.time_max)
 
 
 def write_hour(storage: Storage, key: str, table: pa.Table) -> None:
@@ -296,23 +365,21 @@ def hour_digest(storage: Storage, key: str) -> str:
     return manifest.get("sha256") or hashlib.sha256(storage.read_bytes(key)).hexdigest()
 
 
-def _track_range(result: ArchiveResult, table: pa.Table) -> None:
-    if len(table) == 0:
-        return
-    low, high = pc.min(table["time"]).as_py(), pc.max(table["time"]).as_py()
-    low_s, high_s = _iso(low), _iso(high)
-    result.time_min = low_s if result.time_min is None else min(result.time_min, low_s)
-    result.time_max = high_s if result.time_max is None else max(result.time_max, high_s)
-
-
 def _iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
-                   max_line_bytes: int = 4 * 1024 * 1024, progress=None) -> ArchiveResult:
-    """Archive every event of ``refs`` (files or objects in any supported format)."""
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1) -> ArchiveResult:
+    """Archive every event of ``refs`` (files or objects in any supported format).
+
+    With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
+    the hours (``archive_in_workers``); the archive, the counts and the quarantine are the same
+    as with one process."""
     result = ArchiveResult(inputs=[ref.name for ref in refs])
+    count = worker_count(storage, refs, workers)
+    if count > 1:
+        return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count)
 
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
@@ -325,6 +392,148 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
 
     archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000))
     return result
+
+
+PARALLEL_MIN_BYTES = 16 << 20  # below this (about 80k events of gzip), starting workers costs more than it saves
+
+
+def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
+    """Worker processes worth starting: at most one per input, per usable core and per ``workers``;
+    none for small inputs, for a workdir on S3 (workers stage every row) or when the inputs cannot
+    be handed to another process (objects read through an S3 client)."""
+    count = min(workers, len(refs), usable_cores())
+    if count < 2 or sum(ref.size or 0 for ref in refs) < PARALLEL_MIN_BYTES or storage.local_path("staging") is None:
+        return 1
+    try:
+        pickle.dumps((storage, refs))
+    except Exception:
+        return 1
+    return count
+
+
+def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
+                       chunk_rows: int, max_line_bytes: int, progress, workers: int) -> ArchiveResult:
+    """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
+
+    1. Each worker takes the next unread file and normalises it exactly as one process does (with
+       its own quarantine and repair counts); each normalised chunk is split by hour and staged at
+       once (an ``HourBuffer`` that spills every chunk), each part keyed by (file, chunk). When no
+       file is left, the worker reports where every hour's parts are. Each file's quarantine and
+       repairs are merged here in file order, and a file that cannot be read raises its error once
+       the files before it are done, as in one process.
+    2. The workers merge the hours (``merge_hour``), each hour's parts sorted by (file, chunk):
+       the rows, their order and so the hour files are those of one process. Each hour file is
+       replaced atomically, as before, so a run killed here converges on rerun in the same way.
+
+    Only counts and staging keys pass between processes. Memory: a worker holds one chunk
+    (``chunk_rows``) while normalising and one hour while merging; this process holds neither.
+    """
+    staging = f"staging/{safe_segment(run_id)}"
+    storage.delete_prefix("staging/")
+    context = spawn_context()
+    next_file = context.Value("i", 0)
+    hours_queue, results = context.Queue(), context.Queue()
+    processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
+                                 args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
+                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, os.getpid()))
+                 for n in range(workers)]
+    start(processes)
+    try:
+        finished: dict[int, tuple[Quarantine, dict] | BaseException] = {}
+        staged: dict[tuple[str, int], list] = defaultdict(list)
+        merged_files = reported = 0
+        while merged_files < len(refs) or reported < workers:
+            message = receive(results, processes, "archive worker")
+            kind = message[0]
+            if kind == "error" and message[1] is None:
+                raise message[2]
+            if kind == "read":
+                _, rows, consumed = message
+                result.records_read += consumed
+                result.events_normalised += rows
+                if progress:
+                    progress(consumed)
+            elif kind == "staged":
+                for hour, parts in message[1].items():
+                    staged[hour].extend(parts)
+                reported += 1
+            else:
+                finished[message[1]] = message[2] if kind == "error" else (message[2], message[3])
+                while merged_files in finished:
+                    done = finished.pop(merged_files)
+                    if isinstance(done, BaseException):
+                        raise done
+                    _merge_quarantine(result.quarantine, done[0])
+                    for reason, count in done[1].items():
+                        result.repaired[reason] = result.repaired.get(reason, 0) + count
+                    merged_files += 1
+        hours = sorted(staged)
+        for index, (date, hour) in enumerate(hours):
+            hours_queue.put((index, date, hour, staged[(date, hour)]))
+        for _ in processes:
+            hours_queue.put(None)
+        merges: dict[int, HourMerge] = {}
+        while len(merges) < len(hours):
+            message = receive(results, processes, "archive worker")
+            if message[0] == "error":
+                raise message[2]
+            if message[0] == "merged":
+                merges[message[1]] = message[2]
+        for index in range(len(hours)):
+            _count_merge(result, merges[index])
+    finally:
+        stop(processes)
+        hours_queue.cancel_join_thread()
+    storage.delete_prefix(staging)
+    return result
+
+
+def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
+    """Add one file's quarantine after the files before it, as if one Quarantine had seen them all."""
+    for reason, count in part.counts.items():
+        into.counts[reason] = into.counts.get(reason, 0) + count
+    for reason, count in part.skipped.items():
+        into.skipped[reason] = into.skipped.get(reason, 0) + count
+    into.entries.extend(part.entries[:max(0, into.max_entries - len(into.entries))])
+
+
+def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
+                    results, chunk_rows: int, max_line_bytes: int, parent: int) -> None:
+    """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
+    merge the hours it is given. An error is sent to the parent, which raises it."""
+    exit_with_parent(parent)
+    try:
+        _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
+    except Exception as error:
+        results.put(("error", None, picklable(error)))
+
+
+def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
+                 results, chunk_rows: int, max_line_bytes: int) -> None:
+    buffer = HourBuffer(storage, staging, spill_rows)
+    while True:
+        with next_file.get_lock():
+            index = next_file.value
+            next_file.value += 1
+        if index >= len(refs):
+            break
+        ref, quarantine, repairs = refs[index], Quarantine(), {}
+        try:
+            items = read_blocks(ref, quarantine, max_line_bytes)
+            for number, (table, consumed) in enumerate(normalise_blocks(items, quarantine, ref.name, chunk_rows, repairs)):
+                if len(table):
+                    buffer.add(table, (index, number))
+                results.put(("read", len(table), consumed))
+        except Exception as error:  # raised by the parent in file order
+            results.put(("error", index, picklable(error)))
+            continue
+        results.put(("done", index, quarantine, repairs))
+    buffer.spill()
+    results.put(("staged", dict(buffer.spilled)))
+    while (task := hours_queue.get()) is not None:
+        index, date, hour, parts = task
+        buffer.spilled = {(date, hour): parts}
+        results.put(("merged", index, merge_hour(storage, cluster, date, hour, buffer.take((date, hour)))))
 
 
 def list_archive_hours(storage: Storage, cluster: str) -> list[tuple[str, int, str]]:
@@ -348,6 +557,8 @@ def read_archive(storage: Storage, cluster: str, start: datetime | None = None, 
         if start is not None and hour_start.timestamp() + 3600 <= start.timestamp():
             continue
         table = storage.read_parquet(key, columns=columns)
+        if columns is None:
+            table = conform_events(table)
         if start is not None or end is not None:
             mask = None
             if start is not None:

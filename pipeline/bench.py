@@ -39,7 +39,7 @@ SAMPLE_DAYS = 4
 EVENTS_PER_SCALE_DAY = 116_000
 NAIVE_CHUNK_LINES = 100_000
 BODY_FLAGS = ("configmap_credentials", "admin_binding", "anonymous_binding", "default_sa_binding", "dangerous_role",
-              "privileged_workload", "nodeport_service")
+              "privileged_workload", "nodeport_service", "webhook_external_url", "webhook_weakened")
 
 
 # --------------------------------------------------------------------------- the naive version
@@ -114,7 +114,7 @@ def _naive_events(frame: pd.DataFrame) -> pd.DataFrame:
                          for u, s in zip(uri.fillna(""), subresource)],
     })
     for name in ("configmap_credentials", "role_ref", "subjects", "role_verbs", "role_resources", "pod_privileged",
-                 "pod_host_namespaces", "pod_host_paths", "pod_capabilities", "service_type"):
+                 "pod_host_namespaces", "pod_host_paths", "pod_capabilities", "service_type", "webhook_targets", "webhook_weakened"):
         events[name] = None
     return events
 
@@ -141,12 +141,16 @@ def _inputs(data: str) -> list[str]:
     return sorted(glob.glob(os.path.join(data, "*.jsonl.gz")))
 
 
-def _context(work: str):
+def _context(work: str, workers: int | None = None):
     from pipeline.config import load_config
     from pipeline.context import RunContext
     from pipeline.storage import LocalStorage
 
-    return RunContext(LocalStorage(work), load_config(), "bench")
+    config = load_config()
+    if workers is not None:
+        config = config.model_copy(update={"archive": config.archive.model_copy(update={"workers": workers}),
+                                           "features": config.features.model_copy(update={"workers": workers})})
+    return RunContext(LocalStorage(work), config, "bench")
 
 
 def phase_floor(data: str, work: str, args) -> dict:
@@ -176,6 +180,24 @@ def phase_features(data: str, work: str, args) -> dict:
     ctx = _context(work)
     counts = run_features(ctx, resolve_ranges(ctx))
     return {"rows": counts["rows"], "hours": counts["hours"], "timings": dict(ctx.timings)}
+
+
+def phase_one_process(data: str, work: str, args) -> dict:
+    """archive and features with ``workers: 1`` (everything in this process), on a workdir of their own:
+    what the parallel workers add, and what one core does alone."""
+    from pipeline.stages import resolve_ranges, run_archive, run_features
+
+    work = f"{work}-one-process"
+    shutil.rmtree(work, ignore_errors=True)
+    ctx = _context(work, workers=1)
+    out = {}
+    for name, run in (("archive", lambda: run_archive(ctx, [data])), ("features", lambda: run_features(ctx, resolve_ranges(ctx)))):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        out[f"{name}_seconds"] = round(time.perf_counter() - wall, 2)
+        out[f"{name}_cpu_seconds"] = round(time.process_time() - cpu, 2)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def phase_features_map(data: str, work: str, args) -> dict:
@@ -241,15 +263,39 @@ def phase_detectors(data: str, work: str, args) -> dict:
 
 
 PHASES = {"floor": phase_floor, "archive": phase_archive, "features": phase_features, "features_map": phase_features_map,
-          "naive": phase_naive, "detectors": phase_detectors}
+          "one_process": phase_one_process, "naive": phase_naive, "detectors": phase_detectors}
 
 
 def run_phase(name: str, data: str, work: str, args) -> dict:
-    """Run one phase in this process and measure it: wall and CPU seconds, peak RSS."""
+    """Run one phase in this process and measure it: wall and CPU seconds (its own, and its worker
+    processes'), its peak RSS, and the peak of the summed RSS of it and its workers (sampled)."""
+    import threading
+
+    import psutil
+
+    peak = {"tree": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not stop.wait(0.1):
+            try:
+                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                continue
+            peak["tree"] = max(peak["tree"], rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     wall, cpu = time.perf_counter(), time.process_time()
     result = PHASES[name](data, work, args)
-    return {**result, "seconds": round(time.perf_counter() - wall, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    seconds, cpu = round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
+    stop.set()
+    sampler.join()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {**result, "seconds": seconds, "cpu_seconds": cpu, "worker_cpu_seconds": round(children.ru_utime + children.ru_stime, 2),
+            "peak_rss_mb": own, "peak_rss_with_workers_mb": max(own, round(peak["tree"] / 2**20))}
 
 
 def _in_subprocess(name: str, data: str, work: str, args) -> dict:
@@ -284,6 +330,8 @@ def bench_size(out: Path, events: int, args) -> dict:
     for name in PHASES:
         if name == "naive" and args.naive_max and total > args.naive_max:
             continue
+        if name == "one_process" and args.one_process_max is not None and total > args.one_process_max:
+            continue
         result[name] = _in_subprocess(name, data, work, args)
         print(f"{total:>9} events  {name:9s} {result[name]['seconds']:8.1f} s  {result[name]['peak_rss_mb']:6d} MB", flush=True)
     floor = result["floor"]["seconds"]
@@ -296,8 +344,12 @@ def bench_size(out: Path, events: int, args) -> dict:
         "auditsift_over_floor": round(stages / floor, 2),
         "archive_over_floor": round(result["archive"]["seconds"] / floor, 2),
         "naive_over_auditsift": round(result["naive"]["seconds"] / stages, 2) if "naive" in result else None,
-        "peak_rss_mb": max(result[p]["peak_rss_mb"] for p in ("archive", "features")),
+        "peak_rss_mb": max(result[p]["peak_rss_with_workers_mb"] for p in ("archive", "features")),
     }
+    if "one_process" in result:
+        single = result["one_process"]["archive_seconds"] + result["one_process"]["features_seconds"]
+        result["summary"]["one_process_seconds"] = round(single, 2)
+        result["summary"]["one_process_over_floor"] = round(single / floor, 2)
     return result
 
 
@@ -316,16 +368,27 @@ def _cpu_model() -> str:
 
 
 def markdown(report: dict) -> str:
-    rows = ["| events | floor s (ev/s) | archive s | features s | archive+features / floor | naive s | naive / auditsift | peak RSS archive / features / naive MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| events | floor s (ev/s) | archive s | features s | archive+features / floor | one process: archive + features s (/ floor) "
+            "| naive s | naive / auditsift | peak RSS archive / features / naive MB (with workers) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["sizes"]:
         s = r["summary"]
         naive = r.get("naive")
+        one = r.get("one_process")
+        single = (f"{one['archive_seconds']} + {one['features_seconds']} ({s['one_process_over_floor']})" if one else "-")
         rows.append(
             f"| {r['events']:,} | {r['floor']['seconds']} ({s['floor_events_per_s']:,}) | {r['archive']['seconds']} | "
-            f"{r['features']['seconds']} | {s['auditsift_over_floor']} | {naive['seconds'] if naive else '-'} | "
-            f"{s['naive_over_auditsift'] or '-'} | {r['archive']['peak_rss_mb']} / {r['features']['peak_rss_mb']} / "
+            f"{r['features']['seconds']} | {s['auditsift_over_floor']} | {single} | {naive['seconds'] if naive else '-'} | "
+            f"{s['naive_over_auditsift'] or '-'} | {r['archive']['peak_rss_with_workers_mb']} / {r['features']['peak_rss_with_workers_mb']} / "
             f"{naive['peak_rss_mb'] if naive else '-'} |")
+    rows += ["", "CPU seconds (this process + its worker processes):", "",
+             "| events | floor | archive | features | one process: archive + features | naive |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in report["sizes"]:
+        one = r.get("one_process")
+        cpu = {p: round(r[p]["cpu_seconds"] + r[p].get("worker_cpu_seconds", 0), 1) for p in ("floor", "archive", "features") if p in r}
+        single = f"{one['archive_cpu_seconds']} + {one['features_cpu_seconds']}" if one else "-"
+        naive_cpu = r["naive"]["cpu_seconds"] if "naive" in r else "-"
+        rows.append(f"| {r['events']:,} | {cpu['floor']} | {cpu['archive']} | {cpu['features']} | {single} | {naive_cpu} |")
     rows += ["", "| events | detector | train rows | fit s | score rows | score s |", "|---:|---|---:|---:|---:|---:|"]
     for r in report["sizes"]:
         for name, d in r["detectors"]["detectors"].items():
@@ -342,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detectors", nargs="+", default=["iforest", "rcf-local"])
     parser.add_argument("--score-rows", type=int, default=100_000, help="feature rows each detector scores")
     parser.add_argument("--naive-max", type=int, default=1_000_000, help="skip the naive version (about 1 ms an event) above this many events")
+    parser.add_argument("--one-process-max", type=int, default=None,
+                        help="skip the one-process run of archive + features (workers: 1) above this many events")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

@@ -45,6 +45,9 @@ class ArchiveConfig(Section):
     grace_minutes: int = Field(15, ge=0, le=24 * 60)
     chunk_lines: int = Field(50_000, ge=1_000, le=2_000_000)
     max_line_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    workers: int = Field(2, ge=1, le=64, description=(
+        "processes that read and normalise input files in parallel (at most one per file and per core; 1 reads them in "
+        "the archive process); the archive is byte-identical for any value"))
 
 
 class FeaturesConfig(Section):
@@ -55,6 +58,10 @@ class FeaturesConfig(Section):
     ip_ranges_file: str | None = None
     threat_list_file: str | None = None
     evidence_per_window: int = Field(50, ge=1, le=500)
+    workers: int = Field(2, ge=1, le=64, description=(
+        "processes that map archived hours to window partials and rule hits in parallel (at most one per core, and only "
+        "with at least 250,000 uncached events each; 1 maps them in the features process); the feature table is identical "
+        "for any value"))
 
     @field_validator("window_minutes")
     @classmethod

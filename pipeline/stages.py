@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import orjson
@@ -19,6 +20,7 @@ import yaml
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.events import conform_events
@@ -29,11 +31,12 @@ from features.rules import RuleError, RulePack
 from features.windows import (
     FEATURE_NAMES, KEY, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
 )
-from pipeline.archive import archive_inputs, hour_digest, list_archive_hours
+from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.readers import resolve_inputs
 from pipeline.storage import safe_segment
+from pipeline.workers import ordered_map, usable_cores
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc
@@ -121,7 +124,7 @@ def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
         handle = ctx.progress("archive (records)", None)
         result = archive_inputs(
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
-            max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance,
+            max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)
@@ -185,12 +188,64 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if ctx.storage.exists(cache_key) and ctx.storage.exists(rules_key):
         return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_key).to_pandas()
     cfg = ctx.config.features
-    events = add_flags(events_frame(conform_events(ctx.storage.read_parquet(archive_key))), flags)
-    partial = partial_aggregates(events, cfg.window_minutes, cfg.entity_types)
-    rules = rule_partials(pack, events, cfg.window_minutes, cfg.entity_types)
-    ctx.storage.write_parquet(rules_key, pa.Table.from_pandas(rules, preserve_index=False))
-    ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
+    partial, rules = map_hour(ctx.storage.read_parquet(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
+    cache_partials(ctx, cache_key, partial, rules)
     return partial, rules
+
+
+def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One archived hour's window partials and rule hit counts (no I/O)."""
+    events = add_flags(events_frame(conform_events(table)), flags)
+    return partial_aggregates(events, window_minutes, entity_types), rule_partials(pack, events, window_minutes, entity_types)
+
+
+def cache_partials(ctx: RunContext, cache_key: str, partial: pd.DataFrame, rules: pd.DataFrame) -> None:
+    ctx.storage.write_parquet(cache_key.replace(".parquet", ".rules.parquet"), pa.Table.from_pandas(rules, preserve_index=False))
+    ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
+
+
+MIN_ROWS_PER_WORKER = 250_000  # a worker costs 1-2 s of CPU to start (imports); mapping an event about 10 us
+
+
+def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tuple[str, str]]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``hour_partials`` for every (archive key, cache key), in order. Hours not cached yet are mapped
+    by ``features.workers`` processes when they hold enough events (``MIN_ROWS_PER_WORKER`` per
+    worker, from the hour manifests); this process reads the hours,
+    writes the caches and yields the results in hour order, so everything downstream is unchanged."""
+    cfg = ctx.config.features
+    todo = [(archive_key, cache_key) for archive_key, cache_key in keys
+            if not (ctx.storage.exists(cache_key) and ctx.storage.exists(cache_key.replace(".parquet", ".rules.parquet")))]
+    workers = min(cfg.workers, usable_cores(), len(todo))
+    if workers > 1:
+        rows = sum(ctx.storage.read_json_or(manifest_key(archive_key), {}).get("rows", 100_000) for archive_key, _ in todo)
+        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+    if workers < 2:
+        for archive_key, cache_key in keys:
+            yield hour_partials(ctx, flags, pack, archive_key, cache_key)
+        return
+    pending = {cache_key for _, cache_key in todo}
+    computed = ordered_map(_map_hour_bytes, (ctx.storage.read_bytes(a) for a, c in keys if c in pending), workers,
+                           setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types)),
+                           name="auditsift-features")
+    try:
+        for archive_key, cache_key in keys:
+            if cache_key not in pending:
+                yield hour_partials(ctx, flags, pack, archive_key, cache_key)
+                continue
+            partial, rules = next(computed)
+            cache_partials(ctx, cache_key, partial, rules)
+            yield partial, rules
+    finally:
+        computed.close()
+
+
+def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, entity_types: tuple) -> tuple:
+    return flags, pack, window_minutes, entity_types
+
+
+def _map_hour_bytes(state: tuple, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Worker side of ``map_hours``: an archived hour file's bytes to its partials and rule hits."""
+    return map_hour(pq.read_table(io.BytesIO(data)), *state)
 
 
 def partials_to_arrow(partial: pd.DataFrame) -> pa.Table:
@@ -224,8 +279,7 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         pack = load_rule_pack(ctx.config)
         handle = ctx.progress("features (hours)", len(hours))
         partials, rules = [], []
-        for date, hour, key in hours:
-            partial, hits = hour_partials(ctx, flags, pack, key, partial_key(ctx, fingerprint, date, hour, key))
+        for partial, hits in map_hours(ctx, flags, pack, [(k, partial_key(ctx, fingerprint, d, h, k)) for d, h, k in hours]):
             partials.append(partial)
             rules.append(hits)
             handle.advance()
@@ -320,13 +374,25 @@ def rule_partials(pack: RulePack, events: pd.DataFrame, window_minutes: int, ent
     fired = [c for c in hits.columns if hits[c].any()]
     frames = []
     if fired:
-        window = events["time"].dt.floor(f"{window_minutes}min")
+        # Grouped by integer codes (entity, window), numbered in sorted order; rows come out as
+        # groupby(sort=True).sum().melt() gave them: rule by rule, groups in order, zero counts dropped.
+        matrix = hits[fired].to_numpy(dtype=np.int64)
+        window_codes, windows = pd.factorize(events["time"].dt.floor(f"{window_minutes}min"), sort=True)
         for entity_type in entity_types:
-            frame = pd.concat([events[[entity_type]].rename(columns={entity_type: "entity"}), window.rename("window_start"),
-                               hits[fired].astype("int64")], axis=1).dropna(subset=["entity"])
-            long = frame.groupby(["entity", "window_start"], sort=True)[fired].sum().reset_index().melt(
-                id_vars=["entity", "window_start"], var_name="rule", value_name="count")
-            frames.append(long[long["count"] > 0].assign(entity_type=entity_type))
+            entity_codes, entities = pd.factorize(events[entity_type], sort=True)
+            rows = np.flatnonzero(entity_codes >= 0)
+            groups, group_of_row = np.unique(entity_codes[rows].astype(np.int64) * max(len(windows), 1) + window_codes[rows],
+                                             return_inverse=True)
+            sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
+            np.add.at(sums, group_of_row, matrix[rows])
+            rule_index, group_index = np.nonzero(sums.T > 0)
+            picked = groups[group_index]
+            frames.append(pd.DataFrame({
+                "entity": entities.take(picked // max(len(windows), 1)).array,
+                "window_start": windows.take(picked % max(len(windows), 1)).array,
+                "rule": pd.array(np.asarray(fired, dtype=object)[rule_index], dtype="str"),
+                "count": sums[group_index, rule_index], "entity_type": entity_type,
+            }))
     if not frames:
         return pd.DataFrame({"entity_type": pd.Series(dtype="str"), "entity": pd.Series(dtype="str"),
                              "window_start": pd.Series(dtype="datetime64[us, UTC]"), "rule": pd.Series(dtype="str"),

@@ -72,6 +72,23 @@ def test_firehose_object_with_several_gzip_members_and_a_control_message(tmp_pat
     assert archived(storage)["cw_event_id"].null_count == 0
 
 
+def test_large_firehose_object_of_envelopes_glued_without_newlines_keeps_every_event(tmp_path):
+    """Firehose's default: one gzip member per record, no newline between envelopes. A 5 MB buffer
+    holds thousands of them; the object is one 'line' far past max_line_bytes, split at `}{`."""
+    items = events(6000, step=timedelta(seconds=1))
+    tricky = [event(T0, audit_id="brace-in-a-string", userAgent="curl/8 }{ weird")]
+    batches = [items[i:i + 50] for i in range(0, len(items), 50)]
+    batches.insert(60, tricky)
+    members = [gzip.compress(json.dumps(envelope(batch, first_id=1000 * n)).encode(), mtime=0) for n, batch in enumerate(batches)]
+    path = tmp_path / "firehose-1-2026-11-01-09-00-00-big"
+    path.write_bytes(b"".join(members))
+    storage = LocalStorage(tmp_path / "work")
+    result = archive_inputs(storage, resolve_inputs([str(path)]), "demo", "r1", max_line_bytes=1024 * 1024)
+    assert result.quarantine.total == 0, result.quarantine.counts
+    assert result.events_added == 6001
+    assert "brace-in-a-string" in archived(storage)["audit_id"].to_pylist()
+
+
 def test_firehose_envelope_from_a_non_audit_stream_is_skipped_not_archived(tmp_path):
     path = tmp_path / "fh.gz"
     path.write_bytes(gzip.compress(json.dumps(envelope(events(2), stream="authenticator-0a1b2c")).encode(), mtime=0))
@@ -106,6 +123,21 @@ def test_duplicates_within_and_across_runs_are_dropped_and_rearchive_is_byte_ide
     _, second = archive(tmp_path, path, run="r2")
     assert (second.events_added, second.duplicates) == (0, 25)
     assert hour_file.read_bytes() == before
+
+
+def test_archive_written_before_a_column_was_added_stays_readable_and_mergeable(tmp_path):
+    """Body facts gain columns over releases; an older hour file is read with the new columns null
+    and new events merge into it without a rewrite of history."""
+    import pyarrow.parquet as pq
+
+    items = events(20)
+    storage, _ = archive(tmp_path, write_jsonl(tmp_path / "a.jsonl", items[:10]))
+    hour_file = storage.local_path(list_archive_hours(storage, "demo")[0][2])
+    pq.write_table(pq.read_table(hour_file).drop_columns(["webhook_targets", "webhook_weakened"]), hour_file)
+    _, result = archive(tmp_path, write_jsonl(tmp_path / "b.jsonl", items), run="r2")
+    assert (result.events_added, result.duplicates) == (10, 10)
+    table = archived(storage)
+    assert len(table) == 20 and table["webhook_targets"].null_count == 20
 
 
 def test_stages_of_one_request_are_kept_apart_but_each_only_once(tmp_path):
