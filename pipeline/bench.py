@@ -52,7 +52,7 @@ def naive_features(paths: list[str], window_minutes: int = 60, entity_types=("us
     that read them (``BODY_FLAGS``) stay false; everything else equals auditsift's partials.
     """
     from features.addresses import AddressBook, load_ip_ranges
-    from features.aggregate import SET_COLUMNS
+    from features.aggregate import LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, SET_COLUMNS
     from features.flags import FLAG_NAMES, FlagContext, add_flags
     from pipeline.config import load_config
 
@@ -67,6 +67,11 @@ def naive_features(paths: list[str], window_minutes: int = 60, entity_types=("us
                 frame = pd.json_normalize([json.loads(line) for line in lines])
                 events = add_flags(_naive_events(frame), context)
                 events["window_start"] = events["time"].dt.floor(f"{window_minutes}min")
+                # a long-running request (watch, exec...) received in an earlier window counted there
+                long_running = events["verb"].isin(LONG_RUNNING_VERBS) | events["subresource"].isin(LONG_RUNNING_SUBRESOURCES)
+                crossing = (events["stage"].eq("ResponseComplete") & long_running
+                            & (events["received_time"].dt.floor(f"{window_minutes}min") < events["window_start"]))
+                events = events[~crossing.fillna(False)].copy()
                 request = ["audit_id", "window_start"]
                 keep = events["stage"].ne("RequestReceived") | ~events.duplicated(subset=request, keep=False)
                 events = events[keep].drop_duplicates(subset=request)
@@ -104,6 +109,7 @@ def _naive_events(frame: pd.DataFrame) -> pd.DataFrame:
     subresource = column("objectRef.subresource")
     events = pd.DataFrame({
         "time": pd.to_datetime(column("stageTimestamp"), utc=True, format="ISO8601"),
+        "received_time": pd.to_datetime(column("requestReceivedTimestamp"), utc=True, format="ISO8601"),
         "audit_id": column("auditID"), "stage": column("stage"), "user": column("user.username"),
         "impersonated_user": column("impersonatedUser.username"),
         "source_ip": ips.str[-1], "user_agent": column("userAgent"), "verb": column("verb"),
