@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
-RULES_SUFFIX = ".rules.parquet"  # rule-hit partials hour_partials caches beside each window partial
 
 
 def parquet_files(directory: Path) -> list[Path]:
@@ -125,7 +124,7 @@ def reduce_shards(partials_dir: Path, output: Path, config: Config) -> dict:
 
     from features.aggregate import SET_NAMES, reduce_partials
     from features.windows import finalise
-    from pipeline.stages import features_fingerprint, partials_from_arrow
+    from pipeline.stages import RULES_SUFFIX, features_fingerprint, partials_from_arrow
 
     if not partials_dir.is_dir():
         raise InputError(f"--partials-dir {partials_dir} is not a directory", hint="point it at the map step's output")

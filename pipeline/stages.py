@@ -182,11 +182,22 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
 
 
+RULES_SUFFIX = ".rules.parquet"
+
+
+def rules_cache_key(cache_key: str) -> str:
+    """Where an hour's rule-hit partials are cached: beside its window partials."""
+    return cache_key.removesuffix(".parquet") + RULES_SUFFIX
+
+
+def is_cached(ctx: RunContext, cache_key: str) -> bool:
+    return ctx.storage.exists(cache_key) and ctx.storage.exists(rules_cache_key(cache_key))
+
+
 def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_key: str, cache_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map step for one archived hour (window partials and rule hits), cached under the hour file's digest."""
-    rules_key = cache_key.replace(".parquet", ".rules.parquet")
-    if ctx.storage.exists(cache_key) and ctx.storage.exists(rules_key):
-        return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_key).to_pandas()
+    if is_cached(ctx, cache_key):
+        return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_cache_key(cache_key)).to_pandas()
     cfg = ctx.config.features
     partial, rules = map_hour(ctx.storage.read_parquet(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
     cache_partials(ctx, cache_key, partial, rules)
@@ -200,7 +211,7 @@ def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes
 
 
 def cache_partials(ctx: RunContext, cache_key: str, partial: pd.DataFrame, rules: pd.DataFrame) -> None:
-    ctx.storage.write_parquet(cache_key.replace(".parquet", ".rules.parquet"), pa.Table.from_pandas(rules, preserve_index=False))
+    ctx.storage.write_parquet(rules_cache_key(cache_key), pa.Table.from_pandas(rules, preserve_index=False))
     ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
 
 
@@ -213,8 +224,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
     worker, from the hour manifests); this process reads the hours,
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
-    todo = [(archive_key, cache_key) for archive_key, cache_key in keys
-            if not (ctx.storage.exists(cache_key) and ctx.storage.exists(cache_key.replace(".parquet", ".rules.parquet")))]
+    todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
     workers = min(cfg.workers, usable_cores(), len(todo))
     if workers > 1:
         rows = sum(ctx.storage.read_json_or(manifest_key(archive_key), {}).get("rows", 100_000) for archive_key, _ in todo)
