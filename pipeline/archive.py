@@ -87,14 +87,16 @@ class HourBuffer:
     Every table added has an order key, its place in the input (a running count, or (file,
     chunk) when worker processes normalise the files and their tables arrive interleaved);
     ``take`` returns an hour's parts in key order, which is the order one process reads them in.
-    Staged parts are Arrow IPC streams (zstd): about half the cost of Parquet to write and read
-    back, and staging is deleted at the end of the run.
+    Staged parts are Arrow IPC streams: LZ4 on a local disk (a quarter of Parquet's cost to
+    write and read back, at 1.7 times zstd's size), zstd on S3, where bytes cost more than CPU.
+    Staging is deleted at the end of the run.
     """
 
     def __init__(self, storage: Storage, staging: str, spill_rows: int):
         self.storage = storage
         self.staging = staging
         self.spill_rows = spill_rows
+        self.compression = "lz4" if storage.local_path(staging) is not None else "zstd"
         self.tables: dict[tuple[str, int], list[tuple[tuple, pa.Table]]] = defaultdict(list)
         self.rows = 0
         self.spilled: dict[tuple[str, int], list[tuple[str, list[tuple[tuple, int]]]]] = defaultdict(list)
@@ -113,7 +115,7 @@ class HourBuffer:
         for (date, hour), parts in self.tables.items():
             index = len(self.spilled[(date, hour)])
             key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.arrows"
-            _write_staged(self.storage, key, _ipc_bytes(pa.concat_tables([part for _, part in parts])))
+            _write_staged(self.storage, key, _ipc_bytes(pa.concat_tables([part for _, part in parts]), self.compression))
             self.spilled[(date, hour)].append((key, [(order, len(part)) for order, part in parts]))
         self.tables.clear()
         self.rows = 0
@@ -145,9 +147,9 @@ def _write_staged(storage: Storage, key: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
+def _ipc_bytes(table: pa.Table, compression: str) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
