@@ -8,14 +8,13 @@ Processing-job instances can be mapped independently (features.windows.finalise 
 """
 from __future__ import annotations
 
-from typing import Iterable
+from itertools import chain
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from features.flags import FLAG_NAMES
+from features.columns import EventColumns, rank_values
+from features.flags import FLAG_NAMES, FlagInputs
 
 KEY = ["entity_type", "entity", "window_start"]
 
@@ -38,126 +37,156 @@ COUNT_COLUMNS = ("n",) + tuple(f"n_{name}" for name in FLAG_NAMES)
 SET_NAMES = tuple(SET_COLUMNS)
 
 
-def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(code per row, -1 where missing; distinct values) with codes numbered in sorted value order,
-    so codes sort exactly as the values do."""
-    encoded = pc.dictionary_encode(values)
-    uniques = encoded.dictionary.to_pylist()
-    order = sorted(range(len(uniques)), key=uniques.__getitem__)
-    rank = np.empty(len(uniques) + 1, dtype=np.int64)
-    rank[order] = np.arange(len(uniques))
-    rank[-1] = -1
-    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-    return rank[codes], np.array([uniques[i] for i in order], dtype=object)
-
-
 # Requests the API server treats as long-running log ResponseStarted when the response begins
 # and ResponseComplete when it ends, possibly hours later (k8s BasicLongRunningRequestCheck).
 LONG_RUNNING_VERBS = ("watch", "proxy")
 LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
 
 
-def _request_rows(events: pd.DataFrame, step: int) -> np.ndarray:
+def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     """Positions of one row per request, so that each request counts in exactly one window.
 
     Within a partial, a request's RequestReceived row yields to its other stages and the first
     remaining row counts. Across partials, a long-running request's ResponseComplete row does not
     count when the request was received in an earlier window: its ResponseStarted row, logged when
     the response began, counted it there (an exec session crossing the hour counts once)."""
-    if "stage" not in events:
-        return np.arange(len(events))
-    ids = pc.dictionary_encode(pa.array(events["audit_id"], from_pandas=True), null_encoding="encode").indices.to_numpy()
+    if "stage" not in columns:
+        return np.arange(columns.rows)
+    ids = columns.codes("audit_id")
     repeated = np.bincount(ids)[ids] > 1
-    stage = events["stage"]
-    received = (stage == "RequestReceived").fillna(False).to_numpy(dtype=bool)
-    keep = ~received | ~repeated
-    if "received_time" in events:
-        long_running = (events["verb"].isin(LONG_RUNNING_VERBS) | events["subresource"].isin(LONG_RUNNING_SUBRESOURCES)).to_numpy(dtype=bool)
-        completes = (stage == "ResponseComplete").fillna(False).to_numpy(dtype=bool) & long_running
+    keep = ~columns.where("stage", lambda v: v == "RequestReceived") | ~repeated
+    if "received_time" in columns:
+        long_running = (columns.where("verb", lambda v: v in LONG_RUNNING_VERBS)
+                        | columns.where("subresource", lambda v: v in LONG_RUNNING_SUBRESOURCES))
+        completes = columns.where("stage", lambda v: v == "ResponseComplete") & long_running
         if completes.any():
-            started = events["received_time"].to_numpy(dtype="datetime64[us]")
-            ended = events["time"].to_numpy(dtype="datetime64[us]")
-            known = ~np.isnat(started)
-            earlier = np.zeros(len(events), dtype=bool)
-            earlier[known] = started[known].view(np.int64) // step < ended[known].view(np.int64) // step
+            started = columns.micros("received_time")
+            known = ~columns.missing("received_time")
+            earlier = np.zeros(columns.rows, dtype=bool)
+            earlier[known] = started[known] // step < columns.micros("time")[known] // step
             keep &= ~(completes & earlier)
     kept = np.flatnonzero(keep)
     _, first = np.unique(ids[kept], return_index=True)
     return kept[np.sort(first)]
 
 
-def partial_aggregates(events: pd.DataFrame, window_minutes: int, entity_types: Iterable[str]) -> pd.DataFrame:
-    """Map step: flagged events (see features.flags.add_flags) -> partial aggregates per key.
+def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked codes (see ``EventColumns.ranked``) of ``join(*values)`` per row, where ``parts`` are
+    (code per row, values) as ``EventColumns.encoded`` gives them: the join runs once per distinct
+    combination of values, and combinations are numbered with integer keys, never strings."""
+    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
+    for codes, values in parts:
+        if size * len(values) >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            size = int(key.max()) + 1
+        key, size = key * len(values) + codes, size * len(values)
+    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
+    joined = [join(*(values[codes[i]] for codes, values in parts)) for i in first]
+    return rank_values(combination, joined)
+
+
+def _object_key(resource, namespace, name) -> str | None:
+    return None if name is None else f"{resource or ''}/{namespace or ''}/{name}"
+
+
+def _uri_path(uri: str | None) -> str:
+    return (uri or "").split("?", 1)[0]
+
+
+def _verb_resource(verb, target) -> str:
+    return f"{verb or ''} {target}"
+
+
+def _verb_target(columns: EventColumns, rows: np.ndarray) -> list[tuple[np.ndarray, list]]:
+    """(verb, resource or else the URI path) at ``rows``, as ``_combined`` parts."""
+    resources, resource_values = columns.encoded("resource")
+    paths, path_values = columns.encoded("uri_path")
+    missing = resources[rows] == len(resource_values) - 1
+    target = np.where(missing, len(resource_values) + paths[rows], resources[rows])
+    verbs, verb_values = columns.encoded("verb")
+    return [(verbs[rows], verb_values), (target, resource_values + path_values)]
+
+
+def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str]) -> pd.DataFrame:
+    """Map step: flagged events (a DataFrame from features.flags.add_flags, or the FlagInputs of
+    ``flag_events``) -> partial aggregates per key.
 
     Vectorised: rows are grouped by integer codes of (entity, window) and distinct values
     are collected as unique (group, value code) pairs, so the cost is a few array passes per
-    hour instead of a pandas groupby per set. Same table as a plain pandas groupby would give
-    (tests/test_fast_paths.py holds that reference).
+    hour instead of a pandas groupby per set; string values are built once per distinct value.
+    Same table as a plain pandas groupby would give (tests/test_fast_paths.py holds that reference).
     """
+    if isinstance(events, FlagInputs):
+        columns, flag_values = events, events.flags
+    else:
+        columns, flag_values = EventColumns(events), {name: events[name].to_numpy(dtype=bool) for name in FLAG_NAMES}
     step = window_minutes * 60_000_000
-    rows = _request_rows(events, step)
+    rows = _request_rows(columns, step)
     if len(rows) == 0:
         return empty_partials()
-    taken = pa.array(rows)
-
-    def column(name: str) -> pa.Array:
-        return pa.array(events[name], from_pandas=True).take(taken).cast(pa.string())
-
-    micros = events["time"].to_numpy(dtype="datetime64[us]").view(np.int64)[rows]
+    micros = columns.micros("time")[rows]
     windows = micros // step * step
-    resource, namespace, name = column("resource"), column("namespace"), column("name")
-    uris = pc.dictionary_encode(pc.fill_null(column("request_uri"), ""))
-    uri_path = pa.array([uri.split("?", 1)[0] for uri in uris.dictionary.to_pylist()], pa.string()).take(uris.indices)
-    object_key = pc.if_else(pc.is_valid(name), pc.binary_join_element_wise(
-        pc.fill_null(resource, ""), pc.fill_null(namespace, ""), pc.fill_null(name, ""), "/"), pa.scalar(None, pa.string()))
+    columns.derive("uri_path", "request_uri", _uri_path)
     sources = {
-        "namespace": namespace, "resource": resource, "object_key": object_key, "uri_path": uri_path,
-        "user_agent": column("user_agent"), "ua_family": column("ua_family"),
-        "verb_resource": pc.binary_join_element_wise(pc.fill_null(column("verb"), ""), pc.coalesce(resource, uri_path), " "),
+        "namespace": columns.ranked("namespace"), "resource": columns.ranked("resource"), "uri_path": columns.ranked("uri_path"),
+        "user_agent": columns.ranked("user_agent"), "ua_family": columns.ranked("ua_family"),
     }
-    encoded = {key: _encode(values) for key, values in sources.items()}
-    people = {c: _encode(column(c)) for c in set(ENTITY_COLUMNS.values())}
-    flags = events[list(FLAG_NAMES)].to_numpy(dtype=np.uint8)[rows]
-    filters = {None: None, **{f: flags[:, FLAG_NAMES.index(f)].astype(bool) for _, f in SET_COLUMNS.values() if f}}
-    frames = []
+    sources = {name: (codes[rows], values) for name, (codes, values) in sources.items()}
+    sources["object_key"] = _combined([(codes[rows], values) for codes, values in map(columns.encoded, ("resource", "namespace", "name"))],
+                                      _object_key)
+    sources["verb_resource"] = _combined(_verb_target(columns, rows), _verb_resource)
+    people = {c: (columns.ranked(c)[0][rows], columns.ranked(c)[1]) for c in set(ENTITY_COLUMNS.values())}
+    flag_rows = {name: np.flatnonzero(flag_values[name][rows]) for name in FLAG_NAMES}
+    filters = {f: flag_values[f][rows] for _, f in SET_COLUMNS.values() if f}
+    parts: dict[str, list] = {name: [] for name in PARTIAL_COLUMNS}
     for entity_type in entity_types:
-        entity_column = ENTITY_COLUMNS[entity_type]
-        entity_codes, entity_values = people[entity_column]
+        entity_codes, entity_values = people[ENTITY_COLUMNS[entity_type]]
         present = np.flatnonzero(entity_codes >= 0)
         if len(present) == 0:
             continue
         span = int(windows.max() - windows.min()) // step + 1
         group_key = entity_codes[present] * span + (windows[present] - windows.min()) // step
-        keys, group = np.unique(group_key, return_inverse=True)
-        order = np.argsort(group, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
-        sizes = np.diff(np.r_[starts, len(order)])
-        frame = {
-            "entity_type": entity_type,
-            "entity": pd.array(entity_values[keys // span], dtype="str"),
-            "window_start": _utc(keys % span * step + windows.min()),
-            "n": sizes.astype(np.int64),
-        }
-        counts = np.add.reduceat(flags[present[order]], starts, axis=0, dtype=np.int64)
-        for index, flag in enumerate(FLAG_NAMES):
-            frame[f"n_{flag}"] = counts[:, index]
+        order = np.argsort(group_key, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(group_key[order]) != 0])
+        keys = group_key[order[starts]]
+        group = np.empty(len(present), dtype=np.int64)
+        group[order] = np.cumsum(np.r_[True, np.diff(group_key[order]) != 0]) - 1
+        group_of_row = np.full(len(rows), -1, dtype=np.int64)
+        group_of_row[present] = group
+        parts["entity_type"].append(np.full(len(keys), entity_type, dtype=object))
+        parts["entity"].append(entity_values[keys // span])
+        parts["window_start"].append(keys % span * step + windows.min())
+        parts["n"].append(np.diff(np.r_[starts, len(order)]).astype(np.int64))
+        for flag in FLAG_NAMES:  # flags are sparse: count the rows that have each, not every row
+            flagged = group_of_row[flag_rows[flag]]
+            parts[f"n_{flag}"].append(np.bincount(flagged[flagged >= 0], minlength=len(keys)))
         times = micros[present][order]
-        frame["first_time"] = _utc(np.minimum.reduceat(times, starts))
-        frame["last_time"] = _utc(np.maximum.reduceat(times, starts))
+        parts["first_time"].append(np.minimum.reduceat(times, starts))
+        parts["last_time"].append(np.maximum.reduceat(times, starts))
         peers = people[ENTITY_COLUMNS["source_ip" if entity_type == "user" else "user"]]
         for set_name, (source, flag) in SET_COLUMNS.items():
-            codes, values = peers if source == "peer" else encoded[source]
-            frame[set_name] = _distinct_lists(group, codes[present], values, len(keys), None if flag is None else filters[flag][present])
-        frames.append(pd.DataFrame(frame))
-    if not frames:
+            codes, values = peers if source == "peer" else sources[source]
+            parts[set_name].append(_distinct_lists(group, codes[present], values, len(keys), None if flag is None else filters[flag][present]))
+    if not parts["n"]:
         return empty_partials()
-    return pd.concat(frames, ignore_index=True)[PARTIAL_COLUMNS]
+    joined = {name: list(chain.from_iterable(values)) if name in SET_NAMES else np.concatenate(values) for name, values in parts.items()}
+    return pd.DataFrame({
+        **joined, "entity_type": pd.array(joined["entity_type"], dtype="str"), "entity": pd.array(joined["entity"], dtype="str"),
+        **{name: utc_times(joined[name]) for name in ("window_start", "first_time", "last_time")},
+    })
 
 
 def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: np.ndarray, groups: int, keep: np.ndarray | None) -> list[list]:
     """Per group, the sorted distinct non-missing values (``codes`` are numbered in value order)."""
     mask = codes >= 0 if keep is None else (codes >= 0) & keep
-    pairs = np.unique(group[mask] * (len(values) + 1) + codes[mask])
+    pairs = group[mask] * (len(values) + 1) + codes[mask]
+    space = groups * (len(values) + 1)
+    if space <= 4 * len(pairs) + 65_536:  # few possible pairs: mark them in a table, which comes out sorted, no sort
+        seen = np.zeros(space, dtype=bool)
+        seen[pairs] = True
+        pairs = np.flatnonzero(seen)
+    else:
+        pairs = np.unique(pairs)
     owners, value_codes = np.divmod(pairs, len(values) + 1)
     lists: list[list] = [[] for _ in range(groups)]
     if len(pairs):
@@ -168,7 +197,8 @@ def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: np.ndarray, gr
     return lists
 
 
-def _utc(micros: np.ndarray) -> pd.Series:
+def utc_times(micros: np.ndarray) -> pd.Series:
+    """Microseconds since the epoch as a pandas UTC timestamp column."""
     return pd.Series(micros.astype("datetime64[us]")).dt.tz_localize("UTC")
 
 

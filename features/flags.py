@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.addresses import AddressBook, user_agent_family
+from features.columns import EventColumns
 from features.events import SENSITIVE_HOST_PATHS
 
 READ_VERBS = ("get", "list", "watch")
@@ -53,34 +53,14 @@ class EventFlag:
     compute: Callable[["FlagInputs"], np.ndarray]
 
 
-class FlagInputs:
-    """The events as flags read them: ``d[column]`` is the column; each column a predicate
-    reads is dictionary-encoded once, so a predicate runs once per distinct value (a few
-    hundred users, verbs, resources per hour) and is broadcast to the rows by code."""
+class FlagInputs(EventColumns):
+    """The events as flags read them (see ``EventColumns``: a predicate runs once per distinct value),
+    the helper columns of ``prepare`` and the flags computed so far: a flag may read earlier ones."""
 
-    def __init__(self, events: pd.DataFrame):
-        self.events = events
+    def __init__(self, events: pa.Table | pd.DataFrame):
+        super().__init__(events)
+        self.helpers: dict[str, np.ndarray] = {}
         self.flags: dict[str, np.ndarray] = {}
-        self._codes: dict[str, tuple[np.ndarray, list]] = {}
-        self._answers: dict[tuple, np.ndarray] = {}
-
-    def __getitem__(self, column: str) -> pd.Series:
-        return self.events[column]
-
-    def where(self, column: str, predicate: Callable[[object], bool], key: tuple | None = None) -> np.ndarray:
-        """``predicate(value)`` for every row; a missing value is passed as None. Calls with the
-        same ``key`` (a test that several flags share) are answered once."""
-        if key is not None and (column, key) in self._answers:
-            return self._answers[(column, key)]
-        if column not in self._codes:
-            encoded = pc.dictionary_encode(pa.array(self.events[column], from_pandas=True))
-            self._codes[column] = (pc.fill_null(encoded.indices, -1).to_numpy(), encoded.dictionary.to_pylist())
-        codes, uniques = self._codes[column]
-        answers = np.fromiter(map(predicate, uniques), dtype=bool, count=len(uniques))
-        result = np.append(answers, bool(predicate(None)))[codes]
-        if key is not None:
-            self._answers[(column, key)] = result
-        return result
 
 
 def _isin(d: FlagInputs, column: str, values) -> np.ndarray:
@@ -102,11 +82,12 @@ def _true(d: FlagInputs, column: str) -> np.ndarray:
 
 
 def _isna(d: FlagInputs, column: str) -> np.ndarray:
-    return d[column].isna().to_numpy()
+    return d.missing(column)
 
 
 def _number(d: FlagInputs, column: str, missing: int) -> np.ndarray:
-    return d[column].fillna(missing).to_numpy()
+    codes, values = d.encoded(column)
+    return np.array([missing if value is None else value for value in values])[codes]
 
 
 def _any_path(d: FlagInputs, column: str) -> np.ndarray:
@@ -116,7 +97,7 @@ def _any_path(d: FlagInputs, column: str) -> np.ndarray:
 def _f(d: FlagInputs, name: str) -> np.ndarray:
     """A flag computed earlier in the registry, or a boolean helper column of ``prepare``."""
     flag = d.flags.get(name)
-    return flag if flag is not None else d[name].to_numpy(dtype=bool)
+    return flag if flag is not None else d.helpers[name]
 
 
 FLAGS: tuple[EventFlag, ...] = (
@@ -237,27 +218,39 @@ FLAG_NAMES = tuple(f.name for f in FLAGS)
 FLAG_BY_NAME = {f.name: f for f in FLAGS}
 
 
-def prepare(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
-    """Add the helper columns flags read: address class, threat hit, client family, allow-list membership."""
-    ip_codes, ips = pd.factorize(events["source_ip"], use_na_sentinel=False)
-    classified = [context.addresses.classify(ip) for ip in ips]
-    agent_codes, agents = pd.factorize(events["user_agent"], use_na_sentinel=False)
-    families = np.array([user_agent_family(agent) for agent in agents], dtype=object)
-    events = events.assign(
-        src_class=pd.Series(np.array([c for c, _ in classified], dtype=object)[ip_codes], index=events.index, dtype="str"),
-        src_threat=np.array([t for _, t in classified], dtype=bool)[ip_codes],
-        ua_family=pd.Series(families[agent_codes], index=events.index, dtype="str"),
-        allow_listed=events["user"].isin(context.allow_identities),
-    )
-    return events
+HELPER_COLUMNS = ("src_class", "src_threat", "ua_family", "allow_listed")
+
+
+def prepare(d: FlagInputs, context: FlagContext) -> None:
+    """The helper columns flags read: address class, threat hit, client family, allow-list membership,
+    each judged once per distinct address, client or user."""
+    d.derive("src_class", "source_ip", lambda ip: context.addresses.classify(ip)[0])
+    d.helpers["src_threat"] = d.where("source_ip", lambda ip: context.addresses.classify(ip)[1])
+    d.derive("ua_family", "user_agent", user_agent_family)
+    d.helpers["allow_listed"] = d.where("user", lambda user: user is not None and user in context.allow_identities)
+
+
+def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext) -> FlagInputs:
+    """Every registered flag of ``events`` (an Arrow table or a DataFrame), in ``.flags`` in registry order;
+    nothing is converted to pandas (``frame_with_flags`` does that where a DataFrame is wanted)."""
+    inputs = FlagInputs(events)
+    prepare(inputs, context)
+    for flag in FLAGS:
+        inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
+    return inputs
+
+
+def frame_with_flags(inputs: FlagInputs) -> pd.DataFrame:
+    """The events of ``inputs`` as a DataFrame with the helper columns and every flag as a boolean column."""
+    events = inputs.frame()
+    helpers = {name: inputs.helpers[name] if name in inputs.helpers else inputs.series(name).set_axis(events.index)
+               for name in HELPER_COLUMNS}
+    events = events.assign(**helpers)
+    replaced = {name: values for name, values in inputs.flags.items() if name in events.columns}
+    added = {name: values for name, values in inputs.flags.items() if name not in replaced}
+    return pd.concat([events.assign(**replaced), pd.DataFrame(added, index=events.index)], axis=1)
 
 
 def add_flags(events: pd.DataFrame, context: FlagContext) -> pd.DataFrame:
     """The events with every registered flag as a boolean column (in registry order)."""
-    events = prepare(events, context)
-    inputs = FlagInputs(events)
-    for flag in FLAGS:
-        inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
-    replaced = {name: values for name, values in inputs.flags.items() if name in events.columns}
-    added = {name: values for name, values in inputs.flags.items() if name not in replaced}
-    return pd.concat([events.assign(**replaced), pd.DataFrame(added, index=events.index)], axis=1)
+    return frame_with_flags(flag_events(events, context))

@@ -46,7 +46,7 @@ def add_history_flags(events: pd.DataFrame, history: dict) -> pd.DataFrame:
     ``ua_families`` and ``verb_resources`` sets (pipeline.stages.entity_history); pass {}
     where there is no history to judge against (every flag False).
     """
-    flags = {name: np.zeros(len(events), dtype=bool) for name in HISTORY_FLAG_NAMES}
+    flags = no_history(len(events))
     if history and len(events):
         uri_path = events["request_uri"].fillna("").str.split("?", n=1).str[0]
         actions = python_values(events["verb"].fillna("") + " " + events["resource"].fillna(uri_path))
@@ -63,6 +63,11 @@ def add_history_flags(events: pd.DataFrame, history: dict) -> pd.DataFrame:
             flags["new_client_family_for_user"][index] = user_agent_family(agent) not in known.ua_families
             flags["new_action_for_user"][index] = action not in known.verb_resources
     return events.assign(**flags)
+
+
+def no_history(rows: int) -> dict[str, np.ndarray]:
+    """Every history flag False: their value where no history is judged (the features stage)."""
+    return {name: np.zeros(rows, dtype=bool) for name in HISTORY_FLAG_NAMES}
 
 
 def history_score(events: pd.DataFrame) -> np.ndarray:

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
+
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 AGGREGATE_BY = ("user", "source_ip")
 
@@ -112,14 +114,19 @@ class RulePack:
         return tuple(r for r in self.rules if r.id not in self.disabled)
 
     def evaluate(self, events: pd.DataFrame) -> pd.DataFrame:
-        """Boolean hit columns, one per active rule, aligned with ``events`` (flags already added).
+        """Boolean hit columns, one per active rule, aligned with ``events`` (flags already added)."""
+        return pd.DataFrame(self.hits(events), index=events.index)
+
+    def hits(self, events: pd.DataFrame | FlagInputs, truths: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Boolean hits per active rule: of a flagged DataFrame, or of the FlagInputs of
+        features.flags.flag_events with ``truths`` (boolean columns such as the history flags) beside its flags.
 
         Each condition is compiled once per pack (``compile_condition``) and evaluated over the
         columns it names; the result is what ``DataFrame.eval`` gives (``_reference_condition``),
         which still evaluates any condition outside the compiled subset."""
         hits = {}
-        managed = events["managed_identity"].to_numpy(dtype=bool) if len(events) else np.zeros(0, dtype=bool)
-        columns = _Columns(events)
+        columns = _Columns(events, truths)
+        managed = columns.truth("managed_identity")[0] if columns.rows else np.zeros(0, dtype=bool)
         for rule in self.active:
             matched = _condition(rule, events, self._compiled(rule), columns)
             if not rule.applies_to_allowlisted:
@@ -127,7 +134,7 @@ class RulePack:
             if rule.aggregate is not None and matched.any():
                 matched = _aggregate(rule.aggregate, events, matched, columns)
             hits[rule.id] = matched
-        return pd.DataFrame(hits, index=events.index)
+        return hits
 
     @staticmethod
     def _compiled(rule: Rule) -> "CompiledCondition | None":
@@ -152,16 +159,17 @@ def _columns_read(condition: str, available) -> list[str]:
     return [c for c in available if c in names]
 
 
-def _condition(rule: Rule, events: pd.DataFrame, compiled: "CompiledCondition | None" = None,
+def _condition(rule: Rule, events: pd.DataFrame | FlagInputs, compiled: "CompiledCondition | None" = None,
                columns: "_Columns | None" = None) -> np.ndarray:
-    if events.empty:
+    columns = columns if columns is not None else _Columns(events)
+    if not columns.rows:
         return np.zeros(0, dtype=bool)
     if compiled is not None:
         try:
-            return compiled(columns if columns is not None else _Columns(events))
+            return compiled(columns)
         except Exception:  # outside the compiled subset for these columns (or broken): pandas decides, as always
             pass
-    return _reference_condition(rule, events)
+    return _reference_condition(rule, columns.frame())
 
 
 def _reference_condition(rule: Rule, events: pd.DataFrame) -> np.ndarray:
@@ -208,21 +216,46 @@ _REJECTED_TOKENS = re.compile(r"[&|@`]")
 
 
 class _Columns:
-    """The event columns a pack's conditions read, each converted once per frame."""
+    """The event columns a pack's conditions read, each converted once per frame.
 
-    def __init__(self, events: pd.DataFrame):
+    ``events`` is a flagged DataFrame, or the FlagInputs of features.flags.flag_events plus
+    ``truths``: then flags, helper and ``truths`` columns are read as the boolean arrays they are,
+    other columns are converted to pandas one at a time, and the whole frame (what add_flags and
+    ``truths`` would give) is built only for a condition outside the compiled subset."""
+
+    def __init__(self, events: pd.DataFrame | FlagInputs, truths: dict[str, np.ndarray] | None = None):
         self.events = events
-        self.names = frozenset(events.columns)
+        self.rows = events.rows if isinstance(events, FlagInputs) else len(events)
+        self._extra = dict(truths or {})
+        if isinstance(events, FlagInputs):
+            self._arrays = {**events.helpers, **events.flags, **self._extra}
+            self.names = events.names | frozenset(HELPER_COLUMNS) | frozenset(self._arrays)
+            self._frame = None
+        else:
+            self._arrays = self._extra
+            self.names = frozenset(events.columns) | frozenset(self._arrays)
+            self._frame = events.assign(**self._extra) if self._extra else events
+        self._truths: dict[str, _Truth] = {name: (values, None) for name, values in self._arrays.items()}
         self._series: dict[str, pd.Series] = {}
-        self._truths: dict[str, _Truth] = {}
         self._codes: dict[object, np.ndarray | None] = {}
 
     def series(self, name: str) -> pd.Series:
         if name not in self._series:
             if name not in self.names:
                 raise _Unsupported(name)
-            self._series[name] = self.events[name]
+            if self._frame is not None:
+                self._series[name] = self._frame[name]
+            elif name in self._arrays:
+                self._series[name] = pd.Series(self._arrays[name])
+            else:
+                self._series[name] = self.events.series(name)
         return self._series[name]
+
+    def frame(self) -> pd.DataFrame:
+        """All columns as one DataFrame (for pandas' own evaluation)."""
+        if self._frame is None:
+            self._frame = frame_with_flags(self.events).assign(**self._extra)
+        return self._frame
 
     def truth(self, name: str) -> _Truth:
         if name not in self._truths:
@@ -232,13 +265,21 @@ class _Columns:
     def codes(self, name: str) -> np.ndarray:
         """Integer codes of a column's values, -1 where missing (for grouping)."""
         if name not in self._codes:
-            self._codes[name] = pd.factorize(self.series(name), use_na_sentinel=True)[0]
+            if self._frame is None and name in self.events.names:
+                codes = self.events.codes(name).astype(np.int64)
+                self._codes[name] = np.where(self.events.missing(name), -1, codes)
+            else:
+                self._codes[name] = pd.factorize(self.series(name), use_na_sentinel=True)[0]
         return self._codes[name]
 
     def windows(self, minutes: int) -> np.ndarray | None:
         """Integer window numbers of the event times (see ``_window_codes``)."""
         if ("time", minutes) not in self._codes:
-            self._codes[("time", minutes)] = _window_codes(self.series("time"), minutes)
+            if self._frame is None:
+                missing = self.events.missing("time").any()
+                self._codes[("time", minutes)] = None if missing else self.events.micros("time") // (minutes * 60_000_000)
+            else:
+                self._codes[("time", minutes)] = _window_codes(self.series("time"), minutes)
         return self._codes[("time", minutes)]
 
 
@@ -401,7 +442,7 @@ def compile_condition(condition: str) -> CompiledCondition | None:
         return None
 
 
-def _aggregate(aggregate: Aggregate, events: pd.DataFrame, matched: np.ndarray, columns: "_Columns | None" = None) -> np.ndarray:
+def _aggregate(aggregate: Aggregate, events: pd.DataFrame | FlagInputs, matched: np.ndarray, columns: "_Columns | None" = None) -> np.ndarray:
     """The matched events whose (``by``, window) group reaches ``min`` events, or ``min`` distinct
     values of ``distinct``; groups are numbered with integer codes, computed once per frame
     (``_aggregate_reference`` is the pandas groupby this equals)."""
@@ -409,10 +450,10 @@ def _aggregate(aggregate: Aggregate, events: pd.DataFrame, matched: np.ndarray, 
     rows = np.flatnonzero(matched)
     windows = columns.windows(aggregate.window_minutes)
     if windows is None:
-        return _aggregate_reference(aggregate, events, matched)
+        return _aggregate_reference(aggregate, columns.frame(), matched)
     by = columns.codes(aggregate.by)[rows]
     keep = by >= 0
-    result = np.zeros(len(events), dtype=bool)
+    result = np.zeros(columns.rows, dtype=bool)
     if not keep.any():
         return result
     rows = rows[keep]

@@ -210,9 +210,10 @@ def phase_features_map(data: str, work: str, args) -> dict:
     """The map step's own code alone (flags and partial aggregates per archived hour, no cache, no
     rule evaluation), to show how the features stage's time divides."""
     from features.aggregate import partial_aggregates
-    from features.flags import add_flags
+    from features.events import conform_events
+    from features.flags import flag_events
     from pipeline.archive import list_archive_hours
-    from pipeline.stages import events_frame, flag_context
+    from pipeline.stages import flag_context
 
     ctx = _context(work)
     flags = flag_context(ctx)
@@ -221,9 +222,9 @@ def phase_features_map(data: str, work: str, args) -> dict:
     rows = 0
     for _, _, key in list_archive_hours(ctx.storage, ctx.cluster):
         started = time.process_time()
-        events = events_frame(ctx.storage.read_parquet(key))
+        events = conform_events(ctx.storage.read_parquet(key))
         loaded = time.process_time()
-        rows += len(partial_aggregates(add_flags(events, flags), cfg.window_minutes, cfg.entity_types))
+        rows += len(partial_aggregates(flag_events(events, flags), cfg.window_minutes, cfg.entity_types))
         read += loaded - started
         mapped += time.process_time() - loaded
     return {"partial_rows": rows, "read_cpu_seconds": round(read, 2), "flags_and_aggregates_cpu_seconds": round(mapped, 2)}

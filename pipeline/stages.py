@@ -23,9 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
+from features.aggregate import utc_times
 from features.events import conform_events
-from features.flags import FlagContext, add_flags
-from features.novelty import add_history_flags
+from features.columns import EventColumns, pandas_types
+from features.flags import FlagContext, FlagInputs, flag_events
+from features.novelty import no_history
 from features.entities import entity_group
 from features.rules import RuleError, RulePack
 from features.windows import (
@@ -179,7 +181,7 @@ def _file_digest(path: str | None) -> str | None:
 
 def events_frame(table: pa.Table) -> pd.DataFrame:
     """Arrow events to pandas with nullable columns kept nullable (code stays Int32, not float)."""
-    return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+    return table.to_pandas(types_mapper=pandas_types)
 
 
 RULES_SUFFIX = ".rules.parquet"
@@ -205,8 +207,9 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
 
 
 def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One archived hour's window partials and rule hit counts (no I/O)."""
-    events = add_flags(events_frame(conform_events(table)), flags)
+    """One archived hour's window partials and rule hit counts (no I/O). Flags, aggregates and rules read
+    the Arrow columns through one dictionary encoding each (features.columns), never a DataFrame of the hour."""
+    events = flag_events(conform_events(table), flags)
     return partial_aggregates(events, window_minutes, entity_types), rule_partials(pack, events, window_minutes, entity_types)
 
 
@@ -376,30 +379,31 @@ def load_rule_pack(config: Config) -> RulePack:
         raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
 
 
-def rule_partials(pack: RulePack, events: pd.DataFrame, window_minutes: int, entity_types) -> pd.DataFrame:
+def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types) -> pd.DataFrame:
     """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when.
-    History flags are all False here (no history is judged in the map step), so rules that need them never count
-    as an entity's routine."""
-    hits = pack.evaluate(add_history_flags(events, {}))
-    fired = [c for c in hits.columns if hits[c].any()]
+    ``events`` is a flagged DataFrame or the FlagInputs of ``flag_events``. History flags are all False here
+    (no history is judged in the map step), so rules that need them never count as an entity's routine."""
+    columns = events if isinstance(events, EventColumns) else EventColumns(events)
+    hits = pack.hits(events, no_history(columns.rows))
+    fired = [rule for rule, matched in hits.items() if matched.any()]
     frames = []
     if fired:
         # Grouped by integer codes (entity, window), numbered in sorted order; rows come out as
         # groupby(sort=True).sum().melt() gave them: rule by rule, groups in order, zero counts dropped.
-        matrix = hits[fired].to_numpy(dtype=np.int64)
-        window_codes, windows = pd.factorize(events["time"].dt.floor(f"{window_minutes}min"), sort=True)
+        matrix = np.column_stack([hits[rule] for rule in fired]).astype(np.int64)
+        step = window_minutes * 60_000_000
+        windows, window_codes = np.unique(columns.micros("time") // step * step, return_inverse=True)
         for entity_type in entity_types:
-            entity_codes, entities = pd.factorize(events[entity_type], sort=True)
+            entity_codes, entities = columns.ranked(entity_type)
             rows = np.flatnonzero(entity_codes >= 0)
-            groups, group_of_row = np.unique(entity_codes[rows].astype(np.int64) * max(len(windows), 1) + window_codes[rows],
-                                             return_inverse=True)
+            groups, group_of_row = np.unique(entity_codes[rows] * max(len(windows), 1) + window_codes[rows], return_inverse=True)
             sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
             np.add.at(sums, group_of_row, matrix[rows])
             rule_index, group_index = np.nonzero(sums.T > 0)
             picked = groups[group_index]
             frames.append(pd.DataFrame({
-                "entity": entities.take(picked // max(len(windows), 1)).array,
-                "window_start": windows.take(picked % max(len(windows), 1)).array,
+                "entity": pd.array(entities[picked // max(len(windows), 1)], dtype="str"),
+                "window_start": utc_times(windows[picked % max(len(windows), 1)]),
                 "rule": pd.array(np.asarray(fired, dtype=object)[rule_index], dtype="str"),
                 "count": sums[group_index, rule_index], "entity_type": entity_type,
             }))

@@ -3,6 +3,7 @@
 - compiled rule conditions = ``DataFrame.eval`` (``_reference_condition``), on every rule's test
   events, the real-shaped fixtures, a sample hour and conditions built to hit NA and dtype corners;
 - the numpy rule aggregation and ``rule_partials`` = the pandas groupby versions they replaced;
+- the map step on the Arrow table (``flag_events``) = the same steps on the flagged DataFrame;
 - the sorted-list robust z = numpy's median;
 - the archive and features stages with worker processes = the same stages in one process, byte for byte.
 """
@@ -21,8 +22,9 @@ import pytest
 
 import pipeline.archive as archive_module
 import pipeline.stages as stages
-from features.flags import add_flags
-from features.novelty import add_history_flags
+from features.aggregate import partial_aggregates
+from features.flags import add_flags, flag_events, frame_with_flags
+from features.novelty import add_history_flags, no_history
 from features.rules import (Aggregate, Rule, RuleError, _aggregate, _aggregate_reference, _Columns, _condition,
                             _reference_condition, compile_condition)
 from features.windows import _robust_z, _robust_z_numpy
@@ -205,6 +207,29 @@ def test_rule_partials_equal_the_groupby(sample):
                 continue
             pd.testing.assert_frame_equal(got, want)
             assert pa.Table.from_pandas(got, preserve_index=False).equals(pa.Table.from_pandas(want, preserve_index=False))
+
+
+def test_arrow_map_step_equals_the_dataframe_path(sample):
+    """The features stage flags, aggregates and evaluates rules on the archived Arrow table
+    (features.columns, one dictionary encoding per column); the DataFrame path (add_flags, as
+    scoring uses it) gives the same flags, partials, rule hits and rule partials, and a condition
+    outside the compiled subset still gets pandas' answer."""
+    _, storage = sample
+    keys = [key for _, _, key in list_archive_hours(storage, "default")]
+    types = ("user", "source_ip")
+    outside = PACK.rules[0].model_copy(update={"condition": "allowed & (code == 200) & ~health_check"})
+    for key in keys[:: max(1, len(keys) // 6)]:
+        table = storage.read_parquet(key)
+        frame = add_flags(stages.events_frame(table), CONTEXT)
+        inputs = flag_events(table, CONTEXT)
+        pd.testing.assert_frame_equal(frame_with_flags(inputs), frame)
+        for window in (60, 15):
+            pd.testing.assert_frame_equal(partial_aggregates(inputs, window, types), partial_aggregates(frame, window, types))
+            got, want = stages.rule_partials(PACK, inputs, window, types), reference_rule_partials(PACK, frame, window, types)
+            assert got.empty if want is None else got.equals(want)
+        pd.testing.assert_frame_equal(pd.DataFrame(PACK.hits(inputs, no_history(len(table)))),
+                                      reference_evaluate(PACK, add_history_flags(frame, {})))
+        assert np.array_equal(_condition(outside, inputs, compile_condition(outside.condition)), _reference_condition(outside, frame))
 
 
 def test_robust_z_equals_numpy_median():

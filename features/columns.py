@@ -1,0 +1,120 @@
+"""Events column by column, each column dictionary-encoded once, for the map step's flags, aggregates and rules.
+
+An archived hour holds tens of thousands of rows but only a few hundred distinct users,
+addresses, clients, verbs and resources. ``EventColumns`` encodes a column the first time
+anything reads it, so a predicate runs once per distinct value and is broadcast to the rows
+by code, and groupings reuse the same codes. It reads an Arrow table (the archive's form,
+no pandas conversion) or a DataFrame (``features.flags.add_flags`` and its callers).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MICROS = pa.timestamp("us", tz="UTC")
+
+
+def pandas_types(arrow_type: pa.DataType):
+    """Arrow to pandas with nullable integers kept nullable (``code`` stays Int32, not float)."""
+    return pd.Int32Dtype() if arrow_type == pa.int32() else None
+
+
+class EventColumns:
+    """Read-only columns of ``events`` (a pa.Table or a DataFrame), plus columns derived from them."""
+
+    def __init__(self, events: pa.Table | pd.DataFrame):
+        self.events = events
+        self.rows = len(events)
+        self.names = frozenset(events.column_names if isinstance(events, pa.Table) else events.columns)
+        self._arrays: dict[str, pa.Array] = {}
+        self._codes: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        self._encoded: dict[str, tuple[np.ndarray, list]] = {}
+        self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._answers: dict[tuple, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names or name in self._encoded
+
+    def array(self, name: str) -> pa.Array:
+        if name not in self._arrays:
+            column = self.events[name]
+            self._arrays[name] = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else pa.array(column, from_pandas=True)
+        return self._arrays[name]
+
+    def codes(self, name: str) -> np.ndarray:
+        """An event column's code per row: equal codes for equal values; missing values share the highest code."""
+        return self._dictionary(name)[0]
+
+    def _dictionary(self, name: str) -> tuple[np.ndarray, pa.Array]:
+        if name not in self._codes:
+            encoded = pc.dictionary_encode(self.array(name))
+            self._codes[name] = (pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(), encoded.dictionary)
+        return self._codes[name]
+
+    def encoded(self, name: str) -> tuple[np.ndarray, list]:
+        """(code per row, values): ``values[code]`` is the row's value. For an event column the last
+        value is None, the code of every missing value; a derived column may repeat values."""
+        if name not in self._encoded:
+            codes, dictionary = self._dictionary(name)
+            self._encoded[name] = (codes, dictionary.to_pylist() + [None])
+        return self._encoded[name]
+
+    def derive(self, name: str, source: str, function: Callable[[object], object]) -> None:
+        """Add column ``name``: ``function`` of ``source``'s value (None when missing), run once per distinct value."""
+        codes, values = self.encoded(source)
+        self._encoded[name] = (codes, [function(value) for value in values])
+
+    def where(self, name: str, predicate: Callable[[object], bool], key: tuple | None = None) -> np.ndarray:
+        """``predicate(value)`` for every row; a missing value is passed as None. Calls with the
+        same ``key`` (a test that several callers share) are answered once."""
+        if key is not None and (name, key) in self._answers:
+            return self._answers[(name, key)]
+        codes, values = self.encoded(name)
+        result = np.array([bool(predicate(value)) for value in values], dtype=bool)[codes]
+        if key is not None:
+            self._answers[(name, key)] = result
+        return result
+
+    def missing(self, name: str) -> np.ndarray:
+        """An event column's missing values."""
+        return self.array(name).is_null().to_numpy(zero_copy_only=False)
+
+    def ranked(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(code per row numbered in sorted value order, -1 where missing; the sorted distinct values),
+        so codes sort exactly as the values do."""
+        if name not in self._ranked:
+            codes, values = self.encoded(name)
+            self._ranked[name] = rank_values(codes, values)
+        return self._ranked[name]
+
+    def micros(self, name: str) -> np.ndarray:
+        """A timestamp column as int64 microseconds since the epoch (NaT's integer where missing)."""
+        return pc.cast(self.array(name), MICROS, safe=False).to_numpy(zero_copy_only=False).view(np.int64)
+
+    def series(self, name: str) -> pd.Series:
+        """One column as pandas gives it from the whole table (``str``, ``Int32``, timestamps with their zone)."""
+        if name in self._encoded and name not in self.names:
+            codes, values = self._encoded[name]
+            return pd.Series(np.array(values, dtype=object)[codes], dtype="str")
+        if isinstance(self.events, pd.DataFrame):
+            return self.events[name]
+        return pa.table({name: self.array(name)}).to_pandas(types_mapper=pandas_types)[name]  # Array.to_pandas takes a slower path for strings
+
+    def frame(self) -> pd.DataFrame:
+        """The events as a DataFrame (the source itself, or the table converted as a whole)."""
+        if isinstance(self.events, pd.DataFrame):
+            return self.events
+        return self.events.to_pandas(types_mapper=pandas_types)
+
+
+def rank_values(codes: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` into ``values`` (which may repeat, None for missing) renumbered in sorted order of the
+    distinct values, -1 for None; and those sorted distinct values."""
+    distinct = sorted({value for value in values if value is not None})
+    rank = {value: index for index, value in enumerate(distinct)}
+    lookup = np.array([-1 if value is None else rank[value] for value in values], dtype=np.int64)
+    return lookup[codes], np.array(distinct, dtype=object)
