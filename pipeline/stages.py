@@ -37,7 +37,7 @@ from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, ma
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.readers import resolve_inputs
-from pipeline.storage import safe_segment
+from pipeline.storage import parquet_bytes, safe_segment
 from pipeline.workers import ordered_map, usable_cores
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
         return partials_from_arrow(ctx.storage.read_parquet(cache_key)), ctx.storage.read_parquet(rules_cache_key(cache_key)).to_pandas()
     cfg = ctx.config.features
     partial, rules = map_hour(ctx.storage.read_parquet(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
-    cache_partials(ctx, cache_key, partial, rules)
+    write_cached(ctx, cache_key, encode_partials(partial, rules))
     return partial, rules
 
 
@@ -213,9 +213,16 @@ def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes
     return partial_aggregates(events, window_minutes, entity_types), rule_partials(pack, events, window_minutes, entity_types)
 
 
-def cache_partials(ctx: RunContext, cache_key: str, partial: pd.DataFrame, rules: pd.DataFrame) -> None:
-    ctx.storage.write_parquet(rules_cache_key(cache_key), pa.Table.from_pandas(rules, preserve_index=False))
-    ctx.storage.write_parquet(cache_key, partials_to_arrow(partial))
+def encode_partials(partial: pd.DataFrame, rules: pd.DataFrame) -> tuple[bytes, bytes]:
+    """An hour's cache files as bytes: (window partials, rule hits). Worker processes encode their
+    own hours, so this process only writes bytes (the conversion is most of a cache write's cost)."""
+    return parquet_bytes(partials_to_arrow(partial)), parquet_bytes(pa.Table.from_pandas(rules, preserve_index=False))
+
+
+def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) -> None:
+    partial_bytes, rules_bytes = encoded
+    ctx.storage.write_bytes(rules_cache_key(cache_key), rules_bytes)
+    ctx.storage.write_bytes(cache_key, partial_bytes)
 
 
 MIN_ROWS_PER_WORKER = 250_000  # a worker costs 1-2 s of CPU to start (imports); mapping an event about 10 us
@@ -245,8 +252,8 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
             if cache_key not in pending:
                 yield hour_partials(ctx, flags, pack, archive_key, cache_key)
                 continue
-            partial, rules = next(computed)
-            cache_partials(ctx, cache_key, partial, rules)
+            partial, rules, encoded = next(computed)
+            write_cached(ctx, cache_key, encoded)
             yield partial, rules
     finally:
         computed.close()
@@ -256,9 +263,11 @@ def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, ent
     return flags, pack, window_minutes, entity_types
 
 
-def _map_hour_bytes(state: tuple, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Worker side of ``map_hours``: an archived hour file's bytes to its partials and rule hits."""
-    return map_hour(pq.read_table(io.BytesIO(data)), *state)
+def _map_hour_bytes(state: tuple, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame, tuple[bytes, bytes]]:
+    """Worker side of ``map_hours``: an archived hour file's bytes to its partials, its rule hits and
+    their cache files' bytes."""
+    partial, rules = map_hour(pq.read_table(io.BytesIO(data)), *state)
+    return partial, rules, encode_partials(partial, rules)
 
 
 def partials_to_arrow(partial: pd.DataFrame) -> pa.Table:

@@ -59,6 +59,13 @@ def _check_key(key: str) -> str:
     return key
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the Parquet file ``Storage.write_parquet`` writes (zstd, with statistics)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue()
+
+
 class Storage(ABC):
     """A workdir. Keys are relative paths such as ``archive/cluster=c/date=2026-11-01/hour=03/part-0.parquet``."""
 
@@ -105,9 +112,7 @@ class Storage(ABC):
         return pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns)
 
     def write_parquet(self, key: str, table: pa.Table) -> None:
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", write_statistics=True)
-        self.write_bytes(key, sink.getvalue())
+        self.write_bytes(key, parquet_bytes(table))
 
     def uri(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
