@@ -566,8 +566,14 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
             keys.append(None)
             pods.append(None)
         else:
-            for values, column in ((extra.arn, arns), (extra.sessionName, sessions), (extra.accessKeyId, keys), (extra.pod_name, pods)):
-                column.append((values[0] if values else None) if type(values) is list else values)
+            value = extra.arn
+            arns.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.sessionName
+            sessions.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.accessKeyId
+            keys.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.pod_name
+            pods.append((value[0] if value else None) if type(value) is list else value)
         impersonated = event.impersonatedUser
         impersonated_users.append(impersonated.username if impersonated is not None else None)
         ips = event.sourceIPs or ()
