@@ -225,7 +225,7 @@ def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) 
     ctx.storage.write_bytes(cache_key, partial_bytes)
 
 
-MIN_ROWS_PER_WORKER = 250_000  # a worker costs 1-2 s of CPU to start (imports); mapping an event about 10 us
+MIN_ROWS_PER_WORKER = 100_000  # a worker costs 1-2 s of CPU to start (imports); an hour costs 30-90 ms to map and encode
 
 
 def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tuple[str, str]]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
