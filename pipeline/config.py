@@ -60,7 +60,7 @@ class FeaturesConfig(Section):
     evidence_per_window: int = Field(50, ge=1, le=500)
     workers: int = Field(2, ge=1, le=64, description=(
         "processes that map archived hours to window partials and rule hits in parallel (at most one per core, and only "
-        "with at least 250,000 uncached events each; 1 maps them in the features process); the feature table is identical "
+        "with at least 100,000 uncached events each; 1 maps them in the features process); the feature table is identical "
         "for any value"))
 
     @field_validator("window_minutes")
