@@ -43,12 +43,15 @@ BODY_FLAGS = ("configmap_credentials", "admin_binding", "anonymous_binding", "de
 
 
 # --------------------------------------------------------------------------- the naive version
-def naive_features(paths: list[str], window_minutes: int = 60, entity_types=("user", "source_ip")) -> pd.DataFrame:
+def naive_features(paths: list[str], window_minutes: int = 60, entity_types=("user", "source_ip"),
+                   chunk_lines: int = NAIVE_CHUNK_LINES) -> pd.DataFrame:
     """Per-entity window counts and distinct-value sets, written the way a pandas user would first
     write them: ``json.loads`` per line, ``pandas.json_normalize``, the flag registry, groupby.
 
-    Reads ``NAIVE_CHUNK_LINES`` lines at a time (a day at once does not fit in memory at these
-    sizes) and merges the chunks' groups. Request bodies are not reduced to facts, so the flags
+    Reads ``chunk_lines`` lines at a time (a day at once does not fit in memory at these
+    sizes) and merges the chunks' groups. A request whose stages fall in two chunks counts in both
+    (its RequestReceived row is dropped only beside its other stage), so counts equal auditsift's
+    only when no request straddles a chunk. Request bodies are not reduced to facts, so the flags
     that read them (``BODY_FLAGS``) stay false; everything else equals auditsift's partials.
     """
     from features.addresses import AddressBook, load_ip_ranges
@@ -63,7 +66,7 @@ def naive_features(paths: list[str], window_minutes: int = 60, entity_types=("us
     chunks = []
     for path in paths:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
-            while lines := list(itertools.islice(handle, NAIVE_CHUNK_LINES)):
+            while lines := list(itertools.islice(handle, chunk_lines)):
                 frame = pd.json_normalize([json.loads(line) for line in lines])
                 events = add_flags(_naive_events(frame), context)
                 events["window_start"] = events["time"].dt.floor(f"{window_minutes}min")
@@ -231,7 +234,7 @@ def phase_features_map(data: str, work: str, args) -> dict:
 
 
 def phase_naive(data: str, work: str, args) -> dict:
-    naive = naive_features(_inputs(data))
+    naive = naive_features(_inputs(data), chunk_lines=args.naive_chunk_lines)
     return {"rows": int(len(naive)), "check": compare_naive(naive, _auditsift_partials(work))}
 
 
@@ -307,7 +310,7 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
 
 def _in_subprocess(name: str, data: str, work: str, args) -> dict:
     command = [sys.executable, "-m", "pipeline.bench", "--phase", name, "--data", data, "--work", work,
-               "--score-rows", str(args.score_rows), "--detectors", *args.detectors]
+               "--score-rows", str(args.score_rows), "--naive-chunk-lines", str(args.naive_chunk_lines), "--detectors", *args.detectors]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench phase {name} failed:\n{done.stderr[-3000:]}")
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detectors", nargs="+", default=["iforest", "rcf-local"])
     parser.add_argument("--score-rows", type=int, default=100_000, help="feature rows each detector scores")
     parser.add_argument("--naive-max", type=int, default=1_000_000, help="skip the naive version (about 1 ms an event) above this many events")
+    parser.add_argument("--naive-chunk-lines", type=int, default=NAIVE_CHUNK_LINES,
+                        help="lines the naive version reads at a time (more: more memory, fewer requests split between chunks)")
     parser.add_argument("--one-process-max", type=int, default=None,
                         help="skip the one-process run of archive + features (workers: 1) above this many events")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
