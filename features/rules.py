@@ -167,7 +167,7 @@ def _condition(rule: Rule, events: pd.DataFrame | FlagInputs, compiled: "Compile
     if compiled is not None:
         try:
             return compiled(columns)
-        except Exception:  # outside the compiled subset for these columns (or broken): pandas decides, as always
+        except _Unsupported:  # outside the compiled subset for these columns: pandas decides, as always
             pass
     return _reference_condition(rule, columns.frame())
 
