@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from features.events import (EVENT_SCHEMA, BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines,
                              rows_table)
 from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
-from pipeline.storage import Storage, safe_segment
+from pipeline.storage import Storage, parquet_bytes, safe_segment
 from pipeline.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
 
 log = logging.getLogger(__name__)
@@ -343,9 +343,7 @@ def write_hour(storage: Storage, key: str, table: pa.Table) -> None:
     """Replace an hour's Parquet file, then its manifest (rows, sha256): the manifest is the commit
     marker readers and caches trust; a crash between the two leaves a stale digest that
     ``hour_digest`` detects and recomputes."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True)
-    data = sink.getvalue()
+    data = parquet_bytes(table)
     storage.write_bytes(key, data)
     storage.write_json(manifest_key(key), {"rows": len(table), "sha256": hashlib.sha256(data).hexdigest()})
 
