@@ -240,11 +240,11 @@ def phase_naive(data: str, work: str, args) -> dict:
 
 def _auditsift_partials(work: str) -> pd.DataFrame:
     from features.aggregate import reduce_partials
-    from pipeline.stages import partials_from_arrow
+    from pipeline.stages import partials_frame
 
     storage = _context(work).storage
     keys = [k for k in storage.list("features/") if "/partials/" in k and k.endswith(".parquet") and ".rules." not in k]
-    return reduce_partials(partials_from_arrow(storage.read_parquet(k)) for k in keys)
+    return reduce_partials([partials_frame(storage.read_parquet(k) for k in keys)])
 
 
 def phase_detectors(data: str, work: str, args) -> dict:

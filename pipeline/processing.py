@@ -97,7 +97,7 @@ def map_shard(input_dir: Path, output_dir: Path, config: Config) -> dict:
         partial, _ = hour_partials(ctx, flags, pack, path.relative_to(root).as_posix(), f"{directory}/{digest}.parquet")
         counts["files"] += 1
         counts["events"] += pq.read_metadata(path).num_rows
-        counts["partial_rows"] += len(partial)
+        counts["partial_rows"] += partial.num_rows
     return counts
 
 
@@ -124,14 +124,14 @@ def reduce_shards(partials_dir: Path, output: Path, config: Config) -> dict:
 
     from features.aggregate import SET_NAMES, reduce_partials
     from features.windows import finalise
-    from pipeline.stages import RULES_SUFFIX, features_fingerprint, partials_from_arrow
+    from pipeline.stages import RULES_SUFFIX, features_fingerprint, partials_frame
 
     if not partials_dir.is_dir():
         raise InputError(f"--partials-dir {partials_dir} is not a directory", hint="point it at the map step's output")
     target = LocalStorage(output.parent)
     fingerprint = features_fingerprint(RunContext(target, config, "reduce"))
     files = [path for path in parquet_files(partials_root(partials_dir, fingerprint)) if not path.name.endswith(RULES_SUFFIX)]
-    merged = reduce_partials(partials_from_arrow(pq.read_table(path)) for path in files)
+    merged = reduce_partials([partials_frame(pq.read_table(path) for path in files)])
     table = finalise(merged, config.features.window_minutes).drop(columns=list(SET_NAMES))
     target.write_parquet(output.name, pa.Table.from_pandas(table, preserve_index=False))
     return {"files": len(files), "rows": int(len(table)), "fingerprint": fingerprint}
