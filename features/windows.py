@@ -10,8 +10,9 @@ it indicates compromise); the model, the report, the docs and the tests use that
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from bisect import insort
 from dataclasses import dataclass
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -38,7 +39,7 @@ def _count(name: str) -> Callable[[pd.DataFrame], pd.Series]:
 
 
 def _distinct(name: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda f: np.log1p(f[name].map(len))
+    return lambda f: np.log1p(_list_lengths(f[name]))
 
 
 def _novel(name: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -128,21 +129,10 @@ SENSITIVE_FLAGS = (
 BASELINE_INPUTS = {
     "requests": lambda f: np.log1p(f["n"]),
     "denials": lambda f: np.log1p(f["n_denied_401"] + f["n_denied_403"]),
-    "resources": lambda f: np.log1p(f["resources"].map(len)),
+    "resources": lambda f: np.log1p(_list_lengths(f["resources"])),
 }
 MIN_HISTORY_WINDOWS = 3
 Z_CLIP = 20.0
-
-
-@dataclass
-class EntityHistory:
-    """What one entity has done before: the seen sets, active hours and baseline samples."""
-
-    seen: dict[str, set]
-    hours: set
-    samples: dict[str, list]
-    sensitive: set
-    windows: int = 0
 
 
 def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
@@ -152,6 +142,9 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     earlier windows only, so a training row sees what a scoring row would have seen.
     Entities with no history get the neutral prior: novelty counts everything as new
     but ``entity_is_new`` says why, off_hours is 0 and baseline z-scores are 0.
+
+    "Not in an earlier window of the entity" is one sort over all rows (``_first_seen``);
+    only the z-scores need a loop over the rows, on histories kept sorted as they grow.
     """
     if merged.empty:
         frame = merged.copy()
@@ -159,71 +152,94 @@ def finalise(merged: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
             frame[name] = pd.Series(dtype="float64")
         return frame
     frame = merged.sort_values(["window_start", "entity_type", "entity"], kind="stable").reset_index(drop=True)
+    by_entity = frame.groupby(["entity_type", "entity"], sort=False, dropna=False)
+    entity = by_entity.ngroup().to_numpy()
+    earlier = by_entity.cumcount().to_numpy()  # the entity's windows before this one
+    columns = {f"novel_{name}": _novel_counts(entity, frame[name].to_numpy()) for name in NOVELTY_SETS}
+    columns["entity_is_new"] = earlier == 0
+    active_rows, active_flags = np.nonzero(frame[[f"n_{name}" for name in SENSITIVE_FLAGS]].to_numpy() > 0)
+    new_flags = _first_seen(entity, active_rows, active_flags) & (earlier[active_rows] > 0)
+    columns["novel_sensitive"] = np.bincount(active_rows[new_flags], minlength=len(frame)).astype(float)
+    new_hours = _first_seen(entity, np.arange(len(frame)), frame["window_start"].dt.hour.to_numpy())
+    columns["is_off_hours"] = (earlier >= MIN_HISTORY_WINDOWS) & new_hours
     baseline_values = {name: fn(frame).to_numpy(dtype=float) for name, fn in BASELINE_INPUTS.items()}
-    # Python floats: _robust_z sorts them (the same doubles np.median would pick); NaN needs numpy's rules
-    robust_z = _robust_z_numpy if any(np.isnan(v).any() for v in baseline_values.values()) else _robust_z
-    baseline_values = {name: values.tolist() for name, values in baseline_values.items()}
-    histories: dict[tuple[str, str], EntityHistory] = {}
-    novel = {name: np.zeros(len(frame)) for name in NOVELTY_SETS}
-    entity_new = np.zeros(len(frame), dtype=bool)
-    off_hours = np.zeros(len(frame), dtype=bool)
-    z_scores = {name: np.zeros(len(frame)) for name in BASELINE_INPUTS}
-    hours = frame["window_start"].dt.hour.to_numpy()
-    sets = {name: frame[name].to_numpy() for name in NOVELTY_SETS}
-    sensitive_counts = frame[[f"n_{name}" for name in SENSITIVE_FLAGS]].to_numpy() > 0
-    novel_sensitive = np.zeros(len(frame))
-    entity_types = frame["entity_type"].to_numpy()
-    entities = frame["entity"].to_numpy()
-    for row in range(len(frame)):
-        key = (entity_types[row], entities[row])
-        history = histories.get(key)
-        if history is None:
-            history = histories[key] = EntityHistory({n: set() for n in NOVELTY_SETS}, set(), defaultdict(list), set())
-            entity_new[row] = True
-        active = {SENSITIVE_FLAGS[j] for j in np.flatnonzero(sensitive_counts[row])}
-        if history.windows:
-            novel_sensitive[row] = len(active - history.sensitive)
-        history.sensitive |= active
-        for name in NOVELTY_SETS:
-            values = sets[name][row]
-            novel[name][row] = sum(1 for v in values if v not in history.seen[name])
-            history.seen[name].update(values)
-        if history.windows >= MIN_HISTORY_WINDOWS:
-            off_hours[row] = hours[row] not in history.hours
-            for name, values in baseline_values.items():
-                z_scores[name][row] = robust_z(values[row], history.samples[name])
-        history.hours.add(hours[row])
-        for name, values in baseline_values.items():
-            history.samples[name].append(values[row])
-        history.windows += 1
-    for name in NOVELTY_SETS:
-        frame[f"novel_{name}"] = novel[name]
-    frame["entity_is_new"] = entity_new
-    frame["novel_sensitive"] = novel_sensitive
-    frame["is_off_hours"] = off_hours
-    for name in BASELINE_INPUTS:
-        frame[f"z_{name}"] = z_scores[name]
-    frame["window_end"] = frame["window_start"] + pd.Timedelta(minutes=window_minutes)
+    # a NaN leaves the insort-ed lists unordered; numpy's median does not depend on the order
+    robust_z = _robust_z_numpy if any(np.isnan(v).any() for v in baseline_values.values()) else _robust_z_of_sorted
+    for name, values in baseline_values.items():
+        columns[f"z_{name}"] = _baseline_z(entity, values.tolist(), robust_z)
+    columns["window_end"] = frame["window_start"] + pd.Timedelta(minutes=window_minutes)
+    frame = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
     computed = {feature.name: np.asarray(feature.compute(frame), dtype=float) for feature in WINDOW_FEATURES}
     return pd.concat([frame, pd.DataFrame(computed, index=frame.index)], axis=1)
+
+
+def _first_seen(entity: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """For (row, item) pairs listed in row order: whether no earlier row of the row's entity has the item.
+
+    One sort of the (entity, item) keys finds the row where each key first appears; an item
+    repeated within that row counts as new each time."""
+    keys = entity[rows] * (int(items.max(initial=0)) + 1) + items
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return rows[first[inverse]] == rows
+
+
+def _novel_counts(entity: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many of each row's values (a list per row) its entity had in no earlier row."""
+    rows = np.repeat(np.arange(len(values)), _lengths(values))
+    items = pd.factorize(np.array(list(chain.from_iterable(values)), dtype=object), use_na_sentinel=False)[0]
+    return np.bincount(rows[_first_seen(entity, rows, items)], minlength=len(values)).astype(float)
+
+
+def _baseline_z(entity: np.ndarray, values: list, robust_z: Callable[[float, list], float]) -> np.ndarray:
+    """Each row's robust z against its entity's earlier values, once it has MIN_HISTORY_WINDOWS.
+
+    Each entity's values are kept sorted as they arrive, so no row sorts its history again."""
+    history: list[list] = [[] for _ in range(int(entity.max(initial=-1)) + 1)]
+    z = np.zeros(len(values))
+    for row, (code, value) in enumerate(zip(entity.tolist(), values)):
+        ordered = history[code]
+        if len(ordered) >= MIN_HISTORY_WINDOWS:
+            z[row] = robust_z(value, ordered)
+        insort(ordered, value)
+    return z
 
 
 def _robust_z(value: float, samples: list) -> float:
     """(value - median) / scaled MAD of the entity's earlier windows, clipped; a floor on the
     spread keeps perfectly regular entities from producing infinite scores.
 
-    Sorted Python floats, the same arithmetic as ``_robust_z_numpy`` (np.median: the middle
-    element, or the mean of the two middle ones) at a tenth of its cost on these short lists."""
-    ordered = sorted(samples)
-    median = _median_of_sorted(ordered)
-    mad = _median_of_sorted(sorted([abs(x - median) for x in ordered])) * 1.4826
-    z = (value - median) / max(mad, 0.25)
-    return float(max(-Z_CLIP, min(Z_CLIP, z))) if not math.isnan(z) else 0.0
+    The same doubles as ``_robust_z_numpy`` (np.median: the middle element, or the mean of
+    the two middle ones), computed on Python floats at a fraction of its cost."""
+    return _robust_z_of_sorted(value, sorted(samples))
 
 
-def _median_of_sorted(ordered: list) -> float:
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+def _robust_z_of_sorted(value: float, ordered: list) -> float:
+    """``_robust_z`` of samples in ascending order, in O(log n) without sorting anything.
+
+    The deviations |x - median| fall towards the middle of ``ordered`` and rise after it, so
+    the ceil(n/2) smallest are a run ordered[start:start + take] with start <= n // 2, found by
+    bisection. Their median is the run's largest deviation (at one of its ends) or, for even n,
+    its mean with the smallest one outside the run (next to one of its ends): the same doubles
+    a sort of the deviations would pick."""
+    size = len(ordered)
+    half = size // 2
+    take = size - half
+    median = ordered[half] if take > half else (ordered[half - 1] + ordered[half]) / 2
+    low, high = 0, half
+    while low < high:
+        start = (low + high) // 2
+        # ordered[start] <= median <= ordered[start + take]: both differences are exactly the abs() deviations
+        if median - ordered[start] > ordered[start + take] - median:
+            low = start + 1
+        else:
+            high = start
+    mad = max(abs(ordered[low] - median), abs(ordered[low + take - 1] - median))
+    if take == half:
+        before = abs(ordered[low - 1] - median) if low > 0 else math.inf
+        after = abs(ordered[low + take] - median) if low < half else math.inf
+        mad = (mad + min(before, after)) / 2
+    z = (value - median) / max(mad * 1.4826, 0.25)
+    return max(-Z_CLIP, min(Z_CLIP, z)) if not math.isnan(z) else 0.0
 
 
 def _robust_z_numpy(value: float, samples: list) -> float:
@@ -233,6 +249,16 @@ def _robust_z_numpy(value: float, samples: list) -> float:
     mad = float(np.median(np.abs(array - median))) * 1.4826
     z = (value - median) / max(mad, 0.25)
     return float(max(-Z_CLIP, min(Z_CLIP, z))) if not math.isnan(z) else 0.0
+
+
+def _lengths(values: np.ndarray) -> np.ndarray:
+    """len() of each list in an object array."""
+    return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+
+
+def _list_lengths(column: pd.Series) -> pd.Series:
+    """``column.map(len)`` without its per-element overhead."""
+    return pd.Series(_lengths(column.to_numpy()), index=column.index)
 
 
 def feature_matrix(table: pd.DataFrame) -> np.ndarray:

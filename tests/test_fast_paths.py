@@ -1,6 +1,7 @@
 """The fast paths give exactly what the simple paths give: block normalisation == per-line
 normalisation (rows, order, quarantine reasons, repairs), vectorised aggregates == a plain pandas
-groupby, dictionary-encoded flag helpers == pandas comparisons, one-sort dedupe == two-sort dedupe."""
+groupby, dictionary-encoded flag helpers == pandas comparisons, one-sort dedupe == two-sort dedupe,
+finalise's sorted histories == recomputing each window's history from scratch."""
 from __future__ import annotations
 
 import gzip
@@ -14,10 +15,11 @@ import pyarrow as pa
 import pytest
 
 from features.addresses import AddressBook, load_threat_list
-from features.aggregate import (ENTITY_COLUMNS, LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, PARTIAL_COLUMNS, SET_COLUMNS,
-                                empty_partials, partial_aggregates, reduce_partials)
+from features.aggregate import (COUNT_COLUMNS, ENTITY_COLUMNS, LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, PARTIAL_COLUMNS,
+                                SET_COLUMNS, SET_NAMES, empty_partials, partial_aggregates, reduce_partials)
 from features.events import EVENT_SCHEMA
 from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
+from features.windows import BASELINE_INPUTS, FEATURE_NAMES, NOVELTY_SETS, SENSITIVE_FLAGS, finalise
 from pipeline.archive import archive_inputs, dedupe_sorted, normalise_blocks, normalise_stream, read_archive
 from pipeline.readers import InputRef, Quarantine, read_blocks, read_events, resolve_inputs
 from pipeline.stages import events_frame
@@ -304,3 +306,60 @@ def test_one_sort_dedupe_equals_two_sort_dedupe(tmp_path):
     quarantine = Quarantine()
     table = pa.concat_tables([t for t, _ in normalise_blocks(read_blocks(ref, quarantine), quarantine, "x", 10_000)])
     assert dedupe_sorted(table).equals(reference_dedupe(table))
+
+
+# --------------------------------------------------------------------------- finalise
+def tricky_partials(seed: int, nan: bool) -> pd.DataFrame:
+    """Entities with 1 to 40 windows (histories too short for a baseline, even and odd lengths),
+    small counts full of ties, repeated set values and, with ``nan``, missing request counts (which
+    switch finalise to numpy's median)."""
+    rng = np.random.default_rng(seed)
+    keys = [("user" if e % 2 else "source_ip", f"e{e}", T0 + timedelta(hours=int(h)))
+            for e, windows in enumerate((1, 2, 3, 4, 5, 8, 40)) for h in rng.choice(24 * 10, windows, replace=False)]
+    frame = pd.DataFrame(keys, columns=["entity_type", "entity", "window_start"])
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True).astype("datetime64[us, UTC]")
+    for column in COUNT_COLUMNS:
+        frame[column] = rng.integers(0, 4, len(frame)) * (rng.random(len(frame)) < 0.3)
+    frame["n"] = rng.integers(1, 6, len(frame))
+    frame["first_time"] = frame["last_time"] = frame["window_start"]
+    for name in SET_NAMES:
+        frame[name] = [sorted(rng.choice(list("abcdef"), int(rng.integers(0, 4)))) for _ in range(len(frame))]
+    if nan:
+        frame["n"] = frame["n"].astype(float).mask(frame["entity"].isin(["e4", "e5"]) & (rng.random(len(frame)) < 0.4))
+    return frame.sample(frac=1, random_state=seed)[PARTIAL_COLUMNS]
+
+
+def reference_history_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """finalise's history columns by definition: each row of its (time-ordered) output against the
+    entity's earlier rows, with numpy's median."""
+    def robust_z(value, samples):
+        median = np.median(samples)
+        z = (value - median) / max(np.median(np.abs(np.asarray(samples) - median)) * 1.4826, 0.25)
+        return 0.0 if np.isnan(z) else float(np.clip(z, -20.0, 20.0))
+
+    baselines = {name: fn(table).to_numpy(dtype=float) for name, fn in BASELINE_INPUTS.items()}
+    hours = table["window_start"].dt.hour.to_numpy()
+    rows = []
+    for row in range(len(table)):
+        before = np.flatnonzero((table["entity_type"].to_numpy()[:row] == table["entity_type"].iloc[row])
+                                & (table["entity"].to_numpy()[:row] == table["entity"].iloc[row]))
+        out = {f"novel_{name}": float(sum(v not in {s for r in before for s in table[name].iloc[r]} for v in table[name].iloc[row]))
+               for name in NOVELTY_SETS}
+        out["entity_is_new"] = len(before) == 0
+        out["novel_sensitive"] = float(len(before) and sum(table[f"n_{f}"].iloc[row] > 0 and (table[f"n_{f}"].iloc[before] == 0).all()
+                                                         for f in SENSITIVE_FLAGS))
+        out["is_off_hours"] = len(before) >= 3 and hours[row] not in hours[before]
+        for name, values in baselines.items():
+            out[f"z_{name}"] = robust_z(values[row], values[before].tolist()) if len(before) >= 3 else 0.0
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("nan", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_finalise_equals_per_row_recomputation(seed, nan):
+    table = finalise(tricky_partials(seed, nan), 60)
+    reference = reference_history_columns(table)
+    assert (reference["z_requests"] != 0).sum() > 20 and (reference["z_denials"] != 0).sum() > 5
+    pd.testing.assert_frame_equal(table[list(reference.columns)], reference, check_exact=True)
+    assert finalise(tricky_partials(seed, nan).iloc[:0], 60)[list(FEATURE_NAMES)].empty
