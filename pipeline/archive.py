@@ -18,7 +18,7 @@ import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -280,8 +280,7 @@ def _sample(value) -> str:
 
 
 def archive_tables(
-    storage: Storage, tables: Iterable[pa.Table], cluster: str, run_id: str, result: ArchiveResult, spill_rows: int = 500_000,
-    on_merged: HourHook | None = None,
+    storage: Storage, tables: Iterable[pa.Table], cluster: str, run_id: str, result: ArchiveResult, spill_rows: int = 500_000
 ) -> ArchiveResult:
     """Merge normalised event tables into the archive, hour by hour, exactly once."""
     staging = f"staging/{safe_segment(run_id)}"
@@ -293,7 +292,7 @@ def archive_tables(
             result.events_normalised += len(table)
             buffer.add(table, order)
     for date, hour in buffer.hours():
-        _count_merge(result, merge_hour(storage, cluster, date, hour, buffer.take((date, hour)), on_merged))
+        _count_merge(result, merge_hour(storage, cluster, date, hour, buffer.take((date, hour))))
     storage.delete_prefix(staging)
     return result
 
@@ -310,29 +309,20 @@ class HourMerge:
     time_max: str | None
 
 
-HourHook = Callable[[Storage, str, int, pa.Table, str], None]
-"""Called with (storage, date, hour, table, sha256 of the hour file) once an hour is merged, while its events are
-in memory: ``pipeline.stages.HourMapper`` maps the hour to its features cache here, so that stage need not read
-the hour back."""
-
-
-def merge_hour(storage: Storage, cluster: str, date: str, hour: int, incoming: list[pa.Table],
-               on_merged: HourHook | None = None) -> HourMerge:
+def merge_hour(storage: Storage, cluster: str, date: str, hour: int, incoming: list[pa.Table]) -> HourMerge:
     """Merge an hour's incoming rows (in input order) with what the archive holds: deduplicate, sort,
-    and replace the hour file if anything was added; then ``on_merged`` sees the hour as archived."""
+    and replace the hour file if anything was added."""
     key = hour_key(cluster, date, hour)
     existing_bytes = storage.read_bytes(key) if storage.exists(key) else None
     existing = [conform_events(pq.read_table(io.BytesIO(existing_bytes)))] if existing_bytes is not None else []
     before = sum(len(t) for t in existing)
-    merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming])).combine_chunks()
+    merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
     added = len(merged) - before
     written = bool(added or not existing)
     if written:
-        digest = write_hour(storage, key, merged)
+        write_hour(storage, key, merged.combine_chunks())  # one layout however the parts were buffered
     else:
-        digest = repair_manifest(storage, key, existing_bytes, before)
-    if on_merged is not None:
-        on_merged(storage, date, hour, merged, digest)
+        repair_manifest(storage, key, existing_bytes, before)
     low = high = None
     if len(merged):
         low, high = _iso(pc.min(merged["time"]).as_py()), _iso(pc.max(merged["time"]).as_py())
@@ -349,27 +339,24 @@ def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
         result.time_max = merge.time_max if result.time_max is None else max(result.time_max, merge.time_max)
 
 
-def write_hour(storage: Storage, key: str, table: pa.Table) -> str:
-    """Replace an hour's Parquet file, then its manifest (rows, sha256), and return the digest: the
-    manifest is the commit marker readers and caches trust; a crash between the two leaves a stale
-    digest that ``hour_digest`` detects and recomputes."""
+def write_hour(storage: Storage, key: str, table: pa.Table) -> None:
+    """Replace an hour's Parquet file, then its manifest (rows, sha256): the manifest is the commit
+    marker readers and caches trust; a crash between the two leaves a stale digest that
+    ``hour_digest`` detects and recomputes."""
     data = parquet_bytes(table)
-    digest = hashlib.sha256(data).hexdigest()
     storage.write_bytes(key, data)
-    storage.write_json(manifest_key(key), {"rows": len(table), "sha256": digest})
-    return digest
+    storage.write_json(manifest_key(key), {"rows": len(table), "sha256": hashlib.sha256(data).hexdigest()})
 
 
 def manifest_key(hour_key_: str) -> str:
     return hour_key_.rsplit("/", 1)[0] + "/_manifest.json"
 
 
-def repair_manifest(storage: Storage, key: str, data: bytes, rows: int) -> str:
-    """Rewrite an hour's manifest if a crash left it missing or stale; returns the hour file's digest."""
+def repair_manifest(storage: Storage, key: str, data: bytes, rows: int) -> None:
+    """Rewrite an hour's manifest if a crash left it missing or stale."""
     digest = hashlib.sha256(data).hexdigest()
     if storage.read_json_or(manifest_key(key), {}).get("sha256") != digest:
         storage.write_json(manifest_key(key), {"rows": rows, "sha256": digest})
-    return digest
 
 
 def hour_digest(storage: Storage, key: str) -> str:
@@ -383,18 +370,16 @@ def _iso(value: datetime) -> str:
 
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
-                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1,
-                   on_merged: HourHook | None = None) -> ArchiveResult:
-    """Archive every event of ``refs`` (files or objects in any supported format); ``on_merged`` is
-    called for every hour merged (in the process that merges it, so it must pickle).
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1) -> ArchiveResult:
+    """Archive every event of ``refs`` (files or objects in any supported format).
 
     With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
     the hours (``archive_in_workers``); the archive, the counts and the quarantine are the same
     as with one process."""
     result = ArchiveResult(inputs=[ref.name for ref in refs])
-    count = worker_count(storage, refs, workers, on_merged)
+    count = worker_count(storage, refs, workers)
     if count > 1:
-        return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, on_merged)
+        return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count)
 
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
@@ -405,30 +390,29 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
                     progress(consumed)
                 yield table
 
-    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000), on_merged=on_merged)
+    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000))
     return result
 
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this (about 80k events of gzip), starting workers costs more than it saves
 
 
-def worker_count(storage: Storage, refs: list[InputRef], workers: int, on_merged: HourHook | None = None) -> int:
+def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
     """Worker processes worth starting: at most one per input, per usable core and per ``workers``;
-    none for small inputs, for a workdir on S3 (workers stage every row) or when the inputs or the
-    hook cannot be handed to another process (objects read through an S3 client)."""
+    none for small inputs, for a workdir on S3 (workers stage every row) or when the inputs cannot
+    be handed to another process (objects read through an S3 client)."""
     count = min(workers, len(refs), usable_cores())
     if count < 2 or sum(ref.size or 0 for ref in refs) < PARALLEL_MIN_BYTES or storage.local_path("staging") is None:
         return 1
     try:
-        pickle.dumps((storage, refs, on_merged))
+        pickle.dumps((storage, refs))
     except Exception:
         return 1
     return count
 
 
 def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
-                       chunk_rows: int, max_line_bytes: int, progress, workers: int,
-                       on_merged: HourHook | None = None) -> ArchiveResult:
+                       chunk_rows: int, max_line_bytes: int, progress, workers: int) -> ArchiveResult:
     """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
 
     1. Each worker takes the next unread file and normalises it exactly as one process does (with
@@ -451,7 +435,7 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     hours_queue, results = context.Queue(), context.Queue()
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
                                  args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
-                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, os.getpid(), on_merged))
+                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, os.getpid()))
                  for n in range(workers)]
     start(processes)
     try:
@@ -514,19 +498,18 @@ def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
 
 
 def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                    results, chunk_rows: int, max_line_bytes: int, parent: int, on_merged: HourHook | None) -> None:
+                    results, chunk_rows: int, max_line_bytes: int, parent: int) -> None:
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
     try:
-        _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes,
-                     on_merged)
+        _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 
 
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                 results, chunk_rows: int, max_line_bytes: int, on_merged: HourHook | None) -> None:
+                 results, chunk_rows: int, max_line_bytes: int) -> None:
     buffer = HourBuffer(storage, staging, spill_rows)
     while True:
         with next_file.get_lock():
@@ -550,7 +533,7 @@ def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: 
     while (task := hours_queue.get()) is not None:
         index, date, hour, parts = task
         buffer.spilled = {(date, hour): parts}
-        results.put(("merged", index, merge_hour(storage, cluster, date, hour, buffer.take((date, hour)), on_merged)))
+        results.put(("merged", index, merge_hour(storage, cluster, date, hour, buffer.take((date, hour)))))
 
 
 def list_archive_hours(storage: Storage, cluster: str) -> list[tuple[str, int, str]]:

@@ -48,9 +48,6 @@ class ArchiveConfig(Section):
     workers: int = Field(2, ge=1, le=64, description=(
         "processes that read and normalise input files in parallel (at most one per file and per core; 1 reads them in "
         "the archive process); the archive is byte-identical for any value"))
-    map_features: bool = Field(True, description=(
-        "map each hour to its features cache (window partials and rule hits) as it is archived, while its events are in "
-        "memory, so the features stage does not read it back; the cache is the one the features stage would write"))
 
 
 class FeaturesConfig(Section):

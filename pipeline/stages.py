@@ -37,7 +37,7 @@ from pipeline.config import parse_yaml
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.readers import resolve_inputs
-from pipeline.storage import Storage, parquet_bytes, safe_segment
+from pipeline.storage import parquet_bytes, safe_segment
 from pipeline.workers import ordered_map, usable_cores
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
         result = archive_inputs(
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
             max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
-            on_merged=HourMapper.for_run(ctx) if ctx.config.archive.map_features else None,
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)
@@ -193,18 +192,18 @@ def rules_cache_key(cache_key: str) -> str:
     return cache_key.removesuffix(".parquet") + RULES_SUFFIX
 
 
-def is_cached(storage: Storage, cache_key: str) -> bool:
-    return storage.exists(cache_key) and storage.exists(rules_cache_key(cache_key))
+def is_cached(ctx: RunContext, cache_key: str) -> bool:
+    return ctx.storage.exists(cache_key) and ctx.storage.exists(rules_cache_key(cache_key))
 
 
 def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_key: str, cache_key: str) -> tuple[pa.Table, pa.Table]:
     """Map step for one archived hour, cached under the hour file's digest: its window partials and
     rule hits as Arrow tables (``partials_frame`` and ``rules_frame`` turn many hours into frames at once)."""
-    if is_cached(ctx.storage, cache_key):
+    if is_cached(ctx, cache_key):
         return ctx.storage.read_parquet(cache_key), ctx.storage.read_parquet(rules_cache_key(cache_key))
     cfg = ctx.config.features
     tables = map_hour(ctx.storage.read_parquet(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
-    write_cached(ctx.storage, cache_key, encode_partials(tables))
+    write_cached(ctx, cache_key, encode_partials(tables))
     return tables
 
 
@@ -224,36 +223,10 @@ def encode_partials(tables: tuple[pa.Table, pa.Table]) -> tuple[bytes, bytes]:
     return parquet_bytes(tables[0]), parquet_bytes(tables[1])
 
 
-def write_cached(storage: Storage, cache_key: str, encoded: tuple[bytes, bytes]) -> None:
-    """Rule hits first: ``is_cached`` trusts an hour whose window partials exist only if its rule hits do too."""
+def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) -> None:
     partial_bytes, rules_bytes = encoded
-    storage.write_bytes(rules_cache_key(cache_key), rules_bytes)
-    storage.write_bytes(cache_key, partial_bytes)
-
-
-@dataclass(frozen=True)
-class HourMapper:
-    """The features map step run by the archive on each hour it merges (``archive.map_features``), while
-    the hour's events are in memory: the features stage then finds the hour cached instead of reading it
-    back and mapping it in processes of its own. The cache key is the one the features stage computes
-    (same fingerprint, same hour digest), so a later change of the features config only means a miss."""
-
-    partials_root: str
-    flags: FlagContext
-    pack: RulePack
-    window_minutes: int
-    entity_types: tuple
-
-    @classmethod
-    def for_run(cls, ctx: RunContext) -> "HourMapper":
-        cfg = ctx.config.features
-        return cls(partials_root(ctx, features_fingerprint(ctx)), flag_context(ctx), load_rule_pack(ctx.config),
-                   cfg.window_minutes, tuple(cfg.entity_types))
-
-    def __call__(self, storage: Storage, date: str, hour: int, table: pa.Table, digest: str) -> None:
-        key = cache_key(self.partials_root, date, hour, digest)
-        if not is_cached(storage, key):
-            write_cached(storage, key, encode_partials(map_hour(table, self.flags, self.pack, self.window_minutes, self.entity_types)))
+    ctx.storage.write_bytes(rules_cache_key(cache_key), rules_bytes)
+    ctx.storage.write_bytes(cache_key, partial_bytes)
 
 
 MIN_ROWS_PER_WORKER = 100_000  # a worker costs 1-2 s of CPU to start (imports); an hour costs 30-90 ms to map and encode
@@ -265,7 +238,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
     worker, from the hour manifests); this process reads the hours,
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
-    todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx.storage, cache_key)]
+    todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
     workers = min(cfg.workers, usable_cores(), len(todo))
     if workers > 1:
         rows = sum(ctx.storage.read_json_or(manifest_key(archive_key), {}).get("rows", 100_000) for archive_key, _ in todo)
@@ -284,7 +257,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
                 yield hour_partials(ctx, flags, pack, archive_key, cache_key)
                 continue
             tables, encoded = next(computed)
-            write_cached(ctx.storage, cache_key, encoded)
+            write_cached(ctx, cache_key, encoded)
             yield tables
     finally:
         computed.close()
@@ -325,18 +298,10 @@ def _concat(tables: Iterable[pa.Table]) -> pa.Table:
     return pa.concat_tables(list(tables), promote_options="default")
 
 
-def partials_root(ctx: RunContext, fingerprint: str) -> str:
-    return f"{ctx.cluster_key('features')}/partials/{fingerprint}"
-
-
-def cache_key(root: str, date: str, hour: int, digest: str) -> str:
-    """Cache key of an hour's partials: changes when the features config (the root's fingerprint) or the
-    archived hour (its file's sha256) changes."""
-    return f"{root}/date={date}/hour={hour:02d}/{digest[:16]}.parquet"
-
-
 def partial_key(ctx: RunContext, fingerprint: str, date: str, hour: int, archive_key: str) -> str:
-    return cache_key(partials_root(ctx, fingerprint), date, hour, hour_digest(ctx.storage, archive_key))
+    """Cache key of an hour's partials: changes when the features config or the archived hour changes."""
+    digest = hour_digest(ctx.storage, archive_key)[:16]
+    return f"{ctx.cluster_key('features')}/partials/{fingerprint}/date={date}/hour={hour:02d}/{digest}.parquet"
 
 
 def run_features(ctx: RunContext, ranges: Ranges) -> dict:

@@ -5,8 +5,7 @@
 - the numpy rule aggregation and ``rule_partials`` = the pandas groupby versions they replaced;
 - the map step on the Arrow table (``flag_events``) = the same steps on the flagged DataFrame;
 - the sorted-list robust z = numpy's median;
-- the archive and features stages with worker processes = the same stages in one process, byte for byte;
-- the features caches the archive writes as it merges hours = those the features stage writes.
+- the archive and features stages with worker processes = the same stages in one process, byte for byte.
 """
 from __future__ import annotations
 
@@ -328,28 +327,6 @@ def test_features_with_workers_equal_one_process(tmp_path, monkeypatch, sample):
         outputs.append((counts, {key: ctx.storage.read_bytes(key) for key in ctx.storage.list("features/")}))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[0][1].keys() == outputs[1][1].keys() and outputs[0][1] == outputs[1][1]
-
-
-def test_archive_that_maps_its_hours_leaves_the_features_stage_the_caches_it_would_write(tmp_path, monkeypatch, sample):
-    """``archive.map_features`` (default on) maps each hour as the archive merges it, in the archive's workers or
-    its one process: every hour is cached before the features stage starts, and every cache file and the feature
-    table are the bytes the features stage writes when it maps the hours itself."""
-    root, _ = sample
-    monkeypatch.setattr(archive_module, "PARALLEL_MIN_BYTES", 0)
-    outputs = []
-    for map_features, workers in ((False, 1), (True, 1), (True, 2)):
-        config = load_config()
-        config = config.model_copy(update={"archive": config.archive.model_copy(update={"map_features": map_features,
-                                                                                        "workers": workers})})
-        ctx = RunContext(LocalStorage(tmp_path / f"work-{map_features}-{workers}"), config, "same-run")
-        stages.run_archive(ctx, [str(root / "data")])
-        fingerprint = stages.features_fingerprint(ctx)
-        keys = [stages.partial_key(ctx, fingerprint, d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster)]
-        assert len(keys) > 20
-        assert [stages.is_cached(ctx.storage, key) for key in keys] == [map_features] * len(keys)
-        counts = stages.run_features(ctx, stages.resolve_ranges(ctx))
-        outputs.append((counts, {key: ctx.storage.read_bytes(key) for key in ctx.storage.list("features/")}))
-    assert outputs[0] == outputs[1] == outputs[2]
 
 
 # --------------------------------------------------------------------------- ordered_map
