@@ -150,12 +150,13 @@ def _inputs(data: str) -> list[str]:
     return sorted(glob.glob(os.path.join(data, "*.jsonl.gz")))
 
 
-def _context(work: str, workers: int | None = None):
+def _context(work: str, args=None, workers: int | None = None):
+    """A run context on ``work`` with the default configuration and the ``--set`` overrides."""
     from pipeline.config import load_config
     from pipeline.context import RunContext
     from pipeline.storage import LocalStorage
 
-    config = load_config()
+    config = load_config(overrides=config_overrides(args.settings if args is not None else []))
     if workers is not None:
         config = config.model_copy(update={"archive": config.archive.model_copy(update={"workers": workers}),
                                            "features": config.features.model_copy(update={"workers": workers})})
@@ -179,14 +180,14 @@ def phase_floor(data: str, work: str, args) -> dict:
 def phase_archive(data: str, work: str, args) -> dict:
     from pipeline.stages import run_archive
 
-    counts = run_archive(_context(work), [data])
+    counts = run_archive(_context(work, args), [data])
     return {"events": counts["events"], "quarantined": counts["quarantined"], "hours": counts["hours_written"]}
 
 
 def phase_features(data: str, work: str, args) -> dict:
     from pipeline.stages import resolve_ranges, run_features
 
-    ctx = _context(work)
+    ctx = _context(work, args)
     counts = run_features(ctx, resolve_ranges(ctx))
     return {"rows": counts["rows"], "hours": counts["hours"], "timings": dict(ctx.timings)}
 
@@ -198,7 +199,7 @@ def phase_one_process(data: str, work: str, args) -> dict:
 
     work = f"{work}-one-process"
     shutil.rmtree(work, ignore_errors=True)
-    ctx = _context(work, workers=1)
+    ctx = _context(work, args, workers=1)
     out = {}
     for name, run in (("archive", lambda: run_archive(ctx, [data])), ("features", lambda: run_features(ctx, resolve_ranges(ctx)))):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -218,7 +219,7 @@ def phase_features_map(data: str, work: str, args) -> dict:
     from pipeline.archive import list_archive_hours
     from pipeline.stages import flag_context
 
-    ctx = _context(work)
+    ctx = _context(work, args)
     flags = flag_context(ctx)
     cfg = ctx.config.features
     read = mapped = 0.0
@@ -251,7 +252,7 @@ def phase_detectors(data: str, work: str, args) -> dict:
     from features.windows import FEATURE_NAMES, feature_matrix
     from training.registry import make_detector
 
-    ctx = _context(work)
+    ctx = _context(work, args)
     table = ctx.storage.read_parquet(f"{ctx.read_state()['features']['key']}/features.parquet").to_pandas()
     train = feature_matrix(table[table["split"] == "train"])
     rows = np.random.default_rng(0).choice(len(table), size=args.score_rows, replace=True)
@@ -308,9 +309,22 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
             "peak_rss_mb": own, "peak_rss_with_workers_mb": max(own, round(peak["tree"] / 2**20))}
 
 
+def config_overrides(settings: list[str]) -> dict:
+    """``--set SECTION.KEY=VALUE`` values as a config overrides mapping (the config's types parse the values)."""
+    overrides: dict = {}
+    for setting in settings:
+        path, equals, value = setting.partition("=")
+        section, dot, key = path.partition(".")
+        if not (equals and dot and section and key):
+            raise SystemExit(f"--set {setting}: expected SECTION.KEY=VALUE, e.g. archive.workers=1")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
 def _in_subprocess(name: str, data: str, work: str, args) -> dict:
     command = [sys.executable, "-m", "pipeline.bench", "--phase", name, "--data", data, "--work", work,
-               "--score-rows", str(args.score_rows), "--naive-chunk-lines", str(args.naive_chunk_lines), "--detectors", *args.detectors]
+               "--score-rows", str(args.score_rows), "--naive-chunk-lines", str(args.naive_chunk_lines),
+               *(f"--set={setting}" for setting in args.settings), "--detectors", *args.detectors]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench phase {name} failed:\n{done.stderr[-3000:]}")
@@ -419,10 +433,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="lines the naive version reads at a time (more: more memory, fewer requests split between chunks)")
     parser.add_argument("--one-process-max", type=int, default=None,
                         help="skip the one-process run of archive + features (workers: 1) above this many events")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a configuration key in every phase, e.g. archive.workers=1 (repeatable)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from pipeline.config import load_config
+    from pipeline.errors import AuditsiftError
+
+    try:  # a bad --set fails here, in one line, before any data is generated
+        load_config(overrides=config_overrides(args.settings))
+    except AuditsiftError as error:
+        raise SystemExit(f"error: {error.message}" + (f" (hint: {error.hint})" if error.hint else "")) from None
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.data, args.work, args)))
         return
