@@ -415,7 +415,7 @@ class EventTableBuilder:
         rows = pa.concat_tables(self._parts) if self._parts else ROW_SCHEMA.empty_table()
         times, bad = _parse_times(rows["time"])
         received, _ = _parse_times(rows["received_time"], allow_null=True)
-        table = rows.set_column(0, EVENT_SCHEMA.field(0), times).set_column(1, EVENT_SCHEMA.field(1), received)
+        table = rows.set_column(0, EVENT_SCHEMA.field(0), times).set_column(1, EVENT_SCHEMA.field(1), received).combine_chunks()
         if bad:
             keep = np.ones(len(table), dtype=bool)
             keep[bad] = False
