@@ -329,6 +329,24 @@ def test_features_with_workers_equal_one_process(tmp_path, monkeypatch, sample):
     assert outputs[0][1].keys() == outputs[1][1].keys() and outputs[0][1] == outputs[1][1]
 
 
+def test_hours_concatenated_as_arrow_reduce_like_frames_per_hour_even_beside_an_empty_hour(sample):
+    """``partials_frame`` converts all hours at once. An hour with no partials has null-typed set
+    columns; first in line, its types and pandas metadata must not change how the others read."""
+    from features.aggregate import empty_partials, reduce_partials
+
+    _, storage = sample
+    keys = [key for _, _, key in list_archive_hours(storage, "default")][:4]
+    hours = [stages.map_hour(storage.read_parquet(key), CONTEXT, PACK, 60, ("user", "source_ip")) for key in keys]
+    empty = pa.Table.from_pandas(empty_partials(), preserve_index=False)
+    assert pa.types.is_null(empty.schema.field("namespaces").type)
+    one_by_one = reduce_partials([stages.partials_frame([partial]) for partial, _ in hours])
+    at_once = reduce_partials([stages.partials_frame([empty] + [partial for partial, _ in hours])])
+    assert len(at_once) > 50
+    pd.testing.assert_frame_equal(at_once, one_by_one)
+    rules = stages.rules_frame(hits for _, hits in hours)
+    assert len(rules) == sum(hits.num_rows for _, hits in hours) and list(rules.columns) == hours[0][1].column_names
+
+
 # --------------------------------------------------------------------------- ordered_map
 def _square_unless_seven(state, item):
     if item == 7:
