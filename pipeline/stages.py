@@ -30,7 +30,7 @@ from features.novelty import no_history
 from features.entities import entity_group
 from features.rules import RuleError, RulePack
 from features.windows import (
-    FEATURE_NAMES, KEY, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
+    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
 from pipeline.config import parse_yaml
