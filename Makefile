@@ -9,15 +9,20 @@ WORKDIR ?= work
 N ?= 1000000
 SEEDS ?= 1 2 3 4 5
 
-.PHONY: install run test bench evaluate reliability browser nodetools clean
+.PHONY: install run test bench evaluate reliability compiler browser nodetools clean
 
-$(STAMP): pyproject.toml
+# setup.py compiles features._fastnorm (the archive's C JSON decoder) into the editable install.
+$(STAMP): pyproject.toml setup.py features/_native/fastnorm.c | compiler
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[sagemaker,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# A C compiler for features._fastnorm (Debian's gcc when there is none).
+compiler:
+	@command -v cc >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; }
 
 # Debian's Chromium renders report.html in the browser tests (no browser download at test time).
 browser:
@@ -45,4 +50,4 @@ reliability: $(STAMP)
 	$(BIN)/python scripts/reliability.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(SAMPLE_DIR) $(WORKDIR) bench-out .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(TOOLS) $(SAMPLE_DIR) $(WORKDIR) bench-out .pytest_cache build *.egg-info features/_fastnorm*.so

@@ -510,7 +510,15 @@ else:  # pragma: no cover - msgspec is a declared dependency; without it every l
 _FAST_COLUMNS = ROW_SCHEMA.names[:ROW_SCHEMA.get_field_index("exec_command") + 1]
 
 
-def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs: dict | None = None) -> tuple[pa.Table, np.ndarray]:
+try:
+    from features import _fastnorm
+except ImportError:  # not compiled (see setup.py): the msgspec path below gives the same rows
+    _fastnorm = None
+_BODY_RESOURCE_NAMES = tuple(sorted(name.encode() for name in BODY_RESOURCES))
+
+
+def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs: dict | None = None,
+                         native: bool = True) -> tuple[pa.Table, np.ndarray]:
     """``normalize_event`` over a block of JSON texts (one event each), decoding only the fields it reads.
 
     Returns the rows it normalised (ROW_SCHEMA, in line order) and their positions in
@@ -522,7 +530,13 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
     without auditID or timestamp, and every event whose request body rules read (writes to
     workloads, bindings, roles, services, CSRs, ConfigMaps, Ingresses). Request bodies are
     never decoded here, so Secret data cannot leak.
+
+    When the compiled ``features._fastnorm`` (yyjson, C) is built it does this work;
+    ``native=False`` forces the msgspec path below, which accepts the same lines and gives the
+    same rows (tests compare the two).
     """
+    if native and _fastnorm is not None and type(lines) is list:
+        return _native_rows(lines, cw_ids, repairs)
     columns: dict[str, list] = {name: [] for name in _FAST_COLUMNS}
     (times, received, audit_ids, stages, levels, users, groups_, impersonated_users, source_ips, claimed_ips, agents, verbs,
      resources, subresources, namespaces, names, api_groups, codes, decisions, reasons, uris, arns, sessions, keys, pods,
@@ -542,7 +556,7 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
         ref = event.objectRef
         resource = ref.resource if ref is not None else None
         if ((kind is not None and kind != "Event") or (api_version is not None and not api_version.startswith("audit.k8s.io/"))
-                or time is None or not audit_id or (resource in BODY_RESOURCES and len(event.requestObject))):
+                or not time or not audit_id or (resource in BODY_RESOURCES and len(event.requestObject))):
             continue
         positions.append(position)
         times.append(time)
@@ -622,6 +636,41 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
         else:
             arrays.append(pa.nulls(len(positions), field.type))
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA), np.asarray(positions, dtype=np.int64)
+
+
+def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) -> tuple[pa.Table, np.ndarray]:
+    """``normalize_json_lines`` through ``features._fastnorm``: its column buffers wrapped as Arrow arrays
+    without a copy; exec commands (rare, and parsed with urllib) are filled in here."""
+    positions, missing_user, strings, groups, code, truncated = _fastnorm.normalize(lines, _BODY_RESOURCE_NAMES)
+    positions = np.frombuffer(positions, dtype=np.int64)
+    count = len(positions)
+    if missing_user and repairs is not None:
+        repairs["user_missing"] = repairs.get("user_missing", 0) + missing_user
+    columns = {name: _string_array(count, *buffers) for name, buffers in strings.items()}
+    list_offsets, group_offsets, group_data = groups
+    group_names = pa.Array.from_buffers(pa.string(), len(group_offsets) // 4 - 1,
+                                        [None, pa.py_buffer(group_offsets), pa.py_buffer(group_data)])
+    columns["groups"] = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), count + 1, [None, pa.py_buffer(list_offsets)]),
+                                                 group_names)
+    validity, values, nulls = code
+    columns["code"] = pa.Array.from_buffers(pa.int32(), count, [pa.py_buffer(validity) if nulls else None, pa.py_buffer(values)],
+                                            null_count=nulls)
+    columns["truncated"] = pa.array(np.frombuffer(truncated, dtype=np.bool_))
+    commands = [None] * count
+    execs = pc.is_in(columns["subresource"], value_set=pa.array(["exec", "attach"]))
+    uris = columns["request_uri"]
+    for index in np.flatnonzero(execs.to_numpy(zero_copy_only=False)).tolist():
+        commands[index] = _exec_command(uris[index].as_py())
+    columns["exec_command"] = pa.array(commands, type=pa.string())
+    if cw_ids is not None:
+        columns["cw_event_id"] = pa.array([cw_ids[i] for i in positions.tolist()], type=pa.string())
+    arrays = [columns[field.name] if field.name in columns else pa.nulls(count, field.type) for field in ROW_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA), positions
+
+
+def _string_array(count: int, validity: bytes, offsets: bytes, data: bytes, nulls: int) -> pa.Array:
+    return pa.Array.from_buffers(pa.string(), count, [pa.py_buffer(validity) if nulls else None, pa.py_buffer(offsets),
+                                                      pa.py_buffer(data)], null_count=nulls)
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")

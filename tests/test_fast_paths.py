@@ -67,6 +67,37 @@ def odd_lines() -> list[str]:
         json.dumps(base) + json.dumps({**base, "auditID": "glued"}),
         "  " + json.dumps({**base, "auditID": "padded"}) + " \r",
     ]
+    # What a C decoder could get wrong where msgspec does not: duplicated nested keys, escaped key
+    # names, lone low surrogates, NUL characters, big numbers, deep nesting, edge codes, empty times.
+    lines += [
+        json.dumps({**base, "auditID": "dup-user"})[:-1] + ', "user": {"username": "a", "username": "b"}}',
+        json.dumps({**base, "auditID": "dup-ref"}).replace('"objectRef": {', '"objectRef": {"resource": "x", '),
+        json.dumps({**base, "auditID": "escaped-key"}).replace('"verb"', '"\\u0076erb"'),
+        json.dumps({**base, "auditID": "low-surrogate"}).replace('"web"', '"\\udc00"'),
+        json.dumps({**base, "auditID": "nul", "user": {"username": "a\u0000b", "groups": ["g\u0000"]}}),
+        json.dumps({**base, "auditID": "big-skipped"})[:-1] + ', "n": -123456789012345678901234567890}',
+        json.dumps({**base, "auditID": "deep-skipped"})[:-1] + ', "x": ' + "[" * 1100 + "]" * 1100 + "}",
+        json.dumps({**base, "auditID": "openers-in-strings", "userAgent": "{[" * 600}),
+    ]
+    lines += [json.dumps({**base, "auditID": f"c-{i}", **variant}) for i, variant in enumerate([
+        {"responseStatus": {"code": 999}}, {"responseStatus": {"code": 1000}}, {"responseStatus": {"code": -(2 ** 63)}},
+        {"responseStatus": {"code": 2 ** 64 - 1}}, {"responseStatus": {"code": None}}, {"responseStatus": None},
+        {"responseStatus": {"code": 0}}, {"user": {"username": "g", "groups": "system:masters"}}, {"user": {"extra": []}},
+        {"user": {"username": "e", "extra": {"arn": 5}}}, {"user": {"username": "e", "extra": {"arn": [5]}}},
+        {"user": {"username": "e", "extra": {"arn": [None, "x"], "sessionName": "s", "accessKeyId": ["AKIA1", "AKIA2"]}}},
+        {"user": {"username": "e", "extra": None, "groups": None}}, {"user": {"username": None, "groups": []}},
+        {"sourceIPs": ["10.0.0.9"]}, {"sourceIPs": []}, {"sourceIPs": None}, {"sourceIPs": [""]},
+        {"kind": None, "apiVersion": None}, {"kind": "Event", "apiVersion": "audit.k8s.io/"},
+        {"objectRef": {"resource": None}, "requestObject": {"spec": {}}}, {"objectRef": None, "requestObject": 1},
+        {"objectRef": {"resource": "configmaps", "name": "aws-auth"}, "requestObject": None},
+        {"annotations": {"audit.k8s.io/truncated": True}}, {"annotations": {"authorization.k8s.io/decision": None}},
+        {"annotations": None}, {"impersonatedUser": None}, {"impersonatedUser": {"username": None}},
+        {"stageTimestamp": "", "timestamp": "", "requestReceivedTimestamp": "", "p_event_time": ""},
+        {"stageTimestamp": None, "timestamp": None, "requestReceivedTimestamp": "", "p_event_time": "2026-11-01T09:05:00Z"},
+        {"verb": "get", "objectRef": {"resource": "pods", "subresource": "attach", "name": "p"},
+         "requestURI": "/api/v1/namespaces/web/pods/p/attach?command=bash&stdin=true"},
+        {"objectRef": {"resource": "pods", "subresource": "exec"}, "requestURI": None},
+    ])]
     return lines
 
 
@@ -74,6 +105,18 @@ def fixture_lines() -> list[str]:
     if not SHARED_FIXTURES.exists():
         return []
     return [json.dumps(json.loads(p.read_text())) for p in sorted(SHARED_FIXTURES.glob("*.json"))]
+
+
+@pytest.fixture(params=["native", "msgspec"])
+def block_decoder(request, monkeypatch) -> str:
+    """Block-path tests run with each decoder: the compiled one (features._fastnorm) and msgspec's."""
+    import features.events as events_module
+
+    if request.param == "native":
+        assert events_module._fastnorm is not None, "features._fastnorm is not built: install with a C compiler (setup.py)"
+    else:
+        monkeypatch.setattr(events_module, "_fastnorm", None)
+    return request.param
 
 
 def both_paths(path, block_bytes: int):
@@ -101,7 +144,7 @@ def assert_same(fast, slow) -> None:
 
 @pytest.mark.parametrize("block_bytes", [1 << 22, 3000])
 @pytest.mark.parametrize("gz", [False, True])
-def test_block_path_equals_per_line_path_on_mixed_input(tmp_path, block_bytes, gz):
+def test_block_path_equals_per_line_path_on_mixed_input(tmp_path, block_decoder, block_bytes, gz):
     good = [json.dumps(e) for e in events(300, step=timedelta(seconds=20))]
     lines = good + odd_lines() * 2 + fixture_lines()
     random.Random(7).shuffle(lines)
@@ -113,7 +156,7 @@ def test_block_path_equals_per_line_path_on_mixed_input(tmp_path, block_bytes, g
     assert_same(fast, slow)
 
 
-def test_firehose_envelopes_take_the_block_path_with_their_event_ids(tmp_path):
+def test_firehose_envelopes_take_the_block_path_with_their_event_ids(tmp_path, block_decoder):
     items = events(40) + [{"kind": "Event"}, "{broken"]
     path = tmp_path / "firehose"
     path.write_bytes(gzip.compress(
@@ -124,7 +167,7 @@ def test_firehose_envelopes_take_the_block_path_with_their_event_ids(tmp_path):
     assert fast[0]["cw_event_id"].null_count == 0 and len(fast[0]) == 43
 
 
-def test_mutated_lines_take_the_same_path(tmp_path):
+def test_mutated_lines_take_the_same_path(tmp_path, block_decoder):
     """Random byte damage to real-shaped lines: whatever the per-line path does, the block path does too."""
     rng = random.Random(11)
     seeds = [json.dumps(e) for e in events(5)] + odd_lines()[:12] + fixture_lines()[:20]
@@ -140,7 +183,7 @@ def test_mutated_lines_take_the_same_path(tmp_path):
     assert_same(fast, slow)
 
 
-def test_secret_values_never_reach_the_block_path_output(tmp_path):
+def test_secret_values_never_reach_the_block_path_output(tmp_path, block_decoder):
     lines = odd_lines()
     path = tmp_path / "x.jsonl"
     path.write_text("\n".join(lines) + "\n")
