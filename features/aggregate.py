@@ -1,19 +1,20 @@
 """Map and reduce steps of feature extraction: events -> partial aggregates -> merged partials.
 
-- ``partial_aggregates``: flagged events of any shard -> counts and distinct-value sets per
-  (entity_type, entity, window_start);
+- ``partial_table``: flagged events of any shard -> counts and distinct-value sets per
+  (entity_type, entity, window_start), as an Arrow table (``partial_aggregates``: as a DataFrame);
 - ``reduce_partials``: partials of any shards -> one row per key (counts add, sets union).
 Partials of any split of the events reduce to the same table, so hours, files or
 Processing-job instances can be mapped independently (features.windows.finalise follows).
 """
 from __future__ import annotations
 
-from itertools import chain
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from features.columns import EventColumns, rank_values
+import pyarrow as pa
+
+from features.columns import MICROS, EventColumns, rank_values
 from features.flags import FLAG_NAMES, FlagInputs
 
 KEY = ["entity_type", "entity", "window_start"]
@@ -35,6 +36,14 @@ SET_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 COUNT_COLUMNS = ("n",) + tuple(f"n_{name}" for name in FLAG_NAMES)
 SET_NAMES = tuple(SET_COLUMNS)
+# Event columns ``partial_table`` reads beside the flags' (features.flags.flag_columns): the request's
+# identity, stage and times (``_request_rows``, windows), the entities, and the columns the sets are built
+# from (uri_path from request_uri, object_key from resource/namespace/name, verb_resource from verb and
+# resource or request_uri, ua_family from user_agent).
+AGGREGATE_COLUMNS = frozenset({
+    "audit_id", "stage", "time", "received_time", "verb", "subresource", *ENTITY_COLUMNS.values(),
+    "namespace", "resource", "name", "request_uri", "user_agent",
+})
 
 
 # Requests the API server treats as long-running log ResponseStarted when the response begins
@@ -108,12 +117,18 @@ def _verb_target(columns: EventColumns, rows: np.ndarray) -> list[tuple[np.ndarr
 
 
 def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str]) -> pd.DataFrame:
+    """``partial_table`` as a DataFrame (``partials_as_frame``)."""
+    return partials_as_frame(partial_table(events, window_minutes, entity_types))
+
+
+def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str]) -> pa.Table:
     """Map step: flagged events (a DataFrame from features.flags.add_flags, or the FlagInputs of
-    ``flag_events``) -> partial aggregates per key.
+    ``flag_events``) -> partial aggregates per key, as an Arrow table of ``PARTIAL_SCHEMA``.
 
     Vectorised: rows are grouped by integer codes of (entity, window) and distinct values
     are collected as unique (group, value code) pairs, so the cost is a few array passes per
-    hour instead of a pandas groupby per set; string values are built once per distinct value.
+    hour instead of a pandas groupby per set; string values are built once per distinct value,
+    and the table is assembled from arrays, never through a DataFrame.
     Same table as a plain pandas groupby would give (tests/test_fast_paths.py holds that reference).
     """
     if isinstance(events, FlagInputs):
@@ -123,7 +138,7 @@ def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, e
     step = window_minutes * 60_000_000
     rows = _request_rows(columns, step)
     if len(rows) == 0:
-        return empty_partials()
+        return PARTIAL_SCHEMA.empty_table()
     micros = columns.micros("time")[rows]
     windows = micros // step * step
     columns.derive("uri_path", "request_uri", _uri_path)
@@ -135,10 +150,12 @@ def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, e
     sources["object_key"] = _combined([(codes[rows], values) for codes, values in map(columns.encoded, ("resource", "namespace", "name"))],
                                       _object_key)
     sources["verb_resource"] = _combined(_verb_target(columns, rows), _verb_resource)
+    sources = {name: (codes, pa.array(values, pa.string())) for name, (codes, values) in sources.items()}
     people = {c: (columns.ranked(c)[0][rows], columns.ranked(c)[1]) for c in set(ENTITY_COLUMNS.values())}
+    peer_values = {c: pa.array(values, pa.string()) for c, (_, values) in people.items()}
     flag_rows = {name: np.flatnonzero(flag_values[name][rows]) for name in FLAG_NAMES}
     filters = {f: flag_values[f][rows] for _, f in SET_COLUMNS.values() if f}
-    parts: dict[str, list] = {name: [] for name in PARTIAL_COLUMNS}
+    batches = []
     for entity_type in entity_types:
         entity_codes, entity_values = people[ENTITY_COLUMNS[entity_type]]
         present = np.flatnonzero(entity_codes >= 0)
@@ -153,31 +170,29 @@ def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, e
         group[order] = np.cumsum(np.r_[True, np.diff(group_key[order]) != 0]) - 1
         group_of_row = np.full(len(rows), -1, dtype=np.int64)
         group_of_row[present] = group
-        parts["entity_type"].append(np.full(len(keys), entity_type, dtype=object))
-        parts["entity"].append(entity_values[keys // span])
-        parts["window_start"].append(keys % span * step + windows.min())
-        parts["n"].append(np.diff(np.r_[starts, len(order)]).astype(np.int64))
+        times = micros[present][order]
+        batch = {
+            "entity_type": pa.array(np.full(len(keys), entity_type, dtype=object), pa.large_string()),
+            "entity": pa.array(entity_values[keys // span], pa.large_string()),
+            "window_start": pa.array(keys % span * step + windows.min(), MICROS),
+            "n": np.diff(np.r_[starts, len(order)]).astype(np.int64),
+            "first_time": pa.array(np.minimum.reduceat(times, starts), MICROS),
+            "last_time": pa.array(np.maximum.reduceat(times, starts), MICROS),
+        }
         for flag in FLAG_NAMES:  # flags are sparse: count the rows that have each, not every row
             flagged = group_of_row[flag_rows[flag]]
-            parts[f"n_{flag}"].append(np.bincount(flagged[flagged >= 0], minlength=len(keys)))
-        times = micros[present][order]
-        parts["first_time"].append(np.minimum.reduceat(times, starts))
-        parts["last_time"].append(np.maximum.reduceat(times, starts))
-        peers = people[ENTITY_COLUMNS["source_ip" if entity_type == "user" else "user"]]
+            batch[f"n_{flag}"] = np.bincount(flagged[flagged >= 0], minlength=len(keys)).astype(np.int64)
+        peer_column = ENTITY_COLUMNS["source_ip" if entity_type == "user" else "user"]
+        peers = (people[peer_column][0], peer_values[peer_column])
         for set_name, (source, flag) in SET_COLUMNS.items():
             codes, values = peers if source == "peer" else sources[source]
-            parts[set_name].append(_distinct_lists(group, codes[present], values, len(keys), None if flag is None else filters[flag][present]))
-    if not parts["n"]:
-        return empty_partials()
-    joined = {name: list(chain.from_iterable(values)) if name in SET_NAMES else np.concatenate(values) for name, values in parts.items()}
-    return pd.DataFrame({
-        **joined, "entity_type": pd.array(joined["entity_type"], dtype="str"), "entity": pd.array(joined["entity"], dtype="str"),
-        **{name: utc_times(joined[name]) for name in ("window_start", "first_time", "last_time")},
-    })
+            batch[set_name] = _distinct_lists(group, codes[present], values, len(keys), None if flag is None else filters[flag][present])
+        batches.append(pa.record_batch([batch[name] for name in PARTIAL_COLUMNS], schema=PARTIAL_SCHEMA))
+    return pa.Table.from_batches(batches, schema=PARTIAL_SCHEMA)
 
 
-def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: np.ndarray, groups: int, keep: np.ndarray | None) -> list[list]:
-    """Per group, the sorted distinct non-missing values (``codes`` are numbered in value order)."""
+def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: pa.Array, groups: int, keep: np.ndarray | None) -> pa.ListArray:
+    """Per group, the sorted distinct non-missing values (``codes`` are numbered in value order), as one list array."""
     mask = codes >= 0 if keep is None else (codes >= 0) & keep
     pairs = group[mask] * (len(values) + 1) + codes[mask]
     space = groups * (len(values) + 1)
@@ -188,21 +203,26 @@ def _distinct_lists(group: np.ndarray, codes: np.ndarray, values: np.ndarray, gr
     else:
         pairs = np.unique(pairs)
     owners, value_codes = np.divmod(pairs, len(values) + 1)
-    lists: list[list] = [[] for _ in range(groups)]
-    if len(pairs):
-        bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1], True])
-        chosen = values[value_codes].tolist()
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            lists[owners[begin]] = chosen[begin:end]
-    return lists
-
-
-def utc_times(micros: np.ndarray) -> pd.Series:
-    """Microseconds since the epoch as a pandas UTC timestamp column."""
-    return pd.Series(micros.astype("datetime64[us]")).dt.tz_localize("UTC")
+    offsets = np.zeros(groups + 1, dtype=np.int32)
+    np.cumsum(np.bincount(owners, minlength=groups), out=offsets[1:])
+    return pa.ListArray.from_arrays(offsets, values.take(value_codes))
 
 
 PARTIAL_COLUMNS = KEY + list(COUNT_COLUMNS) + ["first_time", "last_time"] + list(SET_NAMES)
+PARTIAL_SCHEMA = pa.schema(
+    [("entity_type", pa.large_string()), ("entity", pa.large_string()), ("window_start", MICROS)]
+    + [(name, pa.int64()) for name in COUNT_COLUMNS] + [("first_time", MICROS), ("last_time", MICROS)]
+    + [(name, pa.list_(pa.string())) for name in SET_NAMES]
+)
+
+
+def partials_as_frame(table: pa.Table) -> pd.DataFrame:
+    """Partials as an Arrow table (``partial_table``, or many of them concatenated) -> the DataFrame
+    ``reduce_partials`` reads: one conversion, set columns as lists."""
+    frame = table.to_pandas()
+    for name in SET_NAMES:
+        frame[name] = frame[name].map(lambda v: list(v) if v is not None else [])
+    return frame
 
 
 def empty_partials() -> pd.DataFrame:

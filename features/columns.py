@@ -24,12 +24,14 @@ def pandas_types(arrow_type: pa.DataType):
 
 
 class EventColumns:
-    """Read-only columns of ``events`` (a pa.Table or a DataFrame), plus columns derived from them."""
+    """Read-only columns of ``events`` (a pa.Table or a DataFrame), plus columns derived from them.
+    ``read`` names the event columns read so far: what a step needs from the archive."""
 
     def __init__(self, events: pa.Table | pd.DataFrame):
         self.events = events
         self.rows = len(events)
         self.names = frozenset(events.column_names if isinstance(events, pa.Table) else events.columns)
+        self.read: set[str] = set()
         self._arrays: dict[str, pa.Array] = {}
         self._codes: dict[str, tuple[np.ndarray, pa.Array]] = {}
         self._encoded: dict[str, tuple[np.ndarray, list]] = {}
@@ -40,6 +42,7 @@ class EventColumns:
         return name in self.names or name in self._encoded
 
     def array(self, name: str) -> pa.Array:
+        self.read.add(name)
         if name not in self._arrays:
             column = self.events[name]
             self._arrays[name] = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else pa.array(column, from_pandas=True)
@@ -50,9 +53,18 @@ class EventColumns:
         return self._dictionary(name)[0]
 
     def _dictionary(self, name: str) -> tuple[np.ndarray, pa.Array]:
+        """(code per row, distinct values). A column read as a file's dictionary (``pq.read_table(read_dictionary=)``)
+        is used as it is, renumbered over its distinct values in case the file's dictionary repeats one."""
         if name not in self._codes:
-            encoded = pc.dictionary_encode(self.array(name))
-            self._codes[name] = (pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(), encoded.dictionary)
+            array = self.array(name)
+            if pa.types.is_dictionary(array.type):
+                distinct = pc.dictionary_encode(array.dictionary)
+                renumber = np.append(distinct.indices.to_numpy(), len(distinct.dictionary))
+                codes = renumber[pc.fill_null(array.indices, len(array.dictionary)).to_numpy()]
+                self._codes[name] = (codes, distinct.dictionary)
+            else:
+                encoded = pc.dictionary_encode(array)
+                self._codes[name] = (pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(), encoded.dictionary)
         return self._codes[name]
 
     def encoded(self, name: str) -> tuple[np.ndarray, list]:
@@ -102,13 +114,19 @@ class EventColumns:
             return pd.Series(np.array(values, dtype=object)[codes], dtype="str")
         if isinstance(self.events, pd.DataFrame):
             return self.events[name]
-        return pa.table({name: self.array(name)}).to_pandas(types_mapper=pandas_types)[name]  # Array.to_pandas takes a slower path for strings
+        return pa.table({name: _plain(self.array(name))}).to_pandas(types_mapper=pandas_types)[name]  # Array.to_pandas takes a slower path for strings
 
     def frame(self) -> pd.DataFrame:
         """The events as a DataFrame (the source itself, or the table converted as a whole)."""
         if isinstance(self.events, pd.DataFrame):
             return self.events
-        return self.events.to_pandas(types_mapper=pandas_types)
+        return pa.table({name: _plain(column) for name, column in zip(self.events.column_names, self.events.columns)}).to_pandas(
+            types_mapper=pandas_types)
+
+
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column read as a file's dictionary, decoded to its value type (pandas would make it categorical)."""
+    return pc.cast(column, column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
 def rank_values(codes: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from features.addresses import AddressBook, user_agent_family
 from features.columns import EventColumns
-from features.events import SENSITIVE_HOST_PATHS
+from features.events import EVENT_SCHEMA, SENSITIVE_HOST_PATHS
 
 READ_VERBS = ("get", "list", "watch")
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
@@ -238,6 +239,14 @@ def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext) -> FlagIn
     for flag in FLAGS:
         inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
     return inputs
+
+
+@cache
+def flag_columns() -> frozenset[str]:
+    """The event columns ``flag_events`` reads: every registered flag and helper, traced over no events.
+    A flag combines its tests with &, | and ~, never ``and``/``or``, so it reads all its columns whatever
+    the values; the features stage reads only these from the archive, with the aggregates' and rules' own."""
+    return frozenset(flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook())).read)
 
 
 def frame_with_flags(inputs: FlagInputs) -> pd.DataFrame:

@@ -12,12 +12,14 @@ import ast
 import operator
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.events import COLUMN_NAMES
 from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -135,6 +137,17 @@ class RulePack:
                 matched = _aggregate(rule.aggregate, events, matched, columns)
             hits[rule.id] = matched
         return hits
+
+    @cached_property
+    def event_columns(self) -> frozenset[str]:
+        """The event columns (features.events) the active rules can read: every one their conditions
+        name, the aggregates' ``by`` and ``distinct`` and, for windows, ``time``."""
+        names = set()
+        for rule in self.active:
+            names.update(_columns_read(rule.condition, COLUMN_NAMES))
+            if rule.aggregate is not None:
+                names.update(name for name in (rule.aggregate.by, rule.aggregate.distinct, "time") if name)
+        return frozenset(names)
 
     @staticmethod
     def _compiled(rule: Rule) -> "CompiledCondition | None":

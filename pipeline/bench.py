@@ -213,7 +213,7 @@ def phase_one_process(data: str, work: str, args) -> dict:
 def phase_features_map(data: str, work: str, args) -> dict:
     """The map step's own code alone (flags and partial aggregates per archived hour, no cache, no
     rule evaluation), to show how the features stage's time divides."""
-    from features.aggregate import partial_aggregates
+    from features.aggregate import partial_table
     from features.events import conform_events
     from features.flags import flag_events
     from pipeline.archive import list_archive_hours
@@ -228,7 +228,7 @@ def phase_features_map(data: str, work: str, args) -> dict:
         started = time.process_time()
         events = conform_events(ctx.storage.read_parquet(key))
         loaded = time.process_time()
-        rows += len(partial_aggregates(flag_events(events, flags), cfg.window_minutes, cfg.entity_types))
+        rows += len(partial_table(flag_events(events, flags), cfg.window_minutes, cfg.entity_types))
         read += loaded - started
         mapped += time.process_time() - loaded
     return {"partial_rows": rows, "read_cpu_seconds": round(read, 2), "flags_and_aggregates_cpu_seconds": round(mapped, 2)}

@@ -3,8 +3,8 @@
 ``python -m pipeline.processing map --input-dir DIR --output-dir DIR [--config FILE]``
     One SageMaker Processing instance's share of the features stage. SageMaker copies a
     shard of the archive's hour files into ``--input-dir`` (``ShardedByS3Key``); each
-    Parquet file goes through ``pipeline.stages.hour_partials`` (``add_flags`` then
-    ``partial_aggregates``, plus the step's other caches), written to
+    Parquet file goes through ``pipeline.stages.hour_partials`` (``flag_events`` then
+    ``partial_table`` and the rule pack's hits), written to
     ``<output-dir>/<features fingerprint>/<same relative dir>/<sha256 of the input[:16]>.parquet``.
     That is the workdir's partial cache layout (``features/cluster=<c>/partials/...``):
     uploaded there, the ordinary ``auditsift features`` stage finds every hour cached and

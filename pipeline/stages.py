@@ -22,15 +22,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
-from features.aggregate import empty_partials, utc_times
-from features.events import conform_events
-from features.columns import EventColumns, pandas_types
-from features.flags import FlagContext, FlagInputs, flag_events
+from features.aggregate import AGGREGATE_COLUMNS, empty_partials, partial_table, partials_as_frame
+from features.events import COLUMN_NAMES, EVENT_SCHEMA
+from features.columns import MICROS, EventColumns, pandas_types
+from features.flags import FlagContext, FlagInputs, flag_columns, flag_events
 from features.novelty import no_history
 from features.entities import entity_group
 from features.rules import RuleError, RulePack
 from features.windows import (
-    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, partial_aggregates, reduce_partials,
+    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
 from pipeline.config import parse_yaml
@@ -170,7 +170,7 @@ def features_fingerprint(ctx: RunContext) -> str:
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
         "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
-        "disabled": sorted(ctx.config.rules.disabled), "schema": 2,
+        "disabled": sorted(ctx.config.rules.disabled), "schema": 3,
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 
@@ -202,25 +202,49 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if is_cached(ctx, cache_key):
         return ctx.storage.read_parquet(cache_key), ctx.storage.read_parquet(rules_cache_key(cache_key))
     cfg = ctx.config.features
-    tables = map_hour(ctx.storage.read_parquet(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
+    events = read_hour_events(ctx.storage.read_bytes(archive_key), map_columns(pack, cfg.entity_types))
+    tables = map_hour(events, flags, pack, cfg.window_minutes, cfg.entity_types)
     write_cached(ctx, cache_key, encode_partials(tables))
     return tables
 
 
+def map_columns(pack: RulePack, entity_types) -> list[str]:
+    """The event columns ``map_hour`` reads, in archive order: the flags' (traced from their registry), the
+    aggregates' (features.aggregate), the rule pack's and the entities' (``rule_partials``)."""
+    wanted = flag_columns() | AGGREGATE_COLUMNS | pack.event_columns | {"time", *entity_types}
+    return [name for name in COLUMN_NAMES if name in wanted]
+
+
+def read_hour_events(data: bytes, columns: list[str]) -> pa.Table:
+    """The named columns of an archived hour file, in that order. Text columns are read as the file's
+    dictionaries (features.columns encodes every column it reads anyway); a column the file predates
+    reads as nulls of its EVENT_SCHEMA type, as features.events.conform_events fills it."""
+    metadata = pq.read_metadata(io.BytesIO(data))
+    present = set(metadata.schema.names)
+    texts = [name for name in columns if name in present and EVENT_SCHEMA.field(name).type == pa.string()]
+    table = pq.ParquetFile(io.BytesIO(data), metadata=metadata, read_dictionary=texts).read(
+        columns=[name for name in columns if name in present])
+    for name in columns:
+        if name not in present:
+            table = table.append_column(EVENT_SCHEMA.field(name), pa.nulls(len(table), EVENT_SCHEMA.field(name).type))
+    return table.select(columns)
+
+
 def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pa.Table, pa.Table]:
-    """One archived hour's window partials and rule hit counts as Arrow tables (no I/O). Flags, aggregates
-    and rules read the Arrow columns through one dictionary encoding each (features.columns), never a
-    DataFrame of the hour."""
-    events = flag_events(conform_events(table), flags)
-    partial = partial_aggregates(events, window_minutes, entity_types)
-    rules = rule_partials(pack, events, window_minutes, entity_types)
-    return pa.Table.from_pandas(partial, preserve_index=False), pa.Table.from_pandas(rules, preserve_index=False)
+    """One archived hour's window partials and rule hit counts as Arrow tables (no I/O). ``table`` holds at
+    least the ``map_columns`` (``read_hour_events`` reads just those); only they are selected, so a column
+    read without being listed fails here rather than reading as nulls. Flags, aggregates and rules read the
+    Arrow columns through one dictionary encoding each (features.columns), never a DataFrame of the hour;
+    both tables are built from arrays."""
+    events = flag_events(table.select(map_columns(pack, entity_types)), flags)
+    return partial_table(events, window_minutes, entity_types), rule_partials(pack, events, window_minutes, entity_types)
 
 
 def encode_partials(tables: tuple[pa.Table, pa.Table]) -> tuple[bytes, bytes]:
     """An hour's cache files as bytes: (window partials, rule hits). Worker processes encode their
-    own hours, so this process only writes bytes."""
-    return parquet_bytes(tables[0]), parquet_bytes(tables[1])
+    own hours, so this process only writes bytes. An hour's partials are a few hundred rows of some
+    seventy columns: without dictionary pages they are as small and cost less to write and read."""
+    return parquet_bytes(tables[0], dictionary=False), parquet_bytes(tables[1], dictionary=False)
 
 
 def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) -> None:
@@ -270,7 +294,8 @@ def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, ent
 def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[pa.Table, pa.Table], tuple[bytes, bytes]]:
     """Worker side of ``map_hours``: an archived hour file's bytes to its (partials, rule hits) tables and
     their cache files' bytes."""
-    tables = map_hour(pq.read_table(io.BytesIO(data)), *state)
+    flags, pack, window_minutes, entity_types = state
+    tables = map_hour(read_hour_events(data, map_columns(pack, entity_types)), flags, pack, window_minutes, entity_types)
     return tables, encode_partials(tables)
 
 
@@ -279,12 +304,7 @@ def partials_frame(tables: Iterable[pa.Table]) -> pd.DataFrame:
     ``reduce_partials``: one concatenation and one conversion, where a frame per hour cost
     16 ms an hour in pandas overhead. Set columns become lists."""
     tables = list(tables)
-    if not tables:
-        return empty_partials()
-    frame = _concat(tables).to_pandas()
-    for name in SET_NAMES:
-        frame[name] = frame[name].map(lambda v: list(v) if v is not None else [])
-    return frame
+    return partials_as_frame(_concat(tables)) if tables else empty_partials()
 
 
 def rules_frame(tables: Iterable[pa.Table]) -> pd.DataFrame:
@@ -293,8 +313,8 @@ def rules_frame(tables: Iterable[pa.Table]) -> pd.DataFrame:
 
 
 def _concat(tables: Iterable[pa.Table]) -> pa.Table:
-    """Hours' tables as one. An hour with no rows may carry null-typed columns (no values to type them),
-    so types are unified; the first table's pandas metadata describes the rest, which share its columns."""
+    """Hours' tables as one. A cache file written from a DataFrame by an older release may carry null-typed
+    columns for an hour with no rows (no values to type them), so types are unified."""
     return pa.concat_tables(list(tables), promote_options="default")
 
 
@@ -402,20 +422,26 @@ def load_rule_pack(config: Config) -> RulePack:
         raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
 
 
-def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types) -> pd.DataFrame:
-    """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when.
+RULE_PARTIAL_SCHEMA = pa.schema([("entity_type", pa.large_string()), ("entity", pa.large_string()), ("window_start", MICROS),
+                                 ("rule", pa.large_string()), ("count", pa.int64())])
+
+
+def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types) -> pa.Table:
+    """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when,
+    as an Arrow table of ``RULE_PARTIAL_SCHEMA`` (``rules_frame`` makes frames of them).
     ``events`` is a flagged DataFrame or the FlagInputs of ``flag_events``. History flags are all False here
     (no history is judged in the map step), so rules that need them never count as an entity's routine."""
     columns = events if isinstance(events, EventColumns) else EventColumns(events)
     hits = pack.hits(events, no_history(columns.rows))
     fired = [rule for rule, matched in hits.items() if matched.any()]
-    frames = []
+    batches = []
     if fired:
         # Grouped by integer codes (entity, window), numbered in sorted order; rows come out as
         # groupby(sort=True).sum().melt() gave them: rule by rule, groups in order, zero counts dropped.
         matrix = np.column_stack([hits[rule] for rule in fired]).astype(np.int64)
         step = window_minutes * 60_000_000
         windows, window_codes = np.unique(columns.micros("time") // step * step, return_inverse=True)
+        rule_names = pa.array(fired, pa.large_string())
         for entity_type in entity_types:
             entity_codes, entities = columns.ranked(entity_type)
             rows = np.flatnonzero(entity_codes >= 0)
@@ -424,17 +450,13 @@ def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minu
             np.add.at(sums, group_of_row, matrix[rows])
             rule_index, group_index = np.nonzero(sums.T > 0)
             picked = groups[group_index]
-            frames.append(pd.DataFrame({
-                "entity": pd.array(entities[picked // max(len(windows), 1)], dtype="str"),
-                "window_start": utc_times(windows[picked % max(len(windows), 1)]),
-                "rule": pd.array(np.asarray(fired, dtype=object)[rule_index], dtype="str"),
-                "count": sums[group_index, rule_index], "entity_type": entity_type,
-            }))
-    if not frames:
-        return pd.DataFrame({"entity_type": pd.Series(dtype="str"), "entity": pd.Series(dtype="str"),
-                             "window_start": pd.Series(dtype="datetime64[us, UTC]"), "rule": pd.Series(dtype="str"),
-                             "count": pd.Series(dtype="int64")})
-    return pd.concat(frames, ignore_index=True)[["entity_type", "entity", "window_start", "rule", "count"]]
+            batches.append(pa.record_batch([
+                pa.array(np.full(len(picked), entity_type, dtype=object), pa.large_string()),
+                pa.array(entities[picked // max(len(windows), 1)], pa.large_string()),
+                pa.array(windows[picked % max(len(windows), 1)], MICROS),
+                rule_names.take(rule_index), sums[group_index, rule_index],
+            ], schema=RULE_PARTIAL_SCHEMA))
+    return pa.Table.from_batches(batches, schema=RULE_PARTIAL_SCHEMA)
 
 
 def rule_history(rules: pd.DataFrame) -> pd.DataFrame:

@@ -59,10 +59,11 @@ def _check_key(key: str) -> str:
     return key
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as the Parquet file ``Storage.write_parquet`` writes (zstd, with statistics)."""
+def parquet_bytes(table: pa.Table, dictionary: bool = True) -> bytes:
+    """A table as the Parquet file ``Storage.write_parquet`` writes (zstd, with statistics); ``dictionary=False``
+    stores values plainly, for small tables of many columns where dictionary pages cost more than they save."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    pq.write_table(table, sink, compression="zstd", write_statistics=True, use_dictionary=dictionary)
     return sink.getvalue()
 
 

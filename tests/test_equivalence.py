@@ -200,7 +200,7 @@ def test_rule_partials_equal_the_groupby(sample):
     frames = sample_hours(storage) + [flagged_frame(expand(test)) for rule in PACK.rules[:8] for test in rule.tests]
     for frame in frames:
         for window in (60, 15):
-            got = stages.rule_partials(PACK, frame, window, ("user", "source_ip"))
+            got = stages.rules_frame([stages.rule_partials(PACK, frame, window, ("user", "source_ip"))])
             want = reference_rule_partials(PACK, frame, window, ("user", "source_ip"))
             if want is None:
                 assert got.empty
@@ -225,11 +225,45 @@ def test_arrow_map_step_equals_the_dataframe_path(sample):
         pd.testing.assert_frame_equal(frame_with_flags(inputs), frame)
         for window in (60, 15):
             pd.testing.assert_frame_equal(partial_aggregates(inputs, window, types), partial_aggregates(frame, window, types))
-            got, want = stages.rule_partials(PACK, inputs, window, types), reference_rule_partials(PACK, frame, window, types)
+            got = stages.rules_frame([stages.rule_partials(PACK, inputs, window, types)])
+            want = reference_rule_partials(PACK, frame, window, types)
             assert got.empty if want is None else got.equals(want)
         pd.testing.assert_frame_equal(pd.DataFrame(PACK.hits(inputs, no_history(len(table)))),
                                       reference_evaluate(PACK, add_history_flags(frame, {})))
         assert np.array_equal(_condition(outside, inputs, compile_condition(outside.condition)), _reference_condition(outside, frame))
+
+
+def test_map_step_reads_the_listed_columns_from_the_file_as_it_does_from_the_whole_table(sample):
+    """The features stage reads only ``map_columns`` of an archived hour, text columns as the file's
+    dictionaries; the partials and rule hits equal those of the whole table, also for a file written
+    before some of those columns existed (they read as nulls), and the step reads every listed column."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from features.events import conform_events
+
+    _, storage = sample
+    types = ("user", "source_ip")
+    columns = stages.map_columns(PACK, types)
+    assert len(columns) < len(stages.COLUMN_NAMES) and "stage" in columns and "received_time" in columns
+    for key in [key for _, _, key in list_archive_hours(storage, "default")][:6]:
+        table, data = storage.read_parquet(key), storage.read_bytes(key)
+        read = stages.read_hour_events(data, columns)
+        assert read.column_names == columns and pa.types.is_dictionary(read.schema.field("user").type)
+        want = stages.map_hour(table, CONTEXT, PACK, 60, types)
+        got = stages.map_hour(read, CONTEXT, PACK, 60, types)
+        assert got[0].equals(want[0]) and got[1].equals(want[1])
+        older = io.BytesIO()
+        pq.write_table(table.drop_columns(["webhook_targets", "received_time"]), older)
+        conformed = conform_events(table.drop_columns(["webhook_targets", "received_time"]))
+        got = stages.map_hour(stages.read_hour_events(older.getvalue(), columns), CONTEXT, PACK, 60, types)
+        want = stages.map_hour(conformed, CONTEXT, PACK, 60, types)
+        assert got[0].equals(want[0]) and got[1].equals(want[1])
+    inputs = flag_events(read, CONTEXT)
+    stages.partial_table(inputs, 60, types)
+    stages.rule_partials(PACK, inputs, 60, types)
+    assert inputs.read <= set(columns) and set(columns) - inputs.read <= {"received_time"}
 
 
 def test_robust_z_equals_numpy_median():
