@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator
@@ -378,8 +379,15 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     as with one process."""
     result = ArchiveResult(inputs=[ref.name for ref in refs])
     count = worker_count(storage, refs, workers)
-    if count > 1:
-        return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count)
+    with system_memory_pool():
+        if count > 1:
+            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count)
+        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress)
+
+
+def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult, chunk_rows: int,
+                  max_line_bytes: int, progress) -> ArchiveResult:
+    """``archive_inputs`` in this process."""
 
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
@@ -392,6 +400,20 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
 
     archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000))
     return result
+
+
+@contextmanager
+def system_memory_pool() -> Iterator[None]:
+    """Arrow buffers from the C library's allocator while archiving, instead of pyarrow's default
+    (mimalloc). The archive makes and drops tens of megabytes of buffers per 50,000-row chunk; on
+    this workload the default pool measured slower and larger: archive phase at 1M events, worker CPU
+    14.5-14.9 against 12.4-13.1 s, peak RSS 845-860 against 619-642 MB (docs/performance.md)."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this (about 80k events of gzip), starting workers costs more than it saves
@@ -502,6 +524,7 @@ def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, stagin
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
+    pa.set_memory_pool(pa.system_memory_pool())  # as system_memory_pool() does in the parent
     try:
         _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
     except Exception as error:
