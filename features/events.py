@@ -517,8 +517,7 @@ except ImportError:  # not compiled (see setup.py): the msgspec path below gives
 _BODY_RESOURCE_NAMES = tuple(sorted(name.encode() for name in BODY_RESOURCES))
 
 
-def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs: dict | None = None,
-                         native: bool = True) -> tuple[pa.Table, np.ndarray]:
+def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs: dict | None = None) -> tuple[pa.Table, np.ndarray]:
     """``normalize_event`` over a block of JSON texts (one event each), decoding only the fields it reads.
 
     Returns the rows it normalised (ROW_SCHEMA, in line order) and their positions in
@@ -531,11 +530,11 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
     workloads, bindings, roles, services, CSRs, ConfigMaps, Ingresses). Request bodies are
     never decoded here, so Secret data cannot leak.
 
-    When the compiled ``features._fastnorm`` (yyjson, C) is built it does this work;
-    ``native=False`` forces the msgspec path below, which accepts the same lines and gives the
-    same rows (tests compare the two).
+    The compiled ``features._fastnorm`` (yyjson, C) does this work when it is built; otherwise
+    the msgspec path below does, accepting the same lines and giving the same rows (the block-path
+    tests in tests/test_fast_paths.py run with each).
     """
-    if native and _fastnorm is not None and type(lines) is list:
+    if _fastnorm is not None and type(lines) is list:
         return _native_rows(lines, cw_ids, repairs)
     columns: dict[str, list] = {name: [] for name in _FAST_COLUMNS}
     (times, received, audit_ids, stages, levels, users, groups_, impersonated_users, source_ips, claimed_ips, agents, verbs,

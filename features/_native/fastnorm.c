@@ -1,8 +1,8 @@
 /* The archive's fast path in C: JSON lines of EKS audit events straight to Arrow column buffers.
 
    It does what features.events.normalize_json_lines does with msgspec, without a Python object per
-   field: each line is parsed by yyjson (strict JSON, UTF-8 checked throughout, no surrogate
-   escapes), the fields normalisation reads are type-checked exactly as msgspec's typed decoder
+   field: each line is parsed by yyjson (strict JSON, UTF-8 checked throughout, unpaired surrogate
+   escapes refused), the fields normalisation reads are type-checked exactly as msgspec's typed decoder
    checks them, and accepted rows are appended to column buffers that pyarrow wraps without a copy.
    A line it does not accept (not one object, a field of another JSON type, a duplicated field, no
    auditID or timestamp, a request body rules read, ...) is simply left out of ``positions``: the
@@ -13,7 +13,8 @@
      -> (positions: bytes of int64, missing_user: int, strings: dict[name, (validity, offsets, data, nulls)],
          groups: (list_offsets, offsets, data), code: (validity, int32 values, nulls), truncated: bytes of bool)
 
-   Validity buffers are Arrow bitmaps; offsets are int32; ``strings`` is keyed by STRING_COLUMNS. */
+   Validity buffers are Arrow bitmaps; offsets are int32; ``strings`` is keyed by the ROW_SCHEMA
+   column names in STRING_COLUMNS below. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -371,7 +372,7 @@ static PyObject *results(Columns *c)
                          bitmap(&c->code_valid), buf_bytes(&c->code_values), c->code_nulls, buf_bytes(&c->truncated));
 }
 
-static PyObject *normalize(PyObject *self, PyObject *args)
+static PyObject *normalize(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *lines, *body_resources;
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &lines, &PyTuple_Type, &body_resources)) return NULL;
@@ -410,11 +411,5 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "features._fastnorm",
 
 PyMODINIT_FUNC PyInit__fastnorm(void)
 {
-    PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    PyObject *names = PyTuple_New(N_STRINGS);
-    if (!names) { Py_DECREF(m); return NULL; }
-    for (int i = 0; i < N_STRINGS; i++) PyTuple_SET_ITEM(names, i, PyUnicode_FromString(STRING_COLUMNS[i]));
-    if (PyModule_AddObject(m, "STRING_COLUMNS", names) < 0) { Py_DECREF(names); Py_DECREF(m); return NULL; }
-    return m;
+    return PyModule_Create(&module);
 }
