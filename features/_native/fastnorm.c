@@ -162,6 +162,19 @@ static int first_extra(yyjson_val *v, Str *out)
     return 1;
 }
 
+/* ``list[str] | None``: 0 for any other JSON type, or an item of one. */
+static int optional_str_list(yyjson_val *v)
+{
+    if (!v || yyjson_is_null(v)) return 1;
+    if (!yyjson_is_arr(v)) return 0;
+    size_t i, max;
+    yyjson_val *item;
+    yyjson_arr_foreach(v, i, max, item) {
+        if (!yyjson_is_str(item)) return 0;
+    }
+    return 1;
+}
+
 static int truthy(Str s) { return s.s != NULL && s.n > 0; }
 
 static int starts_with(Str s, const char *prefix)
@@ -287,30 +300,20 @@ static int normalize_line(Columns *c, const char *text, size_t size, PyObject *b
         }
     }
 
-    /* sourceIPs: list[str] | None; empty strings dropped; the last is the connection address */
+    yyjson_val *ips = e[E_SOURCE_IPS], *groups = u[U_GROUPS];
+    if (!optional_str_list(ips) || !optional_str_list(groups)) goto done;
+    /* sourceIPs: empty strings dropped; the last is the connection address */
     Str first_ip = {NULL, 0}, last_ip = {NULL, 0};
     size_t ip_count = 0;
-    yyjson_val *ips = e[E_SOURCE_IPS];
-    if (ips && !yyjson_is_null(ips)) {
-        if (!yyjson_is_arr(ips)) goto done;
+    if (ips && yyjson_is_arr(ips)) {
         size_t i, max;
         yyjson_val *item;
         yyjson_arr_foreach(ips, i, max, item) {
-            if (!yyjson_is_str(item)) goto done;
             if (yyjson_get_len(item) == 0) continue;
             Str ip = {yyjson_get_str(item), yyjson_get_len(item)};
             if (!ip_count) first_ip = ip;
             last_ip = ip;
             ip_count++;
-        }
-    }
-    yyjson_val *groups = u[U_GROUPS];
-    if (groups && !yyjson_is_null(groups)) {
-        if (!yyjson_is_arr(groups)) goto done;
-        size_t i, max;
-        yyjson_val *item;
-        yyjson_arr_foreach(groups, i, max, item) {
-            if (!yyjson_is_str(item)) goto done;
         }
     }
 
