@@ -524,9 +524,9 @@ def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, stagin
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
-    pa.set_memory_pool(pa.system_memory_pool())  # as system_memory_pool() does in the parent
     try:
-        _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
+        with system_memory_pool():
+            _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 

@@ -202,10 +202,14 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if is_cached(ctx, cache_key):
         return ctx.storage.read_parquet(cache_key), ctx.storage.read_parquet(rules_cache_key(cache_key))
     cfg = ctx.config.features
-    events = read_hour_events(ctx.storage.read_bytes(archive_key), map_columns(pack, cfg.entity_types))
-    tables = map_hour(events, flags, pack, cfg.window_minutes, cfg.entity_types)
+    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
     write_cached(ctx, cache_key, encode_partials(tables))
     return tables
+
+
+def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pa.Table, pa.Table]:
+    """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read."""
+    return map_hour(read_hour_events(data, map_columns(pack, entity_types)), flags, pack, window_minutes, entity_types)
 
 
 def map_columns(pack: RulePack, entity_types) -> list[str]:
@@ -294,8 +298,7 @@ def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, ent
 def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[pa.Table, pa.Table], tuple[bytes, bytes]]:
     """Worker side of ``map_hours``: an archived hour file's bytes to its (partials, rule hits) tables and
     their cache files' bytes."""
-    flags, pack, window_minutes, entity_types = state
-    tables = map_hour(read_hour_events(data, map_columns(pack, entity_types)), flags, pack, window_minutes, entity_types)
+    tables = map_hour_file(data, *state)
     return tables, encode_partials(tables)
 
 
