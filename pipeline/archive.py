@@ -4,7 +4,8 @@ Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row 
 (auditID, stage), sorted by (time, auditID, stage). Events are streamed in bounded
 chunks: each chunk is normalised into Arrow columns and spilled to a per-run staging
 area by hour; then each touched hour is merged with what the archive already holds,
-deduplicated and replaced atomically. Re-running on the same input rewrites identical
+deduplicated and replaced atomically (``pipeline.hour_merge``: in memory, or through hash
+buckets on disk for an hour of more than ``merge_rows`` rows). Re-running on the same input rewrites identical
 bytes; a run killed at any point leaves either the old or the new hour file, and the
 rerun's merge converges to the same archive.
 """
@@ -18,23 +19,24 @@ import pickle
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import (EVENT_SCHEMA, BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines,
-                             rows_table)
+from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines, rows_table
+from pipeline.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
 from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
-from pipeline.storage import Storage, parquet_bytes, safe_segment
+from pipeline.storage import Storage, safe_segment
 from pipeline.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
 
 log = logging.getLogger(__name__)
 ARCHIVE_ROOT = "archive"
 PART_NAME = "part-0.parquet"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def cluster_prefix(cluster: str) -> str:
@@ -86,11 +88,13 @@ class HourBuffer:
     """Normalised tables waiting per hour; spills to staging when large so memory stays bounded.
 
     Every table added has an order key, its place in the input (a running count, or (file,
-    chunk) when worker processes normalise the files and their tables arrive interleaved);
-    ``take`` returns an hour's parts in key order, which is the order one process reads them in.
-    Staged parts are Arrow IPC streams: LZ4 on a local disk (a quarter of Parquet's cost to
-    write and read back, at 1.7 times zstd's size), zstd on S3, where bytes cost more than CPU.
-    Staging is deleted at the end of the run.
+    chunk) when worker processes normalise the files and their tables arrive interleaved).
+    Each hour's part of a table is sorted on arrival (``sort_events``), so that it is a run a
+    busy hour's merge can read back a batch at a time (``runs``); ``take`` returns an hour's
+    parts whole, in key order, which is the order one process reads them in.
+    Staged parts are Arrow IPC files in batches of ``RUN_BATCH_ROWS``: LZ4 on a local disk (a
+    quarter of Parquet's cost to write and read back, at 1.7 times zstd's size), zstd on S3,
+    where bytes cost more than CPU. Staging is deleted at the end of the run.
     """
 
     def __init__(self, storage: Storage, staging: str, spill_rows: int):
@@ -99,42 +103,104 @@ class HourBuffer:
         self.spill_rows = spill_rows
         self.compression = "lz4" if storage.local_path(staging) is not None else "zstd"
         self.tables: dict[tuple[str, int], list[tuple[tuple, pa.Table]]] = defaultdict(list)
-        self.rows = 0
-        self.spilled: dict[tuple[str, int], list[tuple[str, list[tuple[tuple, int]]]]] = defaultdict(list)
+        self.rows_held = 0
+        self.spilled: dict[tuple[str, int], list[tuple[str, list[StagedPart]]]] = defaultdict(list)
         self._added = 0
 
     def add(self, table: pa.Table, order: tuple | None = None) -> None:
         order = (self._added,) if order is None else order
         self._added += 1
         for key, part in split_by_hour(table):
-            self.tables[key].append((order, part))
-        self.rows += len(table)
-        if self.rows >= self.spill_rows:
+            self.tables[key].append((order, sort_events(part)))
+        self.rows_held += len(table)
+        if self.rows_held >= self.spill_rows:
             self.spill()
 
     def spill(self) -> None:
         for (date, hour), parts in self.tables.items():
             index = len(self.spilled[(date, hour)])
-            key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.arrows"
-            _write_staged(self.storage, key, _ipc_bytes(pa.concat_tables([part for _, part in parts]), self.compression))
-            self.spilled[(date, hour)].append((key, [(order, len(part)) for order, part in parts]))
+            key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.arrow"
+            data, layout = _staged_file(parts, self.compression)
+            _write_staged(self.storage, key, data)
+            self.spilled[(date, hour)].append((key, layout))
         self.tables.clear()
-        self.rows = 0
+        self.rows_held = 0
 
     def hours(self) -> list[tuple[str, int]]:
         return sorted(set(self.tables) | set(self.spilled))
 
+    def rows(self, key: tuple[str, int]) -> int:
+        """Rows buffered and staged for an hour."""
+        staged = sum(part.rows for _, layout in self.spilled.get(key, []) for part in layout)
+        return staged + sum(len(part) for _, part in self.tables.get(key, []))
+
     def take(self, key: tuple[str, int]) -> list[pa.Table]:
+        """An hour's parts in order."""
         parts = []
         for staged, layout in self.spilled.get(key, []):
-            table = pa.ipc.open_stream(self.storage.read_bytes(staged)).read_all()
+            table = pa.ipc.open_file(self._source(staged)).read_all()
             offset = 0
-            for order, rows in layout:
-                parts.append((order, table.slice(offset, rows)))
-                offset += rows
+            for part in layout:
+                parts.append((part.order, table.slice(offset, part.rows)))
+                offset += part.rows
         parts += self.tables.pop(key, [])
         parts.sort(key=lambda part: part[0])
         return [table for _, table in parts]
+
+    def runs(self, key: tuple[str, int]) -> list[Iterator[pa.Table]]:
+        """An hour's parts in order, each sorted and read a batch at a time."""
+        runs = [(part.order, self._batches(staged, part)) for staged, layout in self.spilled.get(key, []) for part in layout]
+        runs += [(order, _batches_of(table)) for order, table in self.tables.get(key, [])]
+        runs.sort(key=lambda run: run[0])
+        return [batches for _, batches in runs]
+
+    def keys(self, key: tuple[str, int]) -> Iterator[pa.Table]:
+        """time, audit_id and stage of every row of an hour, a staged file at a time."""
+        columns = [EVENT_SCHEMA.get_field_index(name) for name in ("time", "audit_id", "stage")]
+        for staged, _ in self.spilled.get(key, []):
+            yield pa.ipc.open_file(self._source(staged), options=pa.ipc.IpcReadOptions(included_fields=columns)).read_all()
+        for _, table in self.tables.get(key, []):
+            yield table.select(["time", "audit_id", "stage"])
+
+    def forget(self, key: tuple[str, int]) -> None:
+        self.tables.pop(key, None)
+
+    def _batches(self, staged: str, part: StagedPart) -> Iterator[pa.Table]:
+        reader = pa.ipc.open_file(self._source(staged))
+        for index in range(part.first_batch, part.first_batch + part.batches):
+            yield pa.Table.from_batches([reader.get_batch(index)])
+
+    def _source(self, staged: str):
+        """A staged file to read from: opened on a local disk (read a batch at a time), else fetched whole."""
+        path = self.storage.local_path(staged)
+        return pa.OSFile(str(path)) if path is not None else pa.BufferReader(self.storage.read_bytes(staged))
+
+
+def _batches_of(table: pa.Table) -> Iterator[pa.Table]:
+    for start in range(0, len(table), RUN_BATCH_ROWS):
+        yield table.slice(start, RUN_BATCH_ROWS)
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """Where one part (an input table's rows of one hour) is in its staged file."""
+
+    order: tuple
+    rows: int
+    first_batch: int
+    batches: int
+
+
+def _staged_file(parts: list[tuple[tuple, pa.Table]], compression: str) -> tuple[bytes, list[StagedPart]]:
+    """Parts as one Arrow IPC file, each in batches of ``RUN_BATCH_ROWS``, and where each part is."""
+    sink, layout = pa.BufferOutputStream(), []
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(sink, parts[0][1].schema, options=options) as writer:
+        for order, part in parts:
+            first = writer.stats.num_record_batches
+            writer.write_table(part, max_chunksize=RUN_BATCH_ROWS)
+            layout.append(StagedPart(order, len(part), first, writer.stats.num_record_batches - first))
+    return sink.getvalue().to_pybytes(), layout
 
 
 def _write_staged(storage: Storage, key: str, data: bytes) -> None:
@@ -146,13 +212,6 @@ def _write_staged(storage: Storage, key: str, data: bytes) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def _ipc_bytes(table: pa.Table, compression: str) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def split_by_hour(table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
@@ -171,38 +230,6 @@ def split_by_hour(table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]
     for begin, end in zip(bounds[:-1], bounds[1:]):
         value = hours[int(begin)].as_py()
         yield (value.strftime("%Y-%m-%d"), value.hour), table.slice(begin, end - begin)
-
-
-def dedupe_sorted(table: pa.Table) -> pa.Table:
-    """One row per (audit_id, stage): the earliest delivery wins (earliest time, then lowest
-    CloudWatch id, then input order), output sorted by (time, audit_id, stage).
-
-    Sorting by (time, audit_id, stage, cw_event_id) puts every key's winner first among its
-    copies, so keeping first occurrences needs no second sort. Times rarely tie, so rows are
-    ordered by an integer sort of the times and only runs of equal times are ordered by the
-    text keys; one ``take`` then builds the result, and none is needed when the rows already
-    are in order without duplicates (the usual case: a stream arrives nearly sorted).
-    """
-    if len(table) == 0:
-        return table
-    times = table["time"].combine_chunks().cast(pa.int64()).to_numpy()
-    order = np.argsort(times, kind="stable")
-    ordered_times = times[order]
-    tied = np.flatnonzero(ordered_times[1:] == ordered_times[:-1])
-    if len(tied):
-        audit_ids, stages, cw_ids = (table[name].to_pylist() for name in ("audit_id", "stage", "cw_event_id"))
-        starts = tied[np.r_[True, np.diff(tied) > 1]]
-        ends = tied[np.r_[np.diff(tied) > 1, True]] + 2
-        for start, end in zip(starts, ends):
-            order[start:end] = sorted(order[start:end], key=lambda i: (audit_ids[i], stages[i], cw_ids[i] is None, cw_ids[i] or ""))
-    ids = pc.dictionary_encode(table["audit_id"].combine_chunks()).indices.to_numpy()
-    stage_codes = pc.dictionary_encode(table["stage"].combine_chunks())
-    keys = ids.astype(np.int64) * max(len(stage_codes.dictionary), 1) + stage_codes.indices.to_numpy()
-    _, first = np.unique(keys[order], return_index=True)
-    keep = order[np.sort(first)]
-    if len(keep) == len(table) and not np.any(keep[1:] < keep[:-1]):
-        return table
-    return table.take(keep)
 
 
 def normalise_stream(
@@ -281,7 +308,8 @@ def _sample(value) -> str:
 
 
 def archive_tables(
-    storage: Storage, tables: Iterable[pa.Table], cluster: str, run_id: str, result: ArchiveResult, spill_rows: int = 500_000
+    storage: Storage, tables: Iterable[pa.Table], cluster: str, run_id: str, result: ArchiveResult, spill_rows: int = 500_000,
+    merge_rows: int = MERGE_ROWS,
 ) -> ArchiveResult:
     """Merge normalised event tables into the archive, hour by hour, exactly once."""
     staging = f"staging/{safe_segment(run_id)}"
@@ -293,7 +321,7 @@ def archive_tables(
             result.events_normalised += len(table)
             buffer.add(table, order)
     for date, hour in buffer.hours():
-        _count_merge(result, merge_hour(storage, cluster, date, hour, buffer.take((date, hour))))
+        _count_merge(result, merge_hour(storage, cluster, date, hour, buffer, merge_rows))
     storage.delete_prefix(staging)
     return result
 
@@ -310,24 +338,30 @@ class HourMerge:
     time_max: str | None
 
 
-def merge_hour(storage: Storage, cluster: str, date: str, hour: int, incoming: list[pa.Table]) -> HourMerge:
-    """Merge an hour's incoming rows (in input order) with what the archive holds: deduplicate, sort,
-    and replace the hour file if anything was added."""
+def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: HourBuffer, merge_rows: int = MERGE_ROWS) -> HourMerge:
+    """Merge an hour's buffered rows (in input order) with what the archive holds: deduplicate, sort,
+    and replace the hour file if anything was added. An hour of more than ``merge_rows`` rows is
+    merged from its sorted runs, holding about ``merge_rows`` rows at a time (``pipeline.hour_merge``)."""
     key = hour_key(cluster, date, hour)
-    existing_bytes = storage.read_bytes(key) if storage.exists(key) else None
-    existing = [conform_events(pq.read_table(io.BytesIO(existing_bytes)))] if existing_bytes is not None else []
-    before = sum(len(t) for t in existing)
-    merged = dedupe_sorted(pa.concat_tables(existing + [t.cast(EVENT_SCHEMA) for t in incoming]))
-    added = len(merged) - before
-    written = bool(added or not existing)
-    if written:
-        write_hour(storage, key, merged.combine_chunks())  # one layout however the parts were buffered
+    existing = storage.read_bytes(key) if storage.exists(key) else None
+    before = pq.ParquetFile(io.BytesIO(existing)).metadata.num_rows if existing is not None else 0
+    incoming_rows = buffer.rows((date, hour))
+    if before + incoming_rows <= merge_rows:
+        merged = merge_in_memory(existing, buffer.take((date, hour)))
     else:
-        repair_manifest(storage, key, existing_bytes, before)
+        merged = merge_runs(existing, buffer.runs((date, hour)), buffer.keys((date, hour)), merge_rows)
+        buffer.forget((date, hour))
+    with merged.content:
+        added = merged.rows - before
+        written = bool(added or existing is None)
+        if written:
+            write_hour(storage, key, merged.content, merged.rows)
+        else:
+            repair_manifest(storage, key, existing, before)
     low = high = None
-    if len(merged):
-        low, high = _iso(pc.min(merged["time"]).as_py()), _iso(pc.max(merged["time"]).as_py())
-    return HourMerge(key, added, sum(len(t) for t in incoming), written, low, high)
+    if merged.rows:
+        low, high = (_iso(EPOCH + timedelta(microseconds=micros)) for micros in (merged.time_min, merged.time_max))
+    return HourMerge(key, added, incoming_rows, written, low, high)
 
 
 def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
@@ -340,13 +374,15 @@ def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
         result.time_max = merge.time_max if result.time_max is None else max(result.time_max, merge.time_max)
 
 
-def write_hour(storage: Storage, key: str, table: pa.Table) -> None:
-    """Replace an hour's Parquet file, then its manifest (rows, sha256): the manifest is the commit
-    marker readers and caches trust; a crash between the two leaves a stale digest that
-    ``hour_digest`` detects and recomputes."""
-    data = parquet_bytes(table)
-    storage.write_bytes(key, data)
-    storage.write_json(manifest_key(key), {"rows": len(table), "sha256": hashlib.sha256(data).hexdigest()})
+def write_hour(storage: Storage, key: str, content: BinaryIO, rows: int) -> None:
+    """Replace an hour's Parquet file with ``content`` (a seekable file), then its manifest (rows,
+    sha256): the manifest is the commit marker readers and caches trust; a crash between the two
+    leaves a stale digest that ``hour_digest`` detects and recomputes."""
+    content.seek(0)
+    digest = hashlib.file_digest(content, "sha256").hexdigest()
+    content.seek(0)
+    storage.write_stream(key, content)
+    storage.write_json(manifest_key(key), {"rows": rows, "sha256": digest})
 
 
 def manifest_key(hour_key_: str) -> str:
@@ -371,7 +407,7 @@ def _iso(value: datetime) -> str:
 
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
-                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1) -> ArchiveResult:
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS) -> ArchiveResult:
     """Archive every event of ``refs`` (files or objects in any supported format).
 
     With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
@@ -381,12 +417,12 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     count = worker_count(storage, refs, workers)
     with system_memory_pool():
         if count > 1:
-            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count)
-        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress)
+            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows)
+        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows)
 
 
 def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult, chunk_rows: int,
-                  max_line_bytes: int, progress) -> ArchiveResult:
+                  max_line_bytes: int, progress, merge_rows: int) -> ArchiveResult:
     """``archive_inputs`` in this process."""
 
     def tables() -> Iterator[pa.Table]:
@@ -398,7 +434,7 @@ def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: 
                     progress(consumed)
                 yield table
 
-    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000))
+    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000), merge_rows=merge_rows)
     return result
 
 
@@ -434,7 +470,7 @@ def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
 
 
 def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
-                       chunk_rows: int, max_line_bytes: int, progress, workers: int) -> ArchiveResult:
+                       chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int) -> ArchiveResult:
     """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
 
     1. Each worker takes the next unread file and normalises it exactly as one process does (with
@@ -448,7 +484,8 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
        replaced atomically, as before, so a run killed here converges on rerun in the same way.
 
     Only counts and staging keys pass between processes. Memory: a worker holds one chunk
-    (``chunk_rows``) while normalising and one hour while merging; this process holds neither.
+    (``chunk_rows``) while normalising and about ``merge_rows`` rows while merging; this process
+    holds neither.
     """
     staging = f"staging/{safe_segment(run_id)}"
     storage.delete_prefix("staging/")
@@ -457,7 +494,7 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     hours_queue, results = context.Queue(), context.Queue()
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
                                  args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
-                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, os.getpid()))
+                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid()))
                  for n in range(workers)]
     start(processes)
     try:
@@ -520,19 +557,20 @@ def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
 
 
 def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                    results, chunk_rows: int, max_line_bytes: int, parent: int) -> None:
+                    results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int) -> None:
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
     try:
         with system_memory_pool():
-            _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes)
+            _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes,
+                         merge_rows)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 
 
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                 results, chunk_rows: int, max_line_bytes: int) -> None:
+                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int) -> None:
     buffer = HourBuffer(storage, staging, spill_rows)
     while True:
         with next_file.get_lock():
@@ -556,7 +594,7 @@ def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: 
     while (task := hours_queue.get()) is not None:
         index, date, hour, parts = task
         buffer.spilled = {(date, hour): parts}
-        results.put(("merged", index, merge_hour(storage, cluster, date, hour, buffer.take((date, hour)))))
+        results.put(("merged", index, merge_hour(storage, cluster, date, hour, buffer, merge_rows)))
 
 
 def list_archive_hours(storage: Storage, cluster: str) -> list[tuple[str, int, str]]:

@@ -48,6 +48,9 @@ class ArchiveConfig(Section):
     workers: int = Field(2, ge=1, le=64, description=(
         "processes that read and normalise input files in parallel (at most one per file and per core; 1 reads them in "
         "the archive process); the archive is byte-identical for any value"))
+    merge_rows: int = Field(32_768, ge=1_000, le=2_000_000, description=(
+        "rows a process holds while merging an hour into its archive file: a busier hour is merged through hash buckets "
+        "in a scratch directory (TMPDIR) and written in row groups of this many rows; the rows are the same for any value"))
 
 
 class FeaturesConfig(Section):

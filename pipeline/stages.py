@@ -127,6 +127,7 @@ def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
         result = archive_inputs(
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
             max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
+            merge_rows=ctx.config.archive.merge_rows,
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import orjson
 import pyarrow as pa
@@ -59,11 +60,14 @@ def _check_key(key: str) -> str:
     return key
 
 
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "use_dictionary": True}
+
+
 def parquet_bytes(table: pa.Table, dictionary: bool = True) -> bytes:
-    """A table as the Parquet file ``Storage.write_parquet`` writes (zstd, with statistics); ``dictionary=False``
+    """A table as the Parquet file ``Storage.write_parquet`` writes (``PARQUET_OPTIONS``); ``dictionary=False``
     stores values plainly, for small tables of many columns where dictionary pages cost more than they save."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True, use_dictionary=dictionary)
+    pq.write_table(table, sink, **{**PARQUET_OPTIONS, "use_dictionary": dictionary})
     return sink.getvalue()
 
 
@@ -77,6 +81,10 @@ class Storage(ABC):
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def write_stream(self, key: str, source: BinaryIO) -> None:
+        """Write everything ``source`` holds from its position on: for content too large to hold as bytes."""
+        self.write_bytes(key, source.read())
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -199,14 +207,20 @@ class LocalStorage(Storage):
             raise StorageError(f"missing {self.uri(key)}", hint="run the stage that produces it first") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        self.write_stream(key, io.BytesIO(data))
+
+    def write_stream(self, key: str, source: BinaryIO) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                shutil.copyfileobj(source, handle, 1 << 20)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()

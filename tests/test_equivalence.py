@@ -427,7 +427,7 @@ def test_a_killed_parallel_archive_leaves_no_workers_and_the_rerun_converges(tmp
     work = tmp_path / "work"
     process = subprocess.Popen([sys.executable, "-c", KILLED_ARCHIVE, str(data), str(work)])
     deadline = time.monotonic() + 300
-    staged = lambda: any((work / "staging").rglob("*.arrows")) if (work / "staging").exists() else False  # noqa: E731
+    staged = lambda: any((work / "staging").rglob("*.arrow")) if (work / "staging").exists() else False  # noqa: E731
     written = lambda: any((work / "archive").rglob("part-0.parquet")) if (work / "archive").exists() else False  # noqa: E731
     while not (staged() if phase == "staging" else written()):
         assert process.poll() is None, "finished before the kill point"

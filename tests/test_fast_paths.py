@@ -20,7 +20,8 @@ from features.aggregate import (COUNT_COLUMNS, ENTITY_COLUMNS, LONG_RUNNING_SUBR
 from features.events import EVENT_SCHEMA
 from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
 from features.windows import BASELINE_INPUTS, FEATURE_NAMES, NOVELTY_SETS, SENSITIVE_FLAGS, finalise
-from pipeline.archive import archive_inputs, dedupe_sorted, normalise_blocks, normalise_stream, read_archive
+from pipeline.archive import archive_inputs, normalise_blocks, normalise_stream, read_archive
+from pipeline.hour_merge import dedupe_sorted
 from pipeline.readers import InputRef, Quarantine, read_blocks, read_events, resolve_inputs
 from pipeline.stages import events_frame
 from pipeline.storage import LocalStorage

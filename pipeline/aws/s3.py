@@ -95,7 +95,14 @@ class S3Storage(Storage):
             raise self._fail(error, method, key) from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        aws.call(self.client.put_object, self.uri(key), Bucket=self.bucket, Key=self.object_key(key), Body=data,
+        self._put(key, data)
+
+    def write_stream(self, key: str, source: BinaryIO) -> None:
+        self._put(key, source)
+
+    def _put(self, key: str, body: bytes | BinaryIO) -> None:
+        """One PUT (a seekable file body is streamed, and rewound by botocore to retry)."""
+        aws.call(self.client.put_object, self.uri(key), Bucket=self.bucket, Key=self.object_key(key), Body=body,
                  **sse_arguments(self.config))
 
     def exists(self, key: str) -> bool:
