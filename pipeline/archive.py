@@ -4,8 +4,8 @@ Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row 
 (auditID, stage), sorted by (time, auditID, stage). Events are streamed in bounded
 chunks: each chunk is normalised into Arrow columns and spilled to a per-run staging
 area by hour; then each touched hour is merged with what the archive already holds,
-deduplicated and replaced atomically (``pipeline.hour_merge``: in memory, or through hash
-buckets on disk for an hour of more than ``merge_rows`` rows). Re-running on the same input rewrites identical
+deduplicated and replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs
+for an hour of more than ``merge_rows`` rows). Re-running on the same input rewrites identical
 bytes; a run killed at any point leaves either the old or the new hour file, and the
 rerun's merge converges to the same archive.
 """
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import EVENT_SCHEMA, BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines, rows_table
+from features.events import BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines, rows_table
 from pipeline.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
 from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
 from pipeline.storage import Storage, safe_segment
@@ -138,7 +138,8 @@ class HourBuffer:
         """An hour's parts in order."""
         parts = []
         for staged, layout in self.spilled.get(key, []):
-            table = pa.ipc.open_file(self._source(staged)).read_all()
+            with self._source(staged) as source:
+                table = pa.ipc.open_file(source).read_all()
             offset = 0
             for part in layout:
                 parts.append((part.order, table.slice(offset, part.rows)))
@@ -156,19 +157,23 @@ class HourBuffer:
 
     def keys(self, key: tuple[str, int]) -> Iterator[pa.Table]:
         """time, audit_id and stage of every row of an hour, a staged file at a time."""
-        columns = [EVENT_SCHEMA.get_field_index(name) for name in ("time", "audit_id", "stage")]
+        names = ["time", "audit_id", "stage"]
         for staged, _ in self.spilled.get(key, []):
-            yield pa.ipc.open_file(self._source(staged), options=pa.ipc.IpcReadOptions(included_fields=columns)).read_all()
+            with self._source(staged) as source:
+                schema = pa.ipc.open_file(source).schema
+                only = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(name) for name in names])
+                yield pa.ipc.open_file(source, options=only).read_all().select(names)
         for _, table in self.tables.get(key, []):
-            yield table.select(["time", "audit_id", "stage"])
+            yield table.select(names)
 
     def forget(self, key: tuple[str, int]) -> None:
         self.tables.pop(key, None)
 
     def _batches(self, staged: str, part: StagedPart) -> Iterator[pa.Table]:
-        reader = pa.ipc.open_file(self._source(staged))
-        for index in range(part.first_batch, part.first_batch + part.batches):
-            yield pa.Table.from_batches([reader.get_batch(index)])
+        with self._source(staged) as source:
+            reader = pa.ipc.open_file(source)
+            for index in range(part.first_batch, part.first_batch + part.batches):
+                yield pa.Table.from_batches([reader.get_batch(index)])
 
     def _source(self, staged: str):
         """A staged file to read from: opened on a local disk (read a batch at a time), else fetched whole."""
