@@ -271,6 +271,28 @@ def test_arrow_map_step_equals_the_dataframe_path(sample):
         assert np.array_equal(_condition(outside, inputs, compile_condition(outside.condition)), _reference_condition(outside, frame))
 
 
+def test_event_columns_of_dictionaries_equal_those_of_plain_columns():
+    """``EventColumns`` takes a file's dictionary as it is when its values are distinct and renumbers one that
+    repeats a value; codes, values and missing rows are those of the plain column, whatever the nulls and offsets."""
+    from features.columns import EventColumns
+
+    plain = pa.array(["b", None, "a", "b", None, "c", "a", "é", None], pa.string())
+    repeated = pa.DictionaryArray.from_arrays(pa.array([0, None, 1, 2, None, 3, 1, 4, None], pa.int32()),
+                                              pa.array(["b", "a", "b", "c", "é"]))
+    code = pa.array([200, None, 403, 200, None, 101, 200, 404, None], pa.int32())
+    for offset in (0, 1, 4):
+        columns = {"distinct": plain.dictionary_encode()[offset:], "repeated": repeated[offset:], "plain": plain[offset:], "code": code[offset:]}
+        got = EventColumns(pa.table(columns))
+        for name in ("distinct", "repeated", "plain"):
+            codes, values = got.encoded(name)
+            assert [values[c] for c in codes] == plain[offset:].to_pylist() and values[-1] is None
+            assert len(set(values[:-1])) == len(values) - 1  # distinct values, one code each
+            assert np.array_equal(got.missing(name), plain[offset:].is_null().to_numpy(zero_copy_only=False))
+        codes, values = got.encoded("code")
+        assert [values[c] for c in codes] == code[offset:].to_pylist()
+        assert np.array_equal(got.missing("code"), code[offset:].is_null().to_numpy(zero_copy_only=False))
+
+
 def test_map_step_reads_the_listed_columns_from_the_file_as_it_does_from_the_whole_table(sample):
     """The features stage reads only ``map_columns`` of an archived hour, text columns as the file's
     dictionaries; the partials and rule hits equal those of the whole table, also for a file written
