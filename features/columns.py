@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MICROS = pa.timestamp("us", tz="UTC")
+SMALL_DICTIONARY = 256  # distinct values up to which a dictionary is checked as a Python set (EventColumns._dictionary)
 
 
 def pandas_types(arrow_type: pa.DataType):
@@ -33,7 +34,7 @@ class EventColumns:
         self.names = frozenset(events.column_names if isinstance(events, pa.Table) else events.columns)
         self.read: set[str] = set()
         self._arrays: dict[str, pa.Array] = {}
-        self._codes: dict[str, tuple[np.ndarray, list]] = {}
+        self._codes: dict[str, tuple[np.ndarray, pa.Array, list | None]] = {}
         self._missing: dict[str, np.ndarray] = {}
         self._micros: dict[str, np.ndarray] = {}
         self._encoded: dict[str, tuple[np.ndarray, list]] = {}
@@ -54,35 +55,39 @@ class EventColumns:
         """An event column's code per row: equal codes for equal values; missing values share the highest code."""
         return self._dictionary(name)[0]
 
-    def _dictionary(self, name: str) -> tuple[np.ndarray, list]:
-        """(code per row, distinct values as a list). A column read as a file's dictionary (``pq.read_table(read_dictionary=)``)
-        is used as it is: its indices are the codes when its values are distinct (a file's dictionary page holds each value
-        once), else they are renumbered over its distinct values; missing values get the code ``len(values)``."""
+    def _dictionary(self, name: str) -> tuple[np.ndarray, pa.Array, list | None]:
+        """(code per row, distinct values, the same as a list when at hand). A column read as a file's dictionary
+        (``pq.read_table(read_dictionary=)``) is used as it is: its indices are the codes when its values are distinct
+        (a file's dictionary page holds each value once), else they are renumbered over its distinct values; missing
+        values get the code ``len(values)``. A small dictionary is checked as a Python set of the list ``encoded``
+        needs anyway; a large one (audit ids, of which only codes are read) by encoding it, without the list."""
         if name not in self._codes:
             array = self.array(name)
             if pa.types.is_dictionary(array.type):
-                dictionary, indices = array.dictionary, array.indices
-                values = dictionary.to_pylist()
-                text = pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)
-                if text and len(set(values)) == len(values):
-                    codes = _filled(indices, len(values)).astype(np.int64)
+                dictionary, indices, values, encoded = array.dictionary, array.indices, None, None
+                if len(dictionary) <= SMALL_DICTIONARY and (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+                    values = dictionary.to_pylist()
+                    distinct = len(set(values)) == len(values)
                 else:
-                    distinct = pc.dictionary_encode(dictionary)
-                    renumber = np.append(distinct.indices.to_numpy(), len(distinct.dictionary))
-                    codes = renumber[_filled(indices, len(values))]
-                    values = distinct.dictionary.to_pylist()
+                    encoded = pc.dictionary_encode(dictionary)
+                    distinct = len(encoded.dictionary) == len(dictionary)
+                if distinct:
+                    self._codes[name] = (_filled(indices, len(dictionary)).astype(np.int64), dictionary, values)
+                else:
+                    encoded = encoded if encoded is not None else pc.dictionary_encode(dictionary)
+                    renumber = np.append(encoded.indices.to_numpy(), len(encoded.dictionary))
+                    self._codes[name] = (renumber[_filled(indices, len(dictionary))], encoded.dictionary, None)
             else:
                 encoded = pc.dictionary_encode(array)
-                codes, values = _filled(encoded.indices, len(encoded.dictionary)), encoded.dictionary.to_pylist()
-            self._codes[name] = (codes, values)
+                self._codes[name] = (_filled(encoded.indices, len(encoded.dictionary)), encoded.dictionary, None)
         return self._codes[name]
 
     def encoded(self, name: str) -> tuple[np.ndarray, list]:
         """(code per row, values): ``values[code]`` is the row's value. For an event column the last
         value is None, the code of every missing value; a derived column may repeat values."""
         if name not in self._encoded:
-            codes, values = self._dictionary(name)
-            self._encoded[name] = (codes, values + [None])
+            codes, dictionary, values = self._dictionary(name)
+            self._encoded[name] = (codes, (dictionary.to_pylist() if values is None else values) + [None])
         return self._encoded[name]
 
     def derive(self, name: str, source: str, function: Callable[[object], object]) -> None:

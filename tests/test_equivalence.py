@@ -271,10 +271,15 @@ def test_arrow_map_step_equals_the_dataframe_path(sample):
         assert np.array_equal(_condition(outside, inputs, compile_condition(outside.condition)), _reference_condition(outside, frame))
 
 
-def test_event_columns_of_dictionaries_equal_those_of_plain_columns():
+@pytest.mark.parametrize("small", [256, 0])
+def test_event_columns_of_dictionaries_equal_those_of_plain_columns(small, monkeypatch):
     """``EventColumns`` takes a file's dictionary as it is when its values are distinct and renumbers one that
-    repeats a value; codes, values and missing rows are those of the plain column, whatever the nulls and offsets."""
+    repeats a value (checked as a set, or, for a large dictionary, by encoding it); codes, values and missing
+    rows are those of the plain column, whatever the nulls and offsets."""
+    import features.columns
     from features.columns import EventColumns
+
+    monkeypatch.setattr(features.columns, "SMALL_DICTIONARY", small)
 
     plain = pa.array(["b", None, "a", "b", None, "c", "a", "é", None], pa.string())
     repeated = pa.DictionaryArray.from_arrays(pa.array([0, None, 1, 2, None, 3, 1, 4, None], pa.int32()),
