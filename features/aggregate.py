@@ -90,7 +90,7 @@ def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | No
             size = int(key.max()) + 1
         key, size = key * len(values) + codes, size * len(values)
     _, first, combination = np.unique(key, return_index=True, return_inverse=True)
-    joined = [join(*(values[codes[i]] for codes, values in parts)) for i in first]
+    joined = [join(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
     return rank_values(combination, joined)
 
 

@@ -48,7 +48,10 @@ class EventColumns:
         self.read.add(name)
         if name not in self._arrays:
             column = self.events[name]
-            self._arrays[name] = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else pa.array(column, from_pandas=True)
+            if isinstance(column, pa.ChunkedArray):
+                self._arrays[name] = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            else:
+                self._arrays[name] = pa.array(column, from_pandas=True)
         return self._arrays[name]
 
     def codes(self, name: str) -> np.ndarray:
