@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MICROS = pa.timestamp("us", tz="UTC")
+SMALL_DICTIONARY = 256  # distinct values up to which a dictionary is checked as a Python set (EventColumns._dictionary)
 
 
 def pandas_types(arrow_type: pa.DataType):
@@ -33,7 +34,9 @@ class EventColumns:
         self.names = frozenset(events.column_names if isinstance(events, pa.Table) else events.columns)
         self.read: set[str] = set()
         self._arrays: dict[str, pa.Array] = {}
-        self._codes: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        self._codes: dict[str, tuple[np.ndarray, pa.Array, list | None]] = {}
+        self._missing: dict[str, np.ndarray] = {}
+        self._micros: dict[str, np.ndarray] = {}
         self._encoded: dict[str, tuple[np.ndarray, list]] = {}
         self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._answers: dict[tuple, np.ndarray] = {}
@@ -45,34 +48,49 @@ class EventColumns:
         self.read.add(name)
         if name not in self._arrays:
             column = self.events[name]
-            self._arrays[name] = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else pa.array(column, from_pandas=True)
+            if isinstance(column, pa.ChunkedArray):
+                self._arrays[name] = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            else:
+                self._arrays[name] = pa.array(column, from_pandas=True)
         return self._arrays[name]
 
     def codes(self, name: str) -> np.ndarray:
         """An event column's code per row: equal codes for equal values; missing values share the highest code."""
         return self._dictionary(name)[0]
 
-    def _dictionary(self, name: str) -> tuple[np.ndarray, pa.Array]:
-        """(code per row, distinct values). A column read as a file's dictionary (``pq.read_table(read_dictionary=)``)
-        is used as it is, renumbered over its distinct values in case the file's dictionary repeats one."""
+    def _dictionary(self, name: str) -> tuple[np.ndarray, pa.Array, list | None]:
+        """(code per row, distinct values, the same as a list when at hand). A column read as a file's dictionary
+        (``pq.read_table(read_dictionary=)``) is used as it is: its indices are the codes when its values are distinct
+        (a file's dictionary page holds each value once), else they are renumbered over its distinct values; missing
+        values get the code ``len(values)``. A small dictionary is checked as a Python set of the list ``encoded``
+        needs anyway; a large one (audit ids, of which only codes are read) by encoding it, without the list."""
         if name not in self._codes:
             array = self.array(name)
             if pa.types.is_dictionary(array.type):
-                distinct = pc.dictionary_encode(array.dictionary)
-                renumber = np.append(distinct.indices.to_numpy(), len(distinct.dictionary))
-                codes = renumber[pc.fill_null(array.indices, len(array.dictionary)).to_numpy()]
-                self._codes[name] = (codes, distinct.dictionary)
+                dictionary, indices, values, encoded = array.dictionary, array.indices, None, None
+                if len(dictionary) <= SMALL_DICTIONARY and (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+                    values = dictionary.to_pylist()
+                    distinct = len(set(values)) == len(values)
+                else:
+                    encoded = pc.dictionary_encode(dictionary)
+                    distinct = len(encoded.dictionary) == len(dictionary)
+                if distinct:
+                    self._codes[name] = (_filled(indices, len(dictionary)).astype(np.int64), dictionary, values)
+                else:
+                    encoded = encoded if encoded is not None else pc.dictionary_encode(dictionary)
+                    renumber = np.append(encoded.indices.to_numpy(), len(encoded.dictionary))
+                    self._codes[name] = (renumber[_filled(indices, len(dictionary))], encoded.dictionary, None)
             else:
                 encoded = pc.dictionary_encode(array)
-                self._codes[name] = (pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(), encoded.dictionary)
+                self._codes[name] = (_filled(encoded.indices, len(encoded.dictionary)), encoded.dictionary, None)
         return self._codes[name]
 
     def encoded(self, name: str) -> tuple[np.ndarray, list]:
         """(code per row, values): ``values[code]`` is the row's value. For an event column the last
         value is None, the code of every missing value; a derived column may repeat values."""
         if name not in self._encoded:
-            codes, dictionary = self._dictionary(name)
-            self._encoded[name] = (codes, dictionary.to_pylist() + [None])
+            codes, dictionary, values = self._dictionary(name)
+            self._encoded[name] = (codes, (dictionary.to_pylist() if values is None else values) + [None])
         return self._encoded[name]
 
     def derive(self, name: str, source: str, function: Callable[[object], object]) -> None:
@@ -92,8 +110,13 @@ class EventColumns:
         return result
 
     def missing(self, name: str) -> np.ndarray:
-        """An event column's missing values."""
-        return self.array(name).is_null().to_numpy(zero_copy_only=False)
+        """An event column's missing values (computed once; read-only)."""
+        if name not in self._missing:
+            valid = _valid(self.array(name))
+            missing = np.zeros(self.rows, dtype=bool) if valid is None else ~valid
+            missing.flags.writeable = False
+            self._missing[name] = missing
+        return self._missing[name]
 
     def ranked(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(code per row numbered in sorted value order, -1 where missing; the sorted distinct values),
@@ -104,8 +127,12 @@ class EventColumns:
         return self._ranked[name]
 
     def micros(self, name: str) -> np.ndarray:
-        """A timestamp column as int64 microseconds since the epoch (NaT's integer where missing)."""
-        return pc.cast(self.array(name), MICROS, safe=False).to_numpy(zero_copy_only=False).view(np.int64)
+        """A timestamp column as int64 microseconds since the epoch (NaT's integer where missing; computed once, read-only)."""
+        if name not in self._micros:
+            micros = pc.cast(self.array(name), MICROS, safe=False).to_numpy(zero_copy_only=False).view(np.int64)
+            micros.flags.writeable = False
+            self._micros[name] = micros
+        return self._micros[name]
 
     def series(self, name: str) -> pd.Series:
         """One column as pandas gives it from the whole table (``str``, ``Int32``, timestamps with their zone)."""
@@ -122,6 +149,27 @@ class EventColumns:
             return self.events
         return pa.table({name: _plain(column) for name, column in zip(self.events.column_names, self.events.columns)}).to_pandas(
             types_mapper=pandas_types)
+
+
+def _valid(array: pa.Array) -> np.ndarray | None:
+    """Which values of ``array`` are present, from its validity bitmap; None when all are."""
+    if array.null_count == 0:
+        return None
+    bitmap = array.buffers()[0]
+    if bitmap is None:  # a null-typed array
+        return np.zeros(len(array), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), count=array.offset + len(array), bitorder="little")
+    return bits[array.offset:].view(bool)
+
+
+def _filled(indices: pa.Array, missing: int) -> np.ndarray:
+    """Integer ``indices`` as numpy, ``missing`` where null (``pc.fill_null(indices, missing).to_numpy()``)."""
+    valid = _valid(indices)
+    if valid is not None and indices.buffers()[1] is None:
+        return np.full(len(indices), missing, dtype=indices.type.to_pandas_dtype())
+    values = indices.to_numpy(zero_copy_only=False) if valid is None else \
+        np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype(), count=len(indices), offset=indices.offset * indices.type.byte_width)
+    return values if valid is None else np.where(valid, values, missing).astype(values.dtype)
 
 
 def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -17,8 +17,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.columns import EventColumns
 from features.events import COLUMN_NAMES
 from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
@@ -264,6 +266,24 @@ class _Columns:
                 self._series[name] = self.events.series(name)
         return self._series[name]
 
+    def values(self, name: str) -> tuple[EventColumns, str] | None:
+        """For an event column of an Arrow table (FlagInputs), not shadowed by a flag, helper or truth:
+        the column's ``EventColumns`` and its kind, "text" (string, large_string or a dictionary of
+        them, a ``str`` Series in pandas) or "int32" (an ``Int32`` Series), so a compiled node can test
+        each distinct value once (``EventColumns.where``) instead of converting the column to pandas.
+        None for anything else: the node then works on ``series`` as before."""
+        if self._frame is not None or name in self._arrays or name not in self.events.names \
+                or not isinstance(self.events.events, pa.Table):
+            return None
+        arrow_type = self.events.events.schema.field(name).type
+        if pa.types.is_dictionary(arrow_type):
+            arrow_type = arrow_type.value_type
+        if arrow_type in (pa.string(), pa.large_string()):
+            return self.events, "text"
+        if arrow_type == pa.int32():
+            return self.events, "int32"
+        return None
+
     def frame(self) -> pd.DataFrame:
         """All columns as one DataFrame (for pandas' own evaluation)."""
         if self._frame is None:
@@ -331,6 +351,26 @@ def _not(truth: _Truth) -> _Truth:
     return (~values if na is None else ~values & ~na), na
 
 
+def _int32(value) -> bool:
+    """An integer constant an Int32 column compares with as Python does (no bool, no overflow)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2 ** 31 <= value < 2 ** 31
+
+
+def _by_value(columns: _Columns, name: str, kind: str, key: tuple, predicate: Callable[[object], bool], na: bool) -> _Truth | None:
+    """``predicate`` of event column ``name``'s non-missing values, run once per distinct value, when the
+    column is of ``kind`` (``_Columns.values``); missing values are False, and NA too when ``na`` (an Int32
+    comparison gives NA there). ``key`` names the test for ``EventColumns.where``, which answers each key
+    once (the flags' keys ("==", value) and ("in", values) mean the same tests). None when the column is
+    not of that kind: the caller converts it to pandas."""
+    found = columns.values(name)
+    if found is None or found[1] != kind:
+        return None
+    events = found[0]
+    result = events.where(name, lambda value: value is not None and predicate(value), key)
+    missing = events.missing(name) if na else None
+    return result, (missing if missing is not None and missing.any() else None)
+
+
 def _constant(node: ast.AST):
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float)) and not isinstance(node.value, bool):
         return node.value
@@ -380,8 +420,14 @@ def _compile_compare(node: ast.Compare) -> Callable[[_Columns], _Truth]:
             raise _Unsupported("in")
         name, values, negate = left.id, [_constant(e) for e in right.elts], isinstance(op, ast.NotIn)
 
+        wanted = frozenset(values)
+        kind = "text" if all(isinstance(v, str) for v in values) else "int32" if all(_int32(v) for v in values) else None
+
         def membership(columns: _Columns) -> _Truth:
-            result = _as_truth(_comparable(columns.series(name)).isin(values))
+            # Series.isin: a missing value is in no list of constants
+            result = _by_value(columns, name, kind, ("in", wanted), wanted.__contains__, False) if kind else None
+            if result is None:
+                result = _as_truth(_comparable(columns.series(name)).isin(values))
             return _not(result) if negate else result
         return membership
     if type(op) not in _COMPARE:
@@ -401,12 +447,23 @@ def _compile_compare(node: ast.Compare) -> Callable[[_Columns], _Truth]:
         negate = isinstance(op, ast.NotEq)
 
         def equals_text(columns: _Columns) -> _Truth:
-            result = _as_truth(_comparable(columns.series(name)).isin([value]))
+            result = _by_value(columns, name, "text", ("==", value), value.__eq__, False)
+            if result is None:
+                result = _as_truth(_comparable(columns.series(name)).isin([value]))
             return _not(result) if negate else result
         return equals_text
-    if column_left:
-        return lambda columns: _as_truth(function(_comparable(columns.series(name)), value))
-    return lambda columns: _as_truth(function(value, _comparable(columns.series(name))))
+    test = (lambda v: function(v, value)) if column_left else (lambda v: function(value, v))
+    key = ("compare", type(op).__name__, value, column_left)
+
+    def compare(columns: _Columns) -> _Truth:
+        # an Int32 column against an integer: NA where the column is missing, as pandas' masked comparison gives
+        result = _by_value(columns, name, "int32", key, test, True) if _int32(value) else None
+        if result is not None:
+            return result
+        if column_left:
+            return _as_truth(function(_comparable(columns.series(name)), value))
+        return _as_truth(function(value, _comparable(columns.series(name))))
+    return compare
 
 
 def _compile_call(node: ast.Call) -> Callable[[_Columns], _Truth]:
@@ -419,7 +476,18 @@ def _compile_call(node: ast.Call) -> Callable[[_Columns], _Truth]:
     kwargs = {k.arg: _keyword_value(k.value) for k in node.keywords}
     if any(k is None for k in kwargs):
         raise _Unsupported("**kwargs")
-    return lambda columns: _as_truth(getattr(columns.series(name).str, predicate)(*args, **kwargs))
+    prefix = args[0] if len(args) == 1 else None
+    by_value = predicate in ("startswith", "endswith") and kwargs == {"na": False} and kwargs["na"] is False and (
+        isinstance(prefix, str) or (isinstance(prefix, tuple) and prefix and all(isinstance(p, str) for p in prefix)))
+
+    def call(columns: _Columns) -> _Truth:
+        # str.startswith/endswith(..., na=False) on a str column: False where missing, else Python's answer
+        result = _by_value(columns, name, "text", (f"str.{predicate}", prefix), lambda v: getattr(v, predicate)(prefix), False) \
+            if by_value else None
+        if result is not None:
+            return result
+        return _as_truth(getattr(columns.series(name).str, predicate)(*args, **kwargs))
+    return call
 
 
 def _keyword_value(node: ast.AST):

@@ -6,7 +6,6 @@ the functions raise AuditsiftError subclasses with one-line messages.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -224,11 +223,13 @@ def read_hour_events(data: bytes, columns: list[str]) -> pa.Table:
     """The named columns of an archived hour file, in that order. Text columns are read as the file's
     dictionaries (features.columns encodes every column it reads anyway); a column the file predates
     reads as nulls of its EVENT_SCHEMA type, as features.events.conform_events fills it."""
-    metadata = pq.read_metadata(io.BytesIO(data))
+    metadata = pq.read_metadata(pa.BufferReader(data))
     present = set(metadata.schema.names)
     texts = [name for name in columns if name in present and EVENT_SCHEMA.field(name).type == pa.string()]
-    table = pq.ParquetFile(io.BytesIO(data), metadata=metadata, read_dictionary=texts).read(
-        columns=[name for name in columns if name in present])
+    # The bytes wrapped without a copy (not a Python file object), and no thread pool: an hour's columns decode in
+    # a few ms, and the stage's workers already keep the cores busy.
+    table = pq.ParquetFile(pa.BufferReader(data), metadata=metadata, read_dictionary=texts).read(
+        columns=[name for name in columns if name in present], use_threads=False)
     for name in columns:
         if name not in present:
             table = table.append_column(EVENT_SCHEMA.field(name), pa.nulls(len(table), EVENT_SCHEMA.field(name).type))
@@ -285,9 +286,9 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
             if cache_key not in pending:
                 yield hour_partials(ctx, flags, pack, archive_key, cache_key)
                 continue
-            tables, encoded = next(computed)
+            streams, encoded = next(computed)
             write_cached(ctx, cache_key, encoded)
-            yield tables
+            yield tuple(pa.ipc.open_stream(stream).read_all() for stream in streams)
     finally:
         computed.close()
 
@@ -296,11 +297,19 @@ def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, ent
     return flags, pack, window_minutes, entity_types
 
 
-def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[pa.Table, pa.Table], tuple[bytes, bytes]]:
-    """Worker side of ``map_hours``: an archived hour file's bytes to its (partials, rule hits) tables and
-    their cache files' bytes."""
+def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """Worker side of ``map_hours``: an archived hour file's bytes to its (partials, rule hits) tables, as
+    Arrow IPC streams, and their cache files' bytes. An hour's tables cost 1.9 ms to pickle and 1.2 ms to
+    unpickle (seventy-odd columns, each its own pickled arrays); as IPC streams 0.2 and 0.3 ms."""
     tables = map_hour_file(data, *state)
-    return tables, encode_partials(tables)
+    return tuple(_ipc_stream(table) for table in tables), encode_partials(tables)
+
+
+def _ipc_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def partials_frame(tables: Iterable[pa.Table]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import pytest
 import pipeline.archive as archive_module
 import pipeline.stages as stages
 from features.aggregate import partial_aggregates
-from features.flags import add_flags, flag_events, frame_with_flags
+from features.flags import FlagInputs, add_flags, flag_events, frame_with_flags
 from features.novelty import add_history_flags, no_history
 from features.rules import (Aggregate, Rule, RuleError, _aggregate, _aggregate_reference, _Columns, _condition,
                             _reference_condition, compile_condition)
@@ -144,6 +144,44 @@ def test_compiled_corner_conditions_equal_dataframe_eval(condition):
     assert np.array_equal(compiled(_Columns(CORNER_FRAME)), reference), (condition, reference)
 
 
+ARROW_CORNERS = [c for c in COMPILED_CORNERS if not any(name in c for name in ("weight", "n >=", "maybe"))] + [
+    "code == '101'", "namespace == 101", "verb in ['get', 1]", "code in [401, 403.0]", "code < 3000000000", "code <= 403 and allowed",
+    "101 != code", "request_uri.str.endswith('s', na=False)",
+    "request_uri.str.startswith('/api')", "not request_uri.str.endswith('x', na=False)", "verb not in ['get', 'list']",
+    "impersonated_user == 'a' or namespace != 'web'",
+]
+
+
+BY_VALUE = {"allowed or code == 101", "not (code == 101)", "code != 403", "-1 < code", "namespace == 'kube-system'",
+            "'kube-system' == namespace", "verb in ['get', 'list']", "verb not in ('get',)", "code in [401, 403]",
+            "code not in [401]", "request_uri.str.startswith('/api', na=False)", "101 != code", "code <= 403 and allowed",
+            "request_uri.str.endswith('s', na=False)", "impersonated_user == 'a' or namespace != 'web'"}
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+@pytest.mark.parametrize("condition", ARROW_CORNERS)
+def test_compiled_conditions_on_arrow_columns_equal_dataframe_eval(condition, dictionary):
+    """On the map step's FlagInputs, comparisons of text and Int32 event columns with constants test each
+    distinct value once (``_by_value``) instead of converting the column to pandas: same answers, NA
+    included, for plain and dictionary-encoded text; anything else still goes through pandas."""
+    text = ("namespace", "verb", "request_uri", "user", "impersonated_user")
+    table = pa.table({"code": pa.array([None if pd.isna(v) else int(v) for v in CORNER_FRAME["code"]], pa.int32()), "time": pa.array(CORNER_FRAME["time"]),
+                      **{name: pa.array([None if pd.isna(v) else v for v in CORNER_FRAME[name]], pa.string()) for name in text}})
+    if dictionary:
+        table = pa.table({name: column.dictionary_encode() if name in text else column
+                          for name, column in zip(table.column_names, table.columns)})
+    inputs = FlagInputs(table)
+    inputs.flags.update({"allowed": CORNER_FRAME["allowed"].to_numpy(), "read": CORNER_FRAME["read"].to_numpy()})
+    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, tests=[{"event": {}}])
+    compiled = compile_condition(condition)
+    assert compiled is not None
+    reference = _reference_condition(rule, CORNER_FRAME)
+    columns = _Columns(inputs)
+    assert np.array_equal(compiled(columns), reference), (condition, reference)
+    if condition in BY_VALUE:
+        assert not columns._series, condition  # no column went through pandas
+
+
 @pytest.mark.parametrize("condition", REFERENCE_ONLY)
 def test_conditions_outside_the_compiled_subset_are_left_to_pandas(condition):
     rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, tests=[{"event": {}}])
@@ -231,6 +269,33 @@ def test_arrow_map_step_equals_the_dataframe_path(sample):
         pd.testing.assert_frame_equal(pd.DataFrame(PACK.hits(inputs, no_history(len(table)))),
                                       reference_evaluate(PACK, add_history_flags(frame, {})))
         assert np.array_equal(_condition(outside, inputs, compile_condition(outside.condition)), _reference_condition(outside, frame))
+
+
+@pytest.mark.parametrize("small", [256, 0])
+def test_event_columns_of_dictionaries_equal_those_of_plain_columns(small, monkeypatch):
+    """``EventColumns`` takes a file's dictionary as it is when its values are distinct and renumbers one that
+    repeats a value (checked as a set, or, for a large dictionary, by encoding it); codes, values and missing
+    rows are those of the plain column, whatever the nulls and offsets."""
+    import features.columns
+    from features.columns import EventColumns
+
+    monkeypatch.setattr(features.columns, "SMALL_DICTIONARY", small)
+
+    plain = pa.array(["b", None, "a", "b", None, "c", "a", "é", None], pa.string())
+    repeated = pa.DictionaryArray.from_arrays(pa.array([0, None, 1, 2, None, 3, 1, 4, None], pa.int32()),
+                                              pa.array(["b", "a", "b", "c", "é"]))
+    code = pa.array([200, None, 403, 200, None, 101, 200, 404, None], pa.int32())
+    for offset in (0, 1, 4):
+        columns = {"distinct": plain.dictionary_encode()[offset:], "repeated": repeated[offset:], "plain": plain[offset:], "code": code[offset:]}
+        got = EventColumns(pa.table(columns))
+        for name in ("distinct", "repeated", "plain"):
+            codes, values = got.encoded(name)
+            assert [values[c] for c in codes] == plain[offset:].to_pylist() and values[-1] is None
+            assert len(set(values[:-1])) == len(values) - 1  # distinct values, one code each
+            assert np.array_equal(got.missing(name), plain[offset:].is_null().to_numpy(zero_copy_only=False))
+        codes, values = got.encoded("code")
+        assert [values[c] for c in codes] == code[offset:].to_pylist()
+        assert np.array_equal(got.missing("code"), code[offset:].is_null().to_numpy(zero_copy_only=False))
 
 
 def test_map_step_reads_the_listed_columns_from_the_file_as_it_does_from_the_whole_table(sample):
