@@ -49,8 +49,8 @@ class ArchiveConfig(Section):
         "processes that read and normalise input files in parallel (at most one per file and per core; 1 reads them in "
         "the archive process); the archive is byte-identical for any value"))
     merge_rows: int = Field(32_768, ge=1_000, le=2_000_000, description=(
-        "rows a process holds while merging an hour into its archive file: a busier hour is merged through hash buckets "
-        "in a scratch directory (TMPDIR) and written in row groups of this many rows; the rows are the same for any value"))
+        "rows a process holds while merging an hour into its archive file: a busier hour is merged from its sorted staged "
+        "parts, written to a temporary file (TMPDIR) in row groups of this many rows; the rows are the same for any value"))
 
 
 class FeaturesConfig(Section):
