@@ -93,6 +93,11 @@ def _times(table: pa.Table) -> np.ndarray:
     return table["time"].combine_chunks().cast(pa.int64()).to_numpy()
 
 
+def _time_at(table: pa.Table, row: int) -> int:
+    """One row's time in microseconds since the epoch (the table is sorted: row 0 and -1 are its range)."""
+    return table["time"][row].value
+
+
 @dataclass
 class MergedHour:
     """A merged hour file (``content``, a seekable file at its end) and what it holds."""
@@ -109,8 +114,9 @@ def merge_in_memory(existing: bytes | None, incoming: Iterable[pa.Table]) -> Mer
     merged = dedupe_sorted(pa.concat_tables(tables + [table.cast(EVENT_SCHEMA) for table in incoming]))
     sink = io.BytesIO()
     pq.write_table(merged.combine_chunks(), sink, **PARQUET_OPTIONS)  # one layout however the parts were buffered
-    times = _times(merged)
-    return MergedHour(sink, len(merged), int(times[0]) if len(times) else None, int(times[-1]) if len(times) else None)
+    if not len(merged):
+        return MergedHour(sink, 0, None, None)
+    return MergedHour(sink, len(merged), _time_at(merged, 0), _time_at(merged, -1))
 
 
 def merge_runs(existing: bytes | None, runs: list[Iterable[pa.Table]], keys: Iterable[pa.Table], merge_rows: int) -> MergedHour:
@@ -255,10 +261,9 @@ class _RowGroups:
     def add(self, table: pa.Table) -> None:
         if not len(table):
             return
-        times = _times(table)
         if self.time_min is None:
-            self.time_min = int(times[0])
-        self.time_max = int(times[-1])
+            self.time_min = _time_at(table, 0)
+        self.time_max = _time_at(table, -1)
         self.pending.append(table)
         self.pending_rows += len(table)
         self.rows += len(table)
