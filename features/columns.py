@@ -51,7 +51,9 @@ class EventColumns:
             if isinstance(column, pa.ChunkedArray):
                 self._arrays[name] = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
             else:
-                self._arrays[name] = pa.array(column, from_pandas=True)
+                array = pa.array(column, from_pandas=True)
+                # a pandas column backed by several Arrow chunks (an hour read in row groups) converts to a ChunkedArray
+                self._arrays[name] = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
         return self._arrays[name]
 
     def codes(self, name: str) -> np.ndarray:
