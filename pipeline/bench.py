@@ -186,9 +186,8 @@ def phase_archive(data: str, work: str, args) -> dict:
 
 
 def phase_features(data: str, work: str, args) -> dict:
-    from pipeline.stages import resolve_ranges, run_features
-
     from pipeline.sample import sample_clock
+    from pipeline.stages import resolve_ranges, run_features
 
     ctx = _context(work, args)
     counts = run_features(ctx, resolve_ranges(ctx, now=sample_clock(Path(data))))

@@ -21,8 +21,8 @@ from rich.table import Table
 from pipeline.config import load_config
 from pipeline.context import ProgressHandle, RunContext, new_run_id
 from pipeline.errors import AuditsiftError, ConfigError
-from pipeline.text import printable
 from pipeline.storage import open_storage
+from pipeline.text import printable
 
 log = logging.getLogger("auditsift")
 console = Console(stderr=True)
@@ -113,7 +113,8 @@ def main(log_level: str, debug: bool) -> None:
 
     Archive audit logs to partitioned Parquet, extract per-identity and per-address
     window features, train an anomaly model, and write ranked, explained reports.
-    Start with `auditsift sample --out sample-data` then `auditsift run --input sample-data --workdir work`.
+    Start with `auditsift sample --out sample-data` then `auditsift run --input sample-data --workdir work
+    --now T` with the clock `sample` prints (the sample's dates are fixed by its seed).
     """
     logging.basicConfig(level=getattr(logging, log_level), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
