@@ -89,9 +89,9 @@ def future_limit(config: Config, now: datetime | None = None) -> datetime:
 
 def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None, now=None) -> Ranges:
     """Default: score the 24 hours of whole windows ending at the run's clock (``run_clock``: the last
-    complete window before it), and train on the ``schedule.train_days`` before that, from the first
-    archived window at the earliest. Archived events before that retention, or after the clock, never
-    move a range. A scored range without archived events is an error whose hint names the newest
+    complete window before it), and train on the ``schedule.train_days`` before that, from the window of
+    the first archived event inside them. Archived events before that retention, or after the clock,
+    never move a range. A scored range without archived events is an error whose hint names the newest
     archived event and ``--now``."""
     window = timedelta(minutes=ctx.config.features.window_minutes)
     hours = list_archive_hours(ctx.storage, ctx.cluster)

@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import StorageConfig
 from pipeline.errors import LockedError, StorageError
 
 _SAFE_SEGMENT = re.compile(r"[^A-Za-z0-9._=-]")
@@ -166,7 +167,8 @@ class Storage(ABC):
     def uri(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
-    lock_expire_seconds: float = 6 * 3600  # storage.lock_expire_minutes; open_storage sets it from the config
+    # storage.lock_expire_minutes: its default here, the configured value once open_storage has the config
+    lock_expire_seconds: float = StorageConfig.model_fields["lock_expire_minutes"].default * 60
 
     @contextmanager
     def lock(self, name: str = "run", wait_seconds: float = 0.0, stale_seconds: float | None = None) -> Iterator[None]:
