@@ -303,6 +303,23 @@ def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> 
     return table
 
 
+def quarantine_future(table: pa.Table, not_after: datetime | None, quarantine: Quarantine, source: str) -> pa.Table:
+    """``table`` without the events stamped later than ``not_after`` (the run's clock plus
+    ``archive.future_skew_minutes``, ``pipeline.stages.future_limit``), each quarantined as ``future_timestamp``.
+    Archived, one such event would sit in the newest hour for good: a scheduler scoring "the latest day"
+    would score its empty day, and an hour of year 9999 overflows every date computed after it.
+    The API server stamps the times, not the client, so no request can choose to be dropped here."""
+    if not_after is None or not len(table):
+        return table
+    late = pc.greater(table["time"], pa.scalar(not_after, type=table.schema.field("time").type))
+    if not pc.any(late).as_py():
+        return table
+    limit = not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for row in table.filter(late).select(["time", "audit_id", "stage", "user", "verb"]).to_pylist():
+        quarantine.add("future_timestamp", source, 0, _sample({**row, "time": _iso(row["time"]), "limit": limit}))
+    return table.filter(pc.invert(late))
+
+
 def _sample(value) -> str:
     import orjson
 
@@ -412,8 +429,10 @@ def _iso(value: datetime) -> str:
 
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
-                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS) -> ArchiveResult:
-    """Archive every event of ``refs`` (files or objects in any supported format).
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS,
+                   not_after: datetime | None = None) -> ArchiveResult:
+    """Archive every event of ``refs`` (files or objects in any supported format); events stamped later
+    than ``not_after`` are quarantined (``quarantine_future``).
 
     With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
     the hours (``archive_in_workers``); the archive, the counts and the quarantine are the same
@@ -422,12 +441,13 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     count = worker_count(storage, refs, workers)
     with system_memory_pool():
         if count > 1:
-            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows)
-        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows)
+            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows,
+                                      not_after)
+        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows, not_after)
 
 
 def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult, chunk_rows: int,
-                  max_line_bytes: int, progress, merge_rows: int) -> ArchiveResult:
+                  max_line_bytes: int, progress, merge_rows: int, not_after: datetime | None = None) -> ArchiveResult:
     """``archive_inputs`` in this process."""
 
     def tables() -> Iterator[pa.Table]:
@@ -437,7 +457,7 @@ def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: 
                 result.records_read += consumed
                 if progress:
                     progress(consumed)
-                yield table
+                yield quarantine_future(table, not_after, result.quarantine, ref.name)
 
     archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000), merge_rows=merge_rows)
     return result
@@ -475,7 +495,8 @@ def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
 
 
 def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
-                       chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int) -> ArchiveResult:
+                       chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int,
+                       not_after: datetime | None = None) -> ArchiveResult:
     """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
 
     1. Each worker takes the next unread file and normalises it exactly as one process does (with
@@ -499,7 +520,8 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     hours_queue, results = context.Queue(), context.Queue()
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
                                  args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
-                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid()))
+                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid(),
+                                       not_after))
                  for n in range(workers)]
     start(processes)
     try:
@@ -562,20 +584,21 @@ def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
 
 
 def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                    results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int) -> None:
+                    results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int,
+                    not_after: datetime | None = None) -> None:
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
     try:
         with system_memory_pool():
             _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes,
-                         merge_rows)
+                         merge_rows, not_after)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 
 
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int) -> None:
+                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int, not_after: datetime | None = None) -> None:
     buffer = HourBuffer(storage, staging, spill_rows)
     while True:
         with next_file.get_lock():
@@ -587,6 +610,7 @@ def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: 
         try:
             items = read_blocks(ref, quarantine, max_line_bytes)
             for number, (table, consumed) in enumerate(normalise_blocks(items, quarantine, ref.name, chunk_rows, repairs)):
+                table = quarantine_future(table, not_after, quarantine, ref.name)
                 if len(table):
                     buffer.add(table, (index, number))
                 results.put(("read", len(table), consumed))

@@ -32,7 +32,7 @@ from features.windows import (
     FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
-from pipeline.config import parse_yaml
+from pipeline.config import Config, parse_yaml
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.readers import resolve_inputs
@@ -74,28 +74,41 @@ def parse_iso(text: str, flag: str = "time") -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def archive_time_bounds(ctx: RunContext) -> tuple[datetime, datetime]:
-    """Earliest and latest event time in the cluster's archive."""
+def run_clock(now: datetime | None = None) -> datetime:
+    """The moment a run is for: ``--now`` when given (tests, reruns, backfills), else the wall clock.
+    The scored day ends at its last whole window and the archive's future filter starts after it
+    (``future_limit``); nothing in the data moves either."""
+    return (now or datetime.now(UTC)).astimezone(UTC)
+
+
+def future_limit(config: Config, now: datetime | None = None) -> datetime:
+    """Events stamped later than this are quarantined as ``future_timestamp``: the run's clock plus
+    ``archive.future_skew_minutes`` (API servers' clocks drift a little ahead of this host's)."""
+    return run_clock(now) + timedelta(minutes=config.archive.future_skew_minutes)
+
+
+def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None, now=None) -> Ranges:
+    """Default: score the 24 hours of whole windows ending at the run's clock (``run_clock``: the last
+    complete window before it), and train on the ``schedule.train_days`` before that, from the window of
+    the first archived event inside them. Archived events before that retention, or after the clock,
+    never move a range. A scored range without archived events is an error whose hint names the newest
+    archived event and ``--now``."""
+    window = timedelta(minutes=ctx.config.features.window_minutes)
     hours = list_archive_hours(ctx.storage, ctx.cluster)
     if not hours:
         raise StageError(f"the archive of cluster '{ctx.cluster}' is empty", hint="run `auditsift archive --input PATH` first")
-    first = ctx.storage.read_parquet(hours[0][2], columns=["time"])
-    last = ctx.storage.read_parquet(hours[-1][2], columns=["time"])
-    return pc.min(first["time"]).as_py(), pc.max(last["time"]).as_py()
-
-
-def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None) -> Ranges:
-    """Default: score the last 24 hours present in the data (whole windows), train on everything before."""
-    window = timedelta(minutes=ctx.config.features.window_minutes)
-    low, high = archive_time_bounds(ctx)
     if score_to is None:
-        score_to = _ceil(high, window)
+        score_to = _floor(run_clock(now), window)
     if score_from is None:
         score_from = score_to - timedelta(hours=24)
     if train_to is None:
         train_to = score_from
     if train_from is None:
-        train_from = _floor(low, window)
+        retained = score_from - timedelta(days=ctx.config.schedule.train_days)
+        train_from = _floor(_earliest_since(ctx, hours, retained) or retained, window)
+    if score_from < score_to and not any(_overlaps(date, hour, score_from, score_to) for date, hour, _ in hours):
+        raise StageError(f"no archived events in the scored range {iso(score_from)}..{iso(score_to)}",
+                         hint=_clock_hint(ctx, hours, score_to, window))
     ranges = Ranges(train_from, train_to, score_from, score_to)
     if not (ranges.train_from < ranges.train_to <= ranges.score_from < ranges.score_to):
         raise ConfigError(
@@ -105,19 +118,45 @@ def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=N
     return ranges
 
 
+def _earliest_since(ctx: RunContext, hours: list[tuple[str, int, str]], start: datetime) -> datetime | None:
+    """The first archived event time at or after ``start`` (None when there is none): what came before
+    the retention never moves the training range."""
+    for date, hour, key in hours:
+        if _hour_start(date, hour) > start - timedelta(hours=1):
+            times = ctx.storage.read_parquet(key, columns=["time"])["time"]
+            earliest = pc.min(times.filter(pc.greater_equal(times, pa.scalar(start, times.type)))).as_py()
+            if earliest is not None:
+                return earliest
+    return None
+
+
+def _overlaps(date: str, hour: int, start: datetime, end: datetime) -> bool:
+    """Whether archived hour (date, hour) overlaps [start, end); written so that no hour, not even
+    9999-12-31 23:00, is ever added to (an hour later overflows datetime)."""
+    begin = _hour_start(date, hour)
+    return start - timedelta(hours=1) < begin < end
+
+
+def _clock_hint(ctx: RunContext, hours: list[tuple[str, int, str]], score_to: datetime, window: timedelta) -> str:
+    """Where the archived data ends relative to the clock, and the ``--now`` that would score its last day."""
+    before = [key for date, hour, key in hours if _hour_start(date, hour) < score_to]
+    if not before:
+        first = pc.min(ctx.storage.read_parquet(hours[0][2], columns=["time"])["time"]).as_py()
+        return f"the oldest archived event is at {iso(first)}, after the scored range; pass --now to score another day"
+    newest = pc.max(ctx.storage.read_parquet(before[-1], columns=["time"])["time"]).as_py()
+    return (f"the newest archived event before the run's clock is at {iso(newest)}; the scored day ends at the clock "
+            f"(default: now): pass --now {iso(_floor(newest, window) + window)} to score the day it ends")
+
+
 def _floor(moment: datetime, step: timedelta) -> datetime:
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return epoch + ((moment - epoch) // step) * step
 
 
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    floored = _floor(moment, step)
-    return floored if floored == moment else floored + step
-
-
 # --------------------------------------------------------------------------- archive
-def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
-    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json."""
+def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None) -> dict:
+    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json. Events stamped
+    after the run's clock (``now``, default the wall clock) plus the skew are quarantined (``future_limit``)."""
     with ctx.timed("archive"):
         refs = resolve_inputs(inputs, ctx.config)
         if not refs:
@@ -126,7 +165,7 @@ def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
         result = archive_inputs(
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
             max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
-            merge_rows=ctx.config.archive.merge_rows,
+            merge_rows=ctx.config.archive.merge_rows, not_after=future_limit(ctx.config, now),
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)
@@ -343,8 +382,7 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         fingerprint = features_fingerprint(ctx)
         flags = flag_context(ctx)
         hours = [
-            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster)
-            if ranges.train_from <= _hour_start(d, h) + timedelta(hours=1) and _hour_start(d, h) < ranges.score_to
+            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster) if _overlaps(d, h, ranges.train_from, ranges.score_to)
         ]
         if not hours:
             raise StageError("no archived events in the requested ranges", hint="check --train-from/--score-to against `auditsift archive` output")
