@@ -216,6 +216,7 @@ def run_pipeline(tmp_path: Path, *inputs: Path) -> tuple[dict, list[dict], Local
     summary = json.loads(result.output[result.output.index("{"):])
     report = Path(summary["report_dir"])
     run = json.loads((report / "run.json").read_text())
+    run["report_md"] = (report / "report.md").read_text()
     return run, [json.loads(line) for line in (report / "anomalies.jsonl").read_text().splitlines()], LocalStorage(workdir)
 
 
@@ -229,6 +230,7 @@ def test_run_archives_both_requests_of_a_reused_audit_id_and_flags_the_patch(sam
     data, who, at = sample
     run, findings, storage = run_pipeline(tmp_path, data, write_jsonl(tmp_path / "attack.jsonl", get_then_patch(at, **who)))
     assert run["counts"]["archive"]["audit_id_collisions"] == 1 and run["counts"]["archive"]["duplicates"] == 0
+    assert "0 duplicates dropped, 1 kept under a reused audit ID" in run["report_md"]
     held = pa.concat_tables(list(read_archive(storage, "default", at, at + timedelta(minutes=5))))
     assert sorted(held.filter(pc.equal(held["audit_id"], REUSED_ID))["verb"].to_pylist()) == ["get", "patch"]
     for entity in (who["user"]["username"], who["sourceIPs"][-1]):
