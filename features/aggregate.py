@@ -55,13 +55,14 @@ LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
 def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     """Positions of one row per request, so that each request counts in exactly one window.
 
-    Within a partial, a request's RequestReceived row yields to its other stages and the first
-    remaining row counts. Across partials, a long-running request's ResponseComplete row does not
+    A request is its auditID and what its stages share (``EventColumns.requests``): two requests a
+    client sent under one Audit-ID both count. Within a partial, a request's RequestReceived row
+    yields to its other stages and the first remaining row counts. Across partials, a long-running request's ResponseComplete row does not
     count when the request was received in an earlier window: its ResponseStarted row, logged when
     the response began, counted it there (an exec session crossing the hour counts once)."""
     if "stage" not in columns:
         return np.arange(columns.rows)
-    ids = columns.codes("audit_id")
+    ids = columns.requests()
     repeated = np.bincount(ids)[ids] > 1
     keep = ~columns.where("stage", lambda v: v == "RequestReceived") | ~repeated
     if "received_time" in columns:

@@ -101,6 +101,16 @@ def _f(d: FlagInputs, name: str) -> np.ndarray:
     return flag if flag is not None else d.helpers[name]
 
 
+def _audit_id_reused(d: FlagInputs) -> np.ndarray:
+    """Rows whose auditID more than one request has (``EventColumns.requests``)."""
+    ids, requests = d.codes("audit_id"), d.requests()
+    reused = np.zeros(d.rows, dtype=bool)
+    if requests is not ids:  # requests() gives the auditID codes themselves when no auditID has two requests
+        pairs = np.unique(np.column_stack([ids, requests]), axis=0)
+        reused = (np.bincount(pairs[:, 0], minlength=int(ids.max()) + 1) > 1)[ids]
+    return reused
+
+
 FLAGS: tuple[EventFlag, ...] = (
     EventFlag("allowed", "annotations decision, responseStatus.code", "the request succeeded: attacks that work matter most",
               lambda d: (_eq(d, "decision", "allow") | (_isna(d, "decision") & (_number(d, "code", 999) < 400)))),
@@ -212,6 +222,10 @@ FLAGS: tuple[EventFlag, ...] = (
     EventFlag("deletecollection", "verb", "bulk deletion", lambda d: _eq(d, "verb", "deletecollection")),
     EventFlag("system_from_public", "user.username, sourceIPs", "control-plane or node identities never call from the internet",
               lambda d: _f(d, "system_identity") & _f(d, "source_public")),
+    EventFlag("audit_id_reused", "auditID, requestReceivedTimestamp, user.username, sourceIPs (last), verb, requestURI",
+              "different requests logged under one auditID (within the events judged together: an archived hour): the client set "
+              "the Audit-ID header and reused it, which hides one request behind another wherever events are keyed by auditID",
+              lambda d: _audit_id_reused(d)),
     EventFlag("service_account_from_outside", "user.username, sourceIPs", "a pod's token used from outside the VPC: stolen token",
               lambda d: _f(d, "service_account") & (_f(d, "source_public") | _f(d, "source_aws"))),
 )

@@ -1,11 +1,11 @@
 """Archive stage: inputs -> normalised events in hour-partitioned Parquet, exactly once.
 
 Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row per
-(auditID, stage), sorted by (time, auditID, stage). Events are streamed in bounded
-chunks: each chunk is normalised into Arrow columns and spilled to a per-run staging
-area by hour; then each touched hour is merged with what the archive already holds,
-deduplicated and replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs
-for an hour of more than ``merge_rows`` rows). Re-running on the same input rewrites identical
+event, sorted by (time, auditID, stage). Events are streamed in bounded chunks: each chunk
+is normalised into Arrow columns and spilled to a per-run staging area by hour; then each
+touched hour is merged with what the archive already holds, copies of an event dropped, and
+replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs for an hour of
+more than ``merge_rows`` rows). Re-running on the same input rewrites identical
 bytes; a run killed at any point leaves either the old or the new hour file, and the
 rerun's merge converges to the same archive.
 """
@@ -53,13 +53,16 @@ class ArchiveResult:
 
     ``records_read`` counts decoded JSON values; each became an event (new or duplicate) or a
     quarantine entry. Lines that never decoded are quarantined too, so
-    records_read + undecodable lines = everything read.
+    records_read + undecodable lines = everything read. ``duplicates`` are copies of events already
+    held (redeliveries, reruns); ``audit_id_collisions`` are events added although another event
+    of their hour has their auditID and stage (a client reused an Audit-ID): kept, not duplicates.
     """
 
     inputs: list[str] = field(default_factory=list)
     records_read: int = 0
     events_normalised: int = 0
     duplicates: int = 0
+    audit_id_collisions: int = 0
     events_added: int = 0
     hours_written: list[str] = field(default_factory=list)
     quarantine: Quarantine = field(default_factory=Quarantine)
@@ -73,6 +76,7 @@ class ArchiveResult:
             "records_read": self.records_read,
             "events": self.events_normalised,
             "duplicates": self.duplicates,
+            "audit_id_collisions": self.audit_id_collisions,
             "events_added": self.events_added,
             "hours_written": len(self.hours_written),
             "quarantined": self.quarantine.total,
@@ -154,17 +158,6 @@ class HourBuffer:
         runs += [(order, _batches_of(table)) for order, table in self.tables.get(key, [])]
         runs.sort(key=lambda run: run[0])
         return [batches for _, batches in runs]
-
-    def keys(self, key: tuple[str, int]) -> Iterator[pa.Table]:
-        """time, audit_id and stage of every row of an hour, a staged file at a time."""
-        names = ["time", "audit_id", "stage"]
-        for staged, _ in self.spilled.get(key, []):
-            with self._source(staged) as source:
-                schema = pa.ipc.open_file(source).schema
-                only = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(name) for name in names])
-                yield pa.ipc.open_file(source, options=only).read_all().select(names)
-        for _, table in self.tables.get(key, []):
-            yield table.select(names)
 
     def forget(self, key: tuple[str, int]) -> None:
         self.tables.pop(key, None)
@@ -355,13 +348,14 @@ class HourMerge:
     key: str
     added: int
     incoming: int
+    collisions: int  # events added that share their (auditID, stage) with another event of the hour
     written: bool
     time_min: str | None
     time_max: str | None
 
 
 def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: HourBuffer, merge_rows: int = MERGE_ROWS) -> HourMerge:
-    """Merge an hour's buffered rows (in input order) with what the archive holds: deduplicate, sort,
+    """Merge an hour's buffered rows (in input order) with what the archive holds: drop copies, sort,
     and replace the hour file if anything was added. An hour of more than ``merge_rows`` rows is
     merged from its sorted runs, holding about ``merge_rows`` rows at a time (``pipeline.hour_merge``)."""
     key = hour_key(cluster, date, hour)
@@ -371,7 +365,7 @@ def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: Hou
     if before + incoming_rows <= merge_rows:
         merged = merge_in_memory(existing, buffer.take((date, hour)))
     else:
-        merged = merge_runs(existing, buffer.runs((date, hour)), buffer.keys((date, hour)), merge_rows)
+        merged = merge_runs(existing, buffer.runs((date, hour)), merge_rows)
         buffer.forget((date, hour))
     with merged.content:
         added = merged.rows - before
@@ -383,12 +377,13 @@ def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: Hou
     low = high = None
     if merged.rows:
         low, high = (_iso(EPOCH + timedelta(microseconds=micros)) for micros in (merged.time_min, merged.time_max))
-    return HourMerge(key, added, incoming_rows, written, low, high)
+    return HourMerge(key, added, incoming_rows, merged.shared - merged.shared_before, written, low, high)
 
 
 def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
     result.events_added += merge.added
     result.duplicates += merge.incoming - merge.added
+    result.audit_id_collisions += merge.collisions
     if merge.written:
         result.hours_written.append(merge.key)
     if merge.time_min is not None:

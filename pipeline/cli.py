@@ -222,7 +222,8 @@ def archive(inputs, log_group, start, end, now, workdir, config_path, cluster, a
         click.echo(orjson.dumps(summary).decode())
     else:
         console.print(f"archived {summary['events_added']} new events ({summary['duplicates']} duplicates, "
-                      f"{summary['quarantined']} quarantined) into {ctx.storage.url}", markup=False, highlight=False)
+                      f"{summary['audit_id_collisions']} audit-ID collisions, {summary['quarantined']} quarantined) "
+                      f"into {ctx.storage.url}", markup=False, highlight=False)
 
 
 @main.command()

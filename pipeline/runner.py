@@ -35,6 +35,7 @@ def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, m
         "counts": {
             "records_read": archive_counts["records_read"], "events": archive_counts["events"],
             "events_added": archive_counts["events_added"], "duplicates": archive_counts["duplicates"],
+            "audit_id_collisions": archive_counts["audit_id_collisions"],
             "quarantined": archive_counts["quarantined"], "entity_windows": feature_counts["rows"],
         },
         "records": summary["records"],

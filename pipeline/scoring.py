@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
+from features.events import REQUEST_IDENTITY
 from features.flags import add_flags
 from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score, python_values
 from features.rules import RulePack
@@ -100,7 +101,7 @@ def run_score(ctx: RunContext) -> dict:
         evidence = events_pass["evidence"]
         audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
         keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
-        repeats = repeat_of(keys, audit_ids)
+        repeats = repeat_of(keys, request_keys(evidence))
         records["repeats"] = repeats
         lowered = (1.0 - ctx.config.scoring.repeat_factor) * records["combined"].abs()
         records["rank_score"] = records["combined"] - np.where(records["repeats"].notna(), lowered, 0.0)
@@ -157,16 +158,28 @@ def run_score(ctx: RunContext) -> dict:
     return summary
 
 
-def repeat_of(keys: list[tuple], audit_ids: dict[tuple, list]) -> list[tuple | None]:
+def request_keys(evidence: pd.DataFrame) -> dict[tuple, list]:
+    """Per record key, the requests of its evidence events: the auditID with what the request's stages share among the
+    evidence columns (REQUEST_IDENTITY but the receive time), so that requests a client sent under one Audit-ID stay apart."""
+    columns = [name for name in REQUEST_IDENTITY if name in EVIDENCE_COLUMNS]
+    requests = list(zip(*(python_values(evidence[name]) for name in columns)))
+    keys = zip(evidence["entity_type"], evidence["entity"], evidence["window_start"])
+    grouped: dict[tuple, list] = defaultdict(list)
+    for key, request in zip(keys, requests):
+        grouped[key].append(request)
+    return grouped
+
+
+def repeat_of(keys: list[tuple], requests: dict[tuple, list]) -> list[tuple | None]:
     """For records in rank order: the key of a higher-ranked record that already holds at least half of
-    this record's evidence events (the same requests seen as an identity and as its address), else None.
+    this record's evidence requests (the same requests seen as an identity and as its address), else None.
 
     Such a record adds no new activity for the analyst; it stays listed but ranks lower
     (``scoring.repeat_factor``), so distinct activity reaches the top of the list."""
-    holder: dict[str, int] = {}
+    holder: dict[tuple, int] = {}
     result: list[tuple | None] = []
     for index, key in enumerate(keys):
-        ids = list(dict.fromkeys(audit_ids.get(key, ())))
+        ids = list(dict.fromkeys(requests.get(key, ())))
         held = Counter(holder[i] for i in ids if i in holder)
         # The record holding the most of them; on a tie the higher-ranked one (never hash order).
         owner, shared = min(held.items(), key=lambda item: (-item[1], item[0])) if held else (None, 0)
@@ -219,8 +232,10 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     record_hits: dict[tuple, Counter] = defaultdict(Counter)
     candidates: list[pd.DataFrame] = []
     rule_totals: Counter = Counter()
+    # (score, audit_id, stage, time, -n for the pass's n-th candidate, row): ties (events that share an auditID and stage)
+    # go to the earlier candidate, and two rows are never compared
     top_events: list = []
-    total = 0
+    total = offered = 0
     for table in read_archive(ctx.storage, ctx.cluster, ranges.score_from, ranges.score_to):
         if len(table) == 0:
             continue
@@ -258,12 +273,13 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
             candidates.append(best[list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start"]].assign(
                 entity_type=entity_type, entity=best[column]))
         for row in evidence_rows(events.nlargest(ctx.config.report.events_top, "event_score")):
-            item = (row["score"], row["audit_id"], row["stage"], row)
+            offered += 1
+            item = (row["score"], row["audit_id"], row["stage"], row["time"], -offered, row)
             if len(top_events) < ctx.config.report.events_top:
                 heapq.heappush(top_events, item)
-            elif item[:3] > top_events[0][:3]:
+            elif item[:5] > top_events[0][:5]:
                 heapq.heapreplace(top_events, item)
-    ordered_top = [item[3] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2]))]
+    ordered_top = [item[5] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))]
     evidence = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start", "entity_type", "entity"])
     evidence = evidence.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
     evidence = evidence.groupby(["entity_type", "entity", "window_start"], sort=False).head(MAX_AUDIT_IDS)

@@ -209,7 +209,7 @@ def features_fingerprint(ctx: RunContext) -> str:
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
         "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
-        "disabled": sorted(ctx.config.rules.disabled), "schema": 3,
+        "disabled": sorted(ctx.config.rules.disabled), "schema": 4,
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 

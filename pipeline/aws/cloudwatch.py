@@ -10,8 +10,8 @@ old window does not rewind the schedule.
 
 Exactly once: events re-read in the grace window, events that share a millisecond
 at the window edge, Firehose-style redeliveries and events read again after a killed
-run all reach the archive, whose merge keeps one row per (auditID, stage) and counts
-the rest as duplicates. Within one run the CloudWatch event id is deduplicated too.
+run all reach the archive, whose merge keeps one row per event (its copies share every
+identity column: ``pipeline.hour_merge``) and counts the rest as duplicates. Within one run the CloudWatch event id is deduplicated too.
 The checkpoint (``checkpoints/cloudwatch/<cluster>/<log group>.json``) is written only
 after the archive merge has completed, so a run killed at any point is simply
 re-read by the next one.
