@@ -174,10 +174,11 @@ class WorkExceeded(AssertionError):
 
 
 def test_envelopes_glued_around_a_240_kb_user_agent_of_brace_pairs_are_read_in_linear_work(tmp_path, monkeypatch, record_property):
-    """Issue 16: one event with a 240 KB user agent of ``}{`` pairs in a 1,000-event envelope, glued to the next
-    envelope (past the 2 MB block, so the glued-value splitter reads it), took 209 s: the parse was retried from
-    the envelope's start at every ``}{``. The bytes handed to orjson plus the bytes the scanner looks at must
-    stay within 4x the input (a budget, not a timing: it fails at the first call over it)."""
+    """Envelopes glued around a 240 KB user agent of ``}{`` pairs are read in one pass: the bytes handed to
+    orjson plus the bytes the scanner looks at stay within 4x the input (a budget, not a timing: it fails at
+    the first call over it). Issue 16: one such event in a 1,000-event envelope glued to the next (past the
+    2 MB block, so the glued-value splitter reads it) took 209 s, the parse retried from the envelope's start
+    at every ``}{``."""
     items = [event(T0 + timedelta(seconds=i), audit_id=f"a-{i:04d}") for i in range(1000)]
     items[500]["userAgent"] = "}{" * (120 * 1024)
     data = json.dumps(envelope(items)).encode() + json.dumps(envelope(events(1000, start=T0 + timedelta(hours=1)), first_id=5000)).encode()
@@ -217,7 +218,7 @@ def test_envelopes_glued_around_a_240_kb_user_agent_of_brace_pairs_are_read_in_l
 
 
 @pytest.mark.parametrize("read_bytes", [7, 4096])
-def test_glued_envelopes_give_the_same_events_whatever_pieces_they_are_read_in(read_bytes, tmp_path, monkeypatch):
+def test_glued_envelopes_give_the_same_events_whatever_pieces_they_are_read_in(read_bytes, tmp_path, monkeypatch, record_property):
     """A long newline-free run of envelopes read a few bytes at a time (escapes, ``}{`` and quotes split
     across pieces) gives every event, and an envelope over ``max_line_bytes`` in the middle is one
     ``line_too_long`` without costing the envelopes after it."""
@@ -231,6 +232,7 @@ def test_glued_envelopes_give_the_same_events_whatever_pieces_they_are_read_in(r
     quarantine = Quarantine()
     ref = InputRef(str(path), lambda: open(path, "rb"), len(data))
     decoded = [value for value, _ in read_events(ref, quarantine, max_line_bytes=64 << 10)]
+    record_property("result", f"{len(decoded)} of 15 events; quarantined {quarantine.counts}")
     assert decoded == [e for b, batch in enumerate(batches) if b != 3 for e in batch]
     assert quarantine.counts == {"line_too_long": 1} and quarantine.entries[0]["sample"].startswith('{"messageType"')
 
@@ -249,9 +251,9 @@ def long_line_gzip(path: Path, line_bytes: int) -> Path:
 
 
 def test_a_400_mb_line_is_skipped_holding_at_most_max_line_bytes(tmp_path, record_property):
-    """Issue 16: a 400 KB gzip holding one 400 MB line took 79 s and 837 MB, recopied every 2 MB. It is one
-    ``line_too_long`` entry (its first bytes as the sample, its length counted) and the line after it is
-    read, with the reader's peak allocation (tracemalloc) a few times ``max_line_bytes``, not the line."""
+    """A 400 MB line in a 400 KB gzip is one ``line_too_long`` entry (its first bytes as the sample, its
+    length counted), the line after it is read, and the reader's peak allocation (tracemalloc) stays a few
+    times ``max_line_bytes``, not the line. Issue 16: it took 79 s and 837 MB, recopied every 2 MB."""
     path = long_line_gzip(tmp_path / "long.jsonl.gz", 400 << 20)
     ref = InputRef(str(path), lambda: open(path, "rb"), path.stat().st_size)
     quarantine = Quarantine()
@@ -285,8 +287,9 @@ def test_a_gzip_bomb_stops_being_read_and_what_came_before_is_kept(tmp_path, rec
 
 
 def test_events_pretty_printed_in_a_row_are_salvaged_one_by_one(tmp_path, record_property):
-    """``jq .`` output (events one after another, over many lines), one with a body 1,100 levels deep: it
-    used to go to the stdlib's concatenated-JSON reader and raise RecursionError."""
+    """``jq .`` output (events one after another, over many lines) with a body 1,100 levels deep is read one
+    event at a time and that one salvaged; it used to go to the stdlib's concatenated-JSON reader and raise
+    RecursionError."""
     good = events(2)
     deep = apiserver_line(event(T0, audit_id="deep", **AWS_AUTH_PATCH), b'{"x":' + b"[" * 1100 + b"]" * 1100 + b"}")
     text = json.dumps(good[0], indent=2).encode() + b"\n" + deep + b"\n" + json.dumps(good[1], indent=2).encode() + b"\n"
