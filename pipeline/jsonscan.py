@@ -19,7 +19,7 @@ _SKIP = re.compile(rb'(?:[^"\[\]{}]++|"[^"]*+")*+')
 _BRACKETS = re.compile(rb"[\[{]+|[\]}]+")
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _SCALAR = re.compile(rb"[^\s,:\[\]{}\"]+")
-_QUOTE, _COLON, _COMMA, _CLOSE = 0x22, 0x3A, 0x2C, 0x7D
+_QUOTE, _COMMA, _CLOSE = 0x22, 0x2C, 0x7D
 _OPENERS = b"{["
 
 
@@ -101,7 +101,6 @@ class Values:
 
     spans: list[tuple[int, int]]
     rest: int
-    scanned: int
 
     def pieces(self, data: bytes) -> list[bytes]:
         """Each complete value, then the rest if it is not blank."""
@@ -123,17 +122,14 @@ def split_values(data: bytes) -> Values:
     no separator, ``jq .`` prints events one after another), found in one pass."""
     spans = []
     pos = skip_space(data, 0)
-    scanned = 0
     blanked = blank_escapes(data)
     while pos < len(data) and data[pos] in _OPENERS:
-        scanner = ValueScanner()
-        end = scanner.end(blanked, pos)
-        scanned += scanner.scanned
+        end = ValueScanner().end(blanked, pos)
         if end < 0:
             break
         spans.append((pos, end))
         pos = skip_space(data, end)
-    return Values(spans, pos, scanned)
+    return Values(spans, pos)
 
 
 @dataclass

@@ -9,7 +9,10 @@ Formats are detected per file from its first bytes (after a UTF-8 byte-order mar
   members, envelopes concatenated with or without newlines; ``CONTROL_MESSAGE`` skipped.
 
 A reader never raises on content: every line that cannot become an event is reported
-to the ``Quarantine`` with a reason, and reading continues.
+to the ``Quarantine`` with a reason, and reading continues. A line that does not decode whole
+is split into its glued values or read field by field and salvaged (``_decode_record``), the
+same way whichever format or source it came in; reading is linear in the input, holds at most
+about ``max_line_bytes`` of one line, and stops a gzip bomb (docs/reliability.md).
 """
 from __future__ import annotations
 
