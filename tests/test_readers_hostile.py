@@ -22,10 +22,10 @@ from features.events import EVENT_SCHEMA
 from features.flags import FlagContext, add_flags
 from features.novelty import add_history_flags
 from pipeline import jsonscan, readers
-from pipeline.archive import archive_inputs, normalise_blocks, normalise_stream, read_archive
+from pipeline.archive import normalise_blocks, normalise_stream, read_archive
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.readers import InputRef, Quarantine, read_blocks, read_events, resolve_inputs
+from pipeline.readers import InputRef, Quarantine, read_blocks, read_events
 from pipeline.scoring import load_rule_pack
 from pipeline.stages import events_frame
 from pipeline.storage import LocalStorage
