@@ -309,7 +309,7 @@ def phase_score(data: str, work: str, args) -> dict:
     from pipeline.scoring import run_score
 
     summary = run_score(_context(work, args))
-    return {"records": summary["records"], "flagged": summary["flagged"], "events_scored": summary["events_scored"]}
+    return {key: summary[key] for key in ("records", "flagged", "written", "quiet_left_out", "events_scored")}
 
 
 def phase_report(data: str, work: str, args) -> dict:
@@ -684,6 +684,15 @@ def markdown(report: dict) -> str:
             cells.append(f"{stage['seconds']} / {stage['cpu_seconds']} / {stage['peak_rss_mb']:,}" + (f" ({inside:.1f})" if inside is not None else "")
                          if stage else "-")
         rows.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    rows += ["", "Outputs of the whole run (`startup`: importing the stages, paid once by `auditsift run`, in no stage's time):", "",
+             "| data | startup s | windows scored | flagged | written (quiet left out) | anomalies.jsonl bytes | report.html bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["data"]:
+        score, files = r.get("score", {}), r.get("report", {}).get("bytes", {})
+        left_out = sum((score.get("quiet_left_out") or {}).values())
+        rows.append(f"| {r['label']} | {_cell(r.get('run', {}).get('startup_seconds'))} | {_cell(score.get('records'))} "
+                    f"| {_cell(score.get('flagged'))} | {_cell(score.get('written'))} ({left_out:,}) | {_cell(files.get('anomalies.jsonl'))} "
+                    f"| {_cell(files.get('report.html'))} |")
     if report.get("targets"):
         rows += ["", "| target | data | measured | limit | |", "|---|---|---:|---:|---|"]
         for t in report["targets"]:

@@ -48,7 +48,7 @@ _MARKS = {"auditID": "@@audit@@", "requestReceivedTimestamp": "@@received@@", "s
 def base_sample(out: Path, events: int, seed: int, days: int, events_per_scale_day: int) -> tuple[Path, dict]:
     """Four days of sample logs of about ``events`` events, generated once per size and seed."""
     target = out / f"data-{events}-seed{seed}"
-    summary_path = target / "summary.json"
+    summary_path = _summary_path(target)
     if not summary_path.exists():
         shutil.rmtree(target, ignore_errors=True)
         scale = max(events / (days * events_per_scale_day), 0.05)
@@ -74,12 +74,17 @@ def identity_spray(out: Path, base: Path, seed: int, identities: int, requests_p
                     seed, parts)
 
 
+def _summary_path(data: Path) -> Path:
+    """Beside the data directory, not in it: the archive reads every JSON file of a directory it is given."""
+    return data.parent / f"{data.name}.summary.json"
+
+
 def _profile(target: Path, base: Path, plan, about: dict, seed: int, parts: int) -> tuple[Path, dict]:
-    summary_path = target / "summary.json"
+    summary_path = _summary_path(target)
     if not summary_path.exists():
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        sample = json.loads((base / "summary.json").read_text())
+        sample = json.loads(_summary_path(base).read_text())
         days = sorted(p for p in base.glob("audit-*.jsonl.gz"))
         for path in days:
             _link(path, target / path.name)
