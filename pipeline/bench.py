@@ -474,10 +474,20 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
     stop.set()
     sampler.join()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    own = _own_peak_mb()
     measured = {**result, "seconds": seconds, "cpu_seconds": cpu, "worker_cpu_seconds": round(children.ru_utime + children.ru_stime, 2),
                 "peak_rss_mb": own, "peak_rss_with_workers_mb": max(own, round(peak["tree"] / 2**20))}
     return measured if startup is None else {**measured, "startup_seconds": startup}
+
+
+def _own_peak_mb() -> int:
+    """This process's peak RSS since it started its program: VmHWM, which exec resets. ru_maxrss is not reset
+    by exec, so in a phase started by a large driver process it would report the driver's size."""
+    try:
+        with open("/proc/self/status") as status:
+            return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
+    except (OSError, StopIteration):  # not Linux
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def config_overrides(settings: list[str]) -> dict:
@@ -507,7 +517,8 @@ def bench_data(out: Path, label: str, data: Path, about: dict, args) -> dict:
     """Every chosen phase on one data set, each in its own subprocess, and the figures derived from them."""
     work = str(out / f"work-{data.name}")
     shutil.rmtree(work, ignore_errors=True)
-    result = {"label": label, **about, "input_bytes": sum(os.path.getsize(p) for p in _inputs(str(data)))}
+    result = {"label": label, **about, "input_bytes": sum(os.path.getsize(p) for p in _inputs(str(data))),
+              "load_at_start": round(os.getloadavg()[0], 1)}
     for name in args.phases:
         if name == "naive" and args.naive_max and about["events"] > args.naive_max:
             continue
@@ -516,6 +527,7 @@ def bench_data(out: Path, label: str, data: Path, about: dict, args) -> dict:
         result[name] = _in_subprocess(name, str(data), work, args, about["end"])
         print(f"{label:>24}  {name:9s} {result[name]['seconds']:8.1f} s  {result[name]['peak_rss_with_workers_mb']:6d} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
+    result["load_at_end"] = round(os.getloadavg()[0], 1)
     result["summary"] = summarise(result)
     return result
 
@@ -546,6 +558,13 @@ def summarise(r: dict) -> dict:
         summary["whole_run_over_floor"] = round(r["run"]["seconds"] / floor, 2) if floor else None
         if "duckdb" in r:
             summary["whole_run_over_duckdb"] = round(r["run"]["seconds"] / r["duckdb"]["compute_seconds"], 2)
+    if floor:  # CPU against the floor's CPU: steadier than wall time when other work shares the cores
+        floor_cpu = r["floor"]["cpu_seconds"]
+        if "archive_plus_features_seconds" in summary:
+            both = stages["archive"]["cpu_seconds"] + stages["features"]["cpu_seconds"]
+            summary["archive_plus_features_cpu_over_floor"] = round(both / floor_cpu, 2)
+        if "run" in r:
+            summary["whole_run_cpu_over_floor"] = round(summary["whole_run_cpu_seconds"] / floor_cpu, 2)
     measured = [r[name]["peak_rss_with_workers_mb"] for name in (*STAGES, "run") if name in r]
     summary["peak_rss_mb"] = max(measured) if measured else None
     return summary
@@ -673,6 +692,16 @@ def markdown(report: dict) -> str:
         checks = ", ".join(_check(r[p]["check"]) if p in r else "-" for p in ("naive", "duckdb"))
         rows.append(f"| {r['label']} | {r['events']:,} | {floor} | {run} | {both} | {_cell(s.get('stages_seconds'))} | {naive} | {duck} "
                     f"| {checks} | {_cell(s['peak_rss_mb'])} |")
+    rows += ["", "CPU seconds (process + workers) against the floor's CPU seconds:", "",
+             "| data | floor CPU s | whole run CPU s (/ floor) | archive + features CPU s (/ floor) | load average at start, end |",
+             "|---|---:|---:|---:|---|"]
+    for r in report["data"]:
+        s = r["summary"]
+        both = (f"{round(s['stages']['archive']['cpu_seconds'] + s['stages']['features']['cpu_seconds'], 2)} "
+                f"({_cell(s.get('archive_plus_features_cpu_over_floor'))})") if "archive_plus_features_seconds" in s else "-"
+        run = f"{s['whole_run_cpu_seconds']} ({_cell(s.get('whole_run_cpu_over_floor'))})" if "whole_run_cpu_seconds" in s else "-"
+        load = ", ".join(str(r.get(k, "-")) for k in ("load_at_start", "load_at_end"))
+        rows.append(f"| {r['label']} | {_cell(r.get('floor', {}).get('cpu_seconds'))} | {run} | {both} | {load} |")
     rows += ["", "Each stage alone (its own process, same workdir in order): wall s / CPU s (process + workers) / peak RSS MB "
              "(process + workers); the whole run's own stage times in brackets:", "",
              "| data | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
@@ -739,6 +768,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the one-process run of archive + features (workers: 1) above this many events")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a configuration key in every phase, e.g. archive.workers=1 (repeatable)")
+    parser.add_argument("--render", metavar="BENCH_JSON", help="recompute the summaries, fits and targets of a bench.json and "
+                        "write them with bench.md beside it (no phase runs)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -753,6 +784,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error.message}" + (f" (hint: {error.hint})" if error.hint else "")) from None
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.data, args.work, args)))
+        return
+    if args.render:
+        path = Path(args.render)
+        report = json.loads(path.read_text())
+        for r in report["data"]:
+            r["summary"] = summarise(r)
+        report["fits"] = linear_fits(report)
+        report["targets"] = targets(report)
+        path.write_text(json.dumps(report, indent=2))
+        (path.parent / "bench.md").write_text(markdown(report))
+        print(markdown(report))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
