@@ -14,7 +14,7 @@ is not the entity's routine (the rules alone); neither can hide the other becaus
 ``flagged`` but keep the record, marked ``suppressed``.
 
 Events are processed hour by hour so memory stays bounded by an hour of events. The records written out
-(findings.json, and the report stage's files made from it) are every flagged and suppressed one and the best
+(findings.json, and the report stage's files made from it) are every flagged one, suppressed or not, and the best
 ``report.quiet_per_entity_type`` quiet ones per entity type (``written_records``); ``rank`` stays the place
 among all scored records, and the summary counts what was left out.
 """
@@ -167,8 +167,9 @@ def run_score(ctx: RunContext) -> dict:
 
 def written_records(flagged: np.ndarray, entity_types: np.ndarray, quiet_per_type: int) -> tuple[np.ndarray, dict[str, int]]:
     """Positions (records in rank order) of the records findings.json and every file made from it hold: every
-    flagged one (suppressed ones included: an analyst audits what a suppression hid), and the first
-    ``quiet_per_type`` quiet ones of each entity type; and how many quiet ones of each type are left out.
+    flagged one (``flagged`` as the model and rules decide, before suppressions: an analyst audits what a
+    suppression hid), and the first ``quiet_per_type`` quiet ones of each entity type; and how many quiet ones
+    of each type are left out.
 
     Flagged records are never left out, however many (an attacker cannot hide one by making more), and the
     bound is per entity type, so a flood of identities cannot push the quiet addresses out of the files."""

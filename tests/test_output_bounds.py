@@ -1,5 +1,5 @@
 """Output bounds: a day with an identity spray keeps every flagged window in findings.json, anomalies.jsonl,
-findings.csv and the report, and only the best ``report.quiet_per_entity_type`` quiet ones per entity
+findings.csv and the report (suppressed or not), and only the best ``report.quiet_per_entity_type`` quiet ones per entity
 type; run.json and the report say how many quiet ones were left out (issue 16: 300,000 identities in an
 hour wrote a 129 MB anomalies.jsonl)."""
 from __future__ import annotations
@@ -46,7 +46,10 @@ def spray_day(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("spray-work")
     whole = RunContext(LocalStorage(str(workdir)), load_config(), "whole")
     run_pipeline(whole, [str(data)], score_to=parse_iso(about["end"]))
-    bounded = RunContext(LocalStorage(str(workdir)), load_config(overrides={"report": {"quiet_per_entity_type": QUIET}}), "bounded")
+    # the operator has suppressed one CI namespace's jobs: their windows stay flagged-then-suppressed, and kept
+    suppress = {"entity_pattern": "system:serviceaccount:ci-0001:*", "note": "CI jobs of namespace ci-0001"}
+    bounded = RunContext(LocalStorage(str(workdir)), load_config(overrides={"report": {"quiet_per_entity_type": QUIET},
+                                                                            "suppressions": [suppress]}), "bounded")
     run_score(bounded)
     run_report(bounded)
     return {"whole": report_files(whole), "bounded": report_files(bounded)}
@@ -59,17 +62,22 @@ def test_a_spray_day_keeps_every_flagged_window_and_the_best_quiet_ones(spray_da
     assert whole["run"]["counts"]["score"]["quiet_left_out"] == {"source_ip": 0, "user": 0}
     spray = {f["entity"] for f in everything if re.fullmatch(r"system:serviceaccount:ci-\d{4}:job-\d{6}", f["entity"])}
     assert len(spray) == SPRAY_IDENTITIES
-    quiet = {t: [f for f in everything if f["entity_type"] == t and not (f["flagged"] or f["suppressed"])] for t in ("user", "source_ip")}
+    quiet = {t: [f for f in everything if f["entity_type"] == t and not f["flagged"]] for t in ("user", "source_ip")}
     assert all(len(rows) > QUIET for rows in quiet.values())
 
-    kept = [f for f in everything if f["flagged"] or f["suppressed"]] + quiet["user"][:QUIET] + quiet["source_ip"][:QUIET]
-    assert bounded["findings"] == sorted(kept, key=lambda f: f["rank"])
+    kept = sorted([f for f in everything if f["flagged"]] + quiet["user"][:QUIET] + quiet["source_ip"][:QUIET], key=lambda f: f["rank"])
+    assert [f["finding_id"] for f in bounded["findings"]] == [f["finding_id"] for f in kept]
+    suppressed = [f for f in bounded["findings"] if f["suppressed"]]
+    assert suppressed and all(f["entity"].startswith("system:serviceaccount:ci-0001:") and not f["flagged"] for f in suppressed)
+    unchanged = [f for f in kept if not f["entity"].startswith("system:serviceaccount:ci-0001:")]
+    assert [f for f in bounded["findings"] if not f["suppressed"]] == unchanged
     assert [row["rank"] for row in bounded["csv"]] == [str(f["rank"]) for f in bounded["findings"]]
     left_out = {t: len(rows) - QUIET for t, rows in quiet.items()}
     score = bounded["run"]["counts"]["score"]
     assert score["quiet_left_out"] == left_out
     assert score["records"] == len(everything) and score["written"] == len(kept)
-    assert score["flagged"] == whole["run"]["counts"]["score"]["flagged"]
+    flags_cleared = [f for f in suppressed if f["finding_id"] in {g["finding_id"] for g in everything if g["flagged"]}]
+    assert flags_cleared and score["flagged"] + len(flags_cleared) == whole["run"]["counts"]["score"]["flagged"]
     total = f"{sum(left_out.values()):,}"
     assert f"Left out of this report, anomalies.jsonl and findings.csv: {total} quiet entity windows" in bounded["md"]
     assert f"{total} quiet windows left out" in bounded["html"]
