@@ -326,11 +326,8 @@ def phase_run(data: str, work: str, args) -> dict:
     report, in one process) on a workdir of its own; the stages' wall times are the run's own (``ctx.timings``)."""
     from pipeline.runner import run_pipeline
 
-    work = f"{work}-run"
-    shutil.rmtree(work, ignore_errors=True)
-    ctx = _context(work, args)
+    ctx = _context(f"{work}-run", args)  # made empty, and removed after, by bench_data: no deletion in the time
     result = run_pipeline(ctx, [data], score_to=_score_to(args))
-    shutil.rmtree(work, ignore_errors=True)
     return {"events": result["counts"]["events"], "records": result["records"], "flagged": result["flagged"],
             "timings": dict(ctx.timings)}
 
@@ -524,7 +521,9 @@ def bench_data(out: Path, label: str, data: Path, about: dict, args) -> dict:
             continue
         if name == "one_process" and args.one_process_max is not None and about["events"] > args.one_process_max:
             continue
+        shutil.rmtree(f"{work}-run", ignore_errors=True)
         result[name] = _in_subprocess(name, str(data), work, args, about["end"])
+        shutil.rmtree(f"{work}-run", ignore_errors=True)
         print(f"{label:>24}  {name:9s} {result[name]['seconds']:8.1f} s  {result[name]['peak_rss_with_workers_mb']:6d} MB", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     result["load_at_end"] = round(os.getloadavg()[0], 1)
@@ -746,6 +745,22 @@ def _check(check: dict) -> str:
         "DIFFER (" + ", ".join(k for k in ("same_windows", "counts_equal", "sets_equal") if not check[k]) + ")"
 
 
+def render(paths: list[str], out: Path) -> dict:
+    """Several bench runs as one report (``out``/bench.json and bench.md): every data set tagged with the command
+    that measured it, the summaries, fits and targets computed again over all of them."""
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    report = {"command": " and ".join(r["command"] for r in reports), "machine": [r["machine"] for r in reports],
+              "data": [{**d, "command": d.get("command", r["command"])} for r in reports for d in r["data"]]}
+    for r in report["data"]:
+        r["summary"] = summarise(r)
+    report["fits"] = linear_fits(report)
+    report["targets"] = targets(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events to generate and process (one size)")
@@ -768,8 +783,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the one-process run of archive + features (workers: 1) above this many events")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a configuration key in every phase, e.g. archive.workers=1 (repeatable)")
-    parser.add_argument("--render", metavar="BENCH_JSON", help="recompute the summaries, fits and targets of a bench.json and "
-                        "write them with bench.md beside it (no phase runs)")
+    parser.add_argument("--render", metavar="BENCH_JSON", nargs="+", help="recompute the summaries, fits and targets of one or more "
+                        "bench.json files (their data sets together, each with its command) into --out (no phase runs)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -786,15 +801,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_phase(args.phase, args.data, args.work, args)))
         return
     if args.render:
-        path = Path(args.render)
-        report = json.loads(path.read_text())
-        for r in report["data"]:
-            r["summary"] = summarise(r)
-        report["fits"] = linear_fits(report)
-        report["targets"] = targets(report)
-        path.write_text(json.dumps(report, indent=2))
-        (path.parent / "bench.md").write_text(markdown(report))
-        print(markdown(report))
+        print(markdown(render(args.render, Path(args.out))))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
