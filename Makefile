@@ -42,9 +42,9 @@ run: $(STAMP)
 test: $(STAMP) browser nodetools
 	$(BIN)/python -m pytest -n 2 tests
 
-# The whole daily run at 0.25M and 1M events against the floor, the naive version (0.25M only) and DuckDB (about 8 min
-# on 2 cores); bench-full adds 4M events and the issue's profiles: a busy day (3.6M events in its peak hour) and
-# identity sprays of 75k, 150k and 300k identities in an hour (about an hour). docs/performance.md, "Whole run".
+# The whole daily run at 0.25M and 1M events against the floor, the naive version (0.25M only) and DuckDB; bench-full
+# adds 4M events and the issue's profiles: a busy day (3.6M events in its peak hour) and identity sprays of 75k, 150k
+# and 300k identities in an hour. How long each took, and what they measured: docs/performance.md, "Whole run".
 bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench --sizes $(BENCH_SIZES) --naive-max 300000 --out bench-out
 
