@@ -383,7 +383,7 @@ def phase_naive(data: str, work: str, args) -> dict:
 
 
 def phase_duckdb(data: str, work: str, args) -> dict:
-    from features.aggregate import SET_NAMES, COUNT_COLUMNS
+    from features.aggregate import COUNT_COLUMNS, SET_NAMES
 
     cfg = _context(work, args).config.features
     started = time.perf_counter()
@@ -564,6 +564,10 @@ def summarise(r: dict) -> dict:
             summary["archive_plus_features_cpu_over_floor"] = round(both / floor_cpu, 2)
         if "run" in r:
             summary["whole_run_cpu_over_floor"] = round(summary["whole_run_cpu_seconds"] / floor_cpu, 2)
+    if "one_process" in r and floor:
+        single = r["one_process"]["archive_seconds"] + r["one_process"]["features_seconds"]
+        summary["one_process_seconds"] = round(single, 2)
+        summary["one_process_over_floor"] = round(single / floor, 2)
     measured = [r[name]["peak_rss_with_workers_mb"] for name in (*STAGES, "run") if name in r]
     summary["peak_rss_mb"] = max(measured) if measured else None
     return summary
@@ -579,7 +583,7 @@ LINEAR_TOLERANCE = 1.25  # the largest point at most this much above the line th
 
 
 def targets(report: dict) -> list[dict]:
-    """Pass or fail per target and data set; ``None`` when the data set lacks the phases it needs."""
+    """Pass or fail per target and data set, for the data sets that have the phases a target reads."""
     out = []
     for r in report["data"]:
         s, nominal = r["summary"], r["nominal_events"]
@@ -588,7 +592,7 @@ def targets(report: dict) -> list[dict]:
         if nominal >= ARCHIVE_FEATURES_FROM_EVENTS and s.get("archive_plus_features_over_floor") is not None:
             out.append(_target("archive + features within 1.5x the floor", r["label"], s["archive_plus_features_over_floor"],
                                ARCHIVE_FEATURES_OVER_FLOOR))
-        if r["label"].startswith("busy day") and s.get("peak_rss_mb") is not None:
+        if r.get("kind") == "busy_day" and s.get("peak_rss_mb") is not None:
             out.append(_target("peak RSS under 2 GB on the busy day", r["label"], s["peak_rss_mb"], BUSY_DAY_PEAK_RSS_MB, "MB"))
     for fit in report["fits"]:
         if fit["extrapolation_ratio"] is not None:
@@ -732,6 +736,14 @@ def markdown(report: dict) -> str:
             points = ", ".join(f"{x:,}: {y}" for x, y in f["points"])
             rows.append(f"| {f['series']} ({f['against']}) | {f['measure']} | {points} | {f['slope_per_million']} | {f['intercept']} "
                         f"| {_cell(f['r2'])} | {_cell(f['extrapolation_ratio'])} |")
+    if any("one_process" in r or "features_map" in r for r in report["data"]):
+        rows += ["", "| data | one process (workers: 1): archive + features s (/ floor) | features map: read / flags and aggregates CPU s |",
+                 "|---|---:|---:|"]
+        for r in report["data"]:
+            one, fmap = r.get("one_process"), r.get("features_map")
+            single = f"{one['archive_seconds']} + {one['features_seconds']} ({_cell(r['summary'].get('one_process_over_floor'))})" if one else "-"
+            mapped = f"{fmap['read_cpu_seconds']} / {fmap['flags_and_aggregates_cpu_seconds']}" if fmap else "-"
+            rows.append(f"| {r['label']} | {single} | {mapped} |")
     detectors = [(r, name, d) for r in report["data"] if "detectors" in r for name, d in r["detectors"]["detectors"].items()]
     if detectors:
         rows += ["", "| data | detector | train rows | fit s | score rows | score s |", "|---|---|---:|---:|---:|---:|"]
@@ -749,6 +761,8 @@ def render(paths: list[str], out: Path) -> dict:
     """Several bench runs as one report (``out``/bench.json and bench.md): every data set tagged with the command
     that measured it, the summaries, fits and targets computed again over all of them."""
     reports = [json.loads(Path(path).read_text()) for path in paths]
+    if any("data" not in r for r in reports):
+        raise SystemExit("--render: a bench.json from before the whole-run bench (it has no 'data' list) cannot be rendered again")
     report = {"command": " and ".join(r["command"] for r in reports), "machine": [r["machine"] for r in reports],
               "data": [{**d, "command": d.get("command", r["command"])} for r in reports for d in r["data"]]}
     for r in report["data"]:
