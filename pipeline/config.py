@@ -187,8 +187,8 @@ class ReportConfig(Section):
         "quiet (unflagged) entity windows kept per entity type, best ranked first, in findings.json, anomalies.jsonl, "
         "findings.csv and the report; every flagged window (suppressed or not) is always kept and the report says how many "
         "quiet ones were left out. 10,000 keeps a whole day of hourly windows for about 400 identities and 400 "
-        "addresses (a large cluster's day) at about 450 bytes each; beyond that the quiet tail is read by nobody and an hour "
-        "of many identities made it grow without bound"))
+        "addresses (a large cluster's day); beyond that the quiet tail is read by nobody and an hour of many identities "
+        "made it grow without bound"))
 
 
 class ScheduleConfig(Section):
