@@ -13,8 +13,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from features.columns import MICROS, EventColumns, rank_values
+from features.columns import MICROS, EventColumns, combine, rank_values
 from features.flags import FLAG_NAMES, FlagInputs
 
 KEY = ["entity_type", "entity", "window_start"]
@@ -52,6 +53,14 @@ LONG_RUNNING_VERBS = ("watch", "proxy")
 LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
 
 
+REQUEST_COLUMNS = ("audit_id", "stage", "time", "received_time", "verb", "subresource")  # what ``_request_rows`` reads
+
+
+def request_rows(events: pa.Table, window_minutes: int) -> np.ndarray:
+    """``_request_rows`` of a table of at least the ``REQUEST_COLUMNS``: one row per request."""
+    return _request_rows(EventColumns(events), window_minutes * 60_000_000)
+
+
 def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     """Positions of one row per request, so that each request counts in exactly one window.
 
@@ -62,8 +71,14 @@ def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     if "stage" not in columns:
         return np.arange(columns.rows)
     ids = columns.codes("audit_id")
-    repeated = np.bincount(ids)[ids] > 1
-    keep = ~columns.where("stage", lambda v: v == "RequestReceived") | ~repeated
+    return _one_per_request(ids, np.bincount(ids)[ids] > 1, *_stage_marks(columns, step))
+
+
+def _stage_marks(columns: EventColumns, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: is it a RequestReceived row; is it the ResponseComplete row of a long-running request received in an
+    earlier window (``_request_rows``)."""
+    received = columns.where("stage", lambda v: v == "RequestReceived")
+    late = np.zeros(columns.rows, dtype=bool)
     if "received_time" in columns:
         long_running = (columns.where("verb", lambda v: v in LONG_RUNNING_VERBS)
                         | columns.where("subresource", lambda v: v in LONG_RUNNING_SUBRESOURCES))
@@ -71,27 +86,59 @@ def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
         if completes.any():
             started = columns.micros("received_time")
             known = ~columns.missing("received_time")
-            earlier = np.zeros(columns.rows, dtype=bool)
-            earlier[known] = started[known] // step < columns.micros("time")[known] // step
-            keep &= ~(completes & earlier)
-    kept = np.flatnonzero(keep)
+            late[known] = started[known] // step < columns.micros("time")[known] // step
+            late &= completes
+    return received, late
+
+
+def _one_per_request(ids: np.ndarray, repeated: np.ndarray, received: np.ndarray, late: np.ndarray) -> np.ndarray:
+    """The first row of each request (equal ``ids``) that is neither a RequestReceived row of a request with other
+    rows (``repeated``) nor ``late``."""
+    kept = np.flatnonzero((~received | ~repeated) & ~late)
     _, first = np.unique(ids[kept], return_index=True)
     return kept[np.sort(first)]
+
+
+_id_hash = hash  # Python's string hash: keyed per process, so no input can choose its collisions
+
+
+def hour_request_rows(batches: Callable[[], Iterable[pa.Table]], window_minutes: int) -> np.ndarray | None:
+    """``request_rows`` of an hour read in batches (``batches()`` yields its tables of the ``REQUEST_COLUMNS`` in row
+    order, and can be called twice), holding per event a 64-bit hash of its audit id instead of the id: a few bytes
+    an event, where the ids of a busy hour take hundreds of MB. A request's rows are those of equal hashes; a hash
+    shared by distinct ids is detected (within a batch by counting, across batches by comparing the ids of every
+    hash found in more than one batch), and then None is returned: the caller judges the hour at once instead."""
+    step = window_minutes * 60_000_000
+    hashes, received, late, distinct = [], [], [], []
+    for table in batches():
+        columns = EventColumns(table)
+        codes, values = columns.encoded("audit_id")
+        keys = np.array([_id_hash(value) for value in values], dtype=np.int64)
+        distinct.append(np.unique(keys))
+        if len(distinct[-1]) < len(keys):
+            return None
+        hashes.append(keys[codes])
+        for into, marks in zip((received, late), _stage_marks(columns, step)):
+            into.append(marks)
+    shared, batches_of = np.unique(np.concatenate(distinct), return_counts=True)
+    shared = shared[batches_of > 1]
+    if len(shared):
+        ids: dict[int, str] = {}
+        for table, keys in zip(batches(), hashes):
+            rows = np.flatnonzero(np.isin(keys, shared))
+            for key, value in zip(keys[rows].tolist(), table["audit_id"].take(pa.array(rows)).to_pylist()):
+                if ids.setdefault(key, value) != value:
+                    return None
+    ids = np.concatenate(hashes)
+    _, group, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    return _one_per_request(ids, counts[group] > 1, np.concatenate(received), np.concatenate(late))
 
 
 def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Ranked codes (see ``EventColumns.ranked``) of ``join(*values)`` per row, where ``parts`` are
     (code per row, values) as ``EventColumns.encoded`` gives them: the join runs once per distinct
-    combination of values, and combinations are numbered with integer keys, never strings."""
-    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
-    for codes, values in parts:
-        if size * len(values) >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
-            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
-            size = int(key.max()) + 1
-        key, size = key * len(values) + codes, size * len(values)
-    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
-    joined = [join(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
-    return rank_values(combination, joined)
+    combination of values (``features.columns.combine``)."""
+    return rank_values(*combine(parts, join))
 
 
 def _object_key(resource, namespace, name) -> str | None:
@@ -104,6 +151,15 @@ def _uri_path(uri: str | None) -> str:
 
 def _verb_resource(verb, target) -> str:
     return f"{verb or ''} {target}"
+
+
+def verb_resources(columns: EventColumns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each of ``rows`` did, as ranked codes (``EventColumns.ranked``) of "verb resource", or "verb /uri/path"
+    for a request without a resource: the values of the ``verb_resources`` set, and what ``new_action_for_user``
+    (features.novelty) judges against an identity's history."""
+    if "uri_path" not in columns:
+        columns.derive("uri_path", "request_uri", _uri_path)
+    return _combined(_verb_target(columns, rows), _verb_resource)
 
 
 def _verb_target(columns: EventColumns, rows: np.ndarray) -> list[tuple[np.ndarray, list]]:
@@ -121,7 +177,8 @@ def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, e
     return partials_as_frame(partial_table(events, window_minutes, entity_types))
 
 
-def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str]) -> pa.Table:
+def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str],
+                  rows: np.ndarray | None = None) -> pa.Table:
     """Map step: flagged events (a DataFrame from features.flags.add_flags, or the FlagInputs of
     ``flag_events``) -> partial aggregates per key, as an Arrow table of ``PARTIAL_SCHEMA``.
 
@@ -130,13 +187,15 @@ def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity
     hour instead of a pandas groupby per set; string values are built once per distinct value,
     and the table is assembled from arrays, never through a DataFrame.
     Same table as a plain pandas groupby would give (tests/test_fast_paths.py holds that reference).
+    ``rows`` are the positions of one row per request (``request_rows``), when a piece of an hour is mapped
+    with the requests judged over the whole hour.
     """
     if isinstance(events, FlagInputs):
         columns, flag_values = events, events.flags
     else:
         columns, flag_values = EventColumns(events), {name: events[name].to_numpy(dtype=bool) for name in FLAG_NAMES}
     step = window_minutes * 60_000_000
-    rows = _request_rows(columns, step)
+    rows = _request_rows(columns, step) if rows is None else rows
     if len(rows) == 0:
         return PARTIAL_SCHEMA.empty_table()
     micros = columns.micros("time")[rows]
@@ -149,7 +208,7 @@ def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity
     sources = {name: (codes[rows], values) for name, (codes, values) in sources.items()}
     sources["object_key"] = _combined([(codes[rows], values) for codes, values in map(columns.encoded, ("resource", "namespace", "name"))],
                                       _object_key)
-    sources["verb_resource"] = _combined(_verb_target(columns, rows), _verb_resource)
+    sources["verb_resource"] = verb_resources(columns, rows)
     people = {c: (columns.ranked(c)[0][rows], columns.ranked(c)[1]) for c in set(ENTITY_COLUMNS.values())}
     # The distinct values of every set source and of the peers, one Arrow array (each source at its base), so the
     # values of all ten set columns are taken at once per entity type: a take costs some 20 us whatever its size.
@@ -224,6 +283,66 @@ def _distinct_lists(group: np.ndarray, codes: np.ndarray, size: int, groups: int
     offsets = np.zeros(groups + 1, dtype=np.int32)
     np.cumsum(np.bincount(owners, minlength=groups), out=offsets[1:])
     return offsets, value_codes
+
+
+def combine_partials(tables: list[pa.Table], entity_types: Iterable[str]) -> pa.Table:
+    """``partial_table`` of pieces of one hour (every request in one piece) as ``partial_table`` of the whole hour
+    gives it: per key, counts add, first and last times are the least and the greatest, sets unite; rows and set
+    values in the same order (entity types as listed, then entity and window, values sorted)."""
+    tables = [table for table in tables if len(table)]
+    if len(tables) < 2:
+        return tables[0] if tables else PARTIAL_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks()
+    order, starts, group = _key_order(table, entity_types, [])
+    columns = {name: table[name].take(pa.array(order[starts])) for name in KEY}
+    for name in COUNT_COLUMNS:
+        columns[name] = pa.array(np.add.reduceat(table[name].to_numpy()[order], starts))
+    for name, reduce in (("first_time", np.minimum), ("last_time", np.maximum)):
+        columns[name] = pa.array(reduce.reduceat(table[name].cast(pa.int64()).to_numpy()[order], starts), MICROS)
+    for name in SET_NAMES:
+        lists = table[name].chunk(0)
+        values = lists.flatten()
+        codes, distinct = rank_values(*_value_codes(values))
+        offsets, value_codes = _distinct_lists(group[pc.list_parent_indices(lists).to_numpy()], codes, len(distinct), len(starts), None)
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(distinct, pa.string()).take(value_codes))
+    return pa.table([columns[name] for name in PARTIAL_COLUMNS], schema=PARTIAL_SCHEMA)
+
+
+def combine_rule_partials(tables: list[pa.Table], entity_types: Iterable[str], rules: list[str]) -> pa.Table:
+    """Rule hit counts (``pipeline.stages.rule_partials``) of pieces of one hour as those of the whole hour: counts
+    add per (entity_type, entity, window_start, rule); rows ordered by entity type as listed, then rule as in
+    ``rules``, entity and window."""
+    filled = [table for table in tables if len(table)]
+    if len(filled) < 2:
+        return filled[0] if filled else tables[0]
+    table = pa.concat_tables(filled).combine_chunks()
+    order, starts, _ = _key_order(table, entity_types, rules)
+    columns = [table[name].take(pa.array(order[starts])) for name in (*KEY, "rule")]
+    return pa.table(columns + [pa.array(np.add.reduceat(table["count"].to_numpy()[order], starts))], schema=table.schema)
+
+
+def _value_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    encoded = pc.dictionary_encode(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _key_order(table: pa.Table, entity_types: Iterable[str], rules: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``table`` ordered by (entity type as listed, [rule as listed,] entity, window): (order, where each
+    key starts in it, the key's number per row)."""
+    types = pc.index_in(table["entity_type"], value_set=pa.array(list(entity_types), pa.large_string())).to_numpy(zero_copy_only=False)
+    entities = rank_values(*_value_codes(table["entity"]))[0]
+    windows = table["window_start"].cast(pa.int64()).to_numpy()
+    keys = [windows, entities]
+    if rules:
+        keys.append(pc.index_in(table["rule"], value_set=pa.array(rules, pa.large_string())).to_numpy(zero_copy_only=False))
+    order = np.lexsort(keys + [types])
+    changed = np.zeros(len(order), dtype=bool)
+    changed[0] = True
+    for key in keys + [types]:
+        changed[1:] |= key[order][1:] != key[order][:-1]
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(changed) - 1
+    return order, np.flatnonzero(changed), group
 
 
 PARTIAL_COLUMNS = KEY + list(COUNT_COLUMNS) + ["first_time", "last_time"] + list(SET_NAMES)

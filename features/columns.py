@@ -179,6 +179,21 @@ def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.cast(column, column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
+def combine(parts: list[tuple[np.ndarray, list]], function: Callable[..., object]) -> tuple[np.ndarray, list]:
+    """``function(*values)`` of each row's values of ``parts`` ((code per row, values), as ``EventColumns.encoded``
+    gives them), run once per distinct combination of values: (combination per row, result per combination).
+    Combinations are numbered with integer keys, never strings."""
+    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
+    for codes, values in parts:
+        if size * len(values) >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            size = int(key.max()) + 1
+        key, size = key * len(values) + codes, size * len(values)
+    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
+    results = [function(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
+    return combination, results
+
+
 def rank_values(codes: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
     """``codes`` into ``values`` (which may repeat, None for missing) renumbered in sorted order of the
     distinct values, -1 for None; and those sorted distinct values."""

@@ -22,18 +22,27 @@ import heapq
 import logging
 from collections import Counter, defaultdict
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from features.flags import add_flags
-from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score, python_values
-from features.rules import RulePack
+from features.columns import MICROS, combine
+from features.events import COLUMN_NAMES
+from features.flags import flag_events
+from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
+from features.rules import AggregateGroups, RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
-from pipeline.archive import read_archive
+from pipeline.archive import list_archive_hours
 from pipeline.config import Config, Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.stages import events_frame, flag_context, iso, load_features, load_model, load_rule_pack, load_rule_history
+from pipeline.stages import (
+    _hour_start, flag_context, hour_batches, iso, load_features, load_model, load_rule_history, load_rule_pack, map_columns,
+)
 from pipeline.storage import safe_segment
 
 log = logging.getLogger(__name__)
@@ -98,7 +107,7 @@ def run_score(ctx: RunContext) -> dict:
         order = ["combined", "model_score", "entity_type", "entity", "window_start"]
         records = records.sort_values(order, ascending=[False, False, True, True, True], kind="stable").reset_index(drop=True)
         evidence = events_pass["evidence"]
-        audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
+        audit_ids = evidence.audit_ids()
         keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
         repeats = repeat_of(keys, audit_ids)
         records["repeats"] = repeats
@@ -144,7 +153,7 @@ def run_score(ctx: RunContext) -> dict:
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         ctx.storage.write_json(f"{out}/findings.json", findings)
         reported = findings[: ctx.config.report.top_n]
-        detail = evidence_by_record(evidence, {_key_of(f) for f in reported})
+        detail = evidence.rows({_key_of(f) for f in reported})
         ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
@@ -211,97 +220,227 @@ def finding_id(cluster: str, entity_type: str, entity: str, window_start) -> str
 
 
 def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, ranges, weights: dict) -> dict:
-    """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events."""
-    window = f"{ctx.config.features.window_minutes}min"
-    model_part = {(r.entity_type, r.entity, r.window_start): r.model_part for r in records[["entity_type", "entity", "window_start", "model_part"]].itertuples(index=False)}
-    seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
-    flags = flag_context(ctx)
-    record_hits: dict[tuple, Counter] = defaultdict(Counter)
-    candidates: list[pd.DataFrame] = []
-    rule_totals: Counter = Counter()
-    top_events: list = []
-    total = 0
-    for table in read_archive(ctx.storage, ctx.cluster, ranges.score_from, ranges.score_to):
-        if len(table) == 0:
-            continue
-        events = add_history_flags(add_flags(events_frame(table), flags), seen)
-        hits = pack.evaluate(events)
-        events["window_start"] = events["time"].dt.floor(window)
-        severity = np.zeros(len(events))
-        why = [[] for _ in range(len(events))]
-        for rule_id in hits.columns:
-            column = hits[rule_id].to_numpy(dtype=bool)
+    """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events.
+
+    Events are read column by column from the archive (``EventColumns``: flags, history flags and rules judge each
+    distinct value once) and never become a DataFrame; only the events kept as evidence or top events become rows.
+    An hour of more than ``features.batch_rows`` events is read in batches of that many (its rule thresholds counted
+    over the whole hour first), so memory is bounded by a batch, whatever the hour."""
+    scored = EventScores(ctx, pack, records, history, weights)
+    for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster)):
+        begins = _hour_start(date, hour)
+        if ranges.score_from < begins + timedelta(hours=1) and begins < ranges.score_to:
+            scored.add_hour(index, ctx.storage.read_bytes(key), ranges)
+    return scored.result()
+
+
+class EventScores:
+    """``score_events``' pass over the scored range: what it keeps of the events it has scored.
+
+    Per event: rule hits (with the history flags, which only scoring judges), an event score (the model part of
+    its identity's or address's window, the weights of its rule hits, novelty and interesting flags), and why.
+    Kept: rule hit counts per (entity, window), the ``MAX_AUDIT_IDS`` best events of each (entity, window) as
+    evidence candidates, and the ``report.events_top`` best events of each hour for the top events."""
+
+    def __init__(self, ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, weights: dict):
+        cfg = ctx.config.features
+        self.pack, self.weights, self.flags = pack, weights, flag_context(ctx)
+        self.entity_types = [name for name in ("user", "source_ip") if name in cfg.entity_types]
+        self.step = cfg.window_minutes * 60_000_000
+        self.batch_rows, self.events_top = cfg.batch_rows, ctx.config.report.events_top
+        self.columns = score_columns(pack, cfg.entity_types)
+        self.model_part = {(r.entity_type, r.entity, r.window_start): r.model_part
+                           for r in records[["entity_type", "entity", "window_start", "model_part"]].itertuples(index=False)}
+        self.seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
+        self.why = [f"rule:{rule.id}" for rule in pack.active] + list(INTERESTING_FLAGS) + list(HISTORY_FLAG_NAMES)
+        self.record_hits: dict[tuple, Counter] = defaultdict(Counter)
+        self.rule_totals: Counter = Counter()
+        self.candidates: list[pa.Table] = []
+        self.top_events: list = []
+        self.total = 0
+
+    def add_hour(self, index: int, data: bytes, ranges) -> None:
+        """Score one archived hour's events within the scoring range (the file's bytes)."""
+        low, high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
+        batches = lambda: (batch.filter(_within(batch, low, high)) for batch in hour_batches(data, self.columns, self.batch_rows))
+        groups = None
+        if pq.read_metadata(pa.BufferReader(data)).num_rows > self.batch_rows:  # thresholds count over the whole hour
+            groups = AggregateGroups(self.pack)
+            for batch in batches():
+                inputs = flag_events(batch, self.flags)
+                groups.add(inputs, history_flags(inputs, self.seen))
+        best = []
+        offset = 0
+        for batch in batches():
+            if len(batch):
+                best.append(self._add(batch, (index << 32) + offset, groups))
+                offset += len(batch)
+        if not best:
+            return
+        # the hour's best events as DataFrame.nlargest(keep="first") picks them, then kept over all hours by rounded score
+        best = pa.concat_tables(best)
+        best = best.take(pc.sort_indices(best, sort_keys=[("event_score", "descending"), ("number", "ascending")])[: self.events_top])
+        for position, (score, audit_id, stage, number) in enumerate(zip(
+                *(best[name].to_pylist() for name in ("event_score", "audit_id", "stage", "number")))):
+            item = (round(float(score), 4), audit_id, stage, number, best.slice(position, 1))
+            if len(self.top_events) < self.events_top:
+                heapq.heappush(self.top_events, item)
+            elif item[:3] > self.top_events[0][:3]:
+                heapq.heapreplace(self.top_events, item)
+
+    def _add(self, table: pa.Table, first: int, groups) -> pa.Table:
+        """Score one table of events (an hour, or a batch of one; ``first`` numbers its first row) and keep what
+        ``result`` needs; returns its ``events_top`` best events as evidence (``_evidence``)."""
+        inputs = flag_events(table, self.flags)
+        novelty = history_flags(inputs, self.seen)
+        hits = self.pack.hits(inputs, novelty, groups)
+        rows = inputs.rows
+        self.total += rows
+        severity = np.zeros(rows)
+        fired = []
+        for rule_id, column in hits.items():
             if column.any():
-                rule_totals[rule_id] += int(column.sum())
-                severity += column * weights.get(pack.severity(rule_id), 0.0)
-                for index in np.flatnonzero(column):
-                    why[index].append(f"rule:{rule_id}")
-        events["rule_weight"] = severity
-        interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
-        starts = events["window_start"].to_numpy(dtype=object)
-        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(python_values(events["user"]), starts)]
-        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(python_values(events["source_ip"]), starts)]
-        events["event_score"] = np.maximum(user_part, ip_part) + severity + history_score(events) + 0.2 * interesting
-        for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
-            why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
-        for name in HISTORY_FLAG_NAMES:
-            for index in np.flatnonzero(events[name].to_numpy(dtype=bool)):
-                why[index].append(name)
-        events["why"] = why
-        total += len(events)
-        for entity_type, column in (("user", "user"), ("source_ip", "source_ip")):
-            if entity_type not in ctx.config.features.entity_types:
-                continue
-            _accumulate_hits(events, hits, column, entity_type, record_hits)
-            best = events.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
-            best = best.groupby([column, "window_start"], sort=False).head(MAX_AUDIT_IDS)
-            candidates.append(best[list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start"]].assign(
-                entity_type=entity_type, entity=best[column]))
-        for row in evidence_rows(events.nlargest(ctx.config.report.events_top, "event_score")):
-            item = (row["score"], row["audit_id"], row["stage"], row)
-            if len(top_events) < ctx.config.report.events_top:
-                heapq.heappush(top_events, item)
-            elif item[:3] > top_events[0][:3]:
-                heapq.heapreplace(top_events, item)
-    ordered_top = [item[3] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2]))]
-    evidence = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start", "entity_type", "entity"])
-    evidence = evidence.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
-    evidence = evidence.groupby(["entity_type", "entity", "window_start"], sort=False).head(MAX_AUDIT_IDS)
-    return {"record_hits": record_hits, "evidence": evidence, "top_events": ordered_top, "rule_totals": rule_totals, "events": total}
+                self.rule_totals[rule_id] += int(column.sum())
+                severity += column * self.weights.get(self.pack.severity(rule_id), 0.0)
+                fired.append(rule_id)
+        interesting = np.column_stack([inputs.flags[name] for name in INTERESTING_FLAGS]).any(axis=1)
+        windows, window_codes = np.unique(inputs.micros("time") // self.step * self.step, return_inverse=True)
+        starts = [pd.Timestamp(int(start), unit="us", tz="UTC") for start in windows]
+        parts = []
+        for entity_type in ("user", "source_ip"):
+            combination, values = combine([inputs.encoded(entity_type), (window_codes, starts)],
+                                          lambda entity, start: self.model_part.get((entity_type, entity, start), 0.0))
+            parts.append(np.array(values, dtype=float)[combination])
+        novelty_score = sum(novelty[flag.name].astype(float) * flag.event_weight for flag in HISTORY_FLAGS)
+        score = np.maximum(*parts) + severity + novelty_score + 0.2 * interesting
+        numbers = first + np.arange(rows, dtype=np.int64)
+        why = [hits[rule.id] for rule in self.pack.active] + [inputs.flags[name] for name in INTERESTING_FLAGS] \
+            + [novelty[name] for name in HISTORY_FLAG_NAMES]
+        for entity_type in self.entity_types:
+            codes, entities = inputs.ranked(entity_type)
+            present = np.flatnonzero(codes >= 0)
+            group = codes[present] * len(windows) + window_codes[present]
+            if fired:
+                self._count_hits(entity_type, hits, fired, present, group, entities, starts)
+            # the best MAX_AUDIT_IDS events of each (entity, window): by score, then time, then audit id, then position
+            audit_rank = inputs.ranked("audit_id")[0]
+            order = np.lexsort((present, audit_rank[present], inputs.micros("time")[present], -score[present], group))
+            ordered = group[order]
+            head = np.r_[True, ordered[1:] != ordered[:-1]]
+            rank = np.arange(len(order)) - np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))
+            chosen = present[np.sort(order[rank < MAX_AUDIT_IDS])]
+            self.candidates.append(self._evidence(table, chosen, score, numbers, why, {
+                "entity_type": pa.array(np.full(len(chosen), entity_type, dtype=object), pa.string()),
+                "entity": pa.array(entities[codes[chosen]], pa.string()),
+                "window_start": pa.array(windows[window_codes[chosen]], MICROS)}))
+        return self._evidence(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {})
+
+    def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
+        """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
+        groups, group_of_row = np.unique(group, return_inverse=True)
+        sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
+        np.add.at(sums, group_of_row, np.column_stack([hits[rule][present] for rule in fired]))
+        for group_index, rule_index in zip(*np.nonzero(sums)):
+            key = (entity_type, entities[groups[group_index] // len(starts)], starts[groups[group_index] % len(starts)])
+            self.record_hits[key][fired[rule_index]] += int(sums[group_index, rule_index])
+
+    def _evidence(self, table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, keys: dict) -> pa.Table:
+        """``rows`` of ``table`` as evidence: the evidence columns, score, number and why (one bit per ``self.why`` name)."""
+        picked = table.select(list(EVIDENCE_COLUMNS)).take(rows)
+        bits = np.packbits(np.column_stack([flag[rows] for flag in why]), axis=1)
+        return pa.table({**keys, **{name: _plain(picked[name]) for name in EVIDENCE_COLUMNS}, "event_score": pa.array(score[rows]),
+                         "number": pa.array(numbers[rows]),
+                         "why": pa.FixedSizeBinaryArray.from_buffers(pa.binary(bits.shape[1]), len(rows), [None, pa.py_buffer(bits.tobytes())])})
+
+    def result(self) -> dict:
+        """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
+        ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3]))
+        ordered_top = evidence_rows(pa.concat_tables([item[4] for item in ordered]), self.why) if ordered else []
+        return {"record_hits": self.record_hits, "evidence": Evidence(self.candidates, self.why), "top_events": ordered_top,
+                "rule_totals": self.rule_totals, "events": self.total}
 
 
-def evidence_by_record(evidence: pd.DataFrame, keys: set | None = None) -> dict[tuple, list]:
-    """Evidence event dicts per (entity_type, entity, window_start), most relevant first; only ``keys`` if given."""
-    if keys is not None:
-        wanted = [k in keys for k in zip(evidence["entity_type"], evidence["entity"], evidence["window_start"])]
-        evidence = evidence[wanted]
-    grouped: dict[tuple, list] = defaultdict(list)
-    for key, row in zip(zip(evidence["entity_type"], evidence["entity"], evidence["window_start"]), evidence_rows(evidence)):
-        grouped[key].append(row)
-    return grouped
+class Evidence:
+    """The evidence candidates of every hour: at most ``MAX_AUDIT_IDS`` events per (entity_type, entity,
+    window_start), most relevant first (event score, then time, then audit id), as Arrow columns; rows become
+    dicts only for the records that are reported."""
+
+    def __init__(self, candidates: list[pa.Table], why: list[str]):
+        self.why = why
+        table = pa.concat_tables(candidates) if candidates else None
+        if table is None or len(table) == 0:
+            self.table, self.groups = None, {}
+            return
+        order = pc.sort_indices(table, sort_keys=[("entity_type", "ascending"), ("entity", "ascending"), ("window_start", "ascending"),
+                                                  ("event_score", "descending"), ("time", "ascending"), ("audit_id", "ascending"),
+                                                  ("number", "ascending")]).to_numpy()
+        table = table.take(order)
+        changed = np.zeros(len(table), dtype=bool)
+        changed[0] = True
+        for name in ("entity_type", "entity", "window_start"):
+            column = table[name]
+            changed[1:] |= pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
+        position = np.arange(len(table))
+        rank = position - np.maximum.accumulate(np.where(changed, position, 0))
+        kept = rank < MAX_AUDIT_IDS
+        self.table = table.filter(pa.array(kept))
+        starts = np.flatnonzero(changed[kept])
+        counts = np.diff(np.r_[starts, len(self.table)])
+        heads = self.table.select(["entity_type", "entity", "window_start"]).take(starts)
+        self.groups = {(entity_type, entity, pd.Timestamp(start)): (int(first), int(count)) for entity_type, entity, start, first, count
+                       in zip(heads["entity_type"].to_pylist(), heads["entity"].to_pylist(), heads["window_start"].to_pylist(),
+                              starts.tolist(), counts.tolist())}
+
+    def audit_ids(self) -> dict[tuple, list]:
+        """Audit ids of each (entity_type, entity, window_start)'s evidence events, most relevant first."""
+        if self.table is None:
+            return {}
+        ids = self.table["audit_id"].to_pylist()
+        return {key: ids[start:start + count] for key, (start, count) in self.groups.items()}
+
+    def rows(self, keys: set) -> dict[tuple, list]:
+        """Evidence event dicts of each of ``keys``, most relevant first."""
+        if self.table is None:
+            return {}
+        found = {key: self.groups[key] for key in keys if key in self.groups}
+        if not found:
+            return {}
+        spans = sorted(found.items(), key=lambda item: item[1][0])
+        rows = evidence_rows(self.table.take(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans])), self.why)
+        result, position = {}, 0
+        for key, (_, count) in spans:
+            result[key] = rows[position:position + count]
+            position += count
+        return result
 
 
-def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, entity_type: str, record_hits: dict) -> None:
-    hit_columns = [c for c in hits.columns if hits[c].any()]
-    if not hit_columns:
-        return
-    frame = pd.concat([events[[column, "window_start"]], hits[hit_columns].astype(int)], axis=1)
-    sums = frame.groupby([column, "window_start"], sort=False)[hit_columns].sum()
-    for (entity, start), row in sums.iterrows():
-        for rule_id, count in row.items():
-            if count:
-                record_hits[(entity_type, entity, start)][rule_id] += int(count)
+def _within(table: pa.Table, low: int, high: int) -> np.ndarray:
+    micros = table["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False) if len(table) else np.zeros(0, dtype=np.int64)
+    return (micros >= low) & (micros < high)
 
 
-def evidence_rows(frame: pd.DataFrame) -> list[dict]:
-    """Evidence events as plain JSON-ready dicts (times in ISO 8601 UTC)."""
+def _plain(column: pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def score_columns(pack: RulePack, entity_types) -> list[str]:
+    """The event columns the score stage reads: the features map's (flags, rules, entities) and the evidence's."""
+    wanted = set(map_columns(pack, entity_types)) | set(EVIDENCE_COLUMNS) | {"request_uri", "user_agent", "verb", "resource"}
+    return [name for name in COLUMN_NAMES if name in wanted]
+
+
+def evidence_rows(table: pa.Table, why: list[str]) -> list[dict]:
+    """Evidence events (``EventScores._evidence``) as plain JSON-ready dicts (times in ISO 8601 UTC)."""
+    columns = {name: table[name].to_pylist() for name in EVIDENCE_COLUMNS}
+    bits = np.unpackbits(np.frombuffer(b"".join(table["why"].to_pylist()), dtype=np.uint8).reshape(len(table), -1), axis=1)
     rows = []
-    for record in frame[list(EVIDENCE_COLUMNS) + ["event_score", "why"]].to_dict("records"):
+    for index, score in enumerate(table["event_score"].to_pylist()):
+        record = {name: columns[name][index] for name in EVIDENCE_COLUMNS}
         record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        record["code"] = None if pd.isna(record["code"]) else int(record["code"])
-        record["score"] = round(float(record.pop("event_score")), 4)
-        record["why"] = list(record["why"])
-        rows.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()})
+        record["why"] = [why[j] for j in np.flatnonzero(bits[index][: len(why)]).tolist()]
+        record["score"] = round(float(score), 4)
+        rows.append(record)
     return rows
 
 

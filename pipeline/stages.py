@@ -21,13 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
-from features.aggregate import AGGREGATE_COLUMNS, empty_partials, partial_table, partials_as_frame
+from features.aggregate import (
+    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hour_request_rows, partial_table,
+    partials_as_frame, request_rows,
+)
 from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
 from features.flags import FlagContext, FlagInputs, flag_columns, flag_events
 from features.novelty import no_history
 from features.entities import entity_group
-from features.rules import RuleError, RulePack
+from features.rules import AggregateGroups, RuleError, RulePack
 from features.windows import (
     FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
 )
@@ -202,14 +205,36 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if is_cached(ctx, cache_key):
         return ctx.storage.read_parquet(cache_key), ctx.storage.read_parquet(rules_cache_key(cache_key))
     cfg = ctx.config.features
-    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
+    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types, cfg.batch_rows)
     write_cached(ctx, cache_key, encode_partials(tables))
     return tables
 
 
-def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pa.Table, pa.Table]:
-    """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read."""
-    return map_hour(read_hour_events(data, map_columns(pack, entity_types)), flags, pack, window_minutes, entity_types)
+def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types,
+                  batch_rows: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read. An hour of more
+    than ``batch_rows`` events is mapped in batches of that many (``hour_batches``) to the same tables, holding
+    one batch at a time: the requests (one row each, ``features.aggregate.request_rows``) and the groups of the
+    rules with aggregate thresholds (``AggregateGroups``) are judged over the whole hour first."""
+    columns = map_columns(pack, entity_types)
+    if batch_rows is None or pq.read_metadata(pa.BufferReader(data)).num_rows <= batch_rows:
+        return map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types)
+    rows = hour_request_rows(lambda: hour_batches(data, list(REQUEST_COLUMNS), batch_rows), window_minutes)
+    if rows is None:  # two audit ids of the hour share a hash: judge its requests with every id at once
+        rows = request_rows(read_hour_events(data, list(REQUEST_COLUMNS)), window_minutes)
+    requests = np.zeros(pq.read_metadata(pa.BufferReader(data)).num_rows, dtype=bool)
+    requests[rows] = True
+    groups = AggregateGroups(pack)
+    for batch in hour_batches(data, columns, batch_rows):
+        events = flag_events(batch, flags)
+        groups.add(events, no_history(events.rows))
+    partials, hits, offset = [], [], 0
+    for batch in hour_batches(data, columns, batch_rows):
+        events = flag_events(batch, flags)
+        partials.append(partial_table(events, window_minutes, entity_types, np.flatnonzero(requests[offset:offset + len(batch)])))
+        hits.append(rule_partials(pack, events, window_minutes, entity_types, groups))
+        offset += len(batch)
+    return combine_partials(partials, entity_types), combine_rule_partials(hits, entity_types, [rule.id for rule in pack.active])
 
 
 def map_columns(pack: RulePack, entity_types) -> list[str]:
@@ -223,15 +248,46 @@ def read_hour_events(data: bytes, columns: list[str]) -> pa.Table:
     """The named columns of an archived hour file, in that order. Text columns are read as the file's
     dictionaries (features.columns encodes every column it reads anyway); a column the file predates
     reads as nulls of its EVENT_SCHEMA type, as features.events.conform_events fills it."""
+    file, read = _hour_file(data, columns)
+    # The bytes wrapped without a copy (not a Python file object), and no thread pool: an hour's columns decode in
+    # a few ms, and the stage's workers already keep the cores busy.
+    return _with_absent(file.read(columns=read, use_threads=False), columns)
+
+
+def hour_batches(data: bytes, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """``read_hour_events`` in tables of at most ``batch_rows`` rows, in row order: the whole hour at once when it
+    holds no more (every hour of an ordinary day). A busier hour's file holds row groups of ``archive.merge_rows``
+    rows; consecutive ones are read together up to ``batch_rows``, and a larger one in slices."""
+    file, read = _hour_file(data, columns)
+    if file.metadata.num_rows <= batch_rows:
+        yield _with_absent(file.read(columns=read, use_threads=False), columns)
+        return
+    group, groups = 0, file.metadata.num_row_groups
+    while group < groups:
+        if file.metadata.row_group(group).num_rows > batch_rows:
+            for batch in file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=read, use_threads=False):
+                yield _with_absent(pa.Table.from_batches([batch]), columns)
+            group += 1
+            continue
+        end, rows = group, 0
+        while end < groups and rows + file.metadata.row_group(end).num_rows <= batch_rows:
+            rows += file.metadata.row_group(end).num_rows
+            end += 1
+        yield _with_absent(file.read_row_groups(list(range(group, end)), columns=read, use_threads=False), columns)
+        group = end
+
+
+def _hour_file(data: bytes, columns: list[str]) -> tuple[pq.ParquetFile, list[str]]:
+    """An archived hour file opened with its text columns read as dictionaries, and which of ``columns`` it holds."""
     metadata = pq.read_metadata(pa.BufferReader(data))
     present = set(metadata.schema.names)
     texts = [name for name in columns if name in present and EVENT_SCHEMA.field(name).type == pa.string()]
-    # The bytes wrapped without a copy (not a Python file object), and no thread pool: an hour's columns decode in
-    # a few ms, and the stage's workers already keep the cores busy.
-    table = pq.ParquetFile(pa.BufferReader(data), metadata=metadata, read_dictionary=texts).read(
-        columns=[name for name in columns if name in present], use_threads=False)
+    return pq.ParquetFile(pa.BufferReader(data), metadata=metadata, read_dictionary=texts), [name for name in columns if name in present]
+
+
+def _with_absent(table: pa.Table, columns: list[str]) -> pa.Table:
     for name in columns:
-        if name not in present:
+        if name not in table.column_names:
             table = table.append_column(EVENT_SCHEMA.field(name), pa.nulls(len(table), EVENT_SCHEMA.field(name).type))
     return table.select(columns)
 
@@ -279,7 +335,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
         return
     pending = {cache_key for _, cache_key in todo}
     computed = ordered_map(_map_hour_bytes, (ctx.storage.read_bytes(a) for a, c in keys if c in pending), workers,
-                           setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types)),
+                           setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types), cfg.batch_rows),
                            name="auditsift-features")
     try:
         for archive_key, cache_key in keys:
@@ -293,8 +349,8 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
         computed.close()
 
 
-def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, entity_types: tuple) -> tuple:
-    return flags, pack, window_minutes, entity_types
+def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, entity_types: tuple, batch_rows: int) -> tuple:
+    return flags, pack, window_minutes, entity_types, batch_rows
 
 
 def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
@@ -439,13 +495,15 @@ RULE_PARTIAL_SCHEMA = pa.schema([("entity_type", pa.large_string()), ("entity", 
                                  ("rule", pa.large_string()), ("count", pa.int64())])
 
 
-def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types) -> pa.Table:
+def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types,
+                  groups: AggregateGroups | None = None) -> pa.Table:
     """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when,
     as an Arrow table of ``RULE_PARTIAL_SCHEMA`` (``rules_frame`` makes frames of them).
     ``events`` is a flagged DataFrame or the FlagInputs of ``flag_events``. History flags are all False here
-    (no history is judged in the map step), so rules that need them never count as an entity's routine."""
+    (no history is judged in the map step), so rules that need them never count as an entity's routine.
+    ``groups``: for a batch of an hour, the aggregate rules' groups over the whole hour (``RulePack.hits``)."""
     columns = events if isinstance(events, EventColumns) else EventColumns(events)
-    hits = pack.hits(events, no_history(columns.rows))
+    hits = pack.hits(events, no_history(columns.rows), groups)
     fired = [rule for rule, matched in hits.items() if matched.any()]
     batches = []
     if fired:
