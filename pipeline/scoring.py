@@ -21,6 +21,7 @@ import fnmatch
 import heapq
 import logging
 from collections import Counter, defaultdict
+from typing import Iterator
 
 from datetime import timedelta
 
@@ -223,14 +224,15 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events.
 
     Events are read column by column from the archive (``EventColumns``: flags, history flags and rules judge each
-    distinct value once) and never become a DataFrame; only the events kept as evidence or top events become rows.
-    An hour of more than ``features.batch_rows`` events is read in batches of that many (its rule thresholds counted
-    over the whole hour first), so memory is bounded by a batch, whatever the hour."""
-    scored = EventScores(ctx, pack, records, history, weights)
+    distinct value once) and never become a DataFrame. An hour of more than ``features.batch_rows`` events is read
+    in batches of that many (its rule thresholds counted over the whole hour first), so memory is bounded by a
+    batch, whatever the hour; of each event kept as evidence or as a top event only its key, score, audit id and
+    why are held, and its columns are read again from the archive for the few that are written."""
+    scored = EventScores(ctx, pack, records, history, ranges, weights)
     for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster)):
         begins = _hour_start(date, hour)
         if ranges.score_from < begins + timedelta(hours=1) and begins < ranges.score_to:
-            scored.add_hour(index, ctx.storage.read_bytes(key), ranges)
+            scored.add_hour(index, key)
     return scored.result()
 
 
@@ -240,38 +242,46 @@ class EventScores:
     Per event: rule hits (with the history flags, which only scoring judges), an event score (the model part of
     its identity's or address's window, the weights of its rule hits, novelty and interesting flags), and why.
     Kept: rule hit counts per (entity, window), the ``MAX_AUDIT_IDS`` best events of each (entity, window) as
-    evidence candidates, and the ``report.events_top`` best events of each hour for the top events."""
+    evidence candidates, and the ``report.events_top`` best events of each hour for the top events. An event is
+    numbered (hour << 32) + its position among the hour's events in the scoring range (``rows`` reads it again)."""
 
-    def __init__(self, ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, weights: dict):
+    def __init__(self, ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, ranges, weights: dict):
         cfg = ctx.config.features
-        self.pack, self.weights, self.flags = pack, weights, flag_context(ctx)
+        self.storage, self.pack, self.weights, self.flags = ctx.storage, pack, weights, flag_context(ctx)
         self.entity_types = [name for name in ("user", "source_ip") if name in cfg.entity_types]
         self.step = cfg.window_minutes * 60_000_000
         self.batch_rows, self.events_top = cfg.batch_rows, ctx.config.report.events_top
         self.columns = score_columns(pack, cfg.entity_types)
-        self.model_part = {(r.entity_type, r.entity, r.window_start): r.model_part
-                           for r in records[["entity_type", "entity", "window_start", "model_part"]].itertuples(index=False)}
+        self.low, self.high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
+        starts = records["window_start"].to_numpy(dtype="datetime64[us]").view(np.int64).tolist()
+        self.model_part = dict(zip(zip(records["entity_type"].tolist(), records["entity"].tolist(), starts), records["model_part"].tolist()))
         self.seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
         self.why = [f"rule:{rule.id}" for rule in pack.active] + list(INTERESTING_FLAGS) + list(HISTORY_FLAG_NAMES)
         self.record_hits: dict[tuple, Counter] = defaultdict(Counter)
         self.rule_totals: Counter = Counter()
         self.candidates: list[pa.Table] = []
         self.top_events: list = []
+        self.hours: dict[int, str] = {}
         self.total = 0
 
-    def add_hour(self, index: int, data: bytes, ranges) -> None:
-        """Score one archived hour's events within the scoring range (the file's bytes)."""
-        low, high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
-        batches = lambda: (batch.filter(_within(batch, low, high)) for batch in hour_batches(data, self.columns, self.batch_rows))
+    def batches(self, key: str, columns: list[str]) -> Iterator[pa.Table]:
+        """An archived hour's events within the scoring range, ``columns`` only, in batches (``hour_batches``)."""
+        for batch in hour_batches(self.storage.read_bytes(key), columns, self.batch_rows):
+            micros = batch["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+            yield batch.filter((micros >= self.low) & (micros < self.high))
+
+    def add_hour(self, index: int, key: str) -> None:
+        """Score one archived hour's events within the scoring range."""
+        self.hours[index] = key
         groups = None
-        if pq.read_metadata(pa.BufferReader(data)).num_rows > self.batch_rows:  # thresholds count over the whole hour
-            groups = AggregateGroups(self.pack)
-            for batch in batches():
+        if sum(1 for _ in zip(range(2), hour_batches(self.storage.read_bytes(key), ["time"], self.batch_rows))) > 1:
+            groups = AggregateGroups(self.pack)  # thresholds count over the whole hour
+            for batch in self.batches(key, self.columns):
                 inputs = flag_events(batch, self.flags)
                 groups.add(inputs, history_flags(inputs, self.seen))
         best = []
         offset = 0
-        for batch in batches():
+        for batch in self.batches(key, self.columns):
             if len(batch):
                 best.append(self._add(batch, (index << 32) + offset, groups))
                 offset += len(batch)
@@ -290,7 +300,7 @@ class EventScores:
 
     def _add(self, table: pa.Table, first: int, groups) -> pa.Table:
         """Score one table of events (an hour, or a batch of one; ``first`` numbers its first row) and keep what
-        ``result`` needs; returns its ``events_top`` best events as evidence (``_evidence``)."""
+        ``result`` needs; returns its ``events_top`` best events (``_kept``)."""
         inputs = flag_events(table, self.flags)
         novelty = history_flags(inputs, self.seen)
         hits = self.pack.hits(inputs, novelty, groups)
@@ -305,10 +315,9 @@ class EventScores:
                 fired.append(rule_id)
         interesting = np.column_stack([inputs.flags[name] for name in INTERESTING_FLAGS]).any(axis=1)
         windows, window_codes = np.unique(inputs.micros("time") // self.step * self.step, return_inverse=True)
-        starts = [pd.Timestamp(int(start), unit="us", tz="UTC") for start in windows]
         parts = []
         for entity_type in ("user", "source_ip"):
-            combination, values = combine([inputs.encoded(entity_type), (window_codes, starts)],
+            combination, values = combine([inputs.encoded(entity_type), (window_codes, windows.tolist())],
                                           lambda entity, start: self.model_part.get((entity_type, entity, start), 0.0))
             parts.append(np.array(values, dtype=float)[combination])
         novelty_score = sum(novelty[flag.name].astype(float) * flag.event_weight for flag in HISTORY_FLAGS)
@@ -316,6 +325,7 @@ class EventScores:
         numbers = first + np.arange(rows, dtype=np.int64)
         why = [hits[rule.id] for rule in self.pack.active] + [inputs.flags[name] for name in INTERESTING_FLAGS] \
             + [novelty[name] for name in HISTORY_FLAG_NAMES]
+        starts = [pd.Timestamp(int(start), unit="us", tz="UTC") for start in windows]
         for entity_type in self.entity_types:
             codes, entities = inputs.ranked(entity_type)
             present = np.flatnonzero(codes >= 0)
@@ -329,11 +339,11 @@ class EventScores:
             head = np.r_[True, ordered[1:] != ordered[:-1]]
             rank = np.arange(len(order)) - np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))
             chosen = present[np.sort(order[rank < MAX_AUDIT_IDS])]
-            self.candidates.append(self._evidence(table, chosen, score, numbers, why, {
+            self.candidates.append(self._kept(table, chosen, score, numbers, why, {
                 "entity_type": pa.array(np.full(len(chosen), entity_type, dtype=object), pa.string()),
                 "entity": pa.array(entities[codes[chosen]], pa.string()),
                 "window_start": pa.array(windows[window_codes[chosen]], MICROS)}))
-        return self._evidence(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {})
+        return self._kept(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {"stage": table["stage"]})
 
     def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
         """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
@@ -344,36 +354,56 @@ class EventScores:
             key = (entity_type, entities[groups[group_index] // len(starts)], starts[groups[group_index] % len(starts)])
             self.record_hits[key][fired[rule_index]] += int(sums[group_index, rule_index])
 
-    def _evidence(self, table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, keys: dict) -> pa.Table:
-        """``rows`` of ``table`` as evidence: the evidence columns, score, number and why (one bit per ``self.why`` name)."""
-        picked = table.select(list(EVIDENCE_COLUMNS)).take(rows)
+    @staticmethod
+    def _kept(table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, columns: dict) -> pa.Table:
+        """What is kept of ``rows``: ``columns`` (keys, or whole event columns to take from), time, audit id, score,
+        number and why (a bit per ``self.why`` name)."""
         bits = np.packbits(np.column_stack([flag[rows] for flag in why]), axis=1)
-        return pa.table({**keys, **{name: _plain(picked[name]) for name in EVIDENCE_COLUMNS}, "event_score": pa.array(score[rows]),
-                         "number": pa.array(numbers[rows]),
+        taken = {name: _plain(value.take(pa.array(rows))) if name in table.column_names else value for name, value in columns.items()}
+        return pa.table({**taken, "time": table["time"].take(pa.array(rows)), "audit_id": _plain(table["audit_id"].take(pa.array(rows))),
+                         "event_score": pa.array(score[rows]), "number": pa.array(numbers[rows]),
                          "why": pa.FixedSizeBinaryArray.from_buffers(pa.binary(bits.shape[1]), len(rows), [None, pa.py_buffer(bits.tobytes())])})
+
+    def rows(self, kept: pa.Table) -> list[dict]:
+        """Kept events as plain JSON-ready dicts (``evidence_rows``), their columns read again from the archive."""
+        if len(kept) == 0:
+            return []
+        numbers = kept["number"].to_numpy()
+        order = np.argsort(numbers, kind="stable")
+        pieces = []
+        for index in np.unique(numbers >> 32).tolist():
+            wanted = np.sort(numbers[numbers >> 32 == index] & 0xFFFFFFFF)
+            offset = 0
+            for batch in self.batches(self.hours[index], list(EVIDENCE_COLUMNS)):
+                inside = wanted[(wanted >= offset) & (wanted < offset + len(batch))] - offset
+                if len(inside):
+                    pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
+                offset += len(batch)
+        read = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
+        return evidence_rows(read, kept["event_score"].to_pylist(), kept["why"].to_pylist(), self.why)
 
     def result(self) -> dict:
         """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
         ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3]))
-        ordered_top = evidence_rows(pa.concat_tables([item[4] for item in ordered]), self.why) if ordered else []
-        return {"record_hits": self.record_hits, "evidence": Evidence(self.candidates, self.why), "top_events": ordered_top,
+        ordered_top = self.rows(pa.concat_tables([item[4] for item in ordered])) if ordered else []
+        return {"record_hits": self.record_hits, "evidence": Evidence(self.candidates, self), "top_events": ordered_top,
                 "rule_totals": self.rule_totals, "events": self.total}
 
 
 class Evidence:
     """The evidence candidates of every hour: at most ``MAX_AUDIT_IDS`` events per (entity_type, entity,
     window_start), most relevant first (event score, then time, then audit id), as Arrow columns; rows become
-    dicts only for the records that are reported."""
+    dicts only for the records that are reported (``EventScores.rows``)."""
 
-    def __init__(self, candidates: list[pa.Table], why: list[str]):
-        self.why = why
+    def __init__(self, candidates: list[pa.Table], scores: EventScores):
+        self.scores = scores
         table = pa.concat_tables(candidates) if candidates else None
         if table is None or len(table) == 0:
             self.table, self.groups = None, {}
             return
         order = pc.sort_indices(table, sort_keys=[("entity_type", "ascending"), ("entity", "ascending"), ("window_start", "ascending"),
                                                   ("event_score", "descending"), ("time", "ascending"), ("audit_id", "ascending"),
-                                                  ("number", "ascending")]).to_numpy()
+                                                  ("number", "ascending")])
         table = table.take(order)
         changed = np.zeros(len(table), dtype=bool)
         changed[0] = True
@@ -386,10 +416,11 @@ class Evidence:
         self.table = table.filter(pa.array(kept))
         starts = np.flatnonzero(changed[kept])
         counts = np.diff(np.r_[starts, len(self.table)])
-        heads = self.table.select(["entity_type", "entity", "window_start"]).take(starts)
-        self.groups = {(entity_type, entity, pd.Timestamp(start)): (int(first), int(count)) for entity_type, entity, start, first, count
-                       in zip(heads["entity_type"].to_pylist(), heads["entity"].to_pylist(), heads["window_start"].to_pylist(),
-                              starts.tolist(), counts.tolist())}
+        heads = self.table.select(["entity_type", "entity", "window_start"]).take(pa.array(starts))
+        stamps = {micros: pd.Timestamp(micros, unit="us", tz="UTC") for micros in np.unique(heads["window_start"].cast(pa.int64()).to_numpy()).tolist()}
+        self.groups = {(entity_type, entity, stamps[start]): (first, count) for entity_type, entity, start, first, count
+                       in zip(heads["entity_type"].to_pylist(), heads["entity"].to_pylist(),
+                              heads["window_start"].cast(pa.int64()).to_pylist(), starts.tolist(), counts.tolist())}
 
     def audit_ids(self) -> dict[tuple, list]:
         """Audit ids of each (entity_type, entity, window_start)'s evidence events, most relevant first."""
@@ -400,23 +431,15 @@ class Evidence:
 
     def rows(self, keys: set) -> dict[tuple, list]:
         """Evidence event dicts of each of ``keys``, most relevant first."""
-        if self.table is None:
+        spans = sorted(((key, self.groups[key]) for key in keys if key in self.groups), key=lambda item: item[1][0])
+        if not spans:
             return {}
-        found = {key: self.groups[key] for key in keys if key in self.groups}
-        if not found:
-            return {}
-        spans = sorted(found.items(), key=lambda item: item[1][0])
-        rows = evidence_rows(self.table.take(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans])), self.why)
+        rows = self.scores.rows(self.table.take(pa.array(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans]))))
         result, position = {}, 0
         for key, (_, count) in spans:
             result[key] = rows[position:position + count]
             position += count
         return result
-
-
-def _within(table: pa.Table, low: int, high: int) -> np.ndarray:
-    micros = table["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False) if len(table) else np.zeros(0, dtype=np.int64)
-    return (micros >= low) & (micros < high)
 
 
 def _plain(column: pa.ChunkedArray) -> pa.Array:
@@ -430,12 +453,13 @@ def score_columns(pack: RulePack, entity_types) -> list[str]:
     return [name for name in COLUMN_NAMES if name in wanted]
 
 
-def evidence_rows(table: pa.Table, why: list[str]) -> list[dict]:
-    """Evidence events (``EventScores._evidence``) as plain JSON-ready dicts (times in ISO 8601 UTC)."""
+def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], why: list[str]) -> list[dict]:
+    """Events (their ``EVIDENCE_COLUMNS``, score and why bits, a bit per ``why`` name) as plain JSON-ready dicts
+    (times in ISO 8601 UTC)."""
     columns = {name: table[name].to_pylist() for name in EVIDENCE_COLUMNS}
-    bits = np.unpackbits(np.frombuffer(b"".join(table["why"].to_pylist()), dtype=np.uint8).reshape(len(table), -1), axis=1)
+    bits = np.unpackbits(np.frombuffer(b"".join(why_bits), dtype=np.uint8).reshape(len(table), -1), axis=1)
     rows = []
-    for index, score in enumerate(table["event_score"].to_pylist()):
+    for index, score in enumerate(scores):
         record = {name: columns[name][index] for name in EVIDENCE_COLUMNS}
         record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         record["why"] = [why[j] for j in np.flatnonzero(bits[index][: len(why)]).tolist()]
