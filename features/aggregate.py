@@ -113,11 +113,11 @@ def hour_request_rows(batches: Callable[[], Iterable[pa.Table]], window_minutes:
     for table in batches():
         columns = EventColumns(table)
         codes, values = columns.encoded("audit_id")
-        keys = np.array([_id_hash(value) for value in values], dtype=np.int64)
-        distinct.append(np.unique(keys))
-        if len(distinct[-1]) < len(keys):
+        keys = np.array([_id_hash(value) for value in values], dtype=np.int64)  # the last value is None: missing ids
+        if len(np.unique(keys)) < len(keys):
             return None
         hashes.append(keys[codes])
+        distinct.append(np.unique(hashes[-1]))
         for into, marks in zip((received, late), _stage_marks(columns, step)):
             into.append(marks)
     shared, batches_of = np.unique(np.concatenate(distinct), return_counts=True)
