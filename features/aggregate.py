@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.columns import MICROS, EventColumns, combine, rank_values
+from features.events import REQUEST_IDENTITY
 from features.flags import FLAG_NAMES, FlagInputs
 
 KEY = ["entity_type", "entity", "window_start"]
@@ -53,7 +54,8 @@ LONG_RUNNING_VERBS = ("watch", "proxy")
 LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
 
 
-REQUEST_COLUMNS = ("audit_id", "stage", "time", "received_time", "verb", "subresource")  # what ``_request_rows`` reads
+# What ``_request_rows`` reads: the request's identity (features.events.REQUEST_IDENTITY), its stage, times and kind
+REQUEST_COLUMNS = tuple(dict.fromkeys(REQUEST_IDENTITY + ("stage", "time", "verb", "subresource")))
 
 
 def request_rows(events: pa.Table, window_minutes: int) -> np.ndarray:
@@ -64,13 +66,14 @@ def request_rows(events: pa.Table, window_minutes: int) -> np.ndarray:
 def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     """Positions of one row per request, so that each request counts in exactly one window.
 
-    Within a partial, a request's RequestReceived row yields to its other stages and the first
-    remaining row counts. Across partials, a long-running request's ResponseComplete row does not
+    A request is its auditID and what its stages share (``EventColumns.requests``): two requests a
+    client sent under one Audit-ID both count. Within a partial, a request's RequestReceived row
+    yields to its other stages and the first remaining row counts. Across partials, a long-running request's ResponseComplete row does not
     count when the request was received in an earlier window: its ResponseStarted row, logged when
     the response began, counted it there (an exec session crossing the hour counts once)."""
     if "stage" not in columns:
         return np.arange(columns.rows)
-    ids = columns.codes("audit_id")
+    ids = columns.requests()
     return _one_per_request(ids, np.bincount(ids)[ids] > 1, *_stage_marks(columns, step))
 
 
@@ -99,39 +102,51 @@ def _one_per_request(ids: np.ndarray, repeated: np.ndarray, received: np.ndarray
     return kept[np.sort(first)]
 
 
-_id_hash = hash  # Python's string hash: keyed per process, so no input can choose its collisions
+_id_hash = hash  # Python's hash: keyed per process, so no input can choose its collisions
 
 
-def hour_request_rows(batches: Callable[[], Iterable[pa.Table]], window_minutes: int) -> np.ndarray | None:
-    """``request_rows`` of an hour read in batches (``batches()`` yields its tables of the ``REQUEST_COLUMNS`` in row
-    order, and can be called twice), holding per event a 64-bit hash of its audit id instead of the id: a few bytes
-    an event, where the ids of a busy hour take hundreds of MB. A request's rows are those of equal hashes; a hash
-    shared by distinct ids is detected (within a batch by counting, across batches by comparing the ids of every
-    hash found in more than one batch), and then None is returned: the caller judges the hour at once instead."""
+def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For an hour read in batches (``batches()`` yields its tables of the ``REQUEST_COLUMNS`` in row order, and can
+    be called twice), what is judged over the whole hour: ``request_rows``, and per row whether its auditID has more
+    than one request (the ``audit_id_reused`` flag).
+
+    A request is its ``REQUEST_IDENTITY`` (``EventColumns.requests``); each is held as a 64-bit hash of its values,
+    and each auditID as a hash of it: 16 bytes an event, where the ids of a busy hour take hundreds of MB. A hash
+    shared by different values is detected (within a batch by counting, across batches by comparing the values of
+    every hash found in more than one batch), and then None is returned: the caller reads the hour at once instead."""
     step = window_minutes * 60_000_000
-    hashes, received, late, distinct = [], [], [], []
+    found: dict[str, list] = {"request": [], "id": [], "received": [], "late": []}
+    distinct: dict[str, list] = {"request": [], "id": []}
     for table in batches():
         columns = EventColumns(table)
-        codes, values = columns.encoded("audit_id")
-        keys = np.array([_id_hash(value) for value in values], dtype=np.int64)  # the last value is None: missing ids
-        if len(np.unique(keys)) < len(keys):
-            return None
-        hashes.append(keys[codes])
-        distinct.append(np.unique(hashes[-1]))
-        for into, marks in zip((received, late), _stage_marks(columns, step)):
-            into.append(marks)
-    shared, batches_of = np.unique(np.concatenate(distinct), return_counts=True)
-    shared = shared[batches_of > 1]
-    if len(shared):
-        ids: dict[int, str] = {}
-        for table, keys in zip(batches(), hashes):
-            rows = np.flatnonzero(np.isin(keys, shared))
-            for key, value in zip(keys[rows].tolist(), table["audit_id"].take(pa.array(rows)).to_pylist()):
-                if ids.setdefault(key, value) != value:
+        for name, parts in (("request", [columns.encoded(column) for column in REQUEST_IDENTITY]), ("id", [columns.encoded("audit_id")])):
+            combination, keys = combine(parts, lambda *values: _id_hash(values))
+            keys = np.array(keys, dtype=np.int64)
+            if len(np.unique(keys)) < len(keys):
+                return None
+            found[name].append(keys[combination])
+            distinct[name].append(keys)
+        for name, marks in zip(("received", "late"), _stage_marks(columns, step)):
+            found[name].append(marks)
+    shared = {}
+    for name in ("request", "id"):
+        keys, batches_of = np.unique(np.concatenate(distinct[name]), return_counts=True)
+        shared[name] = keys[batches_of > 1]
+    if any(len(keys) for keys in shared.values()):
+        values: dict[tuple, tuple] = {}
+        for number, table in enumerate(batches()):
+            for name, wanted in (("request", REQUEST_IDENTITY), ("id", ("audit_id",))):
+                keys = found[name][number]
+                rows = pa.array(np.flatnonzero(np.isin(keys, shared[name])))
+                seen = zip(keys[rows.to_numpy()].tolist(), zip(*(table[column].take(rows).to_pylist() for column in wanted)))
+                if any(values.setdefault((name, key), value) != value for key, value in seen):
                     return None
-    ids = np.concatenate(hashes)
-    _, group, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    return _one_per_request(ids, counts[group] > 1, np.concatenate(received), np.concatenate(late))
+    requests, ids = np.concatenate(found["request"]), np.concatenate(found["id"])
+    _, group, counts = np.unique(requests, return_inverse=True, return_counts=True)
+    rows = _one_per_request(requests, counts[group] > 1, np.concatenate(found["received"]), np.concatenate(found["late"]))
+    pairs = np.unique(np.column_stack([ids, requests]), axis=0)
+    reused_ids, per_id = np.unique(pairs[:, 0], return_counts=True)
+    return rows, np.isin(ids, reused_ids[per_id > 1])
 
 
 def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.events import REQUEST_IDENTITY
+
 MICROS = pa.timestamp("us", tz="UTC")
 SMALL_DICTIONARY = 256  # distinct values up to which a dictionary is checked as a Python set (EventColumns._dictionary)
 
@@ -135,6 +137,26 @@ class EventColumns:
             micros.flags.writeable = False
             self._micros[name] = micros
         return self._micros[name]
+
+    def requests(self) -> np.ndarray:
+        """A code per row, equal for the rows of one request (its stages) and different for different requests:
+        the auditID's code, and where requests share an auditID (a client sets the Audit-ID header), a new code per
+        distinct ``REQUEST_IDENTITY`` among them. Every identity column is read, so a step tracing ``read`` asks for them."""
+        if ("requests",) not in self._answers:
+            ids = self.codes("audit_id")
+            others = [self.micros(name) if pa.types.is_timestamp(self.array(name).type) else self.codes(name)
+                      for name in REQUEST_IDENTITY[1:]]
+            codes = ids
+            repeated = np.flatnonzero(np.bincount(ids)[ids] > 1) if self.rows else ids
+            if len(repeated):
+                rows = repeated[np.argsort(ids[repeated], kind="stable")]
+                values = np.column_stack([ids[rows]] + [column[rows] for column in others])
+                if np.any((values[1:] != values[:-1]).any(axis=1) & (values[1:, 0] == values[:-1, 0])):
+                    _, inverse = np.unique(values, axis=0, return_inverse=True)
+                    codes = ids.copy()
+                    codes[rows] = ids.max() + 1 + inverse.ravel()
+            self._answers[("requests",)] = codes
+        return self._answers[("requests",)]
 
     def series(self, name: str) -> pd.Series:
         """One column as pandas gives it from the whole table (``str``, ``Int32``, timestamps with their zone)."""

@@ -35,7 +35,7 @@ class Column:
 EVENT_COLUMNS: tuple[Column, ...] = (
     Column("time", TIMESTAMP, "stageTimestamp: when the stage happened; windows and partitions use it"),
     Column("received_time", TIMESTAMP, "requestReceivedTimestamp, for latency and ordering"),
-    Column("audit_id", pa.string(), "auditID: joins the stages of one request; dedup key with stage"),
+    Column("audit_id", pa.string(), "auditID: joins the stages of one request; the client may set it (Audit-ID header), so it identifies nothing alone"),
     Column("stage", pa.string(), "RequestReceived/ResponseStarted/ResponseComplete/Panic; exec shows as ResponseStarted 101"),
     Column("level", pa.string(), "audit level the policy logged at"),
     Column("user", pa.string(), "user.username: the identity acting"),
@@ -80,11 +80,19 @@ EVENT_COLUMNS: tuple[Column, ...] = (
            "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined"),
     Column("webhook_weakened", pa.bool_(),
            "a written webhook configuration leaves a webhook with no rules, or sets a validating webhook to failurePolicy Ignore"),
-    Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: first dedup key"),
+    Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: which of an event's copies the archive keeps"),
 )
 EVENT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in EVENT_COLUMNS])
 COLUMN_NAMES = tuple(c.name for c in EVENT_COLUMNS)
 _STRING_COLUMNS = frozenset(c.name for c in EVENT_COLUMNS if c.type == pa.string())
+# What tells requests and events apart (docs/reliability.md, "Copies and reused audit IDs"). kube-apiserver takes the
+# client's Audit-ID header as the auditID, so an auditID alone identifies nothing. A request is its auditID with what
+# the server logs alike in each of its stages: when it received the request (its own clock, to the microsecond), the
+# authenticated caller, the connection address and the request line. An event adds its stage, when the server logged
+# it, the response code and the object. All are envelope columns, logged before any body: never a body fact or a
+# column added later, so the copies of one event compare equal whichever release or reader archived them.
+REQUEST_IDENTITY = ("audit_id", "received_time", "user", "source_ip", "verb", "request_uri")
+EVENT_IDENTITY = REQUEST_IDENTITY + ("stage", "time", "code", "resource", "subresource", "namespace", "name", "api_group")
 
 SENSITIVE_HOST_PATHS = frozenset(
     {

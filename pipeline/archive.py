@@ -1,11 +1,11 @@
 """Archive stage: inputs -> normalised events in hour-partitioned Parquet, exactly once.
 
 Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row per
-(auditID, stage), sorted by (time, auditID, stage). Events are streamed in bounded
-chunks: each chunk is normalised into Arrow columns and spilled to a per-run staging
-area by hour; then each touched hour is merged with what the archive already holds,
-deduplicated and replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs
-for an hour of more than ``merge_rows`` rows). Re-running on the same input rewrites identical
+event, sorted by (time, auditID, stage). Events are streamed in bounded chunks: each chunk
+is normalised into Arrow columns and spilled to a per-run staging area by hour; then each
+touched hour is merged with what the archive already holds, copies of an event dropped, and
+replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs for an hour of
+more than ``merge_rows`` rows). Re-running on the same input rewrites identical
 bytes; a run killed at any point leaves either the old or the new hour file, and the
 rerun's merge converges to the same archive.
 """
@@ -53,13 +53,16 @@ class ArchiveResult:
 
     ``records_read`` counts decoded JSON values; each became an event (new or duplicate) or a
     quarantine entry. Lines that never decoded are quarantined too, so
-    records_read + undecodable lines = everything read.
+    records_read + undecodable lines = everything read. ``duplicates`` are copies of events already
+    held (redeliveries, reruns); ``audit_id_collisions`` are events added although another event
+    of their hour has their auditID and stage (a client reused an Audit-ID): kept, not duplicates.
     """
 
     inputs: list[str] = field(default_factory=list)
     records_read: int = 0
     events_normalised: int = 0
     duplicates: int = 0
+    audit_id_collisions: int = 0
     events_added: int = 0
     hours_written: list[str] = field(default_factory=list)
     quarantine: Quarantine = field(default_factory=Quarantine)
@@ -73,6 +76,7 @@ class ArchiveResult:
             "records_read": self.records_read,
             "events": self.events_normalised,
             "duplicates": self.duplicates,
+            "audit_id_collisions": self.audit_id_collisions,
             "events_added": self.events_added,
             "hours_written": len(self.hours_written),
             "quarantined": self.quarantine.total,
@@ -154,17 +158,6 @@ class HourBuffer:
         runs += [(order, _batches_of(table)) for order, table in self.tables.get(key, [])]
         runs.sort(key=lambda run: run[0])
         return [batches for _, batches in runs]
-
-    def keys(self, key: tuple[str, int]) -> Iterator[pa.Table]:
-        """time, audit_id and stage of every row of an hour, a staged file at a time."""
-        names = ["time", "audit_id", "stage"]
-        for staged, _ in self.spilled.get(key, []):
-            with self._source(staged) as source:
-                schema = pa.ipc.open_file(source).schema
-                only = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(name) for name in names])
-                yield pa.ipc.open_file(source, options=only).read_all().select(names)
-        for _, table in self.tables.get(key, []):
-            yield table.select(names)
 
     def forget(self, key: tuple[str, int]) -> None:
         self.tables.pop(key, None)
@@ -303,6 +296,23 @@ def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> 
     return table
 
 
+def quarantine_future(table: pa.Table, not_after: datetime | None, quarantine: Quarantine, source: str) -> pa.Table:
+    """``table`` without the events stamped later than ``not_after`` (the run's clock plus
+    ``archive.future_skew_minutes``, ``pipeline.stages.future_limit``), each quarantined as ``future_timestamp``.
+    Archived, one such event would sit in the newest hour for good: a scheduler scoring "the latest day"
+    would score its empty day, and an hour of year 9999 overflows every date computed after it.
+    The API server stamps the times, not the client, so no request can choose to be dropped here."""
+    if not_after is None or not len(table):
+        return table
+    late = pc.greater(table["time"], pa.scalar(not_after, type=table.schema.field("time").type))
+    if not pc.any(late).as_py():
+        return table
+    limit = not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for row in table.filter(late).select(["time", "audit_id", "stage", "user", "verb"]).to_pylist():
+        quarantine.add("future_timestamp", source, 0, _sample({**row, "time": _iso(row["time"]), "limit": limit}))
+    return table.filter(pc.invert(late))
+
+
 def _sample(value) -> str:
     import orjson
 
@@ -338,13 +348,14 @@ class HourMerge:
     key: str
     added: int
     incoming: int
+    collisions: int  # events added that share their (auditID, stage) with another event of the hour
     written: bool
     time_min: str | None
     time_max: str | None
 
 
 def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: HourBuffer, merge_rows: int = MERGE_ROWS) -> HourMerge:
-    """Merge an hour's buffered rows (in input order) with what the archive holds: deduplicate, sort,
+    """Merge an hour's buffered rows (in input order) with what the archive holds: drop copies, sort,
     and replace the hour file if anything was added. An hour of more than ``merge_rows`` rows is
     merged from its sorted runs, holding about ``merge_rows`` rows at a time (``pipeline.hour_merge``)."""
     key = hour_key(cluster, date, hour)
@@ -354,7 +365,7 @@ def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: Hou
     if before + incoming_rows <= merge_rows:
         merged = merge_in_memory(existing, buffer.take((date, hour)))
     else:
-        merged = merge_runs(existing, buffer.runs((date, hour)), buffer.keys((date, hour)), merge_rows)
+        merged = merge_runs(existing, buffer.runs((date, hour)), merge_rows)
         buffer.forget((date, hour))
     with merged.content:
         added = merged.rows - before
@@ -366,12 +377,13 @@ def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: Hou
     low = high = None
     if merged.rows:
         low, high = (_iso(EPOCH + timedelta(microseconds=micros)) for micros in (merged.time_min, merged.time_max))
-    return HourMerge(key, added, incoming_rows, written, low, high)
+    return HourMerge(key, added, incoming_rows, merged.shared - merged.shared_before, written, low, high)
 
 
 def _count_merge(result: ArchiveResult, merge: HourMerge) -> None:
     result.events_added += merge.added
     result.duplicates += merge.incoming - merge.added
+    result.audit_id_collisions += merge.collisions
     if merge.written:
         result.hours_written.append(merge.key)
     if merge.time_min is not None:
@@ -412,8 +424,10 @@ def _iso(value: datetime) -> str:
 
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
-                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS) -> ArchiveResult:
-    """Archive every event of ``refs`` (files or objects in any supported format).
+                   max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS,
+                   not_after: datetime | None = None) -> ArchiveResult:
+    """Archive every event of ``refs`` (files or objects in any supported format); events stamped later
+    than ``not_after`` are quarantined (``quarantine_future``).
 
     With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
     the hours (``archive_in_workers``); the archive, the counts and the quarantine are the same
@@ -422,12 +436,13 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     count = worker_count(storage, refs, workers)
     with system_memory_pool():
         if count > 1:
-            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows)
-        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows)
+            return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows,
+                                      not_after)
+        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows, not_after)
 
 
 def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult, chunk_rows: int,
-                  max_line_bytes: int, progress, merge_rows: int) -> ArchiveResult:
+                  max_line_bytes: int, progress, merge_rows: int, not_after: datetime | None = None) -> ArchiveResult:
     """``archive_inputs`` in this process."""
 
     def tables() -> Iterator[pa.Table]:
@@ -437,7 +452,7 @@ def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: 
                 result.records_read += consumed
                 if progress:
                     progress(consumed)
-                yield table
+                yield quarantine_future(table, not_after, result.quarantine, ref.name)
 
     archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(chunk_rows * 10, 100_000), merge_rows=merge_rows)
     return result
@@ -475,7 +490,8 @@ def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
 
 
 def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
-                       chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int) -> ArchiveResult:
+                       chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int,
+                       not_after: datetime | None = None) -> ArchiveResult:
     """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
 
     1. Each worker takes the next unread file and normalises it exactly as one process does (with
@@ -499,7 +515,8 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     hours_queue, results = context.Queue(), context.Queue()
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
                                  args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
-                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid()))
+                                       next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid(),
+                                       not_after))
                  for n in range(workers)]
     start(processes)
     try:
@@ -562,20 +579,21 @@ def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
 
 
 def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                    results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int) -> None:
+                    results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int,
+                    not_after: datetime | None = None) -> None:
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
     try:
         with system_memory_pool():
             _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes,
-                         merge_rows)
+                         merge_rows, not_after)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 
 
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int) -> None:
+                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int, not_after: datetime | None = None) -> None:
     buffer = HourBuffer(storage, staging, spill_rows)
     while True:
         with next_file.get_lock():
@@ -587,6 +605,7 @@ def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: 
         try:
             items = read_blocks(ref, quarantine, max_line_bytes)
             for number, (table, consumed) in enumerate(normalise_blocks(items, quarantine, ref.name, chunk_rows, repairs)):
+                table = quarantine_future(table, not_after, quarantine, ref.name)
                 if len(table):
                     buffer.add(table, (index, number))
                 results.put(("read", len(table), consumed))

@@ -112,7 +112,7 @@ LIMIT 50""",
 FROM {table}
 WHERE cluster = '{cluster}' AND "date" BETWEEN '{date_from}' AND '{date_to}'
   AND subresource IN ('exec', 'attach') AND stage <> 'RequestReceived'
-GROUP BY audit_id, "user", source_ip, namespace, name, exec_command
+GROUP BY audit_id, received_time, "user", source_ip, namespace, name, exec_command
 ORDER BY started, audit_id""",
     ),
     "aws_auth_changes": (

@@ -178,30 +178,34 @@ def phase_floor(data: str, work: str, args) -> dict:
 
 
 def phase_archive(data: str, work: str, args) -> dict:
+    from pipeline.sample import sample_clock
     from pipeline.stages import run_archive
 
-    counts = run_archive(_context(work, args), [data])
+    counts = run_archive(_context(work, args), [data], sample_clock(Path(data)))
     return {"events": counts["events"], "quarantined": counts["quarantined"], "hours": counts["hours_written"]}
 
 
 def phase_features(data: str, work: str, args) -> dict:
+    from pipeline.sample import sample_clock
     from pipeline.stages import resolve_ranges, run_features
 
     ctx = _context(work, args)
-    counts = run_features(ctx, resolve_ranges(ctx))
+    counts = run_features(ctx, resolve_ranges(ctx, now=sample_clock(Path(data))))
     return {"rows": counts["rows"], "hours": counts["hours"], "timings": dict(ctx.timings)}
 
 
 def phase_one_process(data: str, work: str, args) -> dict:
     """archive and features with ``workers: 1`` (everything in this process), on a workdir of their own:
     what the parallel workers add, and what one core does alone."""
+    from pipeline.sample import sample_clock
     from pipeline.stages import resolve_ranges, run_archive, run_features
 
     work = f"{work}-one-process"
     shutil.rmtree(work, ignore_errors=True)
     ctx = _context(work, args, workers=1)
     out = {}
-    for name, run in (("archive", lambda: run_archive(ctx, [data])), ("features", lambda: run_features(ctx, resolve_ranges(ctx)))):
+    now = sample_clock(Path(data))
+    for name, run in (("archive", lambda: run_archive(ctx, [data], now)), ("features", lambda: run_features(ctx, resolve_ranges(ctx, now=now)))):
         wall, cpu = time.perf_counter(), time.process_time()
         run()
         out[f"{name}_seconds"] = round(time.perf_counter() - wall, 2)

@@ -22,6 +22,7 @@ from pipeline.config import load_config
 from pipeline.context import ProgressHandle, RunContext, new_run_id
 from pipeline.errors import AuditsiftError, ConfigError
 from pipeline.storage import open_storage
+from pipeline.text import printable
 
 log = logging.getLogger("auditsift")
 console = Console(stderr=True)
@@ -68,7 +69,7 @@ def open_context(workdir: str, config_path: str | None, cluster: str | None, bac
         ctx.progress = factory
         ctx.live_progress = progress
     if not quiet:
-        ctx.notify = lambda message: console.print(message, markup=False, highlight=False)
+        ctx.notify = lambda message: console.print(printable(message), markup=False, highlight=False)
     return ctx
 
 
@@ -95,10 +96,10 @@ def boundary(fn):
 def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
     if debug:
         console.print_exception()
-    first_line = message.splitlines()[0] if message else message
+    first_line = printable(message.splitlines()[0] if message else message)
     console.print(first_line[:400] + ("…" if len(first_line) > 400 else ""), markup=False, highlight=False, soft_wrap=True)
     if hint:
-        console.print(f"hint: {hint}", markup=False, highlight=False, soft_wrap=True)
+        console.print(printable(f"hint: {hint}"), markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -112,7 +113,8 @@ def main(log_level: str, debug: bool) -> None:
 
     Archive audit logs to partitioned Parquet, extract per-identity and per-address
     window features, train an anomaly model, and write ranked, explained reports.
-    Start with `auditsift sample --out sample-data` then `auditsift run --input sample-data --workdir work`.
+    Start with `auditsift sample --out sample-data` then `auditsift run --input sample-data --workdir work
+    --now T` with the clock `sample` prints (the sample's dates are fixed by its seed).
     """
     logging.basicConfig(level=getattr(logging, log_level), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -126,9 +128,14 @@ wait_option = click.option("--wait-lock", default=0.0, type=float, show_default=
                            help="Seconds to wait for another run on the same workdir before giving up.")
 
 
+now_option = click.option("--now", default=None, help=(
+    "ISO 8601 time the run is for (reruns, backfills, sample data); default: the current time. The scored day ends at "
+    "its last whole window, and events stamped later than it plus archive.future_skew_minutes are quarantined."))
+
+
 def range_options(fn):
     for name in ("score-to", "score-from", "train-to", "train-from"):
-        fn = click.option(f"--{name}", default=None, help=f"ISO 8601 time ({name.replace('-', ' ')}); default from the data.")(fn)
+        fn = click.option(f"--{name}", default=None, help=f"ISO 8601 time ({name.replace('-', ' ')}); default from --now.")(fn)
     return fn
 
 
@@ -140,12 +147,15 @@ def range_options(fn):
 @boundary
 def sample(out: str, days: int, seed: int, scale: float) -> None:
     """Write realistic EKS audit logs with injected attacks (gzipped JSON lines + labels.json)."""
-    from pipeline.sample import generate_sample
+    from pipeline.sample import generate_sample, sample_clock
+    from pipeline.stages import iso
 
     summary = generate_sample(Path(out), days=days, seed=seed, scale=scale)
+    clock = iso(sample_clock(Path(out)))
     total = sum(summary.get("events_per_day", {}).values()) if isinstance(summary.get("events_per_day"), dict) else summary.get("events")
-    console.print(f"wrote {total} events over {days} days to {out} ({len(summary.get('scenarios', []))} attack scenarios in labels.json)",
-                  markup=False, highlight=False)
+    console.print(f"wrote {total} events over {days} days to {out} ({len(summary.get('scenarios', []))} attack scenarios in labels.json); "
+                  f"the data ends at {clock}: score its last day with `auditsift run --input {out} --workdir WORKDIR --now {clock}`",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -154,6 +164,7 @@ def sample(out: str, days: int, seed: int, scale: float) -> None:
 @config_option
 @cluster_option
 @range_options
+@now_option
 @click.option("--report-dir", default=None, help="Where to write the report (default: WORKDIR/reports/cluster=C/RUN_ID/).")
 @click.option("--backend", default=None, type=click.Choice(["iforest", "rcf-local", "sagemaker-rcf"]), help="Override model.backend.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result object on stdout.")
@@ -161,13 +172,13 @@ def sample(out: str, days: int, seed: int, scale: float) -> None:
 @quiet_option
 @wait_option
 @boundary
-def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from, score_to, report_dir, backend, as_json,
+def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from, score_to, now, report_dir, backend, as_json,
         fail_on_flagged, quiet, wait_lock) -> None:
-    """Archive, features, train, score and report in one go."""
+    """Archive, features, train, score and report in one go: the day ending at --now (default: now)."""
     from pipeline.runner import run_pipeline
 
     times = {k: parse_time_option(v, f"--{k.replace('_', '-')}") for k, v in
-             dict(train_from=train_from, train_to=train_to, score_from=score_from, score_to=score_to).items()}
+             dict(train_from=train_from, train_to=train_to, score_from=score_from, score_to=score_to, now=now).items()}
     ctx = open_context(workdir, config_path, cluster, backend, quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         result = run_pipeline(ctx, list(inputs), report_dir=report_dir, **times)
@@ -179,6 +190,7 @@ def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from,
 @click.option("--from-cloudwatch", "log_group", default=None, help="CloudWatch Logs group, e.g. /aws/eks/CLUSTER/cluster.")
 @click.option("--start", default=None, help="With --from-cloudwatch: ISO 8601 start (default: checkpoint minus grace).")
 @click.option("--end", default=None, help="With --from-cloudwatch: ISO 8601 end (default: now).")
+@now_option
 @workdir_option
 @config_option
 @cluster_option
@@ -186,30 +198,32 @@ def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from,
 @quiet_option
 @wait_option
 @boundary
-def archive(inputs, log_group, start, end, workdir, config_path, cluster, as_json, quiet, wait_lock) -> None:
+def archive(inputs, log_group, start, end, now, workdir, config_path, cluster, as_json, quiet, wait_lock) -> None:
     """Archive audit events into WORKDIR/archive as hour-partitioned Parquet, exactly once."""
     from pipeline.stages import run_archive, write_quarantine
 
     if bool(inputs) == bool(log_group):
         raise ConfigError("give either --input or --from-cloudwatch", hint="e.g. --input logs/ or --from-cloudwatch /aws/eks/prod/cluster")
+    clock = parse_time_option(now, "--now")
     ctx = open_context(workdir, config_path, cluster, quiet=quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         if log_group:
             from pipeline.aws.cloudwatch import archive_from_cloudwatch
 
             result = archive_from_cloudwatch(ctx.storage, log_group, ctx.cluster, ctx.run_id, ctx.config,
-                                             start=parse_time_option(start, "--start"), end=parse_time_option(end, "--end"))
+                                             start=parse_time_option(start, "--start"), end=parse_time_option(end, "--end"), now=clock)
             write_quarantine(ctx, result.quarantine)
             counts = result.as_dict()
             ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
         else:
-            counts = run_archive(ctx, list(inputs))
+            counts = run_archive(ctx, list(inputs), clock)
     summary = {k: v for k, v in counts.items() if k != "inputs"}
     if as_json:
         click.echo(orjson.dumps(summary).decode())
     else:
         console.print(f"archived {summary['events_added']} new events ({summary['duplicates']} duplicates, "
-                      f"{summary['quarantined']} quarantined) into {ctx.storage.url}", markup=False, highlight=False)
+                      f"{summary['audit_id_collisions']} audit-ID collisions, {summary['quarantined']} quarantined) "
+                      f"into {ctx.storage.url}", markup=False, highlight=False)
 
 
 @main.command()
@@ -217,15 +231,17 @@ def archive(inputs, log_group, start, end, workdir, config_path, cluster, as_jso
 @config_option
 @cluster_option
 @range_options
+@now_option
 @quiet_option
 @wait_option
 @boundary
-def features(workdir, config_path, cluster, train_from, train_to, score_from, score_to, quiet, wait_lock) -> None:
-    """Compute per-entity window features for the training and scoring ranges."""
+def features(workdir, config_path, cluster, train_from, train_to, score_from, score_to, now, quiet, wait_lock) -> None:
+    """Compute per-entity window features for the training and scoring ranges (the day ending at --now)."""
     from pipeline.stages import resolve_ranges, run_features
 
     times = [parse_time_option(train_from, "--train-from"), parse_time_option(train_to, "--train-to"),
-             parse_time_option(score_from, "--score-from"), parse_time_option(score_to, "--score-to")]
+             parse_time_option(score_from, "--score-from"), parse_time_option(score_to, "--score-to"),
+             parse_time_option(now, "--now")]
     ctx = open_context(workdir, config_path, cluster, quiet=quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         ranges = resolve_ranges(ctx, *times)
@@ -297,6 +313,20 @@ def report(workdir, config_path, cluster, report_dir, top, no_write, quiet, wait
 
 
 @main.command()
+@workdir_option
+@config_option
+@click.option("--force", is_flag=True, help="Remove the lock even while it holds: only when its run is certainly dead.")
+@boundary
+def unlock(workdir, config_path, force) -> None:
+    """Remove the workdir lock a dead or stuck run left, saying whose it was (host, pid, age).
+
+    A lock whose owner is gone or that is older than storage.lock_expire_minutes is removed;
+    one that still holds is refused (exit 75) unless --force."""
+    config = load_config(config_path)
+    console.print(open_storage(workdir, config).unlock(force=force), markup=False, highlight=False, soft_wrap=True)
+
+
+@main.command()
 @config_option
 @boundary
 def catalog(config_path) -> None:
@@ -317,7 +347,10 @@ def latest_findings(ctx: RunContext) -> list[dict]:
 
 
 def print_findings(findings: list[dict], top: int) -> None:
-    """The top findings as a terminal table (log-derived text printed literally, never as markup)."""
+    """The top findings as a terminal table: log-derived text printed literally, never as markup, with control
+    characters and bidirectional overrides shown as escapes (``pipeline.text.printable``)."""
+    from rich.text import Text
+
     table = Table(title=f"top {min(top, len(findings))} of {len(findings)} entity windows", show_lines=False)
     for column in ("rank", "score", "flag", "entity", "window (UTC)", "rules", "top reason"):
         table.add_column(column, overflow="fold")
@@ -326,10 +359,8 @@ def print_findings(findings: list[dict], top: int) -> None:
         reason = f["reasons"][0] if f["reasons"] else None
         reason_text = f"{reason['feature']}={reason['value']} (usual {reason['baseline']})" if reason else ""
         flag = "FLAG" if f["flagged"] else ("supp" if f.get("suppressed") else "")
-        from rich.text import Text
-
-        table.add_row(str(f["rank"]), f"{f['score']:.2f}", flag, Text(f"{f['entity_type']}: {f['entity']}"),
-                      f["window_start"][5:16].replace("T", " "), Text(rules), Text(reason_text))
+        table.add_row(str(f["rank"]), f"{f['score']:.2f}", flag, Text(printable(f"{f['entity_type']}: {f['entity']}")),
+                      f["window_start"][5:16].replace("T", " "), Text(printable(rules)), Text(printable(reason_text)))
     Console().print(table)
 
 

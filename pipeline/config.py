@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -24,10 +24,14 @@ class Section(BaseModel):
 
 
 class StorageConfig(Section):
-    """Where the workdir lives and how S3 objects are encrypted."""
+    """Where the workdir lives, how S3 objects are encrypted, and when a workdir lock expires."""
 
     sse: Literal["none", "AES256", "aws:kms"] = "none"
     kms_key_id: str | None = None
+    lock_expire_minutes: int = Field(360, ge=1, le=7 * 24 * 60, description=(
+        "a workdir lock older than this is taken over even when its pid exists (a reused pid, a lock from another host): "
+        "longer than a daily run, including an in-process SageMaker training job (model.sagemaker.max_runtime_seconds), "
+        "and short enough that a stuck lock costs at most one daily run"))
 
 
 class AwsConfig(Section):
@@ -43,6 +47,9 @@ class ArchiveConfig(Section):
 
     audit_stream_prefix: str = "kube-apiserver-audit"
     grace_minutes: int = Field(15, ge=0, le=24 * 60)
+    future_skew_minutes: int = Field(15, ge=0, le=24 * 60, description=(
+        "events stamped later than the run's clock (--now, default the current time) plus this are quarantined as "
+        "future_timestamp: API servers' clocks may run a little ahead of this host's, but not by more"))
     chunk_lines: int = Field(50_000, ge=1_000, le=2_000_000)
     max_line_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     workers: int = Field(2, ge=1, le=64, description=(
@@ -193,7 +200,9 @@ class ScheduleConfig(Section):
 
     expression: str = "cron(15 6 * * ? *)"
     retrain_every_days: int = Field(7, ge=1)
-    train_days: int = Field(14, ge=1)
+    train_days: int = Field(14, ge=1, description=(
+        "days of history before the scored day that training reads, in scheduled and manual runs alike: two weeks hold "
+        "two of every weekday; older archived events are kept but never move a range"))
 
 
 class SecurityHubConfig(Section):
@@ -247,6 +256,14 @@ class Config(Section):
         if not value or not all(c.isalnum() or c in "-_." for c in value) or value.startswith("."):
             raise ValueError("must be letters, digits, '-', '_' or '.'")
         return value
+
+    @model_validator(mode="after")
+    def _lock_outlives_training(self) -> "Config":
+        """`auditsift train` holds the workdir lock while it waits on a SageMaker training job: a lock expiring
+        first would let the next scheduled run in beside it."""
+        if self.model.backend == "sagemaker-rcf" and self.storage.lock_expire_minutes * 60 <= self.model.sagemaker.max_runtime_seconds:
+            raise ValueError("storage.lock_expire_minutes must be longer than model.sagemaker.max_runtime_seconds")
+        return self
 
     def resolved(self) -> dict:
         """The full configuration with defaults filled in, for run.json and model manifests."""

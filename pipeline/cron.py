@@ -107,12 +107,12 @@ def scheduled_run(ctx: RunContext, inputs: list[str], log_group: str | None, now
     if log_group:
         from pipeline.aws.cloudwatch import archive_from_cloudwatch
 
-        archived = archive_from_cloudwatch(ctx.storage, log_group, ctx.cluster, ctx.run_id, ctx.config)
+        archived = archive_from_cloudwatch(ctx.storage, log_group, ctx.cluster, ctx.run_id, ctx.config, now=now)
         write_quarantine(ctx, archived.quarantine)
         counts = archived.as_dict()
         ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
     else:
-        counts = run_archive(ctx, inputs)
+        counts = run_archive(ctx, inputs, now)
     ranges, plan = plan_run(ctx, now)
     ctx.storage.write_json(plan_key(ctx, ctx.run_id), plan)
     log.info("plan: retrain=%s (%s)", plan["retrain"], plan["reason"])

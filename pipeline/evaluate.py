@@ -62,29 +62,30 @@ def evaluate_findings(findings: list[dict], labels: dict, top_k: int = TOP_K) ->
     }
 
 
-def rerun_from_archive(ctx: RunContext) -> dict:
+def rerun_from_archive(ctx: RunContext, now) -> dict:
     """Features, train and score on an already archived workdir (for quick iterations on detection)."""
     from pipeline.scoring import run_score
     from pipeline.stages import resolve_ranges, run_features, run_train
 
-    run_features(ctx, resolve_ranges(ctx))
+    run_features(ctx, resolve_ranges(ctx, now=now))
     run_train(ctx)
     return run_score(ctx)
 
 
 def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Path, config_path: str | None,
                   reuse_archive: bool = False) -> dict:
-    from pipeline.sample import generate_sample
+    from pipeline.sample import generate_sample, sample_clock
 
     sample_dir = workroot / f"sample-{seed}"
     if not (sample_dir / "labels.json").exists():
         generate_sample(sample_dir, days=days, seed=seed, scale=scale)
     config = load_config(config_path, {"model": {"backend": backend}})
     ctx = RunContext(LocalStorage(workroot / f"work-{seed}-{backend}"), config, new_run_id())
+    now = sample_clock(sample_dir)
     if reuse_archive and ctx.read_state().get("archive"):
-        result = rerun_from_archive(ctx)
+        result = rerun_from_archive(ctx, now)
     else:
-        result = run_pipeline(ctx, [str(sample_dir)])
+        result = run_pipeline(ctx, [str(sample_dir)], now=now)
     findings = ctx.storage.read_json(f"{ctx.read_state()['score']['key']}/findings.json")
     labels = orjson.loads((sample_dir / "labels.json").read_bytes())
     return {"seed": seed, "backend": backend, "timings": dict(ctx.timings), "flagged": result["flagged"],

@@ -64,6 +64,7 @@ RULE_TYPES = {
     "system_identity_from_public_ip": "TTPs/Initial Access",
     "service_account_token_used_outside": "TTPs/Credential Access",
     "threat_list_source": "TTPs/Initial Access",
+    "audit_id_reused": "TTPs/Defense Evasion",
     "credentials_used_from_new_place_and_client": "TTPs/Initial Access",
     "new_client_family_for_identity": "TTPs/Initial Access",
     "privileged_change_from_new_place": "TTPs/Privilege Escalation",

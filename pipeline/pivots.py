@@ -25,7 +25,13 @@ from pipeline.storage import safe_segment
 ATHENA_COLUMNS = EVIDENCE_COLUMNS + ("decision", "authz_reason", "arn")
 INSIGHTS_FIELDS = ("@timestamp", "auditID", "stage", "user.username", "verb", "objectRef.resource", "objectRef.subresource",
                    "objectRef.namespace", "objectRef.name", "responseStatus.code", "userAgent", "sourceIPs.0", "requestURI")
-SOURCE_IP_POSITIONS = 4
+LAST_SOURCE_IP = "auditsiftSourceIP"
+# The last non-empty entry of the event's own sourceIPs list, as the archive's ``source_ip`` column takes it. The
+# API server writes the event as compact JSON in which the top-level "sourceIPs" follows the user (or impersonated
+# user) object, so it is the first ``},"sourceIPs":[`` of the line: a user's extra values are lists (a key there
+# follows '{' or ']'), and request and response bodies come after it. Quotes as \x22, like every regex built here.
+LAST_SOURCE_IP_PATTERN = (r"\},\x22sourceIPs\x22:\[(?:\x22[^\x22]*\x22,)*\x22(?<" + LAST_SOURCE_IP + r">[^\x22]+)\x22"
+                          r"(?:,\x22\x22)*\]")
 _PLAIN = re.compile(r"[A-Za-z0-9 ._:@/+=,%*~-]*")
 _REGEX_LITERAL = frozenset("-_@:,=")
 
@@ -73,7 +79,7 @@ def insights_query(finding: dict, audit_ids: list[str], stream_prefix: str) -> s
     lines = [
         "fields " + ", ".join(INSIGHTS_FIELDS),
         f"| filter @logStream like /{insights_regex_body(stream_prefix)}/",
-        f"| filter {insights_entity_filter(finding['entity_type'], finding['entity'])}",
+        *insights_entity_filter(finding["entity_type"], finding["entity"]),
     ]
     if audit_ids:
         lines.append(f"| filter {insights_in('auditID', audit_ids)}")
@@ -81,12 +87,14 @@ def insights_query(finding: dict, audit_ids: list[str], stream_prefix: str) -> s
     return "\n".join(lines)
 
 
-def insights_entity_filter(entity_type: str, entity: str) -> str:
-    """The entity condition. An address is the last sourceIPs entry (earlier ones are client-set
-    X-Forwarded-For), so every position of the short list is compared."""
+def insights_entity_filter(entity_type: str, entity: str) -> list[str]:
+    """The commands selecting the entity's events. An address is attributed as the archive attributes it:
+    the last sourceIPs entry (earlier ones are X-Forwarded-For, which the client sets), however long the
+    list, parsed out of the raw message (Logs Insights has no "last element"); an address that is only
+    claimed in X-Forwarded-For does not select the event."""
     if entity_type == "user":
-        return insights_equals("user.username", entity)
-    return " or ".join(insights_equals(f"sourceIPs.{i}", entity) for i in range(SOURCE_IP_POSITIONS))
+        return [f"| filter {insights_equals('user.username', entity)}"]
+    return [f"| parse @message /{LAST_SOURCE_IP_PATTERN}/", f"| filter {insights_equals(LAST_SOURCE_IP, entity)}"]
 
 
 def insights_equals(field: str, value: str) -> str:

@@ -32,8 +32,9 @@ MD_EVIDENCE_TOP = 15
 TOP_EVENTS = 100
 TOUCHED_TOP = 8
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
-_MD_PUNCTUATION = re.compile(r"([!#$&()*+\-.<=>@\[\\\]^_`{|}~])")
+_MD_PUNCTUATION = re.compile(r"([!#$&()*+\-.:<=>@\[\\\]^_`{|}~])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_FULLWIDTH_DOTS = str.maketrans({dot: f"&#x{ord(dot):x};" for dot in "\uff0e\u3002\uff61"})
 
 
 # --------------------------------------------------------------------------- escaping
@@ -44,11 +45,14 @@ def esc(value) -> str:
 
 def md_escape(value) -> str:
     """Text safe anywhere in Markdown, including table cells: every markup character is
-    backslash-escaped (so no emphasis, link, autolink, mention, inline HTML, entity or cell
-    break survives; an escaped '.' keeps bare domains from autolinking) and control
-    characters, line breaks included, become spaces."""
+    backslash-escaped (so no emphasis, link, mention, inline HTML, entity or cell break survives)
+    and control characters, line breaks included, become spaces. GFM autolinks need an unbroken
+    ``scheme:``, ``www.`` or ``name@host.tld`` in one run of text: an escaped ':' breaks every
+    scheme (``http://1558377473/x`` has no dot to escape), an escaped '.' bare and ``www.``
+    domains, an escaped '@' e-mail addresses; the dots a browser reads as '.' in a host name
+    (U+FF0E, U+3002, U+FF61) are written as character references, which split the run the same way."""
     text = _CONTROL.sub(" ", "" if value is None else str(value))
-    return _MD_PUNCTUATION.sub(r"\\\1", text)
+    return _MD_PUNCTUATION.sub(r"\\\1", text).translate(_FULLWIDTH_DOTS)
 
 
 def md_fence(text: str, language: str = "") -> str:

@@ -9,14 +9,15 @@ from pipeline.stages import flag_context, load_rule_pack, resolve_ranges, run_ar
 
 
 def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = None, train_from=None, train_to=None,
-                 score_from=None, score_to=None) -> dict:
-    """Archive -> features -> train -> score -> report -> export (Security Hub / SNS when enabled).
+                 score_from=None, score_to=None, now=None) -> dict:
+    """Archive -> features -> train -> score -> report -> export (Security Hub / SNS when enabled), for the day
+    ending at the run's clock ``now`` (default: the current time; ``pipeline.stages.run_clock``).
     The rule pack and address files are loaded first, so a bad one stops the run before anything is written.
     Returns the result object schedulers act on (docs/operations.md)."""
     load_rule_pack(ctx.config)
     flag_context(ctx)
-    archive_counts = run_archive(ctx, inputs)
-    ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to)
+    archive_counts = run_archive(ctx, inputs, now)
+    ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to, now)
     feature_counts = run_features(ctx, ranges)
     model = run_train(ctx)
     summary = run_score(ctx)
@@ -34,6 +35,7 @@ def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, m
         "counts": {
             "records_read": archive_counts["records_read"], "events": archive_counts["events"],
             "events_added": archive_counts["events_added"], "duplicates": archive_counts["duplicates"],
+            "audit_id_collisions": archive_counts["audit_id_collisions"],
             "quarantined": archive_counts["quarantined"], "entity_windows": feature_counts["rows"],
         },
         "records": summary["records"],

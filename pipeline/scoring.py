@@ -23,8 +23,6 @@ import logging
 from collections import Counter, defaultdict
 from typing import Iterator
 
-from datetime import timedelta
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -32,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.columns import MICROS, combine
-from features.events import COLUMN_NAMES
+from features.events import COLUMN_NAMES, REQUEST_IDENTITY
 from features.flags import flag_events
 from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
 from features.rules import AggregateGroups, RulePack
@@ -42,7 +40,7 @@ from pipeline.config import Config, Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
 from pipeline.stages import (
-    _hour_start, flag_context, hour_batches, iso, load_features, load_model, load_rule_history, load_rule_pack, map_columns,
+    BusyHour, _overlaps, busy_hour, flag_context, hour_batches, iso, read_hour_events, load_features, load_model, load_rule_history, load_rule_pack, map_columns,
 )
 from pipeline.storage import safe_segment
 
@@ -52,6 +50,8 @@ EVIDENCE_COLUMNS = ("time", "audit_id", "stage", "user", "source_ip", "claimed_i
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
+# What tells the requests of evidence events apart: REQUEST_IDENTITY among the evidence columns (the receive time is not one)
+REQUEST_KEY = tuple(name for name in REQUEST_IDENTITY if name in EVIDENCE_COLUMNS)
 MAX_AUDIT_IDS = 50
 ROUTINE_WINDOWS = 2
 ROUTINE_FACTOR = 0.25
@@ -110,7 +110,7 @@ def run_score(ctx: RunContext) -> dict:
         evidence = events_pass["evidence"]
         audit_ids = evidence.audit_ids()
         keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
-        repeats = repeat_of(keys, audit_ids)
+        repeats = repeat_of(keys, evidence.requests())
         records["repeats"] = repeats
         lowered = (1.0 - ctx.config.scoring.repeat_factor) * records["combined"].abs()
         records["rank_score"] = records["combined"] - np.where(records["repeats"].notna(), lowered, 0.0)
@@ -167,16 +167,16 @@ def run_score(ctx: RunContext) -> dict:
     return summary
 
 
-def repeat_of(keys: list[tuple], audit_ids: dict[tuple, list]) -> list[tuple | None]:
+def repeat_of(keys: list[tuple], requests: dict[tuple, list]) -> list[tuple | None]:
     """For records in rank order: the key of a higher-ranked record that already holds at least half of
-    this record's evidence events (the same requests seen as an identity and as its address), else None.
+    this record's evidence requests (the same requests seen as an identity and as its address), else None.
 
     Such a record adds no new activity for the analyst; it stays listed but ranks lower
     (``scoring.repeat_factor``), so distinct activity reaches the top of the list."""
-    holder: dict[str, int] = {}
+    holder: dict[tuple, int] = {}
     result: list[tuple | None] = []
     for index, key in enumerate(keys):
-        ids = list(dict.fromkeys(audit_ids.get(key, ())))
+        ids = list(dict.fromkeys(requests.get(key, ())))
         held = Counter(holder[i] for i in ids if i in holder)
         # The record holding the most of them; on a tie the higher-ranked one (never hash order).
         owner, shared = min(held.items(), key=lambda item: (-item[1], item[0])) if held else (None, 0)
@@ -230,8 +230,7 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     why are held, and its columns are read again from the archive for the few that are written."""
     scored = EventScores(ctx, pack, records, history, ranges, weights)
     for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster)):
-        begins = _hour_start(date, hour)
-        if ranges.score_from < begins + timedelta(hours=1) and begins < ranges.score_to:
+        if _overlaps(date, hour, ranges.score_from, ranges.score_to):
             scored.add_hour(index, key)
     return scored.result()
 
@@ -249,7 +248,7 @@ class EventScores:
         cfg = ctx.config.features
         self.storage, self.pack, self.weights, self.flags = ctx.storage, pack, weights, flag_context(ctx)
         self.entity_types = [name for name in ("user", "source_ip") if name in cfg.entity_types]
-        self.step = cfg.window_minutes * 60_000_000
+        self.window_minutes, self.step = cfg.window_minutes, cfg.window_minutes * 60_000_000
         self.batch_rows, self.events_top = cfg.batch_rows, ctx.config.report.events_top
         self.columns = score_columns(pack, cfg.entity_types)
         self.low, self.high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
@@ -262,46 +261,56 @@ class EventScores:
         self.candidates: list[pa.Table] = []
         self.top_events: list = []
         self.hours: dict[int, str] = {}
-        self.total = 0
+        self.total = self.offered = 0
 
-    def batches(self, key: str, columns: list[str]) -> Iterator[pa.Table]:
-        """An archived hour's events within the scoring range, ``columns`` only, in batches (``hour_batches``)."""
-        for batch in hour_batches(self.storage.read_bytes(key), columns, self.batch_rows):
-            micros = batch["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
-            yield batch.filter((micros >= self.low) & (micros < self.high))
+    def batches(self, key: str, columns: list[str], hour: BusyHour | None = None) -> Iterator[tuple[pa.Table, dict]]:
+        """An archived hour's events within the scoring range, ``columns`` only: (events, flags judged over the whole
+        hour) in batches when ``hour`` is a ``BusyHour``, else the hour at once (``read_hour_events``)."""
+        pieces = hour.batches(columns) if hour is not None else [(read_hour_events(self.storage.read_bytes(key), columns), None, {})]
+        for batch, _, judged in pieces:
+            within = self._within(batch)
+            yield batch.filter(within), {name: values[within] for name, values in judged.items()}
+
+    def _within(self, batch: pa.Table) -> np.ndarray:
+        micros = batch["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return (micros >= self.low) & (micros < self.high)
 
     def add_hour(self, index: int, key: str) -> None:
-        """Score one archived hour's events within the scoring range."""
+        """Score one archived hour's events within the scoring range (a busy hour in batches, ``BusyHour``)."""
         self.hours[index] = key
+        hour = busy_hour(self.storage.read_bytes(key), self.window_minutes, self.batch_rows)
         groups = None
-        if sum(1 for _ in zip(range(2), hour_batches(self.storage.read_bytes(key), ["time"], self.batch_rows))) > 1:
+        if hour is not None:
             groups = AggregateGroups(self.pack)  # thresholds count over the whole hour
-            for batch in self.batches(key, self.columns):
-                inputs = flag_events(batch, self.flags)
+            for batch, judged in self.batches(key, self.columns, hour):
+                inputs = flag_events(batch, self.flags, judged)
                 groups.add(inputs, history_flags(inputs, self.seen))
         best = []
         offset = 0
-        for batch in self.batches(key, self.columns):
+        for batch, judged in self.batches(key, self.columns, hour):
             if len(batch):
-                best.append(self._add(batch, (index << 32) + offset, groups))
+                best.append(self._add(batch, judged, (index << 32) + offset, groups))
                 offset += len(batch)
         if not best:
             return
         # the hour's best events as DataFrame.nlargest(keep="first") picks them, then kept over all hours by rounded score
         best = pa.concat_tables(best)
         best = best.take(pc.sort_indices(best, sort_keys=[("event_score", "descending"), ("number", "ascending")])[: self.events_top])
-        for position, (score, audit_id, stage, number) in enumerate(zip(
-                *(best[name].to_pylist() for name in ("event_score", "audit_id", "stage", "number")))):
-            item = (round(float(score), 4), audit_id, stage, number, best.slice(position, 1))
+        # (score, audit_id, stage, time, -n for the pass's n-th candidate, row): ties (events that share an auditID and
+        # stage) go to the earlier candidate, and two rows are never compared
+        times = best["time"].cast(pa.int64()).to_pylist()
+        for position, (score, audit_id, stage) in enumerate(zip(*(best[name].to_pylist() for name in ("event_score", "audit_id", "stage")))):
+            self.offered += 1
+            item = (round(float(score), 4), audit_id, stage, times[position], -self.offered, best.slice(position, 1))
             if len(self.top_events) < self.events_top:
                 heapq.heappush(self.top_events, item)
-            elif item[:3] > self.top_events[0][:3]:
+            elif item[:5] > self.top_events[0][:5]:
                 heapq.heapreplace(self.top_events, item)
 
-    def _add(self, table: pa.Table, first: int, groups) -> pa.Table:
-        """Score one table of events (an hour, or a batch of one; ``first`` numbers its first row) and keep what
-        ``result`` needs; returns its ``events_top`` best events (``_kept``)."""
-        inputs = flag_events(table, self.flags)
+    def _add(self, table: pa.Table, judged: dict, first: int, groups) -> pa.Table:
+        """Score one table of events (an hour, or a batch of one with the flags ``judged`` over its hour; ``first``
+        numbers its first row) and keep what ``result`` needs; returns its ``events_top`` best events (``_kept``)."""
+        inputs = flag_events(table, self.flags, judged)
         novelty = history_flags(inputs, self.seen)
         hits = self.pack.hits(inputs, novelty, groups)
         rows = inputs.rows
@@ -342,8 +351,8 @@ class EventScores:
             self.candidates.append(self._kept(table, chosen, score, numbers, why, {
                 "entity_type": pa.array(np.full(len(chosen), entity_type, dtype=object), pa.string()),
                 "entity": pa.array(entities[codes[chosen]], pa.string()),
-                "window_start": pa.array(windows[window_codes[chosen]], MICROS)}))
-        return self._kept(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {"stage": table["stage"]})
+                "window_start": pa.array(windows[window_codes[chosen]], MICROS)}, REQUEST_KEY[1:]))
+        return self._kept(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {}, ("stage",))
 
     def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
         """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
@@ -355,12 +364,12 @@ class EventScores:
             self.record_hits[key][fired[rule_index]] += int(sums[group_index, rule_index])
 
     @staticmethod
-    def _kept(table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, columns: dict) -> pa.Table:
-        """What is kept of ``rows``: ``columns`` (keys, or whole event columns to take from), time, audit id, score,
+    def _kept(table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, keys: dict, columns: tuple) -> pa.Table:
+        """What is kept of ``rows``: ``keys``, the event ``columns`` (dictionary-encoded), time, audit id, score,
         number and why (a bit per ``self.why`` name)."""
         bits = np.packbits(np.column_stack([flag[rows] for flag in why]), axis=1)
-        taken = {name: _plain(value.take(pa.array(rows))) if name in table.column_names else value for name, value in columns.items()}
-        return pa.table({**taken, "time": table["time"].take(pa.array(rows)), "audit_id": _plain(table["audit_id"].take(pa.array(rows))),
+        taken = {name: _encoded(table[name].take(pa.array(rows))) for name in columns}
+        return pa.table({**keys, **taken, "time": table["time"].take(pa.array(rows)), "audit_id": _plain(table["audit_id"].take(pa.array(rows))),
                          "event_score": pa.array(score[rows]), "number": pa.array(numbers[rows]),
                          "why": pa.FixedSizeBinaryArray.from_buffers(pa.binary(bits.shape[1]), len(rows), [None, pa.py_buffer(bits.tobytes())])})
 
@@ -374,7 +383,8 @@ class EventScores:
         for index in np.unique(numbers >> 32).tolist():
             wanted = np.sort(numbers[numbers >> 32 == index] & 0xFFFFFFFF)
             offset = 0
-            for batch in self.batches(self.hours[index], list(EVIDENCE_COLUMNS)):
+            for batch in hour_batches(self.storage.read_bytes(self.hours[index]), list(EVIDENCE_COLUMNS), self.batch_rows):
+                batch = batch.filter(self._within(batch))
                 inside = wanted[(wanted >= offset) & (wanted < offset + len(batch))] - offset
                 if len(inside):
                     pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
@@ -384,8 +394,8 @@ class EventScores:
 
     def result(self) -> dict:
         """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
-        ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3]))
-        ordered_top = self.rows(pa.concat_tables([item[4] for item in ordered])) if ordered else []
+        ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))
+        ordered_top = self.rows(pa.concat_tables([item[5] for item in ordered])) if ordered else []
         return {"record_hits": self.record_hits, "evidence": Evidence(self.candidates, self), "top_events": ordered_top,
                 "rule_totals": self.rule_totals, "events": self.total}
 
@@ -422,6 +432,15 @@ class Evidence:
                        in zip(heads["entity_type"].to_pylist(), heads["entity"].to_pylist(),
                               heads["window_start"].cast(pa.int64()).to_pylist(), starts.tolist(), counts.tolist())}
 
+    def requests(self) -> dict[tuple, list]:
+        """Per (entity_type, entity, window_start), the requests of its evidence events, most relevant first: one
+        number per distinct ``REQUEST_KEY``, so that requests a client sent under one Audit-ID stay apart."""
+        if self.table is None:
+            return {}
+        codes = np.column_stack([_codes(self.table[name]) for name in REQUEST_KEY])
+        requests = np.unique(codes, axis=0, return_inverse=True)[1].ravel().tolist()
+        return {key: requests[start:start + count] for key, (start, count) in self.groups.items()}
+
     def audit_ids(self) -> dict[tuple, list]:
         """Audit ids of each (entity_type, entity, window_start)'s evidence events, most relevant first."""
         if self.table is None:
@@ -440,6 +459,19 @@ class Evidence:
             result[key] = rows[position:position + count]
             position += count
         return result
+
+
+def _encoded(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A text column dictionary-encoded (as the archive's text columns are read), so that kept rows share its values."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes, equal for equal values (nulls included), of a text column, plain or dictionary-encoded."""
+    column = column.unify_dictionaries() if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    return np.concatenate([chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
+                          or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
 
 
 def _plain(column: pa.ChunkedArray) -> pa.Array:

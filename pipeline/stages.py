@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.aggregate import (
-    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hour_request_rows, partial_table,
-    partials_as_frame, request_rows,
+    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hour_requests, partial_table,
+    partials_as_frame,
 )
 from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
@@ -35,7 +35,7 @@ from features.windows import (
     FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
-from pipeline.config import parse_yaml
+from pipeline.config import Config, parse_yaml
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.readers import resolve_inputs
@@ -77,28 +77,41 @@ def parse_iso(text: str, flag: str = "time") -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def archive_time_bounds(ctx: RunContext) -> tuple[datetime, datetime]:
-    """Earliest and latest event time in the cluster's archive."""
+def run_clock(now: datetime | None = None) -> datetime:
+    """The moment a run is for: ``--now`` when given (tests, reruns, backfills), else the wall clock.
+    The scored day ends at its last whole window and the archive's future filter starts after it
+    (``future_limit``); nothing in the data moves either."""
+    return (now or datetime.now(UTC)).astimezone(UTC)
+
+
+def future_limit(config: Config, now: datetime | None = None) -> datetime:
+    """Events stamped later than this are quarantined as ``future_timestamp``: the run's clock plus
+    ``archive.future_skew_minutes`` (API servers' clocks drift a little ahead of this host's)."""
+    return run_clock(now) + timedelta(minutes=config.archive.future_skew_minutes)
+
+
+def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None, now=None) -> Ranges:
+    """Default: score the 24 hours of whole windows ending at the run's clock (``run_clock``: the last
+    complete window before it), and train on the ``schedule.train_days`` before that, from the window of
+    the first archived event inside them. Archived events before that retention, or after the clock,
+    never move a range. A scored range without archived events is an error whose hint names the newest
+    archived event and ``--now``."""
+    window = timedelta(minutes=ctx.config.features.window_minutes)
     hours = list_archive_hours(ctx.storage, ctx.cluster)
     if not hours:
         raise StageError(f"the archive of cluster '{ctx.cluster}' is empty", hint="run `auditsift archive --input PATH` first")
-    first = ctx.storage.read_parquet(hours[0][2], columns=["time"])
-    last = ctx.storage.read_parquet(hours[-1][2], columns=["time"])
-    return pc.min(first["time"]).as_py(), pc.max(last["time"]).as_py()
-
-
-def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None) -> Ranges:
-    """Default: score the last 24 hours present in the data (whole windows), train on everything before."""
-    window = timedelta(minutes=ctx.config.features.window_minutes)
-    low, high = archive_time_bounds(ctx)
     if score_to is None:
-        score_to = _ceil(high, window)
+        score_to = _floor(run_clock(now), window)
     if score_from is None:
         score_from = score_to - timedelta(hours=24)
     if train_to is None:
         train_to = score_from
     if train_from is None:
-        train_from = _floor(low, window)
+        retained = score_from - timedelta(days=ctx.config.schedule.train_days)
+        train_from = _floor(_earliest_since(ctx, hours, retained) or retained, window)
+    if score_from < score_to and not any(_overlaps(date, hour, score_from, score_to) for date, hour, _ in hours):
+        raise StageError(f"no archived events in the scored range {iso(score_from)}..{iso(score_to)}",
+                         hint=_clock_hint(ctx, hours, score_to, window))
     ranges = Ranges(train_from, train_to, score_from, score_to)
     if not (ranges.train_from < ranges.train_to <= ranges.score_from < ranges.score_to):
         raise ConfigError(
@@ -108,19 +121,45 @@ def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=N
     return ranges
 
 
+def _earliest_since(ctx: RunContext, hours: list[tuple[str, int, str]], start: datetime) -> datetime | None:
+    """The first archived event time at or after ``start`` (None when there is none): what came before
+    the retention never moves the training range."""
+    for date, hour, key in hours:
+        if _hour_start(date, hour) > start - timedelta(hours=1):
+            times = ctx.storage.read_parquet(key, columns=["time"])["time"]
+            earliest = pc.min(times.filter(pc.greater_equal(times, pa.scalar(start, times.type)))).as_py()
+            if earliest is not None:
+                return earliest
+    return None
+
+
+def _overlaps(date: str, hour: int, start: datetime, end: datetime) -> bool:
+    """Whether archived hour (date, hour) overlaps [start, end); written so that no hour, not even
+    9999-12-31 23:00, is ever added to (an hour later overflows datetime)."""
+    begin = _hour_start(date, hour)
+    return start - timedelta(hours=1) < begin < end
+
+
+def _clock_hint(ctx: RunContext, hours: list[tuple[str, int, str]], score_to: datetime, window: timedelta) -> str:
+    """Where the archived data ends relative to the clock, and the ``--now`` that would score its last day."""
+    before = [key for date, hour, key in hours if _hour_start(date, hour) < score_to]
+    if not before:
+        first = pc.min(ctx.storage.read_parquet(hours[0][2], columns=["time"])["time"]).as_py()
+        return f"the oldest archived event is at {iso(first)}, after the scored range; pass --now to score another day"
+    newest = pc.max(ctx.storage.read_parquet(before[-1], columns=["time"])["time"]).as_py()
+    return (f"the newest archived event before the run's clock is at {iso(newest)}; the scored day ends at the clock "
+            f"(default: now): pass --now {iso(_floor(newest, window) + window)} to score the day it ends")
+
+
 def _floor(moment: datetime, step: timedelta) -> datetime:
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return epoch + ((moment - epoch) // step) * step
 
 
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    floored = _floor(moment, step)
-    return floored if floored == moment else floored + step
-
-
 # --------------------------------------------------------------------------- archive
-def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
-    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json."""
+def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None) -> dict:
+    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json. Events stamped
+    after the run's clock (``now``, default the wall clock) plus the skew are quarantined (``future_limit``)."""
     with ctx.timed("archive"):
         refs = resolve_inputs(inputs, ctx.config)
         if not refs:
@@ -129,7 +168,7 @@ def run_archive(ctx: RunContext, inputs: list[str]) -> dict:
         result = archive_inputs(
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
             max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
-            merge_rows=ctx.config.archive.merge_rows,
+            merge_rows=ctx.config.archive.merge_rows, not_after=future_limit(ctx.config, now),
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)
@@ -173,7 +212,7 @@ def features_fingerprint(ctx: RunContext) -> str:
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
         "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
-        "disabled": sorted(ctx.config.rules.disabled), "schema": 3,
+        "disabled": sorted(ctx.config.rules.disabled), "schema": 4,
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 
@@ -213,28 +252,57 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
 def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types,
                   batch_rows: int | None = None) -> tuple[pa.Table, pa.Table]:
     """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read. An hour of more
-    than ``batch_rows`` events is mapped in batches of that many (``hour_batches``) to the same tables, holding
-    one batch at a time: the requests (one row each, ``features.aggregate.request_rows``) and the groups of the
-    rules with aggregate thresholds (``AggregateGroups``) are judged over the whole hour first."""
+    than ``batch_rows`` events is mapped in batches of that many to the same tables, holding one batch at a time
+    (``BusyHour``); the groups of the rules with aggregate thresholds (``AggregateGroups``) are counted over every
+    batch first."""
     columns = map_columns(pack, entity_types)
-    if batch_rows is None or pq.read_metadata(pa.BufferReader(data)).num_rows <= batch_rows:
+    hour = busy_hour(data, window_minutes, batch_rows)
+    if hour is None:
         return map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types)
-    rows = hour_request_rows(lambda: hour_batches(data, list(REQUEST_COLUMNS), batch_rows), window_minutes)
-    if rows is None:  # two audit ids of the hour share a hash: judge its requests with every id at once
-        rows = request_rows(read_hour_events(data, list(REQUEST_COLUMNS)), window_minutes)
-    requests = np.zeros(pq.read_metadata(pa.BufferReader(data)).num_rows, dtype=bool)
-    requests[rows] = True
     groups = AggregateGroups(pack)
-    for batch in hour_batches(data, columns, batch_rows):
-        events = flag_events(batch, flags)
+    for batch, _, judged in hour.batches(columns):
+        events = flag_events(batch, flags, judged)
         groups.add(events, no_history(events.rows))
-    partials, hits, offset = [], [], 0
-    for batch in hour_batches(data, columns, batch_rows):
-        events = flag_events(batch, flags)
-        partials.append(partial_table(events, window_minutes, entity_types, np.flatnonzero(requests[offset:offset + len(batch)])))
+    partials, hits = [], []
+    for batch, counted, judged in hour.batches(columns):
+        events = flag_events(batch, flags, judged)
+        partials.append(partial_table(events, window_minutes, entity_types, np.flatnonzero(counted)))
         hits.append(rule_partials(pack, events, window_minutes, entity_types, groups))
-        offset += len(batch)
     return combine_partials(partials, entity_types), combine_rule_partials(hits, entity_types, [rule.id for rule in pack.active])
+
+
+@dataclass
+class BusyHour:
+    """An archived hour of more than ``batch_rows`` events, read ``batch_rows`` at a time (``hour_batches``), with
+    what is judged over the whole hour (``features.aggregate.hour_requests``): per event, whether it is the row
+    its request counts in (``request_rows``) and the ``audit_id_reused`` flag."""
+
+    data: bytes
+    batch_rows: int
+    counted: np.ndarray
+    reused: np.ndarray
+
+    def batches(self, columns: list[str]) -> Iterator[tuple[pa.Table, np.ndarray, dict[str, np.ndarray]]]:
+        """(batch, which of its rows count their request, its flags judged over the hour) for each batch, in order."""
+        offset = 0
+        for batch in hour_batches(self.data, columns, self.batch_rows):
+            end = offset + len(batch)
+            yield batch, self.counted[offset:end], {"audit_id_reused": self.reused[offset:end]}
+            offset = end
+
+
+def busy_hour(data: bytes, window_minutes: int, batch_rows: int | None) -> BusyHour | None:
+    """The hour file ``data`` as a ``BusyHour`` when it holds more than ``batch_rows`` events; None when it does not,
+    or when two of its requests or auditIDs share a hash (``hour_requests``): then it is read at once."""
+    rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+    if batch_rows is None or rows <= batch_rows:
+        return None
+    judged = hour_requests(lambda: hour_batches(data, list(REQUEST_COLUMNS), batch_rows), window_minutes)
+    if judged is None:
+        return None
+    counted = np.zeros(rows, dtype=bool)
+    counted[judged[0]] = True
+    return BusyHour(data, batch_rows, counted, judged[1])
 
 
 def map_columns(pack: RulePack, entity_types) -> list[str]:
@@ -399,8 +467,7 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         fingerprint = features_fingerprint(ctx)
         flags = flag_context(ctx)
         hours = [
-            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster)
-            if ranges.train_from <= _hour_start(d, h) + timedelta(hours=1) and _hour_start(d, h) < ranges.score_to
+            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster) if _overlaps(d, h, ranges.train_from, ranges.score_to)
         ]
         if not hours:
             raise StageError("no archived events in the requested ranges", hint="check --train-from/--score-to against `auditsift archive` output")

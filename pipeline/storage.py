@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import StorageConfig
 from pipeline.errors import LockedError, StorageError
 
 _SAFE_SEGMENT = re.compile(r"[^A-Za-z0-9._=-]")
@@ -51,6 +52,46 @@ def _parse_holder(raw: bytes | None) -> dict:
     except orjson.JSONDecodeError:
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def lock_released(holder: dict, expire_seconds: float) -> str | None:
+    """Why a lock no longer holds (its owner is gone, or it is older than ``expire_seconds``), or None while it
+    does. A record that cannot be read holds: its owner and age are unknown (``auditsift unlock --force``)."""
+    if not holder:
+        return None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return f"pid {holder['pid']} is no longer running"
+        except PermissionError:
+            pass
+    age = _lock_age(holder)
+    if age is not None and age > expire_seconds:
+        return f"older than storage.lock_expire_minutes ({_duration(expire_seconds)})"
+    return None
+
+
+def describe_holder(holder: dict, expire_seconds: float) -> str:
+    """'host H, pid P, taken 7h 03m ago, expires after 6h 00m': whose a lock is, for messages."""
+    if not holder:
+        return "owner unknown: the lock record cannot be read"
+    age = _lock_age(holder)
+    taken = f"taken {_duration(age)} ago" if age is not None else "taken at an unknown time"
+    return f"host {holder.get('host')}, pid {holder.get('pid')}, {taken}, expires after {_duration(expire_seconds)}"
+
+
+def _lock_age(holder: dict) -> float | None:
+    try:
+        return time.time() - float(holder["since"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds % 60:02d}s"
 
 
 def _check_key(key: str) -> str:
@@ -126,26 +167,33 @@ class Storage(ABC):
     def uri(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    # storage.lock_expire_minutes: its default here, the configured value once open_storage has the config
+    lock_expire_seconds: float = StorageConfig.model_fields["lock_expire_minutes"].default * 60
+
     @contextmanager
-    def lock(self, name: str = "run", wait_seconds: float = 0.0, stale_seconds: float = 6 * 3600) -> Iterator[None]:
+    def lock(self, name: str = "run", wait_seconds: float = 0.0, stale_seconds: float | None = None) -> Iterator[None]:
         """Hold ``locks/<name>.lock`` for the duration; a second holder waits or gets LockedError.
 
-        A lock older than ``stale_seconds`` whose owner is gone is taken over, so a
-        killed run does not block the schedule forever.
+        A lock whose owner is gone (same host, pid not running) is taken over at once, and any lock
+        older than ``stale_seconds`` (default ``lock_expire_seconds``) is taken over even when its pid
+        exists: after a reboot or in a container the pid may belong to another process for good, and
+        a pid on another host cannot be checked at all. ``unlock`` removes a lock by hand.
         """
         key = f"locks/{name}.lock"
+        expire = self.lock_expire_seconds if stale_seconds is None else stale_seconds
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
         deadline = time.monotonic() + wait_seconds
         while not self.create_exclusive(key, orjson.dumps(owner)):
             raw = self.read_bytes_or(key)
             holder = _parse_holder(raw)
-            if raw is not None and self._is_stale(holder, stale_seconds):
+            if raw is not None and lock_released(holder, expire):
                 self.take_over(key, raw)
                 continue
             if time.monotonic() >= deadline:
                 raise LockedError(
                     f"workdir {self.url} is locked by another run (host {holder.get('host')}, pid {holder.get('pid')})",
-                    hint=f"wait for it to finish; remove {self.uri(key)} only if that run is certainly dead",
+                    hint=f"wait for it to finish ({describe_holder(holder, expire)}); if that run is certainly dead, "
+                         f"`auditsift unlock --workdir {self.url}` removes its lock",
                 )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         try:
@@ -153,6 +201,25 @@ class Storage(ABC):
         finally:
             if _parse_holder(self.read_bytes_or(key)).get("token") == owner["token"]:
                 self.delete(key)
+
+    def unlock(self, name: str = "run", force: bool = False) -> str:
+        """Remove ``locks/<name>.lock`` when its owner is gone or it has expired, or whatever its state with
+        ``force``; returns what was removed, whose it was (host, pid, age). A lock that still holds is refused
+        with LockedError naming its holder."""
+        key = f"locks/{name}.lock"
+        raw = self.read_bytes_or(key)
+        if raw is None:
+            return f"workdir {self.url} is not locked"
+        holder = _parse_holder(raw)
+        who = describe_holder(holder, self.lock_expire_seconds)
+        why = lock_released(holder, self.lock_expire_seconds)
+        if not why and not force:
+            raise LockedError(f"workdir {self.url} is locked by a run that may still be going ({who}); lock not removed",
+                              hint="wait for it to finish or expire; pass --force only if that run is certainly dead")
+        if not self.take_over(key, raw):
+            raise LockedError(f"the lock of workdir {self.url} changed while it was being removed; nothing removed",
+                              hint="run `auditsift unlock` again to see the new holder")
+        return f"removed the lock of workdir {self.url}: {who}; {why or 'still held: removed with --force'}"
 
     def read_bytes_or(self, key: str) -> bytes | None:
         try:
@@ -167,20 +234,6 @@ class Storage(ABC):
             return False
         self.delete(key)
         return True
-
-    @staticmethod
-    def _is_stale(holder: dict, stale_seconds: float) -> bool:
-        if not holder:
-            return False
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            try:
-                os.kill(holder["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-            return False
-        return time.time() - float(holder.get("since", time.time())) > stale_seconds
 
 
 class LocalStorage(Storage):
@@ -279,7 +332,11 @@ def open_storage(url: str | Path, config=None) -> Storage:
     if text.startswith("s3://"):
         from pipeline.aws.s3 import S3Storage
 
-        return S3Storage(text, config)
-    if "://" in text:
+        storage = S3Storage(text, config)
+    elif "://" in text:
         raise StorageError(f"unsupported workdir URL {text!r}", hint="use a local directory or s3://bucket/prefix")
-    return LocalStorage(text)
+    else:
+        storage = LocalStorage(text)
+    if config is not None:
+        storage.lock_expire_seconds = config.storage.lock_expire_minutes * 60
+    return storage

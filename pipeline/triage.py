@@ -19,6 +19,7 @@ from pipeline.config import Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.storage import Storage, safe_segment
+from pipeline.text import printable
 
 VERDICTS = ("benign", "malicious", "unsure")
 SUPPRESSION_REASONS = 3
@@ -182,7 +183,7 @@ def _triage(finding_id, workdir, config_path, cluster, verdict, note, suppress_s
     with ctx.storage.lock(wait_seconds=wait_lock):
         record = record_verdict(ctx.storage, ctx.cluster, finding, verdict, note, suppress_similar, reviewer)
         stats = precision(ctx.storage, ctx.cluster)
-    lines = [f"recorded {verdict} on finding {finding['finding_id']} ({finding['entity_type']} {finding['entity']}, "
+    lines = [f"recorded {verdict} on finding {finding['finding_id']} ({finding['entity_type']} {printable(finding['entity'])}, "
              f"window {finding['window_start']})"]
     if record["suppression"]:
         lines.append(f"added suppression {record['suppression']}: this entity with {', '.join(record['rules']) or 'no rule hits'} "

@@ -43,11 +43,12 @@ def secret(at, audit_id, user, name=None, code=200, verb="get"):
                  requestURI="/api/v1/namespaces/payments/secrets" + (f"/{name}" if name else ""))
 
 
-def exec_stage(at, audit_id, stage, code, user="mallory@corp.example"):
+def exec_stage(at, audit_id, stage, code, user="mallory@corp.example", received=None):
+    """One stage of an exec request; every stage carries the time the request was received (``received``, default ``at``)."""
     return event(at, audit_id=audit_id, stage=stage, user=person(user), sourceIPs=["203.0.113.50"], verb="create",
                  objectRef={"resource": "pods", "subresource": "exec", "namespace": "web", "name": "web-0"},
                  requestURI="/api/v1/namespaces/web/pods/web-0/exec?command=cat&command=%2Fvar%2Frun%2Fsecrets%2Ftoken",
-                 responseStatus={"code": code})
+                 responseStatus={"code": code}, requestReceivedTimestamp=(received or at).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 def aws_auth(at, audit_id, verb, code=200, body=None):
@@ -67,7 +68,7 @@ def scenario() -> list[dict]:
     items.append(secret(DAY2, "s-c-0", "carol@corp.example", "api"))
     items.append(secret(DAY2 + timedelta(minutes=1), "s-m-0", "mallory@corp.example", "db", code=403))
     started = DAY2 + timedelta(hours=1)
-    items += [exec_stage(started, "x-1", "ResponseStarted", 101), exec_stage(started + timedelta(minutes=4), "x-1", "ResponseComplete", 101),
+    items += [exec_stage(started, "x-1", "ResponseStarted", 101), exec_stage(started + timedelta(minutes=4), "x-1", "ResponseComplete", 101, received=started),
               exec_stage(started + timedelta(minutes=10), "x-2", "ResponseComplete", 403)]
     masters = {"data": {"mapRoles": "- rolearn: arn:aws:iam::111122223333:role/x\n  groups: [system:masters]"}}
     items += [aws_auth(T0 + timedelta(hours=4), "c-get", "get"), aws_auth(T0 + timedelta(hours=4, minutes=5), "c-upd", "update", body=masters),

@@ -22,7 +22,7 @@ import pytest
 
 import features.aggregate as aggregate
 import pipeline.stages as stages
-from features.aggregate import REQUEST_COLUMNS, hour_request_rows, request_rows
+from features.aggregate import REQUEST_COLUMNS, hour_requests, request_rows
 from features.flags import add_flags, flag_events
 from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_flags, history_score, no_history, python_values
 from features.rules import AggregateGroups
@@ -30,7 +30,7 @@ from pipeline.archive import archive_inputs, list_archive_hours
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.readers import resolve_inputs
-from pipeline.scoring import EVIDENCE_COLUMNS, INTERESTING_FLAGS, MAX_AUDIT_IDS, score_events
+from pipeline.scoring import EVIDENCE_COLUMNS, INTERESTING_FLAGS, MAX_AUDIT_IDS, REQUEST_KEY, score_events
 from pipeline.stages import Ranges
 from pipeline.storage import LocalStorage
 from tests.factory import T0, event, write_jsonl
@@ -99,6 +99,10 @@ def busy_hour() -> list[dict]:
         rows += request(T0 + timedelta(minutes=3, seconds=150 * i), f"public-{i:02d}", user={"username": "system:anonymous", "groups": []},
                         sourceIPs=["203.0.113.9"], verb="list", objectRef={"resource": "pods", "namespace": f"n{i}"},
                         requestURI=f"/api/v1/namespaces/n{i}/pods", **refused(403))
+    for minute, verb in ((4, "get"), (57, "delete")):  # one Audit-ID sent with two different requests, an hour's batches apart
+        rows += request(T0 + timedelta(minutes=minute), "reused-id", user={"username": "dave@corp.example", "groups": []},
+                        sourceIPs=["10.0.12.88"], verb=verb, objectRef={"resource": "configmaps", "namespace": "kube-system", "name": "aws-auth"},
+                        requestURI="/api/v1/namespaces/kube-system/configmaps/aws-auth")
     for i in range(50):  # failed authentication from one address: 50 in 9 minutes (threshold 50 in 10)
         rows += request(T0 + timedelta(minutes=50, seconds=10 * i), f"stuffing-{i:02d}", user={}, sourceIPs=["203.0.113.77"], verb="get",
                         requestURI=f"/api/v1/namespaces/default/secrets/s{i}", objectRef={}, **refused(401))
@@ -141,37 +145,41 @@ def test_an_hour_mapped_in_batches_equals_the_whole_hour(hour, batch_rows):
     assert hits[("probe@corp.example", "forbidden_enumeration")] == 8
     assert hits[("203.0.113.9", "public_403_burst")] == 20
     assert hits[("203.0.113.77", "unauthenticated_burst")] == 100
+    assert hits[("dave@corp.example", "audit_id_reused")] == 4, "an Audit-ID reused across batches is judged over the hour"
     requests = {r["entity"]: r["n"] for r in whole[0].to_pylist() if r["entity_type"] == "user"}
     assert requests["mallory@corp.example"] == 16, "a request counts once, its RequestReceived row yielding to its other stage"
+    assert requests["dave@corp.example"] == 2, "two requests under one Audit-ID both count"
 
 
 def test_requests_of_an_hour_read_in_batches_are_those_of_the_whole_hour(hour):
     _, _, data = hour
-    whole = request_rows(stages.read_hour_events(data, list(REQUEST_COLUMNS)), 60)
-    batched = hour_request_rows(lambda: stages.hour_batches(data, list(REQUEST_COLUMNS), 1_000), 60)
-    assert np.array_equal(batched, whole)
+    whole = stages.flag_events(stages.read_hour_events(data, stages.map_columns(PACK, TYPES)), CONTEXT)
+    rows, reused = hour_requests(lambda: stages.hour_batches(data, list(REQUEST_COLUMNS), 1_000), 60)
+    assert np.array_equal(rows, request_rows(stages.read_hour_events(data, list(REQUEST_COLUMNS)), 60))
+    assert np.array_equal(reused, whole.flags["audit_id_reused"]) and reused.sum() == 4, "two requests sent under one Audit-ID"
 
 
 def _batches(*ids_per_batch):
-    tables = [pa.table({"audit_id": ids, "stage": ["ResponseComplete"] * len(ids), "time": pa.array([0] * len(ids), pa.timestamp("us", tz="UTC")),
-                        "received_time": pa.array([0] * len(ids), pa.timestamp("us", tz="UTC")), "verb": ["get"] * len(ids),
+    tables = [pa.table({"audit_id": ids, "received_time": pa.array([0] * len(ids), pa.timestamp("us", tz="UTC")), "user": ["alice"] * len(ids),
+                        "source_ip": ["10.0.12.34"] * len(ids), "verb": ["get"] * len(ids), "request_uri": ["/api/v1/pods"] * len(ids),
+                        "stage": ["ResponseComplete"] * len(ids), "time": pa.array([0] * len(ids), pa.timestamp("us", tz="UTC")),
                         "subresource": pa.nulls(len(ids), pa.string())}) for ids in ids_per_batch]
     return lambda: iter(tables)
 
 
-def test_audit_ids_sharing_a_hash_are_found_within_and_across_batches(monkeypatch):
-    monkeypatch.setattr(aggregate, "_id_hash", lambda value: hash(value and value[0]))
-    assert hour_request_rows(_batches(["a1", "a2"], ["b1"]), 60) is None, "two ids of one batch"
-    assert hour_request_rows(_batches(["a1", "b1"], ["a2", "c1"]), 60) is None, "two ids of two batches"
-    same = hour_request_rows(_batches(["a1", "b1"], ["a1", "c1"]), 60)
-    assert list(same) == [0, 1, 3], "one request's rows in two batches count once"
+def test_requests_sharing_a_hash_are_found_within_and_across_batches(monkeypatch):
+    monkeypatch.setattr(aggregate, "_id_hash", lambda values: hash(values[0] and values[0][0]))
+    assert hour_requests(_batches(["a1", "a2"], ["b1"]), 60) is None, "two requests of one batch"
+    assert hour_requests(_batches(["a1", "b1"], ["a2", "c1"]), 60) is None, "two requests of two batches"
+    rows, reused = hour_requests(_batches(["a1", "b1"], ["a1", "c1"]), 60)
+    assert list(rows) == [0, 1, 3] and not reused.any(), "one request's rows in two batches count once"
 
 
-def test_an_hour_whose_audit_ids_share_a_hash_is_mapped_whole(hour, monkeypatch):
+def test_an_hour_whose_requests_share_a_hash_is_mapped_whole(hour, monkeypatch):
     _, _, data = hour
     whole = stages.map_hour_file(data, CONTEXT, PACK, 60, TYPES)
-    monkeypatch.setattr(aggregate, "_id_hash", lambda value: hash(value and value[:3]))
-    assert hour_request_rows(lambda: stages.hour_batches(data, list(REQUEST_COLUMNS), 1_000), 60) is None
+    monkeypatch.setattr(aggregate, "_id_hash", lambda values: hash(values[0] and values[0][:3]))
+    assert hour_requests(lambda: stages.hour_batches(data, list(REQUEST_COLUMNS), 1_000), 60) is None
     batched = stages.map_hour_file(data, CONTEXT, PACK, 60, TYPES, 1_000)
     assert batched[0].equals(whole[0]) and batched[1].equals(whole[1])
 
@@ -180,20 +188,24 @@ def test_an_hour_whose_audit_ids_share_a_hash_is_mapped_whole(hour, monkeypatch)
 def test_threshold_rules_count_their_groups_over_every_batch(hour, as_frame):
     _, _, data = hour
     table = pq.read_table(pa.BufferReader(data)) if as_frame else stages.read_hour_events(data, stages.map_columns(PACK, TYPES))
-    pieces = [table.slice(start, 900) for start in range(0, len(table), 900)]
-    def view(piece):  # the events as the rules read them, with no history (as the features map does)
+    starts = range(0, len(table), 900)
+    reused = flag_events(table, CONTEXT).flags["audit_id_reused"]
+
+    def view(piece, start):  # the events as the rules read them, with no history (as the features map does)
         if as_frame:
             return add_history_flags(add_flags(stages.events_frame(piece), CONTEXT), {}), None
-        return flag_events(piece, CONTEXT), no_history(len(piece))
+        return flag_events(piece, CONTEXT, {"audit_id_reused": reused[start:start + len(piece)]}), no_history(len(piece))
 
     groups = AggregateGroups(PACK)
-    for piece in pieces:
-        groups.add(*view(piece))
-    whole = PACK.hits(*view(table))
-    parts = [PACK.hits(*view(piece), groups=groups) for piece in pieces]
+    for start in starts:
+        groups.add(*view(table.slice(start, 900), start))
+    whole = PACK.hits(*view(table, 0))
+    parts = [PACK.hits(*view(table.slice(start, 900), start), groups=groups) for start in starts]
     thresholds = [rule.id for rule in PACK.active if rule.aggregate is not None]
     assert all(whole[rule].any() for rule in thresholds if rule != "permission_checks")
     for rule in PACK.active:
+        if as_frame and rule.id == "audit_id_reused":
+            continue  # judged over the events at hand: a DataFrame piece has no hour to take it from
         assert np.array_equal(np.concatenate([part[rule.id] for part in parts]), whole[rule.id]), rule.id
 
 
@@ -279,14 +291,24 @@ def reference_score_events(storage, records, history, weights):
             best = best.groupby([entity_type, "window_start"], sort=False).head(MAX_AUDIT_IDS)
             candidates.append(best.assign(entity_type=entity_type, entity=best[entity_type]))
         for row in reference_rows(events.nlargest(500, "event_score")):
-            heapq.heappush(top, (row["score"], row["audit_id"], row["stage"], row))
+            top.append((row["score"], row["audit_id"], row["stage"], row["time"], -len(top) - 1, row))
     evidence = pd.concat(candidates).sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
     evidence = evidence.groupby(["entity_type", "entity", "window_start"], sort=False).head(MAX_AUDIT_IDS)
     grouped = defaultdict(list)
     for key, row in zip(zip(evidence["entity_type"], evidence["entity"], evidence["window_start"]), reference_rows(evidence)):
         grouped[key].append(row)
-    top = [item[3] for item in sorted(heapq.nlargest(500, top), key=lambda i: (-i[0], i[1], i[2]))]
-    return record_hits, rule_totals, dict(grouped), top
+    top = [item[5] for item in sorted(heapq.nlargest(500, top, key=lambda i: i[:5]), key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))]
+    requests = defaultdict(list)
+    for key, request in zip(zip(evidence["entity_type"], evidence["entity"], evidence["window_start"]),
+                            zip(*(python_values(evidence[name]) for name in REQUEST_KEY))):
+        requests[key].append(request)
+    return record_hits, rule_totals, dict(grouped), top, dict(requests)
+
+
+def numbered(groups: dict) -> list:
+    """Every group's items in key order, each replaced by the order of its first appearance: equal where equal."""
+    first: dict = {}
+    return [first.setdefault(item, len(first)) for key in sorted(groups) for item in groups[key]]
 
 
 def reference_rows(frame: pd.DataFrame) -> list[dict]:
@@ -304,7 +326,7 @@ def test_score_pass_equals_the_pandas_pass_it_replaced(hour, batch_rows):
     storage, _, _ = hour
     records, history = records_and_history(storage)
     weights = load_config().scoring.severity_weights
-    record_hits, rule_totals, evidence, top = reference_score_events(storage, records, history, weights)
+    record_hits, rule_totals, evidence, top, requests = reference_score_events(storage, records, history, weights)
     got = score_events(context(storage, batch_rows), PACK, records, history, RANGES, weights)
     assert got["record_hits"] == record_hits and got["rule_totals"] == rule_totals
     assert got["events"] == sum(len(storage.read_parquet(key)) for _, _, key in list_archive_hours(storage, "default"))
@@ -312,4 +334,5 @@ def test_score_pass_equals_the_pandas_pass_it_replaced(hour, batch_rows):
     assert got["evidence"].rows(keys) == {key: rows for key, rows in evidence.items() if key in keys}
     assert got["evidence"].audit_ids() == {key: [row["audit_id"] for row in rows] for key, rows in evidence.items()}
     assert got["top_events"] == top
+    assert numbered(got["evidence"].requests()) == numbered(requests), "evidence requests (an Audit-ID's two requests apart)"
     assert rule_totals["secrets_sweep"] == 32 and record_hits[("user", "mallory@corp.example", pd.Timestamp(T0))]["secrets_sweep"] == 32

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import hour_digest, list_archive_hours
+from pipeline.sample import sample_clock
 from pipeline.storage import LocalStorage
 from tests.test_hostile_inputs import built_once, full_run, hostile_input, sample_2d  # noqa: F401  (shared, built once per session)
 
@@ -152,7 +153,8 @@ def test_run_killed_then_rerun_gives_the_same_anomalies(kill_point, jitter, samp
     scoring (model saved); the rerun reuses what is valid, and its archive and anomalies.jsonl equal
     those of the uninterrupted run over the same input (the hostile-input run)."""
     workdir = tmp_path / "work"
-    args = ["run", "--input", str(sample_2d), "--input", str(hostile_input), "--workdir", str(workdir), "--json"]
+    args = ["run", "--input", str(sample_2d), "--input", str(hostile_input), "--workdir", str(workdir), "--json",
+            "--now", sample_clock(sample_2d).isoformat()]
     state = kill_when(auditsift(*args), lambda: kill_point(workdir), jitter,
                       lambda: f"{partial_files(workdir)} partial files, model saved: {model_saved(workdir)}")
     assert locked(workdir)()

@@ -33,6 +33,7 @@ from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.errors import InputError
 from pipeline.readers import resolve_inputs
+from pipeline.sample.generate import default_end
 from pipeline.storage import LocalStorage
 from pipeline.workers import ordered_map
 from tests.factory import SHARED_FIXTURES, T0, event, events, write_jsonl
@@ -422,7 +423,7 @@ def test_features_with_workers_equal_one_process(tmp_path, monkeypatch, sample):
         config = load_config()
         config = config.model_copy(update={"features": config.features.model_copy(update={"workers": workers})})
         ctx = RunContext(LocalStorage(work), config, "same-run")
-        counts = stages.run_features(ctx, stages.resolve_ranges(ctx))
+        counts = stages.run_features(ctx, stages.resolve_ranges(ctx, now=default_end(11)))
         outputs.append((counts, {key: ctx.storage.read_bytes(key) for key in ctx.storage.list("features/")}))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[0][1].keys() == outputs[1][1].keys() and outputs[0][1] == outputs[1][1]

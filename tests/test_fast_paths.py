@@ -17,7 +17,7 @@ import pytest
 from features.addresses import AddressBook, load_threat_list
 from features.aggregate import (COUNT_COLUMNS, ENTITY_COLUMNS, LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, PARTIAL_COLUMNS,
                                 SET_COLUMNS, SET_NAMES, empty_partials, partial_aggregates, reduce_partials)
-from features.events import EVENT_SCHEMA
+from features.events import EVENT_IDENTITY, EVENT_SCHEMA
 from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
 from features.windows import BASELINE_INPUTS, FEATURE_NAMES, NOVELTY_SETS, SENSITIVE_FLAGS, finalise
 from pipeline.archive import archive_inputs, normalise_blocks, normalise_stream, read_archive
@@ -329,19 +329,27 @@ def test_flag_helpers_equal_pandas_comparisons(seed):
 
 
 def reference_dedupe(table: pa.Table) -> pa.Table:
-    ordered = table.sort_by([("audit_id", "ascending"), ("stage", "ascending"), ("time", "ascending"), ("cw_event_id", "ascending")])
-    keys = [f"{a}\x00{s}" for a, s in zip(ordered["audit_id"].to_pylist(), ordered["stage"].to_pylist())]
-    keep = [i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))]
-    return ordered.filter(pa.array(keep)).sort_by([("time", "ascending"), ("audit_id", "ascending"), ("stage", "ascending")])
+    """One row per EVENT_IDENTITY, row by row in Python: of each event's copies the one with the lowest
+    CloudWatch id (missing last), then the first read; sorted by time, audit_id, stage, then the rest."""
+    columns = ["time", "audit_id", "stage"] + [c for c in EVENT_IDENTITY if c not in ("time", "audit_id", "stage")]
+    rows = table.to_pylist()
+    winners: dict[tuple, int] = {}
+    for index, row in enumerate(rows):
+        key = tuple(row[c] for c in columns)
+        best = winners.get(key)
+        if best is None or (row["cw_event_id"] is None, row["cw_event_id"] or "") < (rows[best]["cw_event_id"] is None, rows[best]["cw_event_id"] or ""):
+            winners[key] = index
+    ordered = sorted(winners.values(), key=lambda i: tuple((rows[i][c] is None, rows[i][c]) for c in columns))
+    return table.take(ordered)
 
 
-def test_one_sort_dedupe_equals_two_sort_dedupe(tmp_path):
+def test_one_sort_dedupe_equals_row_by_row_dedupe(tmp_path):
     rng = random.Random(3)
     raw = []
     for i in range(400):
         moment = T0 + timedelta(seconds=rng.randint(0, 50))
         raw.append(event(moment, audit_id=f"a{rng.randint(0, 120)}", stage=rng.choice(["ResponseComplete", "ResponseStarted"]),
-                         verb=rng.choice(["get", "list"])))
+                         verb=rng.choice(["get", "list"]), sourceIPs=[rng.choice(["10.0.1.2", "10.0.3.4"])]))
     lines = [json.dumps(envelope(raw[:200], first_id=rng.randint(1, 9))), json.dumps(envelope(raw[100:], first_id=5))]
     lines += [json.dumps(e) for e in raw[::3]]
     path = tmp_path / "dups.jsonl"

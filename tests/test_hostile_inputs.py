@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from markupsafe import escape
 
 from pipeline.cli import main
+from pipeline.sample import sample_clock
 from tests.factory import event
 
 BIN = Path(sys.executable).parent / "auditsift"
@@ -127,6 +128,7 @@ def full_run(sample_2d, hostile_input, tmp_path_factory) -> dict:
     tests/test_crash_recovery.py compares killed-and-rerun runs against it."""
     def build(root: Path) -> None:
         done = subprocess.run([str(BIN), "run", "--input", str(sample_2d), "--input", str(hostile_input), "--workdir", str(root / "work"),
+                               "--now", sample_clock(sample_2d).isoformat(),
                                "--json", "--quiet"], capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr
         (root / "result.json").write_text(done.stdout[done.stdout.index("{"):])

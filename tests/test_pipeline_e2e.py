@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.evaluate import evaluate_findings
+from pipeline.sample import sample_clock
 
 SEED = 11
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -23,6 +24,11 @@ def invoke(*args: str) -> str:
     return result.output
 
 
+def clock(sample: Path) -> str:
+    """The clock the sample's data ends at: the run is for it, whatever day the test runs on."""
+    return sample_clock(sample).isoformat()
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
@@ -33,7 +39,7 @@ def sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(sample, tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("work")
-    output = invoke("run", "--input", str(sample), "--workdir", str(workdir), "--json", "--quiet")
+    output = invoke("run", "--input", str(sample), "--workdir", str(workdir), "--now", clock(sample), "--json", "--quiet")
     result = json.loads(output[output.index("{"):])
     report_dir = Path(result["report_dir"])
     return {"result": result, "dir": report_dir, "workdir": workdir,
@@ -99,7 +105,7 @@ def test_run_json_records_what_is_needed_to_reproduce_the_run(run):
 def test_same_seed_gives_the_same_ranked_report_and_stages_alone_match_run(sample, run, tmp_path):
     workdir = tmp_path / "work"
     invoke("archive", "--input", str(sample), "--workdir", str(workdir), "--quiet")
-    invoke("features", "--workdir", str(workdir), "--quiet")
+    invoke("features", "--workdir", str(workdir), "--now", clock(sample), "--quiet")
     invoke("train", "--workdir", str(workdir), "--quiet")
     invoke("score", "--workdir", str(workdir), "--quiet")
     invoke("report", "--workdir", str(workdir), "--report-dir", str(tmp_path / "report"), "--quiet")

@@ -77,8 +77,8 @@ def scenario_events(seed: int = 7, requests: int = 800, hours: int = 6) -> list[
             "requestURI": "/api/v1/namespaces/web/pods/web-0/exec?command=sh&command=-c&command=id&stdout=true",
         }
         items.append(event(started, audit_id=f"exec-{j:03d}", stage="ResponseStarted", **exec_request))
-        items.append(event(started + timedelta(minutes=rng.randrange(1, 9)), audit_id=f"exec-{j:03d}",
-                           stage="ResponseComplete", **exec_request))
+        items.append(event(started + timedelta(minutes=rng.randrange(1, 9)), audit_id=f"exec-{j:03d}", stage="ResponseComplete",
+                           requestReceivedTimestamp=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **exec_request))
     rng.shuffle(items)
     return items
 

@@ -12,6 +12,7 @@ from pipeline.context import RunContext
 from pipeline.errors import ConfigError
 from pipeline.scoring import load_suppressions, suppression_for
 from pipeline.storage import LocalStorage
+from pipeline.text import printable
 from pipeline.triage import precision, read_verdicts, record_verdict, triage_command, triage_key
 from tests.report_factory import make_context
 
@@ -87,7 +88,7 @@ def test_triage_command_records_a_verdict_by_id_or_prefix(workdir):
                           "--reviewer", "sam")
     assert code == 0, output
     assert f"recorded benign on finding {findings[0]['finding_id']}" in output
-    assert findings[0]["entity"] in output  # printed literally, never read as markup
+    assert printable(findings[0]["entity"]) in output  # printed literally, never read as markup; its line break as \n
     assert "added suppression triage-" in output and "precision so far: 0.00" in output
     code, output = invoke(ctx, findings[2]["finding_id"], "--verdict", "malicious")
     assert code == 0 and "precision so far: 0.50 (1 malicious, 1 benign, 0 unsure of 2 reviewed)" in output

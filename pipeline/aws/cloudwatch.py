@@ -10,8 +10,8 @@ old window does not rewind the schedule.
 
 Exactly once: events re-read in the grace window, events that share a millisecond
 at the window edge, Firehose-style redeliveries and events read again after a killed
-run all reach the archive, whose merge keeps one row per (auditID, stage) and counts
-the rest as duplicates. Within one run the CloudWatch event id is deduplicated too.
+run all reach the archive, whose merge keeps one row per event (its copies share every
+identity column: ``pipeline.hour_merge``) and counts the rest as duplicates. Within one run the CloudWatch event id is deduplicated too.
 The checkpoint (``checkpoints/cloudwatch/<cluster>/<log group>.json``) is written only
 after the archive merge has completed, so a run killed at any point is simply
 re-read by the next one.
@@ -25,7 +25,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
-from pipeline.archive import ArchiveResult, archive_tables, normalise_stream
+from pipeline.archive import ArchiveResult, archive_tables, normalise_stream, quarantine_future
 from pipeline.aws import session as aws
 from pipeline.errors import ConfigError
 from pipeline.readers import Event, parse_cloudwatch_message
@@ -113,14 +113,18 @@ def filter_pages(logs, log_group: str, stream_names: list[str], start_ms: int, e
 
 def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_id: str, config,
                             start: datetime | None = None, end: datetime | None = None,
-                            progress: Callable[[int], None] | None = None) -> ArchiveResult:
+                            progress: Callable[[int], None] | None = None, now: datetime | None = None) -> ArchiveResult:
     """Read the audit streams of ``log_group`` over the window and merge them into the archive of ``cluster``.
 
     Returns the archive's counts; ``duplicates`` includes events dropped by CloudWatch
     event id within this run. Messages cut off with ``[Truncated...]`` are quarantined
     as ``cloudwatch_truncated``; non-audit streams are never read. ``progress`` receives
-    the number of records consumed per chunk, like ``archive_inputs``.
+    the number of records consumed per chunk, like ``archive_inputs``. Events stamped after the run's
+    clock (``now``, default the wall clock) plus ``archive.future_skew_minutes`` are quarantined as
+    ``future_timestamp``, as from files.
     """
+    from pipeline.stages import future_limit
+
     key = checkpoint_key(cluster, log_group)
     checkpoint = storage.read_json_or(key, None)
     started_ms = _to_ms(datetime.now(timezone.utc))
@@ -145,12 +149,14 @@ def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_
                     source = f"{log_group}/{item.get('logStreamName', '?')}"
                     yield from parse_cloudwatch_message(item.get("message", ""), event_id, source, result.quarantine)
 
+    not_after = future_limit(config, now)
+
     def tables():
         for table, consumed in normalise_stream(events(), result.quarantine, log_group, config.archive.chunk_lines):
             result.records_read += consumed
             if progress:
                 progress(consumed)
-            yield table
+            yield quarantine_future(table, not_after, result.quarantine, log_group)
 
     archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(config.archive.chunk_lines * 10, 100_000))
     previous = checkpoint.get("high_water_ms", 0) if checkpoint else 0

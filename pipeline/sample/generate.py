@@ -36,6 +36,13 @@ def default_end(seed: int) -> datetime:
     return datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(days=seed % 20)
 
 
+def sample_clock(out_dir: pathlib.Path) -> datetime:
+    """The run clock that scores a sample's last day: the ``end`` its labels.json records (``--now`` for
+    ``auditsift run``), so a run over sample data is the same whatever day it runs on."""
+    labels = orjson.loads((pathlib.Path(out_dir) / "labels.json").read_bytes())
+    return datetime.fromisoformat(labels["end"].replace("Z", "+00:00"))
+
+
 def iso(t: int) -> str:
     return (EPOCH + timedelta(microseconds=t)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -228,3 +228,15 @@ def test_an_event_returned_twice_is_counted_once(nine_events, workdir, make_conf
     assert (result.records_read, result.events_added, result.duplicates) == (10, 9, 1)
     assert result.events_normalised == 9, "dropped by CloudWatch event id before normalisation"
     assert len(archived(workdir)) == 9
+
+
+def test_events_stamped_after_the_clock_are_quarantined_as_from_files(logs, workdir, make_config, make_event):
+    """A message whose stageTimestamp is a year ahead or in year 9999, delivered now: quarantined as
+    future_timestamp as the same line in a file is, and the events around it archived."""
+    now = datetime.now(timezone.utc)
+    good = [make_event(f"ok-{i}", now - timedelta(minutes=5, seconds=-i)) for i in range(3)]
+    skewed = [make_event("ahead", now + timedelta(days=365)), make_event("year-9999", datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc))]
+    put(logs, STREAM_A, [(ms(now - timedelta(minutes=5)) + i, json.dumps(e)) for i, e in enumerate(good + skewed)])
+    result = run(workdir, make_config(), "run-1", now=now)
+    assert result.quarantine.counts == {"future_timestamp": 2}
+    assert sorted(archived(workdir)["audit_id"].to_pylist()) == ["ok-0", "ok-1", "ok-2"]

@@ -197,8 +197,8 @@ def local_workdir(tmp_path_factory):
     path.write_text(yaml.safe_dump(CONFIG))
     config = load_config(path)
     ctx = RunContext(open_storage(root / "work", config), config, new_run_id())
-    run_archive(ctx, [str(write_jsonl(root / "audit.jsonl", audit_events()))])
-    run_features(ctx, resolve_ranges(ctx))
+    run_archive(ctx, [str(write_jsonl(root / "audit.jsonl", audit_events()))], T0 + timedelta(hours=96))
+    run_features(ctx, resolve_ranges(ctx, now=T0 + timedelta(hours=96)))
     return root / "work"
 
 
