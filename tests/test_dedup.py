@@ -24,6 +24,7 @@ from features.aggregate import partial_aggregates
 from pipeline.archive import archive_inputs, list_archive_hours, read_archive
 from pipeline.cli import main
 from pipeline.readers import resolve_inputs
+from pipeline.sample import sample_clock
 from pipeline.storage import LocalStorage
 from tests.factory import T0, envelope, event, write_jsonl
 from tests.test_equivalence import archive_both
@@ -210,7 +211,8 @@ def sample(tmp_path_factory) -> tuple[Path, dict, datetime]:
 
 def run_pipeline(tmp_path: Path, *inputs: Path) -> tuple[dict, list[dict], LocalStorage]:
     workdir = tmp_path / "work"
-    args = ["run", "--workdir", str(workdir), "--json", "--quiet"] + [arg for path in inputs for arg in ("--input", str(path))]
+    clock = sample_clock(inputs[0]).strftime("%Y-%m-%dT%H:%M:%SZ")
+    args = ["run", "--workdir", str(workdir), "--json", "--quiet", "--now", clock] + [arg for path in inputs for arg in ("--input", str(path))]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{"):])
