@@ -94,15 +94,19 @@ def _stage_marks(columns: EventColumns, step: int) -> tuple[np.ndarray, np.ndarr
     return received, late
 
 
-def _one_per_request(ids: np.ndarray, repeated: np.ndarray, received: np.ndarray, late: np.ndarray) -> np.ndarray:
-    """The first row of each request (equal ``ids``) that is neither a RequestReceived row of a request with other
-    rows (``repeated``) nor ``late``."""
+def _one_per_request(ids: np.ndarray, repeated: np.ndarray, received: np.ndarray, late: np.ndarray, size: int | None = None) -> np.ndarray:
+    """The first row of each request (equal ``ids``; given ``size``, the ids are numbers below it) that is neither a
+    RequestReceived row of a request with other rows (``repeated``) nor ``late``."""
     kept = np.flatnonzero((~received | ~repeated) & ~late)
-    _, first = np.unique(ids[kept], return_index=True)
-    return kept[np.sort(first)]
+    if size is None:
+        _, first = np.unique(ids[kept], return_index=True)
+        return kept[np.sort(first)]
+    first = np.full(size, len(ids), dtype=np.int64)
+    np.minimum.at(first, ids[kept], kept)
+    return np.sort(first[first < len(ids)])
 
 
-_id_hash = hash  # Python's hash: keyed per process, so no input can choose its collisions
+_id_hash = hash  # Python's string hash: keyed per process, so no input can choose its collisions
 
 
 def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -112,26 +116,30 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
 
     A request is its ``REQUEST_IDENTITY`` (``EventColumns.requests``); each is held as a 64-bit hash of its values,
     and each auditID as a hash of it: 16 bytes an event, where the ids of a busy hour take hundreds of MB. A hash
-    shared by different values is detected (within a batch by counting, across batches by comparing the values of
-    every hash found in more than one batch), and then None is returned: the caller reads the hour at once instead."""
+    shared by different values is detected (within a batch by counting against the batch's exact requests, across
+    batches by comparing the values of every hash found in more than one batch), and then None is returned: the
+    caller reads the hour at once instead."""
     step = window_minutes * 60_000_000
     found: dict[str, list] = {"request": [], "id": [], "received": [], "late": []}
     distinct: dict[str, list] = {"request": [], "id": []}
     for table in batches():
         columns = EventColumns(table)
-        for name, parts in (("request", [columns.encoded(column) for column in REQUEST_IDENTITY]), ("id", [columns.encoded("audit_id")])):
-            combination, keys = combine(parts, lambda *values: _id_hash(values))
-            keys = np.array(keys, dtype=np.int64)
-            if len(np.unique(keys)) < len(keys):
+        ids = columns.hashes("audit_id", _id_hash)
+        requests = ids
+        for name in REQUEST_IDENTITY[1:]:
+            values = columns.micros(name).view(np.uint64) if pa.types.is_timestamp(columns.array(name).type) else columns.hashes(name, _id_hash)
+            requests = _mix(requests, values)
+        for name, keys, exact in (("id", ids, columns.codes("audit_id")), ("request", requests, columns.requests())):
+            distinct[name].append(_sorted_distinct(keys))
+            if len(distinct[name][-1]) != np.count_nonzero(np.bincount(exact)):
                 return None
-            found[name].append(keys[combination])
-            distinct[name].append(keys)
+            found[name].append(keys)
         for name, marks in zip(("received", "late"), _stage_marks(columns, step)):
             found[name].append(marks)
     shared = {}
     for name in ("request", "id"):
-        keys, batches_of = np.unique(np.concatenate(distinct[name]), return_counts=True)
-        shared[name] = keys[batches_of > 1]
+        keys = np.sort(np.concatenate(distinct[name]))
+        shared[name] = _sorted_distinct(keys[1:][keys[1:] == keys[:-1]])
     if any(len(keys) for keys in shared.values()):
         values: dict[tuple, tuple] = {}
         for number, table in enumerate(batches()):
@@ -142,11 +150,30 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
                 if any(values.setdefault((name, key), value) != value for key, value in seen):
                     return None
     requests, ids = np.concatenate(found["request"]), np.concatenate(found["id"])
-    _, group, counts = np.unique(requests, return_inverse=True, return_counts=True)
-    rows = _one_per_request(requests, counts[group] > 1, np.concatenate(found["received"]), np.concatenate(found["late"]))
-    pairs = np.unique(np.column_stack([ids, requests]), axis=0)
-    reused_ids, per_id = np.unique(pairs[:, 0], return_counts=True)
-    return rows, np.isin(ids, reused_ids[per_id > 1])
+    order = np.argsort(requests, kind="stable")
+    starts = np.flatnonzero(np.r_[True, requests[order][1:] != requests[order][:-1]])
+    group = np.empty(len(requests), dtype=np.int64)
+    heads = np.zeros(len(order), dtype=np.int64)
+    heads[starts] = 1
+    group[order] = np.cumsum(heads) - 1
+    counts = np.diff(np.r_[starts, len(order)])
+    rows = _one_per_request(group, counts[group] > 1, np.concatenate(found["received"]), np.concatenate(found["late"]), len(counts))
+    # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
+    owners = np.sort(ids[order[starts]])
+    return rows, np.isin(ids, _sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
+
+
+def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of ``keys``, sorted (``np.unique`` without its hash table, slow on 64-bit hashes)."""
+    keys = np.sort(keys)
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+
+
+def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A hash of (state, value) per row from two 64-bit hashes (a multiply-xorshift step; arithmetic wraps at 2**64)."""
+    with np.errstate(over="ignore"):
+        mixed = (state ^ values) * np.uint64(0x9E3779B97F4A7C15) + (state >> np.uint64(29))
+        return mixed ^ (mixed >> np.uint64(32))
 
 
 def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | None]) -> tuple[np.ndarray, np.ndarray]:

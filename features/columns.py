@@ -89,6 +89,13 @@ class EventColumns:
                 self._codes[name] = (_filled(encoded.indices, len(encoded.dictionary)), encoded.dictionary, None)
         return self._codes[name]
 
+    def hashes(self, name: str, function: Callable[[object], int]) -> np.ndarray:
+        """``function`` (a 64-bit hash) of each row's value as uint64, computed once per distinct value; without the
+        list of values ``encoded`` keeps (a column of ids has nearly as many values as rows)."""
+        codes, dictionary, values = self._dictionary(name)
+        values = dictionary.to_pylist() if values is None else values
+        return np.array([function(value) for value in values] + [function(None)], dtype=np.int64).view(np.uint64)[codes]
+
     def encoded(self, name: str) -> tuple[np.ndarray, list]:
         """(code per row, values): ``values[code]`` is the row's value. For an event column the last
         value is None, the code of every missing value; a derived column may repeat values."""

@@ -168,7 +168,7 @@ def _batches(*ids_per_batch):
 
 
 def test_requests_sharing_a_hash_are_found_within_and_across_batches(monkeypatch):
-    monkeypatch.setattr(aggregate, "_id_hash", lambda values: hash(values[0] and values[0][0]))
+    monkeypatch.setattr(aggregate, "_id_hash", lambda value: hash(value and value[0]))
     assert hour_requests(_batches(["a1", "a2"], ["b1"]), 60) is None, "two requests of one batch"
     assert hour_requests(_batches(["a1", "b1"], ["a2", "c1"]), 60) is None, "two requests of two batches"
     rows, reused = hour_requests(_batches(["a1", "b1"], ["a1", "c1"]), 60)
@@ -178,7 +178,7 @@ def test_requests_sharing_a_hash_are_found_within_and_across_batches(monkeypatch
 def test_an_hour_whose_requests_share_a_hash_is_mapped_whole(hour, monkeypatch):
     _, _, data = hour
     whole = stages.map_hour_file(data, CONTEXT, PACK, 60, TYPES)
-    monkeypatch.setattr(aggregate, "_id_hash", lambda values: hash(values[0] and values[0][:3]))
+    monkeypatch.setattr(aggregate, "_id_hash", lambda value: hash(value and value[:3]))
     assert hour_requests(lambda: stages.hour_batches(data, list(REQUEST_COLUMNS), 1_000), 60) is None
     batched = stages.map_hour_file(data, CONTEXT, PACK, 60, TYPES, 1_000)
     assert batched[0].equals(whole[0]) and batched[1].equals(whole[1])
