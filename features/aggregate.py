@@ -163,6 +163,15 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     return rows, np.isin(ids, _sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
 
 
+def hit_counts(keys: np.ndarray, hits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct key of the rows some of ``hits`` (boolean columns) mark: (those keys, sorted; the number of rows
+    each column marks per key, one column each). Rows no column marks are never grouped: hits are sparse."""
+    rows = np.flatnonzero(np.logical_or.reduce(hits)) if hits else np.zeros(0, dtype=np.int64)
+    found, group = np.unique(keys[rows], return_inverse=True)
+    counts = [np.bincount(group, weights=hit[rows], minlength=len(found)) for hit in hits]
+    return found, np.column_stack(counts).astype(np.int64) if counts else np.zeros((len(found), 0), dtype=np.int64)
+
+
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct values of ``keys``, sorted (``np.unique`` without its hash table, slow on 64-bit hashes)."""
     keys = np.sort(keys)

@@ -42,6 +42,7 @@ class EventColumns:
         self._encoded: dict[str, tuple[np.ndarray, list]] = {}
         self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._answers: dict[tuple, np.ndarray] = {}
+        self._derived: set[str] = set()
 
     def __contains__(self, name: str) -> bool:
         return name in self.names or name in self._encoded
@@ -108,6 +109,7 @@ class EventColumns:
         """Add column ``name``: ``function`` of ``source``'s value (None when missing), run once per distinct value."""
         codes, values = self.encoded(source)
         self._encoded[name] = (codes, [function(value) for value in values])
+        self._derived.add(name)
 
     def where(self, name: str, predicate: Callable[[object], bool], key: tuple | None = None) -> np.ndarray:
         """``predicate(value)`` for every row; a missing value is passed as None. Calls with the
@@ -133,8 +135,16 @@ class EventColumns:
         """(code per row numbered in sorted value order, -1 where missing; the sorted distinct values),
         so codes sort exactly as the values do."""
         if name not in self._ranked:
-            codes, values = self.encoded(name)
-            self._ranked[name] = rank_values(codes, values)
+            if name in self.names and name not in self._derived and _is_text(self.array(name).type):
+                # an event column's distinct values sorted by Arrow (UTF-8 bytes sort as Python sorts str), not as a list
+                codes, dictionary, _ = self._dictionary(name)
+                order = pc.array_sort_indices(dictionary).to_numpy()
+                rank = np.full(len(dictionary) + 1, -1, dtype=np.int64)
+                rank[order] = np.arange(len(order))
+                self._ranked[name] = rank[codes], dictionary.take(order).to_numpy(zero_copy_only=False).astype(object)
+            else:
+                codes, values = self.encoded(name)
+                self._ranked[name] = rank_values(codes, values)
         return self._ranked[name]
 
     def micros(self, name: str) -> np.ndarray:
@@ -180,6 +190,11 @@ class EventColumns:
             return self.events
         return pa.table({name: _plain(column) for name, column in zip(self.events.column_names, self.events.columns)}).to_pandas(
             types_mapper=pandas_types)
+
+
+def _is_text(arrow_type: pa.DataType) -> bool:
+    value_type = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    return pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
 
 
 def _valid(array: pa.Array) -> np.ndarray | None:

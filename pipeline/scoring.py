@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.aggregate import hit_counts
 from features.columns import MICROS, combine
 from features.events import COLUMN_NAMES, REQUEST_IDENTITY
 from features.flags import flag_events
@@ -356,9 +357,7 @@ class EventScores:
 
     def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
         """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
-        groups, group_of_row = np.unique(group, return_inverse=True)
-        sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
-        np.add.at(sums, group_of_row, np.column_stack([hits[rule][present] for rule in fired]))
+        groups, sums = hit_counts(group, [hits[rule][present] for rule in fired])
         for group_index, rule_index in zip(*np.nonzero(sums)):
             key = (entity_type, entities[groups[group_index] // len(starts)], starts[groups[group_index] % len(starts)])
             self.record_hits[key][fired[rule_index]] += int(sums[group_index, rule_index])
@@ -382,13 +381,15 @@ class EventScores:
         pieces = []
         for index in np.unique(numbers >> 32).tolist():
             wanted = np.sort(numbers[numbers >> 32 == index] & 0xFFFFFFFF)
-            offset = 0
-            for batch in hour_batches(self.storage.read_bytes(self.hours[index]), list(EVIDENCE_COLUMNS), self.batch_rows):
+            data = self.storage.read_bytes(self.hours[index])
+            # the batches' events in the scoring range from their times alone; the evidence columns of those holding wanted rows
+            ends = np.cumsum([np.count_nonzero(self._within(times)) for times in hour_batches(data, ["time"], self.batch_rows)])
+            holding = sorted(set(np.searchsorted(ends, wanted, side="right").tolist()))
+            for number, batch in zip(holding, hour_batches(data, list(EVIDENCE_COLUMNS), self.batch_rows, set(holding))):
+                offset = int(ends[number - 1]) if number else 0
                 batch = batch.filter(self._within(batch))
                 inside = wanted[(wanted >= offset) & (wanted < offset + len(batch))] - offset
-                if len(inside):
-                    pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
-                offset += len(batch)
+                pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
         read = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
         return evidence_rows(read, kept["event_score"].to_pylist(), kept["why"].to_pylist(), self.why)
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.aggregate import (
-    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hour_requests, partial_table,
-    partials_as_frame,
+    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hit_counts, hour_requests,
+    partial_table, partials_as_frame,
 )
 from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
@@ -322,26 +322,44 @@ def read_hour_events(data: bytes, columns: list[str]) -> pa.Table:
     return _with_absent(file.read(columns=read, use_threads=False), columns)
 
 
-def hour_batches(data: bytes, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+def hour_batches(data: bytes, columns: list[str], batch_rows: int, wanted: set[int] | None = None) -> Iterator[pa.Table]:
     """``read_hour_events`` in tables of at most ``batch_rows`` rows, in row order: the whole hour at once when it
     holds no more (every hour of an ordinary day). A busier hour's file holds row groups of ``archive.merge_rows``
-    rows; consecutive ones are read together up to ``batch_rows``, and a larger one in slices."""
+    rows; consecutive ones are read together up to ``batch_rows``, and a larger one in slices. ``wanted``: the
+    numbers of the batches to read, in order; the others are not read (all are when None)."""
     file, read = _hour_file(data, columns)
-    if file.metadata.num_rows <= batch_rows:
-        yield _with_absent(file.read(columns=read, use_threads=False), columns)
+    number = -1
+    for groups, slices in _batch_plan(file.metadata, batch_rows):
+        if slices is None:
+            number += 1
+            if wanted is None or number in wanted:
+                yield _with_absent(file.read_row_groups(groups, columns=read, use_threads=False), columns)
+            continue
+        numbers = range(number + 1, number + 1 + slices)
+        number += slices
+        if wanted is None or not wanted.isdisjoint(numbers):
+            for sliced, batch in zip(numbers, file.iter_batches(batch_size=batch_rows, row_groups=groups, columns=read, use_threads=False)):
+                if wanted is None or sliced in wanted:
+                    yield _with_absent(pa.Table.from_batches([batch]), columns)
+
+
+def _batch_plan(metadata: pq.FileMetaData, batch_rows: int) -> Iterator[tuple[list[int], int | None]]:
+    """``hour_batches``' batches: (row groups, None) read together, or (one row group, the number of slices it is read in)."""
+    group, groups = 0, metadata.num_row_groups
+    if metadata.num_rows <= batch_rows:
+        yield list(range(groups)), None
         return
-    group, groups = 0, file.metadata.num_row_groups
     while group < groups:
-        if file.metadata.row_group(group).num_rows > batch_rows:
-            for batch in file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=read, use_threads=False):
-                yield _with_absent(pa.Table.from_batches([batch]), columns)
+        rows = metadata.row_group(group).num_rows
+        if rows > batch_rows:
+            yield [group], -(-rows // batch_rows)
             group += 1
             continue
         end, rows = group, 0
-        while end < groups and rows + file.metadata.row_group(end).num_rows <= batch_rows:
-            rows += file.metadata.row_group(end).num_rows
+        while end < groups and rows + metadata.row_group(end).num_rows <= batch_rows:
+            rows += metadata.row_group(end).num_rows
             end += 1
-        yield _with_absent(file.read_row_groups(list(range(group, end)), columns=read, use_threads=False), columns)
+        yield list(range(group, end)), None
         group = end
 
 
@@ -576,16 +594,13 @@ def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minu
     if fired:
         # Grouped by integer codes (entity, window), numbered in sorted order; rows come out as
         # groupby(sort=True).sum().melt() gave them: rule by rule, groups in order, zero counts dropped.
-        matrix = np.column_stack([hits[rule] for rule in fired]).astype(np.int64)
         step = window_minutes * 60_000_000
         windows, window_codes = np.unique(columns.micros("time") // step * step, return_inverse=True)
         rule_names = pa.array(fired, pa.large_string())
         for entity_type in entity_types:
             entity_codes, entities = columns.ranked(entity_type)
             rows = np.flatnonzero(entity_codes >= 0)
-            groups, group_of_row = np.unique(entity_codes[rows] * max(len(windows), 1) + window_codes[rows], return_inverse=True)
-            sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
-            np.add.at(sums, group_of_row, matrix[rows])
+            groups, sums = hit_counts(entity_codes[rows] * max(len(windows), 1) + window_codes[rows], [hits[rule][rows] for rule in fired])
             rule_index, group_index = np.nonzero(sums.T > 0)
             picked = groups[group_index]
             batches.append(pa.record_batch([
