@@ -87,11 +87,12 @@ def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppressio
     return None
 
 
-def run_score(ctx: RunContext) -> dict:
-    """Score the scoring range and write ranked findings and top events to the workdir."""
+def run_score(ctx: RunContext, fitted=None) -> dict:
+    """Score the scoring range and write ranked findings and top events to the workdir (``fitted``: the detector
+    ``auditsift run`` has just trained, see ``load_model``)."""
     with ctx.timed("score"):
         table, history, ranges = load_features(ctx)
-        detector, model, baselines = load_model(ctx)
+        detector, model, baselines = load_model(ctx, fitted)
         pack = load_rule_pack(ctx.config)
         records = table[table["split"] == "score"].reset_index(drop=True)
         if records.empty:
@@ -538,11 +539,16 @@ def explain(detector, records: pd.DataFrame, baselines: pd.DataFrame, top: int) 
         return {}
     matrix = feature_matrix(head)
     contributions = detector.explain(matrix)
-    per_entity = baselines.set_index(["entity_type", "entity"]) if len(baselines) else None
-    type_rows = baselines[baselines["entity"].isna()].set_index("entity_type") if len(baselines) else None
+    values_of = baselines[list(FEATURE_NAMES)].to_numpy(dtype=float)
+    per_entity, per_type = {}, {}
+    for index, (entity_type, entity) in enumerate(zip(baselines["entity_type"], baselines["entity"])):
+        if pd.isna(entity):
+            per_type.setdefault(entity_type, values_of[index])
+        else:
+            per_entity.setdefault((entity_type, entity), values_of[index])
     reasons: dict[int, list] = {}
     for position, row in enumerate(head.itertuples(index=False)):
-        baseline = _baseline_row(per_entity, type_rows, row.entity_type, row.entity)
+        baseline = per_entity.get((row.entity_type, row.entity), per_type.get(row.entity_type))
         values = matrix[position]
         if contributions is not None:
             order = np.argsort(-contributions[position], kind="stable")
@@ -572,14 +578,6 @@ def _display(name: str, value: float) -> float:
     if name.endswith(("_fraction", "_rate")) or name in ("deny_rate", "new_entity", "off_hours") or name.endswith("_vs_baseline"):
         return round(float(value), 4)
     return round(float(np.expm1(value)), 3)
-
-
-def _baseline_row(per_entity, type_rows, entity_type: str, entity: str):
-    if per_entity is not None and (entity_type, entity) in per_entity.index:
-        return per_entity.loc[(entity_type, entity), list(FEATURE_NAMES)].to_numpy(dtype=float)
-    if type_rows is not None and entity_type in type_rows.index:
-        return type_rows.loc[entity_type, list(FEATURE_NAMES)].to_numpy(dtype=float)
-    return None
 
 
 def timelines(table: pd.DataFrame, findings: list[dict]) -> dict:

@@ -664,6 +664,12 @@ def training_rows(ctx: RunContext) -> tuple[pd.DataFrame, Ranges]:
 
 def run_train(ctx: RunContext) -> dict:
     """Fit the configured detector on the training rows; save it with its manifest and the resolved config."""
+    return fit_model(ctx)[0]
+
+
+def fit_model(ctx: RunContext) -> tuple[dict, object]:
+    """``run_train``, returning the fitted detector too: ``auditsift run`` scores with it (``load_model``) instead of
+    restoring what it has just saved (a local model is refitted from its saved training rows on every load)."""
     with ctx.timed("train"):
         train, ranges = training_rows(ctx)
         detector = build_detector(ctx)
@@ -687,7 +693,7 @@ def run_train(ctx: RunContext) -> dict:
         }
         ctx.storage.write_json(f"{model_key}/model.json", info)
         ctx.update_state("model", info)
-    return info
+    return info, detector
 
 
 MIN_GROUP_ROWS = 100
@@ -728,11 +734,14 @@ def save_detector(ctx: RunContext, detector, model_key: str) -> dict:
     return manifest
 
 
-def load_model(ctx: RunContext):
-    """The latest model of this cluster, verified (checksums) before anything is deserialised."""
+def load_model(ctx: RunContext, fitted=None):
+    """The latest model of this cluster, verified (checksums) before anything is deserialised; ``fitted``: the
+    detector this process has just fitted and saved as that model (``fit_model``), used as it is."""
     info = ctx.read_state().get("model")
     if not info:
         raise StageError(f"no trained model for cluster '{ctx.cluster}'", hint="run `auditsift train` first")
+    if fitted is not None:
+        return fitted, info, ctx.storage.read_parquet(f"{info['key']}/baselines.parquet").to_pandas()
     keys = ctx.storage.list(f"{info['key']}/detector/")
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model"
