@@ -8,6 +8,7 @@ Processing-job instances can be mapped independently (features.windows.finalise 
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable, Iterable
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.columns import MICROS, EventColumns, combine, rank_values
+from features.columns import MICROS, EventColumns, combine, rank_values, sorted_distinct
 from features.events import REQUEST_IDENTITY
 from features.flags import FLAG_NAMES, FlagInputs
 
@@ -130,7 +131,7 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
             values = columns.micros(name).view(np.uint64) if pa.types.is_timestamp(columns.array(name).type) else columns.hashes(name, _id_hash)
             requests = _mix(requests, values)
         for name, keys, exact in (("id", ids, columns.codes("audit_id")), ("request", requests, columns.requests())):
-            distinct[name].append(_sorted_distinct(keys))
+            distinct[name].append(sorted_distinct(keys))
             if len(distinct[name][-1]) != np.count_nonzero(np.bincount(exact)):
                 return None
             found[name].append(keys)
@@ -139,7 +140,7 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     shared = {}
     for name in ("request", "id"):
         keys = np.sort(np.concatenate(distinct[name]))
-        shared[name] = _sorted_distinct(keys[1:][keys[1:] == keys[:-1]])
+        shared[name] = sorted_distinct(keys[1:][keys[1:] == keys[:-1]])
     if any(len(keys) for keys in shared.values()):
         values: dict[tuple, tuple] = {}
         for number, table in enumerate(batches()):
@@ -160,7 +161,7 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     rows = _one_per_request(group, counts[group] > 1, np.concatenate(found["received"]), np.concatenate(found["late"]), len(counts))
     # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
     owners = np.sort(ids[order[starts]])
-    return rows, np.isin(ids, _sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
+    return rows, np.isin(ids, sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
 
 
 def hit_counts(keys: np.ndarray, hits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,12 +171,6 @@ def hit_counts(keys: np.ndarray, hits: list[np.ndarray]) -> tuple[np.ndarray, np
     found, group = np.unique(keys[rows], return_inverse=True)
     counts = [np.bincount(group, weights=hit[rows], minlength=len(found)) for hit in hits]
     return found, np.column_stack(counts).astype(np.int64) if counts else np.zeros((len(found), 0), dtype=np.int64)
-
-
-def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
-    """The distinct values of ``keys``, sorted (``np.unique`` without its hash table, slow on 64-bit hashes)."""
-    keys = np.sort(keys)
-    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
 
 
 def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -329,7 +324,7 @@ def _distinct_lists(group: np.ndarray, codes: np.ndarray, size: int, groups: int
         seen[pairs] = True
         pairs = np.flatnonzero(seen)
     else:
-        pairs = np.unique(pairs)
+        pairs = sorted_distinct(pairs)
     owners, value_codes = np.divmod(pairs, size + 1)
     offsets = np.zeros(groups + 1, dtype=np.int32)
     np.cumsum(np.bincount(owners, minlength=groups), out=offsets[1:])
@@ -343,7 +338,35 @@ def combine_partials(tables: list[pa.Table], entity_types: Iterable[str]) -> pa.
     tables = [table for table in tables if len(table)]
     if len(tables) < 2:
         return tables[0] if tables else PARTIAL_SCHEMA.empty_table()
-    table = pa.concat_tables(tables).combine_chunks()
+    return _reduced(pa.concat_tables(tables), entity_types)
+
+
+def reduce_tables(tables: Iterable[pa.Table]) -> pd.DataFrame:
+    """``reduce_partials`` of the partials of many hours as Arrow tables (``partial_table``, cache files), reduced in
+    Arrow before one conversion: the same frame, without a Python list per set and window made twice."""
+    tables = [table if table.schema == PARTIAL_SCHEMA else table.select(PARTIAL_COLUMNS).cast(PARTIAL_SCHEMA)
+              for table in tables if len(table)]
+    if not tables:
+        return empty_partials()
+    table = _reduced(pa.concat_tables(tables), sorted(ENTITY_COLUMNS))
+    frame = table.drop_columns(list(SET_NAMES)).to_pandas()
+    for name in SET_NAMES:
+        frame[name] = _python_lists(table[name].combine_chunks())
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
+    return frame[PARTIAL_COLUMNS]
+
+
+def _python_lists(lists: pa.ListArray) -> list[list]:
+    """A list array (no nulls) as Python lists that share one str per distinct value: a window's sets repeat the
+    same few values, and a str per cell (``to_pylist``) made a spray of identities' frame 640 MB larger."""
+    encoded = pc.dictionary_encode(lists.flatten())
+    flat = iter(np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)].tolist())
+    return [list(islice(flat, length)) for length in np.diff(lists.offsets.to_numpy()).tolist()]
+
+
+def _reduced(table: pa.Table, entity_types: Iterable[str]) -> pa.Table:
+    """``table``'s rows combined per key (``combine_partials``) and ordered by entity type as listed, entity, window.
+    Columns are combined one at a time (a table of many hours is in many chunks)."""
     order, starts, group = _key_order(table, entity_types, [])
     columns = {name: table[name].take(pa.array(order[starts])) for name in KEY}
     for name in COUNT_COLUMNS:
@@ -351,11 +374,10 @@ def combine_partials(tables: list[pa.Table], entity_types: Iterable[str]) -> pa.
     for name, reduce in (("first_time", np.minimum), ("last_time", np.maximum)):
         columns[name] = pa.array(reduce.reduceat(table[name].cast(pa.int64()).to_numpy()[order], starts), MICROS)
     for name in SET_NAMES:
-        lists = table[name].chunk(0)
-        values = lists.flatten()
-        codes, distinct = rank_values(*_value_codes(values))
+        lists = table[name].combine_chunks()
+        codes, distinct = _sorted_codes(lists.flatten())
         offsets, value_codes = _distinct_lists(group[pc.list_parent_indices(lists).to_numpy()], codes, len(distinct), len(starts), None)
-        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(distinct, pa.string()).take(value_codes))
+        columns[name] = pa.ListArray.from_arrays(offsets, distinct.cast(pa.string()).take(value_codes))
     return pa.table([columns[name] for name in PARTIAL_COLUMNS], schema=PARTIAL_SCHEMA)
 
 
@@ -372,16 +394,21 @@ def combine_rule_partials(tables: list[pa.Table], entity_types: Iterable[str], r
     return pa.table(columns + [pa.array(np.add.reduceat(table["count"].to_numpy()[order], starts))], schema=table.schema)
 
 
-def _value_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
+def _sorted_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(code per value numbered in sorted order, the sorted distinct values) of text without nulls; sorted by Arrow,
+    whose order of UTF-8 bytes is Python's order of str."""
     encoded = pc.dictionary_encode(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[encoded.indices.to_numpy(zero_copy_only=False)], encoded.dictionary.take(pa.array(order))
 
 
 def _key_order(table: pa.Table, entity_types: Iterable[str], rules: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of ``table`` ordered by (entity type as listed, [rule as listed,] entity, window): (order, where each
     key starts in it, the key's number per row)."""
     types = pc.index_in(table["entity_type"], value_set=pa.array(list(entity_types), pa.large_string())).to_numpy(zero_copy_only=False)
-    entities = rank_values(*_value_codes(table["entity"]))[0]
+    entities = _sorted_codes(table["entity"])[0]
     windows = table["window_start"].cast(pa.int64()).to_numpy()
     keys = [windows, entities]
     if rules:

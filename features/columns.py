@@ -238,6 +238,13 @@ def combine(parts: list[tuple[np.ndarray, list]], function: Callable[..., object
     return combination, results
 
 
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by a sort: numpy 2's hash-table unique takes 60 times as long on millions of distinct
+    64-bit integers (3.2 s against 0.05 s for 3 million)."""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+
+
 def rank_values(codes: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
     """``codes`` into ``values`` (which may repeat, None for missing) renumbered in sorted order of the
     distinct values, -1 for None; and those sorted distinct values."""

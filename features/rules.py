@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.columns import EventColumns, combine
+from features.columns import EventColumns, combine, sorted_distinct
 from features.events import COLUMN_NAMES
 from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
@@ -551,7 +551,7 @@ def _aggregate(aggregate: Aggregate, events: pd.DataFrame | FlagInputs, matched:
         values = columns.codes(aggregate.distinct)[rows].astype(np.int64)
         present = values >= 0
         span = int(values.max()) + 1 if present.any() else 1
-        pairs = np.unique(group[present].astype(np.int64) * span + values[present])
+        pairs = sorted_distinct(group[present].astype(np.int64) * span + values[present])
         metric = np.bincount(pairs // span, minlength=int(group.max()) + 1)[group]
     else:
         metric = np.bincount(group)[group]
@@ -588,7 +588,7 @@ class AggregateGroups:
             codes = columns.codes(aggregate.distinct)[rows]
             present = codes >= 0
             span = int(codes.max()) + 1 if present.any() else 1
-            pairs = np.unique(group[present].astype(np.int64) * span + codes[present])
+            pairs = sorted_distinct(group[present].astype(np.int64) * span + codes[present])
             values = _column_values(columns, aggregate.distinct)
             for key in keys:
                 tally.setdefault(key, set())

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.aggregate import (
     AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hit_counts, hour_requests,
-    partial_table, partials_as_frame,
+    partial_table, partials_as_frame, reduce_tables,
 )
 from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
@@ -32,7 +32,7 @@ from features.novelty import no_history
 from features.entities import entity_group
 from features.rules import AggregateGroups, RuleError, RulePack
 from features.windows import (
-    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
+    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
 from pipeline.config import Config, parse_yaml
@@ -498,7 +498,8 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
             handle.advance()
         handle.close()
         rules = rules_frame(rules)
-        merged = reduce_partials([partials_frame(partials)])
+        merged = reduce_tables(partials)
+        del partials  # the hours' tables: as large again as the reduced frame with many identities
         merged = merged[(merged["window_start"] >= pd.Timestamp(ranges.train_from)) & (merged["window_start"] < pd.Timestamp(ranges.score_to))]
         table = finalise(merged.reset_index(drop=True), ctx.config.features.window_minutes)
         table["split"] = np.where(table["window_start"] >= pd.Timestamp(ranges.score_from), "score",
