@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +80,8 @@ EVENT_COLUMNS: tuple[Column, ...] = (
            "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined"),
     Column("webhook_weakened", pa.bool_(),
            "a written webhook configuration leaves a webhook with no rules, or sets a validating webhook to failurePolicy Ignore"),
+    Column("salvage", pa.string(),
+           "why the event is incomplete when it was salvaged from a line that did not decode whole (SALVAGE_MARKERS), else null"),
     Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: which of an event's copies the archive keeps"),
 )
 EVENT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in EVENT_COLUMNS])
@@ -103,6 +105,72 @@ SENSITIVE_HOST_PATHS = frozenset(
 )
 _CREDENTIAL_KEY = re.compile(r"aws_access_key_id|aws_secret|secret_?key|passw(or)?d|passphrase|token|api_?key|private_?key", re.I)
 _CREDENTIAL_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+# The ``salvage`` column: why an archived event is incomplete. A line that does not decode whole is read
+# field by field (``pipeline.jsonscan.object_fields``) and archived with what could be read.
+SALVAGE_MARKERS: dict[str, str] = {
+    "truncated": "the line ends (or its structure breaks) before the event does, as CloudWatch cuts events over 256 KB "
+                 "(`[Truncated...]`): every field after the cut is missing, usually the bodies, timestamps and annotations",
+    "body_unreadable": "the requestObject of a resource whose body facts are read did not decode (kube-apiserver logs a "
+                       "patch as the bytes the client sent: 1e400, a lone surrogate, nesting deeper than 1,024): its body facts are unknown",
+    "value_unreadable": "another field normalisation reads did not decode (bytes that are not UTF-8, a lone surrogate); "
+                        "kube-apiserver's encoder never writes one, so the line was altered after it was logged; the field is null",
+}
+# What makes a salvaged line an event: who (user; ``{}`` for a failed login, as always), did what (verb),
+# in which request (auditID: the dedup key and what joins a request's stages), and when (its own
+# timestamps or its log record's). kube-apiserver writes all four before anything a client controls
+# except the request URI, so a line cut at 256 KB or holding an unreadable body always has them;
+# a line without them is quarantined under its decode reason.
+SALVAGE_REQUIRED = ("auditID", "verb", "user")
+_TIME_FIELDS = ("stageTimestamp", "timestamp", "requestReceivedTimestamp", "p_event_time")
+# The top-level fields ``normalize_event`` reads; a damaged field outside these (responseObject, the
+# body of a resource no fact is read from, an unknown field) loses nothing the archive keeps.
+READ_FIELDS = frozenset({
+    "kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser", "sourceIPs",
+    "userAgent", "objectRef", "responseStatus", "requestReceivedTimestamp", "stageTimestamp", "timestamp", "p_event_time",
+    "annotations",
+})
+
+
+class SalvagedEvent(dict):
+    """The top-level fields read from a line that did not decode whole, for ``normalize_event``.
+
+    ``damaged`` names the fields whose value did not decode; ``cut`` says the line ended (or broke)
+    before the event did; ``log_time`` is the time its log record carried (CloudWatch's timestamp of
+    the log event, an export line's prefix), which dates an event cut before its own timestamps;
+    ``reason`` is its quarantine reason if it is not usable; ``raw`` the line, for that sample.
+    """
+
+    __slots__ = ("damaged", "cut", "log_time", "reason", "raw")
+
+    def __init__(self, fields: dict, damaged=(), cut: bool = False, log_time: str | None = None, reason: str = "invalid_json",
+                 raw: bytes = b""):
+        super().__init__(fields)
+        self.damaged = tuple(damaged)
+        self.cut = cut
+        self.log_time = log_time
+        self.reason = reason
+        self.raw = raw
+
+    def marker(self, resource: str | None) -> str | None:
+        """The ``salvage`` marker (SALVAGE_MARKERS), or None when nothing the archive keeps was lost."""
+        if self.cut:
+            return "truncated"
+        if "requestObject" in self.damaged and resource in BODY_RESOURCES:
+            return "body_unreadable"
+        if any(name in READ_FIELDS for name in self.damaged):
+            return "value_unreadable"
+        return None
+
+    def check_usable(self) -> None:
+        """Raise BadEvent with the line's decode reason unless every field of SALVAGE_REQUIRED and a time were read."""
+        missing = [name for name, kind in zip(SALVAGE_REQUIRED, (str, str, dict)) if not (isinstance(self.get(name), kind)
+                                                                                         and (kind is dict or self[name]))]
+        if not self.log_time and not any(isinstance(self.get(name), str) for name in _TIME_FIELDS):
+            missing.append("a time")
+        if missing:
+            raise BadEvent(self.reason, "salvaged without " + ", ".join(missing))
 
 
 class BadEvent(ValueError):
@@ -287,13 +355,19 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     ``"user": {}``: it is kept with no username (the source address still counts). A
     missing or null ``user`` is kept the same way and counted in ``repairs``.
     ``default_time`` stands in for a missing timestamp (used for hand-written rule test
-    events; the archive passes none).
+    events; the archive passes none). A ``SalvagedEvent`` must hold SALVAGE_REQUIRED (else BadEvent
+    with its decode reason), is dated by its log record when its own timestamps were lost, takes its
+    objectRef from the request URI when that was lost, and is marked in ``salvage``.
     """
     if not isinstance(raw, dict):
         raise BadEvent("not_an_object", type(raw).__name__)
     api_version = raw.get("apiVersion")
     if raw.get("kind") not in ("Event", None) or (api_version is not None and not str(api_version).startswith("audit.k8s.io/")):
         raise BadEvent("not_an_audit_event", f"kind={raw.get('kind')!r} apiVersion={api_version!r}")
+    salvaged = raw if isinstance(raw, SalvagedEvent) else None
+    if salvaged is not None:
+        salvaged.check_usable()
+        default_time = salvaged.log_time or default_time
     user = raw.get("user")
     if not isinstance(user, dict):
         if repairs is not None:
@@ -326,6 +400,8 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     elif not isinstance(code, int) or isinstance(code, bool) or not (0 <= code < 1000):
         code = None
     ref = raw.get("objectRef") if isinstance(raw.get("objectRef"), dict) else {}
+    if salvaged is not None and "objectRef" not in raw:
+        ref = ref_from_uri(_text(raw.get("requestURI")))
     extra = user.get("extra") if isinstance(user.get("extra"), dict) else {}
     annotations = raw.get("annotations") if isinstance(raw.get("annotations"), dict) else {}
     impersonated = raw.get("impersonatedUser")
@@ -363,12 +439,37 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
         "sa_pod_name": _first(extra.get("authentication.kubernetes.io/pod-name")),
         "truncated": annotations.get("audit.k8s.io/truncated") == "true",
         "exec_command": _exec_command(uri) if subresource in ("exec", "attach") else None,
+        "salvage": salvaged.marker(resource) if salvaged is not None else None,
         "cw_event_id": cw_event_id,
     }
     body = raw.get("requestObject")
     if isinstance(body, dict) and resource:
         _request_facts(resource, name, body, row)
     return row
+
+
+_NAMESPACE_SUBRESOURCES = ("status", "finalize")
+
+
+def ref_from_uri(uri: str | None) -> dict:
+    """objectRef as kube-apiserver derives it from the request path (``RequestInfo``), for a salvaged
+    event cut before its own objectRef (a long user agent comes first): a write to aws-auth stays one."""
+    try:
+        parts = [unquote(part) for part in urlsplit(uri or "").path.split("/") if part]
+    except ValueError:
+        return {}
+    if parts[:1] == ["api"] and len(parts) > 2:
+        ref, rest = {}, parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) > 3:
+        ref, rest = {"apiGroup": parts[1]}, parts[3:]
+    else:
+        return {}
+    if rest[0] == "namespaces" and len(rest) > 1:
+        ref["namespace"] = rest[1]
+        if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
+    ref.update(zip(("resource", "name", "subresource"), rest))
+    return ref
 
 
 def _first(value) -> str | None:

@@ -232,6 +232,12 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: _audit_id_reused(d)),
     EventFlag("service_account_from_outside", "user.username, sourceIPs", "a pod's token used from outside the VPC: stolen token",
               lambda d: _f(d, "service_account") & (_f(d, "source_public") | _f(d, "source_aws"))),
+    EventFlag("sensitive_write_unread", "salvage marker, objectRef, verb",
+              "a write to a workload, RBAC object, webhook configuration, CSR or kube-system ConfigMap (aws-auth) whose body "
+              "could not be read (cut by CloudWatch, or bytes orjson refuses): the facts body rules judge are unknown",
+              lambda d: _isin(d, "salvage", ("body_unreadable", "truncated")) & _isin(d, "verb", ("create", "update", "patch"))
+              & (_isin(d, "resource", WORKLOAD_RESOURCES + RBAC_RESOURCES + WEBHOOK_RESOURCES + ("certificatesigningrequests",))
+                 | (_eq(d, "resource", "configmaps") & _eq(d, "namespace", "kube-system")))),
 )
 FLAG_NAMES = tuple(f.name for f in FLAGS)
 FLAG_BY_NAME = {f.name: f for f in FLAGS}

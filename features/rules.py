@@ -21,7 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.columns import EventColumns, combine, sorted_distinct
-from features.events import COLUMN_NAMES
+from features.events import COLUMN_NAMES, SALVAGE_MARKERS
 from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -52,13 +52,22 @@ class Aggregate(BaseModel):
 
 class RuleTest(BaseModel):
     """Test events for a rule: ``event`` merged over a base event, ``repeat`` copies ({i} numbers them),
-    and for rules on history flags the identity's ``history`` (peers, user_agents, ua_families, verb_resources)."""
+    for rules on history flags the identity's ``history`` (peers, user_agents, ua_families, verb_resources),
+    and for rules on the ``salvage`` marker the marker the event is archived with (features.events.SALVAGE_MARKERS)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     event: dict
     expect: bool = True
     repeat: int = Field(1, ge=1, le=1000)
     history: dict[str, list[str]] | None = None
+    salvage: str | None = None
+
+    @field_validator("salvage")
+    @classmethod
+    def _marker(cls, value: str | None) -> str | None:
+        if value is not None and value not in SALVAGE_MARKERS:
+            raise ValueError(f"must be one of {', '.join(SALVAGE_MARKERS)}")
+        return value
 
 
 class Rule(BaseModel):

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import BadEvent, EventTableBuilder, conform_events, normalize_event, normalize_json_lines, rows_table
+from features.events import (BadEvent, EventTableBuilder, SalvagedEvent, conform_events, normalize_event, normalize_json_lines,
+                             rows_table)
 from pipeline.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
 from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
 from pipeline.storage import Storage, safe_segment
@@ -56,6 +57,8 @@ class ArchiveResult:
     records_read + undecodable lines = everything read. ``duplicates`` are copies of events already
     held (redeliveries, reruns); ``audit_id_collisions`` are events added although another event
     of their hour has their auditID and stage (a client reused an Audit-ID): kept, not duplicates.
+    A line that did not decode whole but was salvaged (``features.events.SalvagedEvent``) is a record
+    read and an event, counted again in ``salvaged_by_reason`` by its marker.
     """
 
     inputs: list[str] = field(default_factory=list)
@@ -81,6 +84,8 @@ class ArchiveResult:
             "hours_written": len(self.hours_written),
             "quarantined": self.quarantine.total,
             "quarantined_by_reason": dict(sorted(self.quarantine.counts.items())),
+            "salvaged": sum(self.quarantine.salvaged.values()),
+            "salvaged_by_reason": dict(sorted(self.quarantine.salvaged.items())),
             "skipped": dict(sorted(self.quarantine.skipped.items())),
             "repaired": dict(sorted(self.repaired.items())),
             "time_min": self.time_min,
@@ -285,7 +290,7 @@ def _normalise_one(value, cw_id, quarantine: Quarantine, source: str, line_no: i
     try:
         return normalize_event(value, cw_id, repairs=repairs)
     except BadEvent as error:
-        quarantine.add(error.reason, source, line_no, _sample(value))
+        quarantine.add(error.reason, source, line_no, value.raw if isinstance(value, SalvagedEvent) else _sample(value))
         return None
 
 
@@ -293,6 +298,9 @@ def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> 
     table, bad = builder.build()
     for _ in bad:
         quarantine.add("bad_timestamp", source, 0, None)
+    if table["salvage"].null_count < len(table):
+        for item in pc.value_counts(table["salvage"].drop_null()).to_pylist():
+            quarantine.salvage(item["values"], item["counts"])
     return table
 
 
@@ -425,9 +433,10 @@ def _iso(value: datetime) -> str:
 
 def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, chunk_rows: int = 50_000,
                    max_line_bytes: int = 4 * 1024 * 1024, progress=None, workers: int = 1, merge_rows: int = MERGE_ROWS,
-                   not_after: datetime | None = None) -> ArchiveResult:
+                   not_after: datetime | None = None, max_ratio: float | None = None) -> ArchiveResult:
     """Archive every event of ``refs`` (files or objects in any supported format); events stamped later
-    than ``not_after`` are quarantined (``quarantine_future``).
+    than ``not_after`` are quarantined (``quarantine_future``). ``max_ratio`` stops reading a gzip input
+    that decompresses to more than that many times its size (``readers.read_blocks``).
 
     With ``workers`` > 1, worker processes read, normalise and stage the input files, then merge
     the hours (``archive_in_workers``); the archive, the counts and the quarantine are the same
@@ -437,17 +446,19 @@ def archive_inputs(storage: Storage, refs: list[InputRef], cluster: str, run_id:
     with system_memory_pool():
         if count > 1:
             return archive_in_workers(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, count, merge_rows,
-                                      not_after)
-        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows, not_after)
+                                      not_after, max_ratio)
+        return _archive_here(storage, refs, cluster, run_id, result, chunk_rows, max_line_bytes, progress, merge_rows, not_after,
+                             max_ratio)
 
 
 def _archive_here(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult, chunk_rows: int,
-                  max_line_bytes: int, progress, merge_rows: int, not_after: datetime | None = None) -> ArchiveResult:
+                  max_line_bytes: int, progress, merge_rows: int, not_after: datetime | None = None,
+                  max_ratio: float | None = None) -> ArchiveResult:
     """``archive_inputs`` in this process."""
 
     def tables() -> Iterator[pa.Table]:
         for ref in refs:
-            items = read_blocks(ref, result.quarantine, max_line_bytes)
+            items = read_blocks(ref, result.quarantine, max_line_bytes, max_ratio=max_ratio)
             for table, consumed in normalise_blocks(items, result.quarantine, ref.name, chunk_rows, result.repaired):
                 result.records_read += consumed
                 if progress:
@@ -491,7 +502,7 @@ def worker_count(storage: Storage, refs: list[InputRef], workers: int) -> int:
 
 def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run_id: str, result: ArchiveResult,
                        chunk_rows: int, max_line_bytes: int, progress, workers: int, merge_rows: int,
-                       not_after: datetime | None = None) -> ArchiveResult:
+                       not_after: datetime | None = None, max_ratio: float | None = None) -> ArchiveResult:
     """``archive_tables`` over ``refs`` with the work done by ``workers`` processes, in two steps.
 
     1. Each worker takes the next unread file and normalises it exactly as one process does (with
@@ -516,7 +527,7 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
                                  args=(storage, refs, cluster, f"{staging}/worker={n}", chunk_rows,
                                        next_file, hours_queue, results, chunk_rows, max_line_bytes, merge_rows, os.getpid(),
-                                       not_after))
+                                       not_after, max_ratio))
                  for n in range(workers)]
     start(processes)
     try:
@@ -575,25 +586,28 @@ def _merge_quarantine(into: Quarantine, part: Quarantine) -> None:
         into.counts[reason] = into.counts.get(reason, 0) + count
     for reason, count in part.skipped.items():
         into.skipped[reason] = into.skipped.get(reason, 0) + count
+    for marker, count in part.salvaged.items():
+        into.salvage(marker, count)
     into.entries.extend(part.entries[:max(0, into.max_entries - len(into.entries))])
 
 
 def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
                     results, chunk_rows: int, max_line_bytes: int, merge_rows: int, parent: int,
-                    not_after: datetime | None = None) -> None:
+                    not_after: datetime | None = None, max_ratio: float | None = None) -> None:
     """Worker process of ``archive_in_workers``: normalise and stage files until none is left, then
     merge the hours it is given. An error is sent to the parent, which raises it."""
     exit_with_parent(parent)
     try:
         with system_memory_pool():
             _stage_files(storage, refs, cluster, staging, spill_rows, next_file, hours_queue, results, chunk_rows, max_line_bytes,
-                         merge_rows, not_after)
+                         merge_rows, not_after, max_ratio)
     except Exception as error:
         results.put(("error", None, picklable(error)))
 
 
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
-                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int, not_after: datetime | None = None) -> None:
+                 results, chunk_rows: int, max_line_bytes: int, merge_rows: int, not_after: datetime | None = None,
+                 max_ratio: float | None = None) -> None:
     buffer = HourBuffer(storage, staging, spill_rows)
     while True:
         with next_file.get_lock():
@@ -603,7 +617,7 @@ def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: 
             break
         ref, quarantine, repairs = refs[index], Quarantine(), {}
         try:
-            items = read_blocks(ref, quarantine, max_line_bytes)
+            items = read_blocks(ref, quarantine, max_line_bytes, max_ratio=max_ratio)
             for number, (table, consumed) in enumerate(normalise_blocks(items, quarantine, ref.name, chunk_rows, repairs)):
                 table = quarantine_future(table, not_after, quarantine, ref.name)
                 if len(table):

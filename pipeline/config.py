@@ -52,6 +52,10 @@ class ArchiveConfig(Section):
         "future_timestamp: API servers' clocks may run a little ahead of this host's, but not by more"))
     chunk_lines: int = Field(50_000, ge=1_000, le=2_000_000)
     max_line_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_decompression_ratio: int = Field(250, ge=10, le=1100, description=(
+        "a gzip input stops being read (counted as decompression_ratio, the events before it kept) once it has "
+        "decompressed to more than this many times its size: the sample's audit gzip is 9.4x, so 250 leaves 26x "
+        "headroom, and a gzip bomb (deflate's ceiling is about 1,030x) stops at a quarter of its expansion"))
     workers: int = Field(2, ge=1, le=64, description=(
         "processes that read and normalise input files in parallel (at most one per file and per core; 1 reads them in "
         "the archive process); the archive is byte-identical for any value"))

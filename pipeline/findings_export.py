@@ -39,6 +39,7 @@ RULE_TYPES = {
     "aws_auth_modified": "TTPs/Persistence",
     "webhook_sends_objects_outside_cluster": "TTPs/Persistence",
     "webhook_disabled": "TTPs/Defense Evasion",
+    "sensitive_write_body_unreadable": "TTPs/Defense Evasion",
     "anonymous_access_allowed": "TTPs/Initial Access",
     "anonymous_binding_created": "TTPs/Persistence",
     "admin_binding_created": "TTPs/Privilege Escalation",

@@ -9,22 +9,27 @@ Formats are detected per file from its first bytes (after a UTF-8 byte-order mar
   members, envelopes concatenated with or without newlines; ``CONTROL_MESSAGE`` skipped.
 
 A reader never raises on content: every line that cannot become an event is reported
-to the ``Quarantine`` with a reason, and reading continues.
+to the ``Quarantine`` with a reason, and reading continues. A line that does not decode whole
+is split into its glued values or read field by field and salvaged (``_decode_record``), the
+same way whichever format or source it came in; reading is linear in the input, holds at most
+about ``max_line_bytes`` of one line, and stops a gzip bomb (docs/reliability.md).
 """
 from __future__ import annotations
 
 import functools
 import glob
 import io
-import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import orjson
 
+from features.events import BadEvent, SalvagedEvent
 from pipeline.errors import InputError
+from pipeline.jsonscan import ValueScanner, blank_escapes, object_fields, skip_space, split_values
 
 try:
     from isal import igzip as _gzip
@@ -65,27 +70,37 @@ def redact(sample: str) -> str:
 
 @dataclass
 class Quarantine:
-    """Counts and samples of everything that did not become an event. Nothing is silently dropped."""
+    """Counts and samples of everything that did not become an event, and counts of the events salvaged
+    from lines that did not decode whole (``salvaged``, by marker). Nothing is silently dropped."""
 
     counts: dict[str, int] = field(default_factory=dict)
     entries: list[dict] = field(default_factory=list)
     max_entries: int = 10_000
     skipped: dict[str, int] = field(default_factory=dict)
+    salvaged: dict[str, int] = field(default_factory=dict)
 
-    def add(self, reason: str, source: str, line_no: int, sample: bytes | str | None = None) -> None:
+    def add(self, reason: str, source: str, line_no: int, sample: bytes | str | None = None, size: int | None = None) -> None:
+        """Count one record under ``reason`` and keep its first characters; ``size`` is its length when
+        ``sample`` is only its start (a record too long to hold)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         if len(self.entries) < self.max_entries:
             if isinstance(sample, bytes):
-                size = len(sample)
+                length = len(sample)
                 sample = sample[:SAMPLE_CHARS].decode("utf-8", "backslashreplace")
             else:
-                size = len(sample or "")
-                sample = (sample or "")[:SAMPLE_CHARS]
-            self.entries.append({"reason": reason, "source": source, "line": line_no, "bytes": size, "sample": redact(sample)})
+                length = len(sample or "")
+                # a lone surrogate (a CloudWatch message) cannot be written as JSON: keep it as its escape
+                sample = (sample or "")[:SAMPLE_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+            self.entries.append({"reason": reason, "source": source, "line": line_no, "bytes": length if size is None else size,
+                                 "sample": redact(sample)})
 
     def skip(self, reason: str) -> None:
         """Count input that is deliberately not an event (control messages, non-audit streams)."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def salvage(self, marker: str, count: int = 1) -> None:
+        """Count events archived with a ``salvage`` marker (``features.events.SALVAGE_MARKERS``)."""
+        self.salvaged[marker] = self.salvaged.get(marker, 0) + count
 
     @property
     def total(self) -> int:
@@ -132,7 +147,7 @@ def resolve_inputs(specs: list[str], config=None) -> list[InputRef]:
     return refs
 
 
-def _open_decompressed(ref: InputRef) -> BinaryIO:
+def _open_decompressed(ref: InputRef, max_ratio: float | None = None) -> BinaryIO:
     raw = ref.open()
     head = raw.read(2)
     if hasattr(raw, "seek") and getattr(raw, "seekable", lambda: False)():
@@ -140,7 +155,8 @@ def _open_decompressed(ref: InputRef) -> BinaryIO:
     else:
         raw = _Prefixed(head, raw)
     if head == GZIP_MAGIC:
-        return _GzipInput(raw, ref.open)
+        guard = _DecompressionGuard(max_ratio, ref.size) if max_ratio and ref.size is not None else None
+        return _GzipInput(raw, ref.open, guard)
     return raw
 
 
@@ -166,9 +182,30 @@ class DamagedGzip(OSError):
     """A gzip member that is cut short or corrupt (or bytes after the last member that are not one)."""
 
 
+class DecompressionLimit(OSError):
+    """A gzip input that decompresses to more than ``archive.max_decompression_ratio`` times its size."""
+
+
 GZIP_READ_BYTES = 256 << 10
 GZIP_FEED_BYTES = 64 << 10
 GZIP_PIECE_BYTES = 1 << 20
+# An input may always decompress to this much, whatever its size: a small file of repeated events is no bomb.
+RATIO_FLOOR_BYTES = 64 << 10
+
+
+class _DecompressionGuard:
+    """Stops a gzip input once it has decompressed to more than ``max_ratio`` times its size (an input
+    under ``RATIO_FLOOR_BYTES`` counts as that much). A gzip bomb (deflate reaches about 1,000:1) then
+    costs a bounded read, not hours of decompression; the events read before the limit are kept
+    (``archive.max_decompression_ratio``)."""
+
+    def __init__(self, max_ratio: float, size: int):
+        self.max_ratio = max_ratio
+        self.limit = max_ratio * max(size, RATIO_FLOOR_BYTES)
+
+    def check(self, returned: int) -> None:
+        if returned > self.limit:
+            raise DecompressionLimit(f"decompressed to more than {self.max_ratio:g} times its size; the rest is not read")
 
 
 class _GzipInput(io.BufferedIOBase):
@@ -181,7 +218,8 @@ class _GzipInput(io.BufferedIOBase):
     the members before the damage hold comes out, then ``DamagedGzip``.
     """
 
-    def __init__(self, stream: BinaryIO, reopen: Callable[[], BinaryIO]):
+    def __init__(self, stream: BinaryIO, reopen: Callable[[], BinaryIO], guard: _DecompressionGuard | None = None):
+        self._guard = guard
         self._stream = stream
         self._reopen = reopen
         self._reader: BinaryIO = _gzip.GzipFile(fileobj=stream, mode="rb")
@@ -211,6 +249,8 @@ class _GzipInput(io.BufferedIOBase):
         super().close()
 
     def _reading(self, method: str, size: int | None) -> bytes:
+        if self._guard is not None:
+            self._guard.check(self._returned)
         try:
             return getattr(self._reader, method)(size)
         except (EOFError, OSError, _zlib.error):
@@ -349,6 +389,7 @@ class _GzipMembers(io.BufferedIOBase):
 
 Event = tuple[object, str | None]
 BLOCK_BYTES = 2 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -357,14 +398,17 @@ class LineBlock:
 
     ``lines[i]`` is one record's JSON text (a line of a JSON-lines or export file, or a
     CloudWatch message) and ``decode(i)`` the per-line path: exactly the decoded events
-    ``read_events`` yields for that record, with anything undecodable quarantined.
+    ``read_events`` yields for that record, with anything undecodable salvaged or quarantined.
+    ``messages`` holds an envelope's (message, event id, log time) and ``log_times`` the time
+    prefix of export lines (whose JSON text is in ``lines`` without it).
     """
 
     lines: list[bytes]
     line_nos: Sequence[int]
     source: str
     quarantine: Quarantine
-    messages: list[tuple[str, str | None]] | None = None
+    messages: list[tuple[str, str | None, str | None]] | None = None
+    log_times: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -372,21 +416,25 @@ class LineBlock:
     @property
     def cw_ids(self) -> list[str | None] | None:
         """CloudWatch event ids, one per line, for the messages of an envelope."""
-        return [event_id for _, event_id in self.messages] if self.messages is not None else None
+        return [event_id for _, event_id, _ in self.messages] if self.messages is not None else None
 
     def decode(self, index: int) -> Iterator[Event]:
         if self.messages is not None:
-            return _decode_message(*self.messages[index], self.source, self.line_nos[index], self.quarantine)
-        return _decode_line(self.lines[index], self.source, self.line_nos[index], self.quarantine)
+            message, event_id, log_time = self.messages[index]
+            return _decode_message(message, event_id, log_time, self.source, self.line_nos[index], self.quarantine)
+        log_time = self.log_times[index] if self.log_times is not None else None
+        return _decode_line(self.lines[index], self.source, self.line_nos[index], self.quarantine, log_time)
 
 
-def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024) -> Iterator[Event]:
+def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024,
+                max_ratio: float | None = None) -> Iterator[Event]:
     """Yield ``(decoded_event, cloudwatch_event_id)`` for every event in ``ref``; quarantine the rest.
 
-    The decoded event is whatever JSON value the line held; shape checks happen in
-    normalisation so every reason is counted in one place.
+    The decoded event is whatever JSON value the line held (a ``SalvagedEvent`` for a line that
+    did not decode whole); shape checks happen in normalisation so every reason is counted in
+    one place.
     """
-    for item in read_blocks(ref, quarantine, max_line_bytes):
+    for item in read_blocks(ref, quarantine, max_line_bytes, max_ratio=max_ratio):
         if isinstance(item, LineBlock):
             for index in range(len(item)):
                 yield from item.decode(index)
@@ -395,16 +443,18 @@ def read_events(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
 
 
 def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 * 1024 * 1024,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock | Event]:
+                block_bytes: int = BLOCK_BYTES, max_ratio: float | None = None) -> Iterator[LineBlock | Event]:
     """The records of ``ref`` in input order: runs of JSON texts as ``LineBlock``s of about
     ``block_bytes``, and the events of whole-document inputs already decoded.
 
     JSON and export lines are not decoded here (the normaliser parses a whole block at
     once); a line holding a CloudWatch envelope is, and its messages become a block.
-    A UTF-8 byte-order mark before the first line is dropped.
+    A UTF-8 byte-order mark before the first line is dropped. A line longer than
+    ``max_line_bytes`` is skipped without being held; a gzip input stops being read once it has
+    decompressed to more than ``max_ratio`` times its size (``_DecompressionGuard``).
     """
     try:
-        stream = _open_decompressed(ref)
+        stream = _open_decompressed(ref, max_ratio)
     except OSError as error:
         raise InputError(f"cannot open {ref.name}: {error}", hint="check the path and permissions") from None
     reader = io.BufferedReader(stream, buffer_size=1 << 20) if not isinstance(stream, io.BufferedIOBase) else stream
@@ -419,28 +469,50 @@ def read_blocks(ref: InputRef, quarantine: Quarantine, max_line_bytes: int = 4 *
         if _starts_a_document(head):
             yield from _read_document(reader, source, quarantine, max_line_bytes, block_bytes)
             return
-        yield from _read_lines(_text_chunks(reader, min(block_bytes, max_line_bytes // 2)), source, quarantine, max_line_bytes)
+        yield from _read_lines(_text_chunks(reader, min(block_bytes, max_line_bytes // 2), max_line_bytes), source, quarantine,
+                               max_line_bytes)
     except (EOFError, OSError, ValueError) as error:
-        quarantine.add("gzip_damaged", source, 0, str(error))
+        quarantine.add(_damage_reason(error), source, 0, str(error))
     finally:
         reader.close()
 
 
+def _damage_reason(error: Exception) -> str:
+    """The quarantine reason of an input that stopped being read."""
+    return "decompression_ratio" if isinstance(error, DecompressionLimit) else "gzip_damaged"
+
+
+class _TooLong:
+    """A record longer than ``max_line_bytes``, skipped: its first bytes (the quarantine sample) and its length."""
+
+    def __init__(self, head: bytes, size: int):
+        self.head = head
+        self.size = size
+
+
 class _InputCut(Exception):
-    """Reading stopped at a decompression error; ``tail`` is what was read after the last whole line."""
+    """Reading stopped at a decompression error; ``tail`` is what was read after the last whole line
+    (``too_long`` instead when that line was already longer than ``max_line_bytes``)."""
 
-    def __init__(self, error: Exception, tail: bytes):
+    def __init__(self, error: Exception, tail: bytes, too_long: _TooLong | None = None):
         super().__init__(str(error))
+        self.reason = _damage_reason(error)
         self.tail = tail
+        self.too_long = too_long
 
 
-def _read_lines(runs: Iterable[bytes], source: str, quarantine: Quarantine, max_line_bytes: int) -> Iterator[LineBlock | Event]:
+def _read_lines(runs: Iterable[bytes | _TooLong], source: str, quarantine: Quarantine,
+                max_line_bytes: int) -> Iterator[LineBlock | Event]:
     """JSON lines, export lines and envelope lines from runs of whole lines (``_text_chunks``); when the
     input breaks off, the complete values of its last, cut line are read and the damage is counted."""
     line_no = 0
-    block = LineBlock([], [], source, quarantine)
+    block = LineBlock([], [], source, quarantine, log_times=[])
     try:
         for text in runs:
+            if isinstance(text, _TooLong):
+                line_no += 1
+                quarantine.add("line_too_long", source, line_no, text.head, size=text.size)
+                continue
             if _plain(text, max_line_bytes):
                 lines = _split_lines(text)
                 yield LineBlock(lines, range(line_no + 1, line_no + 1 + len(lines)), source, quarantine)
@@ -456,35 +528,57 @@ def _read_lines(runs: Iterable[bytes], source: str, quarantine: Quarantine, max_
                 stripped = line.strip()
                 if not stripped:
                     continue
-                if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
-                    stripped = stripped.split(b" ", 1)[1]
+                stripped, log_time = _export_time(stripped)
                 if has_envelopes and b'"logEvents"' in stripped:
                     if block.lines:
                         yield block
-                        block = LineBlock([], [], source, quarantine)
+                        block = LineBlock([], [], source, quarantine, log_times=[])
                     yield from _expand_line(stripped, source, line_no, quarantine)
                     continue
                 block.lines.append(stripped)
                 block.line_nos.append(line_no)
+                block.log_times.append(log_time)
             if block.lines:
                 yield block
-                block = LineBlock([], [], source, quarantine)
+                block = LineBlock([], [], source, quarantine, log_times=[])
     except _InputCut as cut:
-        if len(cut.tail) >= max_line_bytes:
-            quarantine.add("line_too_long", source, line_no + 1, cut.tail)
+        if cut.too_long is not None:
+            quarantine.add("line_too_long", source, line_no + 1, cut.too_long.head, size=cut.too_long.size)
         else:
             yield from _read_cut_line(cut.tail, source, line_no + 1, quarantine)
-        quarantine.add("gzip_damaged", source, line_no + 1, str(cut))
+        quarantine.add(cut.reason, source, line_no + 1, str(cut))
 
 
-def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
-    """The input in runs of whole lines of about ``block_bytes`` (without the last newline); at a
-    decompression error, the whole lines read before it are yielded and ``_InputCut`` is raised."""
+def _export_time(line: bytes) -> tuple[bytes, str | None]:
+    """A CloudWatch export line's JSON text and the time prefix CreateExportTask wrote before it; any
+    other line as it is."""
+    if line[:1] != b"{" and (prefix := _EXPORT_LINE.match(line)):
+        return line[prefix.end():], line[:prefix.end() - 1].decode("ascii")
+    return line, None
+
+
+LINE_READ_BYTES = 1 << 20
+
+
+def _text_chunks(reader: BinaryIO, block_bytes: int, max_line_bytes: int) -> Iterator[bytes | _TooLong]:
+    """The input in runs of whole lines of about ``block_bytes`` (without the last newline). A line that
+    grows past ``block_bytes`` is read on its own by a ``_LongLine``: the values glued in it come out as
+    runs as they end, and a record longer than ``max_line_bytes`` as a ``_TooLong``, so no more than
+    about ``max_line_bytes`` of one line is held and each byte is scanned once. At a decompression
+    error, the whole lines read before it are yielded and ``_InputCut`` is raised."""
     rest = b""
     parts: list[bytes] = []
     size = 0
+    long_line: _LongLine | None = None
     try:
-        while data := reader.read1(1 << 20):
+        while data := reader.read1(LINE_READ_BYTES):
+            if long_line is not None:
+                newline = data.find(b"\n")
+                yield from long_line.feed(data if newline < 0 else data[:newline])
+                if newline < 0:
+                    continue
+                yield from long_line.finish()
+                long_line, data = None, data[newline + 1:]
             parts.append(data)
             size += len(data)
             if size >= block_bytes:
@@ -495,40 +589,99 @@ def _text_chunks(reader: BinaryIO, block_bytes: int) -> Iterator[bytes]:
                 if cut >= 0:
                     yield buffer[:cut]
                 if len(rest) >= block_bytes:
-                    values, rest = _split_glued(rest)
-                    if values:
-                        yield values
+                    long_line = _LongLine(max_line_bytes)
+                    yield from long_line.feed(rest)
+                    rest = b""
     except (EOFError, OSError, ValueError) as error:
+        if long_line is not None:
+            held = long_line.release()
+            if isinstance(held, _TooLong):
+                raise _InputCut(error, b"", held) from None
+            raise _InputCut(error, held) from None
         buffer = rest + b"".join(parts)
         cut = buffer.rfind(b"\n")
         if cut >= 0:
             yield buffer[:cut]
         raise _InputCut(error, buffer[cut + 1:]) from None
+    if long_line is not None:
+        yield from long_line.finish()
     buffer = rest + b"".join(parts)
     if buffer:
         yield buffer[:-1] if buffer.endswith(b"\n") else buffer
 
 
-def _split_glued(run: bytes) -> tuple[bytes, bytes]:
-    """The complete JSON values at the start of a long run without newlines, one per line, and the
-    rest. Firehose's default delivery glues CloudWatch envelopes together (``}{``); a day's object
-    can be megabytes without a newline. A ``}{`` inside a string is no boundary: the text before it
-    does not parse as a value, so the search goes on to the next one."""
-    start = len(run) - len(run.lstrip())
-    if run[start:start + 1] != b"{":
-        return b"", run
-    values = []
-    position = start
-    while (found := run.find(b"}{", position)) >= 0:
-        end = found + 1
-        try:
-            orjson.loads(run[start:end])
-        except orjson.JSONDecodeError:
-            position = end
-            continue
-        values.append(run[start:end])
-        start = position = end
-    return b"\n".join(values), run[start:]
+class _LongLine:
+    """One line that has grown past the block size, fed a piece at a time until its newline.
+
+    Firehose's default delivery glues CloudWatch envelopes with no newline, so one line can be a
+    whole object of megabytes: a line that starts with ``{`` or ``[`` is split into its values by
+    one ``ValueScanner`` as they end (a ``}{`` inside a string is no boundary). Only the value being
+    read is held; once it is longer than ``max_line_bytes`` only its first bytes and its length are
+    kept until it ends, and it comes out as one ``_TooLong``. Text after the values that starts none,
+    and a line that does not start with a value, is one record to the newline.
+    """
+
+    def __init__(self, max_line_bytes: int):
+        self.max_line_bytes = max_line_bytes
+        self.scanner = ValueScanner()
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.skipped: _TooLong | None = None
+        self.splitting: bool | None = None
+        self.in_value = False
+
+    def feed(self, data: bytes) -> Iterator[bytes | _TooLong]:
+        values = []
+        pos, size = 0, len(data)
+        blanked = blank_escapes(data, self.scanner.escaped) if self.splitting is not False else data
+        while pos < size:
+            if not self.in_value:
+                pos = skip_space(data, pos)
+                if pos >= size:
+                    break
+                self.splitting = data[pos] in b"{[" and self.splitting is not False
+                self.in_value = True
+            end = self.scanner.end(blanked, pos) if self.splitting else -1
+            stop = end if end >= 0 else size
+            self._hold(data, pos, stop)
+            pos = stop
+            if end >= 0:
+                self.in_value = False
+                value = self.release()
+                if isinstance(value, _TooLong):
+                    if values:
+                        yield b"\n".join(values)
+                        values = []
+                    yield value
+                else:
+                    values.append(value)
+        if values:
+            yield b"\n".join(values)
+
+    def finish(self) -> Iterator[bytes | _TooLong]:
+        """At the newline: what is held (a value the line ends inside, or text that is no value) is one record."""
+        held = self.release()
+        if isinstance(held, _TooLong) or held.strip():
+            yield held
+
+    def release(self) -> bytes | _TooLong:
+        """The record held so far, and start a new one."""
+        if self.skipped is not None:
+            held, self.skipped = self.skipped, None
+            return held
+        held, self.held, self.held_size = b"".join(self.held), [], 0
+        return held
+
+    def _hold(self, data: bytes, start: int, stop: int) -> None:
+        if self.skipped is not None:
+            self.skipped.size += stop - start
+        elif self.held_size + stop - start >= self.max_line_bytes:
+            head = b"".join(self.held)[:SAMPLE_CHARS] + data[start:start + SAMPLE_CHARS]
+            self.skipped = _TooLong(head[:SAMPLE_CHARS], self.held_size + stop - start)
+            self.held, self.held_size = [], 0
+        else:
+            self.held.append(data[start:stop])
+            self.held_size += stop - start
 
 
 def _plain(text: bytes, max_line_bytes: int) -> bool:
@@ -549,28 +702,66 @@ def _split_lines(text: bytes) -> list[bytes]:
     return lines
 
 
-def _decode_line(line: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+def _decode_line(line: bytes, source: str, line_no: int, quarantine: Quarantine, log_time: str | None = None) -> Iterator[Event]:
     """The per-line path: one line's JSON value(s), as the line reader has always decoded them
-    (a blank line is nothing, an export line's timestamp prefix is dropped)."""
+    (a blank line is nothing, an export line's timestamp prefix is its log time)."""
     stripped = line.strip()
     if not stripped:
         return
-    if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
-        stripped = stripped.split(b" ", 1)[1]
+    stripped, prefix_time = _export_time(stripped)
+    yield from _decode_record(stripped, source, line_no, quarantine, log_time or prefix_time)
+
+
+def _decode_record(text: bytes, source: str, line_no: int, quarantine: Quarantine, log_time: str | None = None,
+                   event_id: str | None = None, expand: bool = True) -> Iterator[Event]:
+    """One record's JSON text as events: an envelope's messages, an EventList's items, or the value
+    itself (always, when not ``expand``: a CloudWatch message is one event).
+
+    Text that does not decode whole is either several values glued together (Firehose without
+    newlines; never in a message), each decoded on its own, or one damaged record: salvaged field by
+    field when it is a usable event (``_salvage``), quarantined under its decode reason otherwise.
+    """
     try:
-        value = orjson.loads(stripped)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        if b"}{" in stripped and stripped[:1] == b"{":
-            yield from _read_concatenated(stripped, source, line_no, quarantine)
+        values = split_values(text)
+        if expand and values.several(text):
+            for piece in values.pieces(text):
+                yield from _decode_record(piece, source, line_no, quarantine, log_time, event_id, expand)
         else:
-            quarantine.add(_classify_json_error(stripped), source, line_no, stripped)
+            yield from _salvage(text, source, line_no, quarantine, log_time, event_id)
         return
-    if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
+    if expand and isinstance(value, dict) and "messageType" in value and "logEvents" in value:
         yield from _read_envelope(value, source, line_no, quarantine)
-    elif isinstance(value, dict) and value.get("kind") == "EventList":
+    elif expand and isinstance(value, dict) and value.get("kind") == "EventList":
         yield from _read_event_list(value, source, line_no, quarantine)
     else:
-        yield value, None
+        yield value, event_id
+
+
+def _salvage(text: bytes, source: str, line_no: int, quarantine: Quarantine, log_time: str | None,
+             event_id: str | None) -> Iterator[Event]:
+    """A record that does not decode whole, read field by field (``jsonscan.object_fields``): a
+    ``SalvagedEvent`` when it holds SALVAGE_REQUIRED and a time, else quarantined under its decode
+    reason (``cloudwatch_truncated``, ``not_utf8``, ``invalid_json``). Text after the event's closing
+    brace is a record of its own, quarantined."""
+    reason = _classify_json_error(text)
+    body = text.rstrip()
+    cut = body.endswith(TRUNCATED_MARK)
+    body = body[: -len(TRUNCATED_MARK)] if cut else body
+    fields = object_fields(body)
+    if fields is None:
+        quarantine.add(reason, source, line_no, text)
+        return
+    event = SalvagedEvent(fields.values, fields.damaged, cut or not fields.complete, log_time, reason, text)
+    try:
+        event.check_usable()
+    except BadEvent:
+        quarantine.add(reason, source, line_no, text)
+        return
+    yield event, event_id
+    if fields.complete and (rest := body[fields.end:]).strip():
+        quarantine.add(_classify_json_error(rest), source, line_no, rest)
 
 
 def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[LineBlock | Event]:
@@ -578,12 +769,12 @@ def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarant
     try:
         value = orjson.loads(stripped)
     except orjson.JSONDecodeError:
-        yield from _decode_line(stripped, source, line_no, quarantine)
+        yield from _decode_record(stripped, source, line_no, quarantine)
         return
     if isinstance(value, dict) and "messageType" in value and "logEvents" in value:
         messages = list(_envelope_messages(value, source, line_no, quarantine))
         if messages:
-            lines = [message.encode("utf-8", "surrogatepass").strip() for message, _ in messages]
+            lines = [message.encode("utf-8", "surrogatepass").strip() for message, _, _ in messages]
             yield LineBlock(lines, [line_no] * len(lines), source, quarantine, messages)
     elif isinstance(value, dict) and value.get("kind") == "EventList":
         yield from _read_event_list(value, source, line_no, quarantine)
@@ -644,11 +835,11 @@ def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantin
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         def as_lines(into: Quarantine) -> Iterator[LineBlock | Event]:
-            runs = _text_chunks(_Replay(data, damage), min(block_bytes, max_line_bytes // 2))
+            runs = _text_chunks(_Replay(data, damage), min(block_bytes, max_line_bytes // 2), max_line_bytes)
             return _read_lines(runs, source, into, max_line_bytes)
 
         def as_values(into: Quarantine) -> Iterator[Event]:
-            return _read_concatenated(data.strip(), source, 1, into, cut_short=damage is not None)
+            return _read_values(data.strip(), source, into, cut_short=damage is not None)
 
         if _objects(as_lines(Quarantine())) > _objects(as_values(Quarantine())):
             yield from as_lines(quarantine)
@@ -657,7 +848,7 @@ def _read_document(reader: io.BufferedReader, source: str, quarantine: Quarantin
     else:
         yield from _document_events(value, source, quarantine)
     if damage is not None:
-        quarantine.add("gzip_damaged", source, 1, str(damage))
+        quarantine.add(_damage_reason(damage), source, 1, str(damage))
 
 
 def _read_all(reader: BinaryIO) -> tuple[bytes, Exception | None]:
@@ -711,43 +902,22 @@ def _document_events(value: object, source: str, quarantine: Quarantine) -> Iter
 def _read_cut_line(tail: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
     """What was read of the last line before the input broke off: its complete JSON values are read
     (Firehose envelopes one after another with no newline); the cut one is part of the damage."""
-    stripped = tail.strip()
-    if stripped[:1] != b"{" and _EXPORT_LINE.match(stripped):
-        stripped = stripped.split(b" ", 1)[1]
-    yield from _read_concatenated(stripped, source, line_no, quarantine, cut_short=True)
+    stripped, log_time = _export_time(tail.strip())
+    values = split_values(stripped)
+    for start, end in values.spans:
+        yield from _decode_record(stripped[start:end], source, line_no, quarantine, log_time)
 
 
-def _read_concatenated(data: bytes, source: str, line_no: int, quarantine: Quarantine,
-                       cut_short: bool = False) -> Iterator[Event]:
-    """JSON values concatenated with no separator (Firehose without newline delimiting). What cannot be
-    decoded is quarantined as one record, unless the data is ``cut_short`` (then it is the cut value)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        if not cut_short:
-            quarantine.add("not_utf8", source, line_no, data)
-            return
-        text = data[: error.start].decode("utf-8")
-    decoder = json.JSONDecoder()
-    position = 0
-    while position < len(text):
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position >= len(text):
-            break
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
-            if not cut_short:
-                rest = text[position:]
-                quarantine.add(_classify_json_error(rest.encode("utf-8", "surrogateescape")), source, line_no, rest)
-            return
-        if isinstance(value, dict) and "messageType" in value:
-            yield from _read_envelope(value, source, line_no, quarantine)
-        elif isinstance(value, dict) and value.get("kind") == "EventList":
-            yield from _read_event_list(value, source, line_no, quarantine)
-        else:
-            yield value, None
+def _read_values(data: bytes, source: str, quarantine: Quarantine, cut_short: bool = False) -> Iterator[Event]:
+    """JSON values one after another (events pretty-printed in a row, as ``jq .`` writes them): each
+    complete one decoded on its own; what follows them is one damaged record, or, when the input was
+    ``cut_short``, part of that damage."""
+    values = split_values(data)
+    for start, end in values.spans:
+        yield from _decode_record(data[start:end], source, 1, quarantine)
+    rest = data[values.rest:]
+    if rest.strip() and not cut_short:
+        yield from _decode_record(rest, source, 1, quarantine)
 
 
 def _read_event_list(value: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
@@ -761,12 +931,14 @@ def _read_event_list(value: dict, source: str, line_no: int, quarantine: Quarant
 
 def _read_envelope(envelope: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
     """A CloudWatch Logs subscription envelope: one audit event per logEvents[].message."""
-    for message, event_id in _envelope_messages(envelope, source, line_no, quarantine):
-        yield from _decode_message(message, event_id, source, line_no, quarantine)
+    for message, event_id, log_time in _envelope_messages(envelope, source, line_no, quarantine):
+        yield from _decode_message(message, event_id, log_time, source, line_no, quarantine)
 
 
-def _envelope_messages(envelope: dict, source: str, line_no: int, quarantine: Quarantine) -> Iterator[tuple[str, str | None]]:
-    """(message, event id) of every logEvent of a DATA_MESSAGE from an audit stream; the rest skipped or quarantined."""
+def _envelope_messages(envelope: dict, source: str, line_no: int,
+                       quarantine: Quarantine) -> Iterator[tuple[str, str | None, str | None]]:
+    """(message, event id, log time) of every logEvent of a DATA_MESSAGE from an audit stream; the rest
+    skipped or quarantined."""
     if envelope.get("messageType") == "CONTROL_MESSAGE":
         quarantine.skip("control_message")
         return
@@ -784,26 +956,32 @@ def _envelope_messages(envelope: dict, source: str, line_no: int, quarantine: Qu
             quarantine.add("envelope_event_without_message", source, line_no, str(log_event)[:SAMPLE_CHARS])
             continue
         event_id = log_event.get("id")
-        yield message, str(event_id) if event_id is not None else None
+        yield message, str(event_id) if event_id is not None else None, log_time_of(log_event.get("timestamp"))
 
 
-def _decode_message(message: str, event_id: str | None, source: str, line_no: int, quarantine: Quarantine) -> Iterator[Event]:
+def log_time_of(milliseconds) -> str | None:
+    """A CloudWatch log event's timestamp (epoch milliseconds) as the time of a salvaged event; None if it is not one."""
+    if not isinstance(milliseconds, int) or isinstance(milliseconds, bool):
+        return None
     try:
-        value = orjson.loads(message)
-    except orjson.JSONDecodeError:
-        quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, line_no, message)
-        return
-    yield value, event_id
+        moment = _EPOCH + timedelta(milliseconds=milliseconds)
+    except OverflowError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_cloudwatch_message(message: str, event_id: str | None, source: str, quarantine: Quarantine) -> Iterator[Event]:
-    """One CloudWatch log event's message (from FilterLogEvents) as an audit event."""
-    try:
-        yield orjson.loads(message), event_id
-    except orjson.JSONDecodeError:
-        quarantine.add(_classify_json_error(message.encode("utf-8", "surrogateescape")), source, 0, message)
+def _decode_message(message: str, event_id: str | None, log_time: str | None, source: str, line_no: int,
+                    quarantine: Quarantine) -> Iterator[Event]:
+    """One CloudWatch log event's message as one audit event (salvaged or quarantined as a line is)."""
+    text = message.encode("utf-8", "surrogatepass")
+    yield from _decode_record(text, source, line_no, quarantine, log_time, event_id, expand=False)
+
+
+def parse_cloudwatch_message(message: str, event_id: str | None, source: str, quarantine: Quarantine,
+                             timestamp: int | None = None) -> Iterator[Event]:
+    """One CloudWatch log event's message (from FilterLogEvents, with its ``timestamp``) as an audit event."""
+    yield from _decode_message(message, event_id, log_time_of(timestamp), source, 0, quarantine)
 
 
 def input_size(refs: list[InputRef]) -> int:
     return sum(ref.size or 0 for ref in refs)
-

@@ -169,6 +169,7 @@ def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None)
             ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
             max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
             merge_rows=ctx.config.archive.merge_rows, not_after=future_limit(ctx.config, now),
+            max_ratio=ctx.config.archive.max_decompression_ratio,
         )
         handle.close()
         write_quarantine(ctx, result.quarantine)
@@ -212,7 +213,7 @@ def features_fingerprint(ctx: RunContext) -> str:
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
         "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
-        "disabled": sorted(ctx.config.rules.disabled), "schema": 4,
+        "disabled": sorted(ctx.config.rules.disabled), "schema": 5,
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RELIABILITY_TESTS = ("tests/test_reliability.py", "tests/test_properties.py", "tests/test_crash_recovery.py", "tests/test_hostile_inputs.py",
-                     "tests/test_clock.py", "tests/test_output_hygiene.py")
+                     "tests/test_clock.py", "tests/test_output_hygiene.py", "tests/test_readers_hostile.py")
 DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- reliability:results:start -->", "<!-- reliability:results:end -->"
 

@@ -29,7 +29,7 @@ from markupsafe import escape
 
 from pipeline.cli import main
 from pipeline.sample import sample_clock
-from tests.factory import event
+from tests.factory import apiserver_line, envelope, event
 
 BIN = Path(sys.executable).parent / "auditsift"
 
@@ -88,6 +88,27 @@ def hostile_events(day: datetime) -> list[dict]:
     return items
 
 
+UNREADABLE_WRITER = "mallory-unread@corp.example"
+GRANT_MASTERS = b'{"data":{"mapUsers":"- userarn: arn:aws:iam::111122223333:user/mallory\\n  groups: [system:masters]"}'
+
+
+def unreadable_writes(day: datetime) -> dict[str, bytes]:
+    """The issue's aws-auth patch granting system:masters, made unreadable two ways on the scored day:
+    a body Go accepts and orjson refuses (1e400) in a JSON-lines file, and a 300 KB user agent that
+    CloudWatch cuts at 256 KB, delivered by Firehose (the cut event's time is its log event's)."""
+    common = {"verb": "patch", "level": "RequestResponse", "requestURI": "/api/v1/namespaces/kube-system/configmaps/aws-auth",
+              "objectRef": {"resource": "configmaps", "namespace": "kube-system", "name": "aws-auth", "apiVersion": "v1"},
+              "user": {"username": UNREADABLE_WRITER, "groups": ["system:authenticated"]}, "sourceIPs": ["203.0.113.90"]}
+    at = day + timedelta(hours=14, minutes=3)
+    infinite = apiserver_line(event(at, audit_id="unreadable-1e400", **common), GRANT_MASTERS + b',"x":1e400}')
+    cut = apiserver_line(event(at + timedelta(minutes=4), audit_id="unreadable-cut", userAgent="kubectl/" + "A" * 300_000, **common),
+                         GRANT_MASTERS + b"}")
+    message = cut[: 256 * 1024 - len(b"[Truncated...]")].decode() + "[Truncated...]"
+    firehose = envelope([message])
+    firehose["logEvents"][0]["timestamp"] = int((at + timedelta(minutes=4)).timestamp() * 1000)
+    return {"unreadable.jsonl": infinite + b"\n", "firehose-unreadable": gzip.compress(json.dumps(firehose).encode(), mtime=0)}
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """The directory ``name``, filled by ``build(directory)`` once per test session and shared by the
     pytest-xdist workers (a module fixture would be rebuilt by every worker that runs one of its tests,
@@ -116,10 +137,12 @@ def sample_2d(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hostile_input(sample_2d, tmp_path_factory) -> Path:
-    """The hostile events, on the sample's scored day, as one gzipped JSON-lines file."""
+    """The hostile events, on the sample's scored day, as one gzipped JSON-lines file, and the unreadable
+    aws-auth writes (``unreadable_writes``)."""
     end = datetime.fromisoformat(json.loads((sample_2d / "labels.json").read_text())["end"].replace("Z", "+00:00"))
     data = b"".join(json.dumps(e).encode() + b"\n" for e in hostile_events(end - timedelta(days=1)))
-    return built_once(tmp_path_factory, "hostile-input", lambda out: (out / "hostile.jsonl.gz").write_bytes(gzip.compress(data, mtime=0)))
+    files = {"hostile.jsonl.gz": gzip.compress(data, mtime=0), **unreadable_writes(end - timedelta(days=1))}
+    return built_once(tmp_path_factory, "hostile-input", lambda out: [(out / name).write_bytes(body) for name, body in files.items()])
 
 
 @pytest.fixture(scope="session")

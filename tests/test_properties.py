@@ -1,6 +1,7 @@
 """Properties of readers + archive over generated inputs: whatever the mix of good events and garbage,
 in whatever order, dealt to one to three files in any supported format, every good event is archived
-exactly once and every bad record is counted exactly once in quarantine."""
+exactly once and every bad record is counted exactly once: in quarantine, or, for an event cut after
+the fields that make it usable, salvaged (archived once with its ``salvage`` marker)."""
 from __future__ import annotations
 
 import gzip
@@ -22,7 +23,7 @@ from tests.factory import T0, envelope, event
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 RESOURCES = ("pods", "secrets", "configmaps", "deployments", "serviceaccounts", "nodes")
-TRUNCATABLE = json.dumps(event(audit_id="never-archived", verb="create"))
+TRUNCATABLE = json.dumps(event(audit_id="cut-000000000", verb="create"))
 NON_OBJECTS = ("42", '"text"', "null", "true", "[]", "[1, 2]", "-0.5e3")
 DOCUMENT_OPENERS = ("[", "{", "[{", '{"kind": "EventList", "items": [', '[{"kind": "Event",')
 
@@ -45,7 +46,8 @@ def good_events(draw) -> list[dict]:
 
 def bad_records(as_text: bool):
     """One bad record: random bytes (JSON lines) or text (a CloudWatch message), an event cut short
-    with or without CloudWatch's ``[Truncated...]`` mark, JSON that is not an object, or a line
+    with or without CloudWatch's ``[Truncated...]`` mark (salvaged when the cut leaves its auditID,
+    verb, user and a time: its own, or a Firehose envelope's), JSON that is not an object, or a line
     that opens a JSON document (first in a file, it makes the reader try one).
 
     A JSON line is never blank (blank lines are not records) and never holds two JSON values glued
@@ -64,7 +66,7 @@ def mixed_inputs(draw) -> tuple[dict[str, bytes], list[dict], int]:
     """(files, good events, number of bad records): records shuffled and dealt to 1-3 files of one format."""
     good = draw(good_events())
     fmt = draw(st.sampled_from(["jsonl", "gzip", "firehose"]))
-    bad = draw(st.lists(bad_records(as_text=fmt == "firehose"), max_size=25))
+    bad = [numbered(record, index) for index, record in enumerate(draw(st.lists(bad_records(as_text=fmt == "firehose"), max_size=25)))]
     records = [(True, json.dumps(e)) for e in good] + [(False, b) for b in bad]
     records = [records[i] for i in draw(st.permutations(range(len(records))))]
     cuts = sorted(draw(st.lists(st.integers(0, len(records)), max_size=2)))
@@ -79,6 +81,12 @@ def mixed_inputs(draw) -> tuple[dict[str, bytes], list[dict], int]:
             assume(not one_document(data))
             files[f"audit-{index}.jsonl.gz" if fmt == "gzip" else f"audit-{index}.jsonl"] = gzip.compress(data, mtime=0) if fmt == "gzip" else data
     return files, good, len(bad)
+
+
+def numbered(record: str | bytes, index: int) -> str | bytes:
+    """A cut event with its own auditID (same length), so that salvaged copies are told apart."""
+    mark = "cut-000000000" if isinstance(record, str) else b"cut-000000000"
+    return record.replace(mark, mark[:-3] + (f"{index:03d}" if isinstance(record, str) else b"%03d" % index))
 
 
 def each_with_an_event(chunks: list[list]) -> list[list]:
@@ -137,7 +145,11 @@ def test_every_good_event_archived_once_and_every_bad_record_counted_once(record
         storage = LocalStorage(root / "work")
         result = archive_inputs(storage, resolve_inputs([str(root / "in")]), "demo", "prop")
         tables = list(read_archive(storage, "demo"))
-        archived = Counter(pa.concat_tables(tables)["audit_id"].to_pylist()) if tables else Counter()
+        rows = pa.concat_tables(tables).select(["audit_id", "salvage"]).to_pylist() if tables else []
+    archived = Counter(row["audit_id"] for row in rows if row["salvage"] is None)
+    salvaged = Counter(row["audit_id"] for row in rows if row["salvage"] is not None)
     assert archived == Counter(e["auditID"] for e in good)
-    assert result.quarantine.total == bad, result.quarantine.counts
-    assert result.duplicates == 0 and result.events_added == len(good)
+    assert all(audit_id.startswith("cut-") and count == 1 for audit_id, count in salvaged.items()), salvaged
+    assert result.quarantine.total + sum(salvaged.values()) == bad, (result.quarantine.counts, salvaged)
+    assert sum(result.quarantine.salvaged.values()) == sum(salvaged.values())
+    assert result.duplicates == 0 and result.events_added == len(good) + sum(salvaged.values())

@@ -64,7 +64,7 @@ def summary(result) -> str:
     """What the archive did with the input, in one line for the reliability table."""
     counts = result.as_dict()
     parts = [f"kept {counts['events_added']}"]
-    for key in ("quarantined_by_reason", "repaired", "skipped"):
+    for key in ("quarantined_by_reason", "salvaged_by_reason", "repaired", "skipped"):
         if counts[key]:
             parts.append(f"{key.split('_')[0]} " + ", ".join(f"{k}={v}" for k, v in counts[key].items()))
     if counts["duplicates"]:
@@ -104,6 +104,7 @@ class BadInput:
     files: dict[str, bytes]
     good: list[tuple[str, str]]
     quarantined: dict[str, int] = field(default_factory=dict)
+    salvaged: dict[str, int] = field(default_factory=dict)
     repaired: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -190,10 +191,22 @@ def invalid_json() -> BadInput:
 
 
 def non_utf8() -> BadInput:
+    """Bytes that are not UTF-8 in a user agent cost that field (salvaged, ``value_unreadable``); in the
+    username, the event (who acted is unknown)."""
     good = events(2)
     latin1 = json.dumps(event(audit_id="latin1", userAgent="café/1.0"), ensure_ascii=False).encode("latin-1")
     raw_ff = json.dumps(event(audit_id="ff", userAgent="kubectl")).encode().replace(b"kubectl", b"kube\xff\xfectl")
-    return BadInput({"audit.jsonl": lines(good[0], latin1, raw_ff, good[1])}, keys(good), {"not_utf8": 2})
+    user = json.dumps(event(audit_id="user-ff", user={"username": "zoë"}), ensure_ascii=False).encode("latin-1")
+    both = json.dumps(event(audit_id="both", userAgent="café", user={"username": "zoë"}), ensure_ascii=False).encode("latin-1")
+
+    def check(rows: dict) -> None:
+        for audit_id in ("latin1", "ff"):
+            row = rows[(audit_id, "ResponseComplete")]
+            assert (row["salvage"], row["user_agent"], row["user"]) == ("value_unreadable", None, "alice@corp.example")
+
+    return BadInput({"audit.jsonl": lines(good[0], latin1, raw_ff, user, both, good[1])},
+                    keys(good) + [("latin1", "ResponseComplete"), ("ff", "ResponseComplete")], {"not_utf8": 2},
+                    salvaged={"value_unreadable": 2}, check=check)
 
 
 def line_of_5_mb() -> BadInput:
@@ -323,9 +336,14 @@ def deeply_nested_array() -> BadInput:
 
 
 def deeply_nested_body() -> BadInput:
+    """orjson stops at 1,024 levels; the event is read field by field, and a field it never reads loses nothing."""
     good = events(2)
     body = json.dumps(event(audit_id="deep")).encode()[:-1] + b', "spec": ' + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"}"
-    return BadInput({"audit.jsonl": lines(good[0], body, good[1])}, keys(good), {"invalid_json": 1})
+
+    def check(rows: dict) -> None:
+        assert rows[("deep", "ResponseComplete")]["salvage"] is None
+
+    return BadInput({"audit.jsonl": lines(good[0], body, good[1])}, keys(good) + [("deep", "ResponseComplete")], check=check)
 
 
 def huge_numbers() -> BadInput:
@@ -401,6 +419,7 @@ def test_bad_input_is_counted_by_reason_and_every_good_event_archived_once(make,
     record_property("result", summary(result))
     counts = result.as_dict()
     assert counts["quarantined_by_reason"] == case.quarantined
+    assert counts["salvaged_by_reason"] == case.salvaged
     assert counts["repaired"] == case.repaired
     assert counts["skipped"] == case.skipped
     assert counts["duplicates"] == case.duplicates

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from features.addresses import AddressBook, load_threat_list
-from features.events import EventTableBuilder, normalize_event
+from features.events import EventTableBuilder, SalvagedEvent, normalize_event
 from features.flags import FLAG_NAMES, FLAGS, FlagContext, add_flags
 from features.novelty import add_history_flags
 from features.rules import RuleError, RulePack
@@ -42,12 +42,23 @@ def flagged_frame(raw_events: list[dict], history: dict | None = None) -> pd.Dat
 
 
 def expand(test) -> list[dict]:
-    """A rule test's events: merged over the base event; `{i}` numbers repeated copies."""
+    """A rule test's events: merged over the base event; `{i}` numbers repeated copies; with `salvage`,
+    as the readers hand over a line salvaged with that marker."""
     text = json.dumps(test.event)
-    return [
+    items = [
         event(T0 + timedelta(seconds=i), audit_id=f"t-{i}", **json.loads(text.replace("{i}", str(i))))
         for i in range(test.repeat)
     ]
+    return [salvaged(item, test.salvage) for item in items] if test.salvage else items
+
+
+DAMAGED_FIELD = {"body_unreadable": ("requestObject",), "value_unreadable": ("userAgent",), "truncated": ()}
+
+
+def salvaged(raw: dict, marker: str) -> SalvagedEvent:
+    """``raw`` as a line salvaged with ``marker``: the damaged field missing, or cut after its timestamps."""
+    damaged = DAMAGED_FIELD[marker]
+    return SalvagedEvent({k: v for k, v in raw.items() if k not in damaged}, damaged, cut=marker == "truncated")
 
 
 CASES = [(rule.id, index, test) for rule in PACK.rules for index, test in enumerate(rule.tests)]

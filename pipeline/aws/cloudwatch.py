@@ -117,11 +117,13 @@ def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_
     """Read the audit streams of ``log_group`` over the window and merge them into the archive of ``cluster``.
 
     Returns the archive's counts; ``duplicates`` includes events dropped by CloudWatch
-    event id within this run. Messages cut off with ``[Truncated...]`` are quarantined
-    as ``cloudwatch_truncated``; non-audit streams are never read. ``progress`` receives
-    the number of records consumed per chunk, like ``archive_inputs``. Events stamped after the run's
-    clock (``now``, default the wall clock) plus ``archive.future_skew_minutes`` are quarantined as
-    ``future_timestamp``, as from files.
+    event id within this run. A message is decoded as a line of a file is (``readers``):
+    one cut off with ``[Truncated...]`` or holding a body that does not decode is salvaged,
+    dated by its log event's timestamp if it lost its own, or quarantined (``cloudwatch_truncated``,
+    ``invalid_json``) when it is not a usable event; non-audit streams are never read.
+    ``progress`` receives the number of records consumed per chunk, like ``archive_inputs``. Events
+    stamped after the run's clock (``now``, default the wall clock) plus ``archive.future_skew_minutes``
+    are quarantined as ``future_timestamp``, as from files.
     """
     from pipeline.stages import future_limit
 
@@ -147,7 +149,8 @@ def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_
                         continue
                     seen.add(event_id)
                     source = f"{log_group}/{item.get('logStreamName', '?')}"
-                    yield from parse_cloudwatch_message(item.get("message", ""), event_id, source, result.quarantine)
+                    yield from parse_cloudwatch_message(item.get("message", ""), event_id, source, result.quarantine,
+                                                        item.get("timestamp"))
 
     not_after = future_limit(config, now)
 
