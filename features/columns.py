@@ -227,15 +227,22 @@ def combine(parts: list[tuple[np.ndarray, list]], function: Callable[..., object
     """``function(*values)`` of each row's values of ``parts`` ((code per row, values), as ``EventColumns.encoded``
     gives them), run once per distinct combination of values: (combination per row, result per combination).
     Combinations are numbered with integer keys, never strings."""
-    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
-    for codes, values in parts:
-        if size * len(values) >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
-            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
-            size = int(key.max()) + 1
-        key, size = key * len(values) + codes, size * len(values)
-    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
+    combination, first = combinations([(codes, len(values)) for codes, values in parts])
     results = [function(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
     return combination, results
+
+
+def combinations(parts: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with a code in each part ((code per row, 0 <= code < size)): (the number of each row's combination of
+    codes, numbered in sorted order; the first row of each combination)."""
+    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
+    for codes, count in parts:
+        if size * count >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            size = int(key.max()) + 1
+        key, size = key * count + codes, size * count
+    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
+    return combination, first
 
 
 def sorted_distinct(values: np.ndarray) -> np.ndarray:

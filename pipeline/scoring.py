@@ -21,6 +21,7 @@ import fnmatch
 import heapq
 import logging
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.aggregate import hit_counts
-from features.columns import MICROS, combine
+from features.columns import MICROS, combinations, combine
 from features.events import COLUMN_NAMES, REQUEST_IDENTITY
 from features.flags import flag_events
 from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
@@ -194,13 +195,14 @@ def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray
     peer group's, raised to the entity's own highest training score plus OWN_MARGIN of the group's spread: an
     identity that is always unusual among its peers (the GitOps controller) is flagged only when it is clearly
     more unusual than it has ever been."""
-    parts = np.empty(len(scores))
-    for index, (score, group, entity_type, own) in enumerate(zip(scores, groups, entity_types, own_max)):
+    entries = {}
+    for group, entity_type in set(zip(groups.tolist(), entity_types.tolist())):
         entry = calibration.get(group) or calibration.get(f"type:{entity_type}") or calibration["*"]
-        spread = entry["threshold"] - entry["median"]
-        threshold = max(entry["threshold"], own + OWN_MARGIN * spread) if np.isfinite(own) else entry["threshold"]
-        parts[index] = (score - entry["median"]) / max(threshold - entry["median"], 1e-9)
-    return parts
+        entries[(group, entity_type)] = (entry["median"], entry["threshold"])
+    median, threshold = np.array([entries[key] for key in zip(groups.tolist(), entity_types.tolist())], dtype=float).reshape(-1, 2).T
+    spread = threshold - median
+    raised = np.where(np.isfinite(own_max), np.maximum(threshold, own_max + OWN_MARGIN * spread), threshold)
+    return (scores - median) / np.maximum(raised - median, 1e-9)
 
 
 def own_max_scores(records: pd.DataFrame, baselines: pd.DataFrame) -> np.ndarray:
@@ -214,11 +216,16 @@ def _key_of(finding: dict) -> tuple:
     return (finding["entity_type"], finding["entity"], pd.Timestamp(finding["window_start"]))
 
 
+@lru_cache(maxsize=65_536)
+def _window_iso(window_start) -> str:
+    return iso(pd.Timestamp(window_start).to_pydatetime())
+
+
 def finding_id(cluster: str, entity_type: str, entity: str, window_start) -> str:
     """Stable id for (cluster, entity, window): a rerun updates the same finding, never duplicates it."""
     import hashlib
 
-    text = f"{cluster}|{entity_type}|{entity}|{iso(pd.Timestamp(window_start).to_pydatetime())}"
+    text = f"{cluster}|{entity_type}|{entity}|{_window_iso(window_start)}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
@@ -398,7 +405,8 @@ class EventScores:
         """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
         ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))
         ordered_top = self.rows(pa.concat_tables([item[5] for item in ordered])) if ordered else []
-        return {"record_hits": self.record_hits, "evidence": Evidence(self.candidates, self), "top_events": ordered_top,
+        evidence, self.candidates = Evidence(self.candidates, self), []
+        return {"record_hits": self.record_hits, "evidence": evidence, "top_events": ordered_top,
                 "rule_totals": self.rule_totals, "events": self.total}
 
 
@@ -439,8 +447,8 @@ class Evidence:
         number per distinct ``REQUEST_KEY``, so that requests a client sent under one Audit-ID stay apart."""
         if self.table is None:
             return {}
-        codes = np.column_stack([_codes(self.table[name]) for name in REQUEST_KEY])
-        requests = np.unique(codes, axis=0, return_inverse=True)[1].ravel().tolist()
+        codes = [_codes(self.table[name]) + 1 for name in REQUEST_KEY]  # nulls are -1
+        requests = combinations([(code, int(code.max(initial=0)) + 1) for code in codes])[0].tolist()
         return {key: requests[start:start + count] for key, (start, count) in self.groups.items()}
 
     def audit_ids(self) -> dict[tuple, list]:

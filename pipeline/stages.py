@@ -10,6 +10,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -64,7 +65,10 @@ class Ranges:
         return cls(**{k: parse_iso(v) for k, v in value.items()})
 
 
+@lru_cache(maxsize=65_536)
 def iso(moment: datetime) -> str:
+    """A time as ISO 8601 UTC to the second. Cached: the score stage formats the same few window starts and ends
+    for every record (20 us each, several seconds for 300,000 identities' windows)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
