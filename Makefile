@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 SAMPLE_DIR ?= sample-data
 WORKDIR ?= work
-N ?= 1000000
+BENCH_SIZES ?= 250000 1000000
 SEEDS ?= 1 2 3 4 5
 
-.PHONY: install run test bench evaluate reliability compiler browser nodetools clean
+.PHONY: install run test bench bench-full evaluate reliability compiler browser nodetools clean
 
 # setup.py compiles features._fastnorm (the archive's C JSON decoder) into the editable install.
 $(STAMP): pyproject.toml setup.py features/_native/fastnorm.c | compiler
@@ -44,8 +44,15 @@ run: $(STAMP)
 test: $(STAMP) browser nodetools
 	$(BIN)/python -m pytest -n 2 tests
 
+# The whole daily run at 0.25M and 1M events against the floor, the naive version (0.25M only) and DuckDB; bench-full
+# adds 4M events and the issue's profiles: a busy day (3.6M events in its peak hour) and identity sprays of 75k, 150k
+# and 300k identities in an hour. How long each took, and what they measured: docs/performance.md, "Whole run".
 bench: $(STAMP)
-	$(BIN)/python -m pipeline.bench --events $(N) --out bench-out
+	$(BIN)/python -m pipeline.bench --sizes $(BENCH_SIZES) --naive-max 300000 --out bench-out
+
+bench-full: $(STAMP)
+	$(BIN)/python -m pipeline.bench --sizes 250000 1000000 4000000 --busy-day 3600000 --spray 75000 150000 300000 \
+		--naive-max 300000 --out bench-out-full
 
 evaluate: $(STAMP)
 	$(BIN)/python -m pipeline.evaluate --seeds $(SEEDS) --backend iforest rcf-local --out evaluation.json
@@ -54,4 +61,4 @@ reliability: $(STAMP)
 	$(BIN)/python scripts/reliability.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(SAMPLE_DIR) $(WORKDIR) bench-out .pytest_cache build *.egg-info features/_fastnorm*.so
+	rm -rf $(VENV) $(TOOLS) $(SAMPLE_DIR) $(WORKDIR) bench-out bench-out-full .pytest_cache build *.egg-info features/_fastnorm*.so

@@ -197,6 +197,12 @@ class ReportConfig(Section):
     terminal_top: int = Field(10, ge=1)
     events_top: int = Field(500, ge=1)
     explain_top: int = Field(200, ge=1)
+    quiet_per_entity_type: int = Field(10_000, ge=0, description=(
+        "quiet (unflagged) entity windows kept per entity type, best ranked first, in findings.json, anomalies.jsonl, "
+        "findings.csv and the report; every flagged window (suppressed or not) is always kept and the report says how many "
+        "quiet ones were left out. 10,000 keeps a whole day of hourly windows for about 400 identities and 400 "
+        "addresses (a large cluster's day); beyond that the quiet tail is read by nobody and an hour of many identities "
+        "made it grow without bound"))
 
 
 class ScheduleConfig(Section):

@@ -292,22 +292,29 @@ def build_view(context: dict) -> dict:
     findings = context["findings"]
     top_n = context.get("top_n", 200)
     weight = float(((run.get("config") or {}).get("scoring") or {}).get("model_weight", 1.0))
+    scored = ((run.get("counts") or {}).get("score") or {})
     active = [f for f in findings if not f.get("suppressed")]
     details = finding_details(active, context.get("evidence") or {}, context.get("timelines") or {}, run.get("ranges") or {})
     events = context.get("events") or []
+    left_out = scored.get("quiet_left_out") or {}
+    by_type = scored.get("by_entity_type")
     return {
         "threshold": weight,
         "histogram": svg_histogram([f["score"] for f in findings], weight, [f["flagged"] for f in findings]) if findings else None,
         "flagged": sum(f["flagged"] for f in findings),
         "suppressed": [f for f in findings if f.get("suppressed")][:top_n],
         "suppressed_total": len(findings) - len(active),
-        "entities": len({(f["entity_type"], f["entity"]) for f in findings}),
+        "scored_total": scored.get("records", len(findings)),
+        "entities": sum(t["entities"] for t in by_type.values()) if by_type else len({(f["entity_type"], f["entity"]) for f in findings}),
+        "left_out": {t: n for t, n in left_out.items() if n},
+        "left_out_total": sum(left_out.values()),
+        "quiet_per_entity_type": ((run.get("config") or {}).get("report") or {}).get("quiet_per_entity_type"),
         "table": active[:top_n],
         "active_total": len(active),
         "details": details,
         "detail_ids": {d["finding"]["finding_id"] for d in details},
-        "rule_rows": rule_rows(findings, context.get("rules") or {}, ((run.get("counts") or {}).get("score") or {}).get("rule_hits") or {}),
-        "entity_rows": entity_rows(findings),
+        "rule_rows": rule_rows(findings, context.get("rules") or {}, scored.get("rule_hits") or {}),
+        "entity_rows": entity_rows(findings, by_type, left_out),
         "model": run.get("model") or {},
         "ranges": run.get("ranges") or {},
         "top_events": events[:TOP_EVENTS],
@@ -349,13 +356,16 @@ def rule_rows(findings: list[dict], rules: dict, event_counts: dict) -> list[dic
     return sorted(rows, key=lambda r: (rank.get(r["severity"], len(rank)), -r["events"], r["rule"]))
 
 
-def entity_rows(findings: list[dict]) -> list[dict]:
+def entity_rows(findings: list[dict], by_type: dict | None = None, left_out: dict | None = None) -> list[dict]:
+    """Per entity type: windows and entities scored (from the score stage's counts when given: the findings may
+    leave quiet windows out), flagged, suppressed, quiet windows left out of the files, and the top score."""
     rows = []
-    for entity_type in sorted({f["entity_type"] for f in findings}):
+    for entity_type in sorted({f["entity_type"] for f in findings} | set(by_type or {})):
         subset = [f for f in findings if f["entity_type"] == entity_type]
-        rows.append({"entity_type": entity_type, "windows": len(subset), "entities": len({f["entity"] for f in subset}),
+        scored = (by_type or {}).get(entity_type) or {"windows": len(subset), "entities": len({f["entity"] for f in subset})}
+        rows.append({"entity_type": entity_type, "windows": scored["windows"], "entities": scored["entities"],
                      "flagged": sum(f["flagged"] for f in subset), "suppressed": sum(bool(f.get("suppressed")) for f in subset),
-                     "top_score": max(f["score"] for f in subset)})
+                     "left_out": (left_out or {}).get(entity_type, 0), "top_score": max((f["score"] for f in subset), default=None)})
     return rows
 
 

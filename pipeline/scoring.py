@@ -13,7 +13,10 @@ A record is flagged when model_part > 1 (the model alone) or a high/critical rul
 is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions clear
 ``flagged`` but keep the record, marked ``suppressed``.
 
-Events are processed hour by hour so memory stays bounded by an hour of events.
+Events are processed hour by hour so memory stays bounded by an hour of events. The records written out
+(findings.json, and the report stage's files made from it) are every flagged one, suppressed or not, and the best
+``report.quiet_per_entity_type`` quiet ones per entity type (``written_records``); ``rank`` stays the place
+among all scored records, and the summary counts what was left out.
 """
 from __future__ import annotations
 
@@ -121,12 +124,18 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
         reasons = explain(detector, records, baselines, ctx.config.report.explain_top)
         suppressions = load_suppressions(ctx)
         high = weights.get("high", 1.0)
+        keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
+        rule_flagged = np.array([any(h["weight"] >= high for h in hits.get(key, ())) for key in keys], dtype=bool)
+        flagged = (records["model_part"].to_numpy() > 1.0) | rule_flagged
+        kept, left_out = written_records(flagged, records["entity_type"].to_numpy(), ctx.config.report.quiet_per_entity_type)
+        position = {key: index for index, key in enumerate(keys)}
         findings = []
-        for position, row in enumerate(records.itertuples(index=False)):
-            key = (row.entity_type, row.entity, row.window_start)
-            rule_hits = hits.get(key, [])
+        written = records.iloc[kept][["entity_type", "entity", "window_start", "window_end", "combined", "rank_score", "model_score",
+                                      "model_part", "rule_part", "n", "repeats"]]
+        for index, row in zip(kept.tolist(), written.itertuples(index=False)):
+            key = keys[index]
             record = {
-                "rank": position + 1,
+                "rank": index + 1,
                 "finding_id": finding_id(ctx.cluster, row.entity_type, row.entity, row.window_start),
                 "entity_type": row.entity_type,
                 "entity": row.entity,
@@ -134,12 +143,12 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
                 "window_end": iso(row.window_end),
                 "score": round(float(row.combined), 6),
                 "rank_score": round(float(row.rank_score), 6),
-                "flagged": bool(row.model_part > 1.0 or any(h["weight"] >= high for h in rule_hits)),
+                "flagged": bool(flagged[index]),
                 "model_score": round(float(row.model_score), 6),
                 "model_part": round(float(row.model_part), 6),
                 "rule_part": round(float(row.rule_part), 6),
-                "rule_hits": rule_hits,
-                "reasons": reasons.get(position, []),
+                "rule_hits": hits.get(key, []),
+                "reasons": reasons.get(index, []),
                 "event_count": int(row.n),
                 "audit_ids": audit_ids.get(key, []),
                 "suppressed": False,
@@ -148,11 +157,9 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
             match = suppression_for(record, suppressions) if suppressions else None
             if match is not None:
                 record.update(suppressed=True, flagged=False, suppressed_by=match.id or match.note or "suppression")
+            if row.repeats is not None:
+                record["repeats_rank"] = position[row.repeats] + 1
             findings.append(record)
-        ranks = {f["finding_id"]: f["rank"] for f in findings}
-        for record in findings:
-            if record["repeats"] is not None:
-                record["repeats_rank"] = ranks[record["repeats"]]
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         ctx.storage.write_json(f"{out}/findings.json", findings)
         reported = findings[: ctx.config.report.top_n]
@@ -160,13 +167,33 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
         ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
+        per_type = records.groupby("entity_type")["entity"].agg(["size", "nunique"])
         summary = {
-            "run_id": ctx.run_id, "key": out, "records": len(findings), "flagged": sum(f["flagged"] for f in findings),
+            "run_id": ctx.run_id, "key": out, "records": len(records), "flagged": sum(f["flagged"] for f in findings),
             "suppressed": sum(f["suppressed"] for f in findings), "events_scored": events_pass["events"],
             "rule_hits": dict(events_pass["rule_totals"]), "model_id": model["id"], "ranges": ranges.as_dict(),
+            "written": len(findings), "quiet_left_out": left_out,
+            "by_entity_type": {t: {"windows": int(n), "entities": int(e)} for t, (n, e) in per_type.iterrows()},
         }
         ctx.update_state("score", summary)
     return summary
+
+
+def written_records(flagged: np.ndarray, entity_types: np.ndarray, quiet_per_type: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Positions (records in rank order) of the records findings.json and every file made from it hold: every
+    flagged one (``flagged`` as the model and rules decide, before suppressions: an analyst audits what a
+    suppression hid), and the first ``quiet_per_type`` quiet ones of each entity type; and how many quiet ones
+    of each type are left out.
+
+    Flagged records are never left out, however many (an attacker cannot hide one by making more), and the
+    bound is per entity type, so a flood of identities cannot push the quiet addresses out of the files."""
+    keep = flagged.copy()
+    left_out = {}
+    for entity_type in sorted(set(entity_types.tolist())):
+        quiet = np.flatnonzero(~flagged & (entity_types == entity_type))
+        keep[quiet[:quiet_per_type]] = True
+        left_out[entity_type] = max(len(quiet) - quiet_per_type, 0)
+    return np.flatnonzero(keep), left_out
 
 
 def repeat_of(keys: list[tuple], requests: dict[tuple, list]) -> list[tuple | None]:
@@ -175,7 +202,7 @@ def repeat_of(keys: list[tuple], requests: dict[tuple, list]) -> list[tuple | No
 
     Such a record adds no new activity for the analyst; it stays listed but ranks lower
     (``scoring.repeat_factor``), so distinct activity reaches the top of the list."""
-    holder: dict[tuple, int] = {}
+    holder: dict[object, int] = {}
     result: list[tuple | None] = []
     for index, key in enumerate(keys):
         ids = list(dict.fromkeys(requests.get(key, ())))
