@@ -150,15 +150,17 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
                 seen = zip(keys[rows.to_numpy()].tolist(), zip(*(table[column].take(rows).to_pylist() for column in wanted)))
                 if any(values.setdefault((name, key), value) != value for key, value in seen):
                     return None
-    requests, ids = np.concatenate(found["request"]), np.concatenate(found["id"])
+    requests, ids = (np.concatenate(found.pop(name)) for name in ("request", "id"))  # the batches' arrays freed as joined
     order = np.argsort(requests, kind="stable")
-    starts = np.flatnonzero(np.r_[True, requests[order][1:] != requests[order][:-1]])
-    group = np.empty(len(requests), dtype=np.int64)
-    heads = np.zeros(len(order), dtype=np.int64)
-    heads[starts] = 1
+    ordered = requests[order]
+    heads = np.ones(len(order), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=heads[1:])
+    del ordered, requests
+    starts = np.flatnonzero(heads)
+    group = np.empty(len(order), dtype=np.int64)
     group[order] = np.cumsum(heads) - 1
     counts = np.diff(np.r_[starts, len(order)])
-    rows = _one_per_request(group, counts[group] > 1, np.concatenate(found["received"]), np.concatenate(found["late"]), len(counts))
+    rows = _one_per_request(group, counts[group] > 1, np.concatenate(found.pop("received")), np.concatenate(found.pop("late")), len(counts))
     # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
     owners = np.sort(ids[order[starts]])
     return rows, np.isin(ids, sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))

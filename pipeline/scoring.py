@@ -298,10 +298,10 @@ class EventScores:
         self.hours: dict[int, str] = {}
         self.total = self.offered = 0
 
-    def batches(self, key: str, columns: list[str], hour: BusyHour | None = None) -> Iterator[tuple[pa.Table, dict]]:
-        """An archived hour's events within the scoring range, ``columns`` only: (events, flags judged over the whole
-        hour) in batches when ``hour`` is a ``BusyHour``, else the hour at once (``read_hour_events``)."""
-        pieces = hour.batches(columns) if hour is not None else [(read_hour_events(self.storage.read_bytes(key), columns), None, {})]
+    def batches(self, data: bytes, columns: list[str], hour: BusyHour | None) -> Iterator[tuple[pa.Table, dict]]:
+        """An archived hour's events (its file's bytes) within the scoring range, ``columns`` only: (events, flags judged
+        over the whole hour) in batches when ``hour`` is its ``BusyHour``, else the hour at once (``read_hour_events``)."""
+        pieces = hour.batches(columns) if hour is not None else [(read_hour_events(data, columns), None, {})]
         for batch, _, judged in pieces:
             within = self._within(batch)
             yield batch.filter(within), {name: values[within] for name, values in judged.items()}
@@ -313,16 +313,17 @@ class EventScores:
     def add_hour(self, index: int, key: str) -> None:
         """Score one archived hour's events within the scoring range (a busy hour in batches, ``BusyHour``)."""
         self.hours[index] = key
-        hour = busy_hour(self.storage.read_bytes(key), self.window_minutes, self.batch_rows)
+        data = self.storage.read_bytes(key)
+        hour = busy_hour(data, self.window_minutes, self.batch_rows)
         groups = None
         if hour is not None:
             groups = AggregateGroups(self.pack)  # thresholds count over the whole hour
-            for batch, judged in self.batches(key, self.columns, hour):
+            for batch, judged in self.batches(data, self.columns, hour):
                 inputs = flag_events(batch, self.flags, judged)
                 groups.add(inputs, history_flags(inputs, self.seen))
         best = []
         offset = 0
-        for batch, judged in self.batches(key, self.columns, hour):
+        for batch, judged in self.batches(data, self.columns, hour):
             if len(batch):
                 best.append(self._add(batch, judged, (index << 32) + offset, groups))
                 offset += len(batch)
