@@ -8,13 +8,16 @@ Processing-job instances can be mapped independently (features.windows.finalise 
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from features.columns import MICROS, EventColumns, rank_values
+from features.columns import MICROS, EventColumns, combine, rank_values, sorted_distinct
+from features.events import REQUEST_IDENTITY
 from features.flags import FLAG_NAMES, FlagInputs
 
 KEY = ["entity_type", "entity", "window_start"]
@@ -52,6 +55,15 @@ LONG_RUNNING_VERBS = ("watch", "proxy")
 LONG_RUNNING_SUBRESOURCES = ("attach", "exec", "log", "portforward", "proxy")
 
 
+# What ``_request_rows`` reads: the request's identity (features.events.REQUEST_IDENTITY), its stage, times and kind
+REQUEST_COLUMNS = tuple(dict.fromkeys(REQUEST_IDENTITY + ("stage", "time", "verb", "subresource")))
+
+
+def request_rows(events: pa.Table, window_minutes: int) -> np.ndarray:
+    """``_request_rows`` of a table of at least the ``REQUEST_COLUMNS``: one row per request."""
+    return _request_rows(EventColumns(events), window_minutes * 60_000_000)
+
+
 def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     """Positions of one row per request, so that each request counts in exactly one window.
 
@@ -63,8 +75,14 @@ def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
     if "stage" not in columns:
         return np.arange(columns.rows)
     ids = columns.requests()
-    repeated = np.bincount(ids)[ids] > 1
-    keep = ~columns.where("stage", lambda v: v == "RequestReceived") | ~repeated
+    return _one_per_request(ids, np.bincount(ids)[ids] > 1, *_stage_marks(columns, step))
+
+
+def _stage_marks(columns: EventColumns, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: is it a RequestReceived row; is it the ResponseComplete row of a long-running request received in an
+    earlier window (``_request_rows``)."""
+    received = columns.where("stage", lambda v: v == "RequestReceived")
+    late = np.zeros(columns.rows, dtype=bool)
     if "received_time" in columns:
         long_running = (columns.where("verb", lambda v: v in LONG_RUNNING_VERBS)
                         | columns.where("subresource", lambda v: v in LONG_RUNNING_SUBRESOURCES))
@@ -72,27 +90,103 @@ def _request_rows(columns: EventColumns, step: int) -> np.ndarray:
         if completes.any():
             started = columns.micros("received_time")
             known = ~columns.missing("received_time")
-            earlier = np.zeros(columns.rows, dtype=bool)
-            earlier[known] = started[known] // step < columns.micros("time")[known] // step
-            keep &= ~(completes & earlier)
-    kept = np.flatnonzero(keep)
-    _, first = np.unique(ids[kept], return_index=True)
-    return kept[np.sort(first)]
+            late[known] = started[known] // step < columns.micros("time")[known] // step
+            late &= completes
+    return received, late
+
+
+def _one_per_request(ids: np.ndarray, repeated: np.ndarray, received: np.ndarray, late: np.ndarray, size: int | None = None) -> np.ndarray:
+    """The first row of each request (equal ``ids``; given ``size``, the ids are numbers below it) that is neither a
+    RequestReceived row of a request with other rows (``repeated``) nor ``late``."""
+    kept = np.flatnonzero((~received | ~repeated) & ~late)
+    if size is None:
+        _, first = np.unique(ids[kept], return_index=True)
+        return kept[np.sort(first)]
+    first = np.full(size, len(ids), dtype=np.int64)
+    np.minimum.at(first, ids[kept], kept)
+    return np.sort(first[first < len(ids)])
+
+
+_id_hash = hash  # Python's string hash: keyed per process, so no input can choose its collisions
+
+
+def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For an hour read in batches (``batches()`` yields its tables of the ``REQUEST_COLUMNS`` in row order, and can
+    be called twice), what is judged over the whole hour: ``request_rows``, and per row whether its auditID has more
+    than one request (the ``audit_id_reused`` flag).
+
+    A request is its ``REQUEST_IDENTITY`` (``EventColumns.requests``); each is held as a 64-bit hash of its values,
+    and each auditID as a hash of it: 16 bytes an event, where the ids of a busy hour take hundreds of MB. A hash
+    shared by different values is detected (within a batch by counting against the batch's exact requests, across
+    batches by comparing the values of every hash found in more than one batch), and then None is returned: the
+    caller reads the hour at once instead."""
+    step = window_minutes * 60_000_000
+    found: dict[str, list] = {"request": [], "id": [], "received": [], "late": []}
+    distinct: dict[str, list] = {"request": [], "id": []}
+    for table in batches():
+        columns = EventColumns(table)
+        ids = columns.hashes("audit_id", _id_hash)
+        requests = ids
+        for name in REQUEST_IDENTITY[1:]:
+            values = columns.micros(name).view(np.uint64) if pa.types.is_timestamp(columns.array(name).type) else columns.hashes(name, _id_hash)
+            requests = _mix(requests, values)
+        for name, keys, exact in (("id", ids, columns.codes("audit_id")), ("request", requests, columns.requests())):
+            distinct[name].append(sorted_distinct(keys))
+            if len(distinct[name][-1]) != np.count_nonzero(np.bincount(exact)):
+                return None
+            found[name].append(keys)
+        for name, marks in zip(("received", "late"), _stage_marks(columns, step)):
+            found[name].append(marks)
+    shared = {}
+    for name in ("request", "id"):
+        keys = np.sort(np.concatenate(distinct[name]))
+        shared[name] = sorted_distinct(keys[1:][keys[1:] == keys[:-1]])
+    if any(len(keys) for keys in shared.values()):
+        values: dict[tuple, tuple] = {}
+        for number, table in enumerate(batches()):
+            for name, wanted in (("request", REQUEST_IDENTITY), ("id", ("audit_id",))):
+                keys = found[name][number]
+                rows = pa.array(np.flatnonzero(np.isin(keys, shared[name])))
+                seen = zip(keys[rows.to_numpy()].tolist(), zip(*(table[column].take(rows).to_pylist() for column in wanted)))
+                if any(values.setdefault((name, key), value) != value for key, value in seen):
+                    return None
+    requests, ids = (np.concatenate(found.pop(name)) for name in ("request", "id"))  # the batches' arrays freed as joined
+    order = np.argsort(requests, kind="stable")
+    ordered = requests[order]
+    heads = np.ones(len(order), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=heads[1:])
+    del ordered, requests
+    starts = np.flatnonzero(heads)
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(heads) - 1
+    counts = np.diff(np.r_[starts, len(order)])
+    rows = _one_per_request(group, counts[group] > 1, np.concatenate(found.pop("received")), np.concatenate(found.pop("late")), len(counts))
+    # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
+    owners = np.sort(ids[order[starts]])
+    return rows, np.isin(ids, sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
+
+
+def hit_counts(keys: np.ndarray, hits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct key of the rows some of ``hits`` (boolean columns) mark: (those keys, sorted; the number of rows
+    each column marks per key, one column each). Rows no column marks are never grouped: hits are sparse."""
+    rows = np.flatnonzero(np.logical_or.reduce(hits)) if hits else np.zeros(0, dtype=np.int64)
+    found, group = np.unique(keys[rows], return_inverse=True)
+    counts = [np.bincount(group, weights=hit[rows], minlength=len(found)) for hit in hits]
+    return found, np.column_stack(counts).astype(np.int64) if counts else np.zeros((len(found), 0), dtype=np.int64)
+
+
+def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A hash of (state, value) per row from two 64-bit hashes (a multiply-xorshift step; arithmetic wraps at 2**64)."""
+    with np.errstate(over="ignore"):
+        mixed = (state ^ values) * np.uint64(0x9E3779B97F4A7C15) + (state >> np.uint64(29))
+        return mixed ^ (mixed >> np.uint64(32))
 
 
 def _combined(parts: list[tuple[np.ndarray, list]], join: Callable[..., str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Ranked codes (see ``EventColumns.ranked``) of ``join(*values)`` per row, where ``parts`` are
     (code per row, values) as ``EventColumns.encoded`` gives them: the join runs once per distinct
-    combination of values, and combinations are numbered with integer keys, never strings."""
-    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
-    for codes, values in parts:
-        if size * len(values) >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
-            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
-            size = int(key.max()) + 1
-        key, size = key * len(values) + codes, size * len(values)
-    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
-    joined = [join(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
-    return rank_values(combination, joined)
+    combination of values (``features.columns.combine``)."""
+    return rank_values(*combine(parts, join))
 
 
 def _object_key(resource, namespace, name) -> str | None:
@@ -105,6 +199,15 @@ def _uri_path(uri: str | None) -> str:
 
 def _verb_resource(verb, target) -> str:
     return f"{verb or ''} {target}"
+
+
+def verb_resources(columns: EventColumns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each of ``rows`` did, as ranked codes (``EventColumns.ranked``) of "verb resource", or "verb /uri/path"
+    for a request without a resource: the values of the ``verb_resources`` set, and what ``new_action_for_user``
+    (features.novelty) judges against an identity's history."""
+    if "uri_path" not in columns:
+        columns.derive("uri_path", "request_uri", _uri_path)
+    return _combined(_verb_target(columns, rows), _verb_resource)
 
 
 def _verb_target(columns: EventColumns, rows: np.ndarray) -> list[tuple[np.ndarray, list]]:
@@ -122,7 +225,8 @@ def partial_aggregates(events: pd.DataFrame | FlagInputs, window_minutes: int, e
     return partials_as_frame(partial_table(events, window_minutes, entity_types))
 
 
-def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str]) -> pa.Table:
+def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types: Iterable[str],
+                  rows: np.ndarray | None = None) -> pa.Table:
     """Map step: flagged events (a DataFrame from features.flags.add_flags, or the FlagInputs of
     ``flag_events``) -> partial aggregates per key, as an Arrow table of ``PARTIAL_SCHEMA``.
 
@@ -131,13 +235,15 @@ def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity
     hour instead of a pandas groupby per set; string values are built once per distinct value,
     and the table is assembled from arrays, never through a DataFrame.
     Same table as a plain pandas groupby would give (tests/test_fast_paths.py holds that reference).
+    ``rows`` are the positions of one row per request (``request_rows``), when a piece of an hour is mapped
+    with the requests judged over the whole hour.
     """
     if isinstance(events, FlagInputs):
         columns, flag_values = events, events.flags
     else:
         columns, flag_values = EventColumns(events), {name: events[name].to_numpy(dtype=bool) for name in FLAG_NAMES}
     step = window_minutes * 60_000_000
-    rows = _request_rows(columns, step)
+    rows = _request_rows(columns, step) if rows is None else rows
     if len(rows) == 0:
         return PARTIAL_SCHEMA.empty_table()
     micros = columns.micros("time")[rows]
@@ -150,7 +256,7 @@ def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity
     sources = {name: (codes[rows], values) for name, (codes, values) in sources.items()}
     sources["object_key"] = _combined([(codes[rows], values) for codes, values in map(columns.encoded, ("resource", "namespace", "name"))],
                                       _object_key)
-    sources["verb_resource"] = _combined(_verb_target(columns, rows), _verb_resource)
+    sources["verb_resource"] = verb_resources(columns, rows)
     people = {c: (columns.ranked(c)[0][rows], columns.ranked(c)[1]) for c in set(ENTITY_COLUMNS.values())}
     # The distinct values of every set source and of the peers, one Arrow array (each source at its base), so the
     # values of all ten set columns are taken at once per entity type: a take costs some 20 us whatever its size.
@@ -220,11 +326,103 @@ def _distinct_lists(group: np.ndarray, codes: np.ndarray, size: int, groups: int
         seen[pairs] = True
         pairs = np.flatnonzero(seen)
     else:
-        pairs = np.unique(pairs)
+        pairs = sorted_distinct(pairs)
     owners, value_codes = np.divmod(pairs, size + 1)
     offsets = np.zeros(groups + 1, dtype=np.int32)
     np.cumsum(np.bincount(owners, minlength=groups), out=offsets[1:])
     return offsets, value_codes
+
+
+def combine_partials(tables: list[pa.Table], entity_types: Iterable[str]) -> pa.Table:
+    """``partial_table`` of pieces of one hour (every request in one piece) as ``partial_table`` of the whole hour
+    gives it: per key, counts add, first and last times are the least and the greatest, sets unite; rows and set
+    values in the same order (entity types as listed, then entity and window, values sorted)."""
+    tables = [table for table in tables if len(table)]
+    if len(tables) < 2:
+        return tables[0] if tables else PARTIAL_SCHEMA.empty_table()
+    return _reduced(pa.concat_tables(tables), entity_types)
+
+
+def reduce_tables(tables: Iterable[pa.Table]) -> pd.DataFrame:
+    """``reduce_partials`` of the partials of many hours as Arrow tables (``partial_table``, cache files), reduced in
+    Arrow before one conversion: the same frame, without a Python list per set and window made twice."""
+    tables = [table if table.schema == PARTIAL_SCHEMA else table.select(PARTIAL_COLUMNS).cast(PARTIAL_SCHEMA)
+              for table in tables if len(table)]
+    if not tables:
+        return empty_partials()
+    table = _reduced(pa.concat_tables(tables), sorted(ENTITY_COLUMNS))
+    frame = table.drop_columns(list(SET_NAMES)).to_pandas()
+    for name in SET_NAMES:
+        frame[name] = _python_lists(table[name].combine_chunks())
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
+    return frame[PARTIAL_COLUMNS]
+
+
+def _python_lists(lists: pa.ListArray) -> list[list]:
+    """A list array (no nulls) as Python lists that share one str per distinct value: a window's sets repeat the
+    same few values, and a str per cell (``to_pylist``) made a spray of identities' frame 640 MB larger."""
+    encoded = pc.dictionary_encode(lists.flatten())
+    flat = iter(np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)].tolist())
+    return [list(islice(flat, length)) for length in np.diff(lists.offsets.to_numpy()).tolist()]
+
+
+def _reduced(table: pa.Table, entity_types: Iterable[str]) -> pa.Table:
+    """``table``'s rows combined per key (``combine_partials``) and ordered by entity type as listed, entity, window.
+    Columns are combined one at a time (a table of many hours is in many chunks)."""
+    order, starts, group = _key_order(table, entity_types, [])
+    columns = {name: table[name].take(pa.array(order[starts])) for name in KEY}
+    for name in COUNT_COLUMNS:
+        columns[name] = pa.array(np.add.reduceat(table[name].to_numpy()[order], starts))
+    for name, reduce in (("first_time", np.minimum), ("last_time", np.maximum)):
+        columns[name] = pa.array(reduce.reduceat(table[name].cast(pa.int64()).to_numpy()[order], starts), MICROS)
+    for name in SET_NAMES:
+        lists = table[name].combine_chunks()
+        codes, distinct = _sorted_codes(lists.flatten())
+        offsets, value_codes = _distinct_lists(group[pc.list_parent_indices(lists).to_numpy()], codes, len(distinct), len(starts), None)
+        columns[name] = pa.ListArray.from_arrays(offsets, distinct.cast(pa.string()).take(value_codes))
+    return pa.table([columns[name] for name in PARTIAL_COLUMNS], schema=PARTIAL_SCHEMA)
+
+
+def combine_rule_partials(tables: list[pa.Table], entity_types: Iterable[str], rules: list[str]) -> pa.Table:
+    """Rule hit counts (``pipeline.stages.rule_partials``) of pieces of one hour as those of the whole hour: counts
+    add per (entity_type, entity, window_start, rule); rows ordered by entity type as listed, then rule as in
+    ``rules``, entity and window."""
+    filled = [table for table in tables if len(table)]
+    if len(filled) < 2:
+        return filled[0] if filled else tables[0]
+    table = pa.concat_tables(filled).combine_chunks()
+    order, starts, _ = _key_order(table, entity_types, rules)
+    columns = [table[name].take(pa.array(order[starts])) for name in (*KEY, "rule")]
+    return pa.table(columns + [pa.array(np.add.reduceat(table["count"].to_numpy()[order], starts))], schema=table.schema)
+
+
+def _sorted_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(code per value numbered in sorted order, the sorted distinct values) of text without nulls; sorted by Arrow,
+    whose order of UTF-8 bytes is Python's order of str."""
+    encoded = pc.dictionary_encode(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[encoded.indices.to_numpy(zero_copy_only=False)], encoded.dictionary.take(pa.array(order))
+
+
+def _key_order(table: pa.Table, entity_types: Iterable[str], rules: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``table`` ordered by (entity type as listed, [rule as listed,] entity, window): (order, where each
+    key starts in it, the key's number per row)."""
+    types = pc.index_in(table["entity_type"], value_set=pa.array(list(entity_types), pa.large_string())).to_numpy(zero_copy_only=False)
+    entities = _sorted_codes(table["entity"])[0]
+    windows = table["window_start"].cast(pa.int64()).to_numpy()
+    keys = [windows, entities]
+    if rules:
+        keys.append(pc.index_in(table["rule"], value_set=pa.array(rules, pa.large_string())).to_numpy(zero_copy_only=False))
+    order = np.lexsort(keys + [types])
+    changed = np.zeros(len(order), dtype=bool)
+    changed[0] = True
+    for key in keys + [types]:
+        changed[1:] |= key[order][1:] != key[order][:-1]
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(changed) - 1
+    return order, np.flatnonzero(changed), group
 
 
 PARTIAL_COLUMNS = KEY + list(COUNT_COLUMNS) + ["first_time", "last_time"] + list(SET_NAMES)

@@ -42,6 +42,7 @@ class EventColumns:
         self._encoded: dict[str, tuple[np.ndarray, list]] = {}
         self._ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._answers: dict[tuple, np.ndarray] = {}
+        self._derived: set[str] = set()
 
     def __contains__(self, name: str) -> bool:
         return name in self.names or name in self._encoded
@@ -89,6 +90,13 @@ class EventColumns:
                 self._codes[name] = (_filled(encoded.indices, len(encoded.dictionary)), encoded.dictionary, None)
         return self._codes[name]
 
+    def hashes(self, name: str, function: Callable[[object], int]) -> np.ndarray:
+        """``function`` (a 64-bit hash) of each row's value as uint64, computed once per distinct value; without the
+        list of values ``encoded`` keeps (a column of ids has nearly as many values as rows)."""
+        codes, dictionary, values = self._dictionary(name)
+        values = dictionary.to_pylist() if values is None else values
+        return np.array([function(value) for value in values] + [function(None)], dtype=np.int64).view(np.uint64)[codes]
+
     def encoded(self, name: str) -> tuple[np.ndarray, list]:
         """(code per row, values): ``values[code]`` is the row's value. For an event column the last
         value is None, the code of every missing value; a derived column may repeat values."""
@@ -101,6 +109,7 @@ class EventColumns:
         """Add column ``name``: ``function`` of ``source``'s value (None when missing), run once per distinct value."""
         codes, values = self.encoded(source)
         self._encoded[name] = (codes, [function(value) for value in values])
+        self._derived.add(name)
 
     def where(self, name: str, predicate: Callable[[object], bool], key: tuple | None = None) -> np.ndarray:
         """``predicate(value)`` for every row; a missing value is passed as None. Calls with the
@@ -126,8 +135,16 @@ class EventColumns:
         """(code per row numbered in sorted value order, -1 where missing; the sorted distinct values),
         so codes sort exactly as the values do."""
         if name not in self._ranked:
-            codes, values = self.encoded(name)
-            self._ranked[name] = rank_values(codes, values)
+            if name in self.names and name not in self._derived and _is_text(self.array(name).type):
+                # an event column's distinct values sorted by Arrow (UTF-8 bytes sort as Python sorts str), not as a list
+                codes, dictionary, _ = self._dictionary(name)
+                order = pc.array_sort_indices(dictionary).to_numpy()
+                rank = np.full(len(dictionary) + 1, -1, dtype=np.int64)
+                rank[order] = np.arange(len(order))
+                self._ranked[name] = rank[codes], dictionary.take(order).to_numpy(zero_copy_only=False).astype(object)
+            else:
+                codes, values = self.encoded(name)
+                self._ranked[name] = rank_values(codes, values)
         return self._ranked[name]
 
     def micros(self, name: str) -> np.ndarray:
@@ -175,6 +192,11 @@ class EventColumns:
             types_mapper=pandas_types)
 
 
+def _is_text(arrow_type: pa.DataType) -> bool:
+    value_type = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    return pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
+
+
 def _valid(array: pa.Array) -> np.ndarray | None:
     """Which values of ``array`` are present, from its validity bitmap; None when all are."""
     if array.null_count == 0:
@@ -199,6 +221,35 @@ def _filled(indices: pa.Array, missing: int) -> np.ndarray:
 def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A column read as a file's dictionary, decoded to its value type (pandas would make it categorical)."""
     return pc.cast(column, column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def combine(parts: list[tuple[np.ndarray, list]], function: Callable[..., object]) -> tuple[np.ndarray, list]:
+    """``function(*values)`` of each row's values of ``parts`` ((code per row, values), as ``EventColumns.encoded``
+    gives them), run once per distinct combination of values: (combination per row, result per combination).
+    Combinations are numbered with integer keys, never strings."""
+    combination, first = combinations([(codes, len(values)) for codes, values in parts])
+    results = [function(*row) for row in zip(*([values[code] for code in codes[first].tolist()] for codes, values in parts))]
+    return combination, results
+
+
+def combinations(parts: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with a code in each part ((code per row, 0 <= code < size)): (the number of each row's combination of
+    codes, numbered in sorted order; the first row of each combination)."""
+    key, size = np.zeros(len(parts[0][0]), dtype=np.int64), 1
+    for codes, count in parts:
+        if size * count >= 2 ** 62:  # renumber the combinations so far densely before the key overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            size = int(key.max()) + 1
+        key, size = key * count + codes, size * count
+    _, first, combination = np.unique(key, return_index=True, return_inverse=True)
+    return combination, first
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by a sort: numpy 2's hash-table unique takes 60 times as long on millions of distinct
+    64-bit integers (3.2 s against 0.05 s for 3 million)."""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
 
 
 def rank_values(codes: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:

@@ -58,10 +58,11 @@ class FlagInputs(EventColumns):
     """The events as flags read them (see ``EventColumns``: a predicate runs once per distinct value),
     the helper columns of ``prepare`` and the flags computed so far: a flag may read earlier ones."""
 
-    def __init__(self, events: pa.Table | pd.DataFrame):
+    def __init__(self, events: pa.Table | pd.DataFrame, hour: dict[str, np.ndarray] | None = None):
         super().__init__(events)
         self.helpers: dict[str, np.ndarray] = {}
         self.flags: dict[str, np.ndarray] = {}
+        self.hour = hour or {}  # for a batch of an hour: flags judged over the whole hour (features.aggregate.hour_requests)
 
 
 def _isin(d: FlagInputs, column: str, values) -> np.ndarray:
@@ -102,7 +103,10 @@ def _f(d: FlagInputs, name: str) -> np.ndarray:
 
 
 def _audit_id_reused(d: FlagInputs) -> np.ndarray:
-    """Rows whose auditID more than one request has (``EventColumns.requests``)."""
+    """Rows whose auditID more than one request has (``EventColumns.requests``); for a batch of an hour, the whole
+    hour's answer (``FlagInputs.hour``)."""
+    if "audit_id_reused" in d.hour:
+        return d.hour["audit_id_reused"]
     ids, requests = d.codes("audit_id"), d.requests()
     reused = np.zeros(d.rows, dtype=bool)
     if requests is not ids:  # requests() gives the auditID codes themselves when no auditID has two requests
@@ -251,10 +255,11 @@ def prepare(d: FlagInputs, context: FlagContext) -> None:
     d.helpers["allow_listed"] = d.where("user", lambda user: user is not None and user in context.allow_identities)
 
 
-def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext) -> FlagInputs:
+def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext, hour: dict[str, np.ndarray] | None = None) -> FlagInputs:
     """Every registered flag of ``events`` (an Arrow table or a DataFrame), in ``.flags`` in registry order;
-    nothing is converted to pandas (``frame_with_flags`` does that where a DataFrame is wanted)."""
-    inputs = FlagInputs(events)
+    nothing is converted to pandas (``frame_with_flags`` does that where a DataFrame is wanted). ``hour``: for a
+    batch of an hour, the flags judged over the whole hour (``FlagInputs.hour``)."""
+    inputs = FlagInputs(events, hour)
     prepare(inputs, context)
     for flag in FLAGS:
         inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from features.addresses import user_agent_family
+from features.aggregate import verb_resources
+from features.columns import EventColumns, combine
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,29 @@ def add_history_flags(events: pd.DataFrame, history: dict) -> pd.DataFrame:
             flags["new_client_family_for_user"][index] = user_agent_family(agent) not in known.ua_families
             flags["new_action_for_user"][index] = action not in known.verb_resources
     return events.assign(**flags)
+
+
+def history_flags(columns: EventColumns, history: dict) -> dict[str, np.ndarray]:
+    """``add_history_flags`` of events read column by column (``EventColumns``, e.g. the FlagInputs of
+    features.flags.flag_events): every history flag as a boolean array, each judged once per distinct
+    (identity, address), (identity, client) or (identity, action) pair instead of once per event."""
+    flags = no_history(columns.rows)
+    if not history or not columns.rows:
+        return flags
+    users, names = columns.encoded("user")
+    known = [None if name is None else history.get(("user", name)) for name in names]
+    flags["new_identity"] = np.array([name is not None and record is None for name, record in zip(names, known)], dtype=bool)[users]
+    identity = (users, known)
+    judged = {
+        "new_source_for_user": (columns.encoded("source_ip"), lambda record, ip: ip is not None and ip not in record.peers),
+        "new_user_agent_for_user": (columns.encoded("user_agent"), lambda record, agent: agent is not None and agent not in record.user_agents),
+        "new_client_family_for_user": (columns.encoded("user_agent"), lambda record, agent: user_agent_family(agent) not in record.ua_families),
+        "new_action_for_user": (verb_resources(columns, np.arange(columns.rows)), lambda record, action: action not in record.verb_resources),
+    }
+    for name, (values, judge) in judged.items():
+        combination, results = combine([identity, values], lambda record, value: record is not None and judge(record, value))
+        flags[name] = np.array(results, dtype=bool)[combination]
+    return flags
 
 
 def no_history(rows: int) -> dict[str, np.ndarray]:

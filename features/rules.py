@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.columns import EventColumns
+from features.columns import EventColumns, combine, sorted_distinct
 from features.events import COLUMN_NAMES, SALVAGE_MARKERS
 from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
@@ -130,24 +130,31 @@ class RulePack:
         """Boolean hit columns, one per active rule, aligned with ``events`` (flags already added)."""
         return pd.DataFrame(self.hits(events), index=events.index)
 
-    def hits(self, events: pd.DataFrame | FlagInputs, truths: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def hits(self, events: pd.DataFrame | FlagInputs, truths: dict[str, np.ndarray] | None = None,
+             groups: "AggregateGroups | None" = None) -> dict[str, np.ndarray]:
         """Boolean hits per active rule: of a flagged DataFrame, or of the FlagInputs of
         features.flags.flag_events with ``truths`` (boolean columns such as the history flags) beside its flags.
 
         Each condition is compiled once per pack (``compile_condition``) and evaluated over the
         columns it names; the result is what ``DataFrame.eval`` gives (``_reference_condition``),
-        which still evaluates any condition outside the compiled subset."""
+        which still evaluates any condition outside the compiled subset. A rule with an aggregate
+        threshold counts its groups over ``events``, or, for one piece of an hour read in pieces, takes
+        them from ``groups`` (every piece's matches, ``AggregateGroups``): the hits of the whole."""
         hits = {}
         columns = _Columns(events, truths)
-        managed = columns.truth("managed_identity")[0] if columns.rows else np.zeros(0, dtype=bool)
         for rule in self.active:
-            matched = _condition(rule, events, self._compiled(rule), columns)
-            if not rule.applies_to_allowlisted:
-                matched = matched & ~managed
+            matched = self._matched(rule, events, columns)
             if rule.aggregate is not None and matched.any():
-                matched = _aggregate(rule.aggregate, events, matched, columns)
+                matched = groups.passing(rule, matched, columns) if groups is not None else _aggregate(rule.aggregate, events, matched, columns)
             hits[rule.id] = matched
         return hits
+
+    def _matched(self, rule: Rule, events: pd.DataFrame | FlagInputs, columns: "_Columns") -> np.ndarray:
+        """The rows matching ``rule``'s condition, allow-listed identities removed unless it applies to them."""
+        matched = _condition(rule, events, self._compiled(rule), columns)
+        if not rule.applies_to_allowlisted and columns.rows:
+            matched = matched & ~columns.truth("managed_identity")[0]
+        return matched
 
     @cached_property
     def event_columns(self) -> frozenset[str]:
@@ -553,12 +560,82 @@ def _aggregate(aggregate: Aggregate, events: pd.DataFrame | FlagInputs, matched:
         values = columns.codes(aggregate.distinct)[rows].astype(np.int64)
         present = values >= 0
         span = int(values.max()) + 1 if present.any() else 1
-        pairs = np.unique(group[present].astype(np.int64) * span + values[present])
+        pairs = sorted_distinct(group[present].astype(np.int64) * span + values[present])
         metric = np.bincount(pairs // span, minlength=int(group.max()) + 1)[group]
     else:
         metric = np.bincount(group)[group]
     result[rows[metric >= aggregate.min]] = True
     return result
+
+
+class AggregateGroups:
+    """The groups of a pack's aggregate-threshold rules over an hour read in pieces (each piece's ``add``
+    first, then each piece's ``RulePack.hits(..., groups=)``), so a piece's hits are those of the whole
+    hour. Per rule and (``by`` value, window) it keeps the matched events' count, or their distinct
+    values, only up to the rule's ``min``: once a group reaches it, more cannot change the answer, so
+    memory grows with the groups, not with the matched events."""
+
+    def __init__(self, pack: RulePack):
+        self.pack = pack
+        self.tallies: dict[str, dict[tuple, int | set]] = {rule.id: {} for rule in pack.active if rule.aggregate is not None}
+
+    def add(self, events: pd.DataFrame | FlagInputs, truths: dict[str, np.ndarray] | None = None) -> None:
+        """Count one piece's matches of every aggregate rule."""
+        columns = _Columns(events, truths)
+        for rule in self.pack.active:
+            if rule.aggregate is None:
+                continue
+            matched = self.pack._matched(rule, events, columns)
+            if not matched.any():
+                continue
+            tally, aggregate = self.tallies[rule.id], rule.aggregate
+            group, keys, rows = _group_keys(aggregate, columns, np.flatnonzero(matched))
+            if not aggregate.distinct:
+                for key, count in zip(keys, np.bincount(group, minlength=len(keys)).tolist()):
+                    tally[key] = min(tally.get(key, 0) + count, aggregate.min)
+                continue
+            codes = columns.codes(aggregate.distinct)[rows]
+            present = codes >= 0
+            span = int(codes.max()) + 1 if present.any() else 1
+            pairs = sorted_distinct(group[present].astype(np.int64) * span + codes[present])
+            values = _column_values(columns, aggregate.distinct)
+            for key in keys:
+                tally.setdefault(key, set())
+            for owner, code in zip((pairs // span).tolist(), (pairs % span).tolist()):
+                seen = tally[keys[owner]]
+                if len(seen) < aggregate.min:
+                    seen.add(values[code])
+
+    def passing(self, rule: Rule, matched: np.ndarray, columns: "_Columns") -> np.ndarray:
+        """``matched`` rows of one piece whose group reached the rule's ``min`` over every piece added."""
+        tally, aggregate = self.tallies[rule.id], rule.aggregate
+        group, keys, rows = _group_keys(aggregate, columns, np.flatnonzero(matched))
+        reached = np.array([(len(tally.get(key, ())) if aggregate.distinct else tally.get(key, 0)) >= aggregate.min for key in keys],
+                           dtype=bool)
+        result = np.zeros(columns.rows, dtype=bool)
+        result[rows[reached[group]]] = True
+        return result
+
+
+def _column_values(columns: "_Columns", name: str) -> np.ndarray:
+    """The values ``_Columns.codes`` numbers, as an object array indexed by code."""
+    if columns._frame is None and name in columns.events.names:
+        return np.array(columns.events.encoded(name)[1], dtype=object)
+    return np.asarray(pd.factorize(columns.series(name), use_na_sentinel=True)[1], dtype=object)
+
+
+def _group_keys(aggregate: Aggregate, columns: "_Columns", rows: np.ndarray) -> tuple[np.ndarray, list[tuple], np.ndarray]:
+    """The groups ``_aggregate`` counts among ``rows``, named by value so that the pieces of an hour agree:
+    (group per row, (``by`` value, window number) per group, the rows, those without a ``by`` value left out)."""
+    windows = columns.windows(aggregate.window_minutes)
+    if windows is None:
+        raise RuleError("an hour read in pieces needs a time on every event")
+    codes = columns.codes(aggregate.by)[rows]
+    rows = rows[codes >= 0]
+    window_codes, window_values = np.unique(windows[rows], return_inverse=True)[::-1]
+    group, keys = combine([(codes[codes >= 0], _column_values(columns, aggregate.by)), (window_codes, window_values)],
+                          lambda value, window: (value, int(window)))
+    return group, keys, rows
 
 
 def _window_codes(times: pd.Series, window_minutes: int) -> np.ndarray | None:

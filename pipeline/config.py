@@ -72,6 +72,9 @@ class FeaturesConfig(Section):
     ip_ranges_file: str | None = None
     threat_list_file: str | None = None
     evidence_per_window: int = Field(50, ge=1, le=500)
+    batch_rows: int = Field(262_144, ge=1_000, le=10_000_000, description=(
+        "rows of an archived hour the features map and the score stage hold at once: a busier hour is read in batches "
+        "of this many rows, its rule thresholds counted over the whole hour first; the results are the same for any value"))
     workers: int = Field(2, ge=1, le=64, description=(
         "processes that map archived hours to window partials and rule hits in parallel (at most one per core, and only "
         "with at least 100,000 uncached events each; 1 maps them in the features process); the feature table is identical "

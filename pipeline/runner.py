@@ -1,11 +1,14 @@
 """``auditsift run``: every stage in sequence on one workdir, returning the machine-readable result."""
 from __future__ import annotations
 
+import importlib
+import threading
+
 from pipeline.context import RunContext
 from pipeline.findings_export import export_findings
 from pipeline.report import run_report
 from pipeline.scoring import run_score
-from pipeline.stages import flag_context, load_rule_pack, resolve_ranges, run_archive, run_features, run_train
+from pipeline.stages import fit_model, flag_context, load_rule_pack, resolve_ranges, run_archive, run_features
 
 
 def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = None, train_from=None, train_to=None,
@@ -16,13 +19,22 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
     Returns the result object schedulers act on (docs/operations.md)."""
     load_rule_pack(ctx.config)
     flag_context(ctx)
+    if ctx.config.model.backend != "sagemaker-rcf":
+        import_meanwhile("training.registry")
     archive_counts = run_archive(ctx, inputs, now)
     ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to, now)
     feature_counts = run_features(ctx, ranges)
-    model = run_train(ctx)
-    summary = run_score(ctx)
+    model, detector = fit_model(ctx)
+    summary = run_score(ctx, detector if ctx.config.model.backend != "sagemaker-rcf" else None)
     run = run_report(ctx, report_dir, {"inputs": archive_counts["inputs"], "archive": archive_counts})
     return finish_run(ctx, result_object(ctx, archive_counts, feature_counts, model, summary, run, ranges), summary)
+
+
+def import_meanwhile(module: str) -> None:
+    """Import ``module`` in a thread while the archive runs: the train stage's scikit-learn and scipy take about a
+    second of CPU to import, and the archive's own process mostly waits for its workers. A failed import is
+    printed by the thread and raised again where the train stage imports the module."""
+    threading.Thread(target=importlib.import_module, args=(module,), name="auditsift-import", daemon=True).start()
 
 
 def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, model: dict, summary: dict, run: dict,

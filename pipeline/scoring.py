@@ -24,20 +24,28 @@ import fnmatch
 import heapq
 import logging
 from collections import Counter, defaultdict
+from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from features.events import REQUEST_IDENTITY
-from features.flags import add_flags
-from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score, python_values
-from features.rules import RulePack
+from features.aggregate import hit_counts
+from features.columns import MICROS, combinations, combine
+from features.events import COLUMN_NAMES, REQUEST_IDENTITY
+from features.flags import flag_events
+from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
+from features.rules import AggregateGroups, RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
-from pipeline.archive import read_archive
+from pipeline.archive import list_archive_hours
 from pipeline.config import Config, Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.stages import events_frame, flag_context, iso, load_features, load_model, load_rule_pack, load_rule_history
+from pipeline.stages import (
+    BusyHour, _overlaps, busy_hour, flag_context, hour_batches, iso, read_hour_events, load_features, load_model, load_rule_history, load_rule_pack, map_columns,
+)
 from pipeline.storage import safe_segment
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,8 @@ EVIDENCE_COLUMNS = ("time", "audit_id", "stage", "user", "source_ip", "claimed_i
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
+# What tells the requests of evidence events apart: REQUEST_IDENTITY among the evidence columns (the receive time is not one)
+REQUEST_KEY = tuple(name for name in REQUEST_IDENTITY if name in EVIDENCE_COLUMNS)
 MAX_AUDIT_IDS = 50
 ROUTINE_WINDOWS = 2
 ROUTINE_FACTOR = 0.25
@@ -80,11 +90,12 @@ def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppressio
     return None
 
 
-def run_score(ctx: RunContext) -> dict:
-    """Score the scoring range and write ranked findings and top events to the workdir."""
+def run_score(ctx: RunContext, fitted=None) -> dict:
+    """Score the scoring range and write ranked findings and top events to the workdir (``fitted``: the detector
+    ``auditsift run`` has just trained, see ``load_model``)."""
     with ctx.timed("score"):
         table, history, ranges = load_features(ctx)
-        detector, model, baselines = load_model(ctx)
+        detector, model, baselines = load_model(ctx, fitted)
         pack = load_rule_pack(ctx.config)
         records = table[table["split"] == "score"].reset_index(drop=True)
         if records.empty:
@@ -102,9 +113,9 @@ def run_score(ctx: RunContext) -> dict:
         order = ["combined", "model_score", "entity_type", "entity", "window_start"]
         records = records.sort_values(order, ascending=[False, False, True, True, True], kind="stable").reset_index(drop=True)
         evidence = events_pass["evidence"]
-        audit_ids = evidence.groupby(["entity_type", "entity", "window_start"], sort=False)["audit_id"].agg(list).to_dict()
+        audit_ids = evidence.audit_ids()
         keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
-        repeats = repeat_of(keys, request_keys(evidence))
+        repeats = repeat_of(keys, evidence.requests())
         records["repeats"] = repeats
         lowered = (1.0 - ctx.config.scoring.repeat_factor) * records["combined"].abs()
         records["rank_score"] = records["combined"] - np.where(records["repeats"].notna(), lowered, 0.0)
@@ -119,7 +130,9 @@ def run_score(ctx: RunContext) -> dict:
         kept, left_out = written_records(flagged, records["entity_type"].to_numpy(), ctx.config.report.quiet_per_entity_type)
         position = {key: index for index, key in enumerate(keys)}
         findings = []
-        for index, row in zip(kept.tolist(), records.iloc[kept].itertuples(index=False)):
+        written = records.iloc[kept][["entity_type", "entity", "window_start", "window_end", "combined", "rank_score", "model_score",
+                                      "model_part", "rule_part", "n", "repeats"]]
+        for index, row in zip(kept.tolist(), written.itertuples(index=False)):
             key = keys[index]
             record = {
                 "rank": index + 1,
@@ -150,7 +163,7 @@ def run_score(ctx: RunContext) -> dict:
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         ctx.storage.write_json(f"{out}/findings.json", findings)
         reported = findings[: ctx.config.report.top_n]
-        detail = evidence_by_record(evidence, {_key_of(f) for f in reported})
+        detail = evidence.rows({_key_of(f) for f in reported})
         ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
@@ -164,18 +177,6 @@ def run_score(ctx: RunContext) -> dict:
         }
         ctx.update_state("score", summary)
     return summary
-
-
-def request_keys(evidence: pd.DataFrame) -> dict[tuple, list]:
-    """Per record key, the requests of its evidence events: the auditID with what the request's stages share among the
-    evidence columns (REQUEST_IDENTITY but the receive time), so that requests a client sent under one Audit-ID stay apart."""
-    columns = [name for name in REQUEST_IDENTITY if name in EVIDENCE_COLUMNS]
-    requests = list(zip(*(python_values(evidence[name]) for name in columns)))
-    keys = zip(evidence["entity_type"], evidence["entity"], evidence["window_start"])
-    grouped: dict[tuple, list] = defaultdict(list)
-    for key, request in zip(keys, requests):
-        grouped[key].append(request)
-    return grouped
 
 
 def written_records(flagged: np.ndarray, entity_types: np.ndarray, quiet_per_type: int) -> tuple[np.ndarray, dict[str, int]]:
@@ -201,7 +202,7 @@ def repeat_of(keys: list[tuple], requests: dict[tuple, list]) -> list[tuple | No
 
     Such a record adds no new activity for the analyst; it stays listed but ranks lower
     (``scoring.repeat_factor``), so distinct activity reaches the top of the list."""
-    holder: dict[tuple, int] = {}
+    holder: dict[object, int] = {}
     result: list[tuple | None] = []
     for index, key in enumerate(keys):
         ids = list(dict.fromkeys(requests.get(key, ())))
@@ -220,13 +221,14 @@ def model_parts(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray
     peer group's, raised to the entity's own highest training score plus OWN_MARGIN of the group's spread: an
     identity that is always unusual among its peers (the GitOps controller) is flagged only when it is clearly
     more unusual than it has ever been."""
-    parts = np.empty(len(scores))
-    for index, (score, group, entity_type, own) in enumerate(zip(scores, groups, entity_types, own_max)):
+    entries = {}
+    for group, entity_type in set(zip(groups.tolist(), entity_types.tolist())):
         entry = calibration.get(group) or calibration.get(f"type:{entity_type}") or calibration["*"]
-        spread = entry["threshold"] - entry["median"]
-        threshold = max(entry["threshold"], own + OWN_MARGIN * spread) if np.isfinite(own) else entry["threshold"]
-        parts[index] = (score - entry["median"]) / max(threshold - entry["median"], 1e-9)
-    return parts
+        entries[(group, entity_type)] = (entry["median"], entry["threshold"])
+    median, threshold = np.array([entries[key] for key in zip(groups.tolist(), entity_types.tolist())], dtype=float).reshape(-1, 2).T
+    spread = threshold - median
+    raised = np.where(np.isfinite(own_max), np.maximum(threshold, own_max + OWN_MARGIN * spread), threshold)
+    return (scores - median) / np.maximum(raised - median, 1e-9)
 
 
 def own_max_scores(records: pd.DataFrame, baselines: pd.DataFrame) -> np.ndarray:
@@ -240,109 +242,298 @@ def _key_of(finding: dict) -> tuple:
     return (finding["entity_type"], finding["entity"], pd.Timestamp(finding["window_start"]))
 
 
+@lru_cache(maxsize=65_536)
+def _window_iso(window_start) -> str:
+    return iso(pd.Timestamp(window_start).to_pydatetime())
+
+
 def finding_id(cluster: str, entity_type: str, entity: str, window_start) -> str:
     """Stable id for (cluster, entity, window): a rerun updates the same finding, never duplicates it."""
     import hashlib
 
-    text = f"{cluster}|{entity_type}|{entity}|{iso(pd.Timestamp(window_start).to_pydatetime())}"
+    text = f"{cluster}|{entity_type}|{entity}|{_window_iso(window_start)}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, ranges, weights: dict) -> dict:
-    """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events."""
-    window = f"{ctx.config.features.window_minutes}min"
-    model_part = {(r.entity_type, r.entity, r.window_start): r.model_part for r in records[["entity_type", "entity", "window_start", "model_part"]].itertuples(index=False)}
-    seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
-    flags = flag_context(ctx)
-    record_hits: dict[tuple, Counter] = defaultdict(Counter)
-    candidates: list[pd.DataFrame] = []
-    rule_totals: Counter = Counter()
-    # (score, audit_id, stage, time, -n for the pass's n-th candidate, row): ties (events that share an auditID and stage)
-    # go to the earlier candidate, and two rows are never compared
-    top_events: list = []
-    total = offered = 0
-    for table in read_archive(ctx.storage, ctx.cluster, ranges.score_from, ranges.score_to):
-        if len(table) == 0:
-            continue
-        events = add_history_flags(add_flags(events_frame(table), flags), seen)
-        hits = pack.evaluate(events)
-        events["window_start"] = events["time"].dt.floor(window)
-        severity = np.zeros(len(events))
-        why = [[] for _ in range(len(events))]
-        for rule_id in hits.columns:
-            column = hits[rule_id].to_numpy(dtype=bool)
+    """One pass over the scored range, hour by hour: rule hits per record, event scores, evidence, top events.
+
+    Events are read column by column from the archive (``EventColumns``: flags, history flags and rules judge each
+    distinct value once) and never become a DataFrame. An hour of more than ``features.batch_rows`` events is read
+    in batches of that many (its rule thresholds counted over the whole hour first), so memory is bounded by a
+    batch, whatever the hour; of each event kept as evidence or as a top event only its key, score, audit id and
+    why are held, and its columns are read again from the archive for the few that are written."""
+    scored = EventScores(ctx, pack, records, history, ranges, weights)
+    for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster)):
+        if _overlaps(date, hour, ranges.score_from, ranges.score_to):
+            scored.add_hour(index, key)
+    return scored.result()
+
+
+class EventScores:
+    """``score_events``' pass over the scored range: what it keeps of the events it has scored.
+
+    Per event: rule hits (with the history flags, which only scoring judges), an event score (the model part of
+    its identity's or address's window, the weights of its rule hits, novelty and interesting flags), and why.
+    Kept: rule hit counts per (entity, window), the ``MAX_AUDIT_IDS`` best events of each (entity, window) as
+    evidence candidates, and the ``report.events_top`` best events of each hour for the top events. An event is
+    numbered (hour << 32) + its position among the hour's events in the scoring range (``rows`` reads it again)."""
+
+    def __init__(self, ctx: RunContext, pack: RulePack, records: pd.DataFrame, history: pd.DataFrame, ranges, weights: dict):
+        cfg = ctx.config.features
+        self.storage, self.pack, self.weights, self.flags = ctx.storage, pack, weights, flag_context(ctx)
+        self.entity_types = [name for name in ("user", "source_ip") if name in cfg.entity_types]
+        self.window_minutes, self.step = cfg.window_minutes, cfg.window_minutes * 60_000_000
+        self.batch_rows, self.events_top = cfg.batch_rows, ctx.config.report.events_top
+        self.columns = score_columns(pack, cfg.entity_types)
+        self.low, self.high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
+        starts = records["window_start"].to_numpy(dtype="datetime64[us]").view(np.int64).tolist()
+        self.model_part = dict(zip(zip(records["entity_type"].tolist(), records["entity"].tolist(), starts), records["model_part"].tolist()))
+        self.seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
+        self.why = [f"rule:{rule.id}" for rule in pack.active] + list(INTERESTING_FLAGS) + list(HISTORY_FLAG_NAMES)
+        self.record_hits: dict[tuple, Counter] = defaultdict(Counter)
+        self.rule_totals: Counter = Counter()
+        self.candidates: list[pa.Table] = []
+        self.top_events: list = []
+        self.hours: dict[int, str] = {}
+        self.total = self.offered = 0
+
+    def batches(self, data: bytes, columns: list[str], hour: BusyHour | None) -> Iterator[tuple[pa.Table, dict]]:
+        """An archived hour's events (its file's bytes) within the scoring range, ``columns`` only: (events, flags judged
+        over the whole hour) in batches when ``hour`` is its ``BusyHour``, else the hour at once (``read_hour_events``)."""
+        pieces = hour.batches(columns) if hour is not None else [(read_hour_events(data, columns), None, {})]
+        for batch, _, judged in pieces:
+            within = self._within(batch)
+            yield batch.filter(within), {name: values[within] for name, values in judged.items()}
+
+    def _within(self, batch: pa.Table) -> np.ndarray:
+        micros = batch["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return (micros >= self.low) & (micros < self.high)
+
+    def add_hour(self, index: int, key: str) -> None:
+        """Score one archived hour's events within the scoring range (a busy hour in batches, ``BusyHour``)."""
+        self.hours[index] = key
+        data = self.storage.read_bytes(key)
+        hour = busy_hour(data, self.window_minutes, self.batch_rows)
+        groups = None
+        if hour is not None:
+            groups = AggregateGroups(self.pack)  # thresholds count over the whole hour
+            for batch, judged in self.batches(data, self.columns, hour):
+                inputs = flag_events(batch, self.flags, judged)
+                groups.add(inputs, history_flags(inputs, self.seen))
+        best = []
+        offset = 0
+        for batch, judged in self.batches(data, self.columns, hour):
+            if len(batch):
+                best.append(self._add(batch, judged, (index << 32) + offset, groups))
+                offset += len(batch)
+        if not best:
+            return
+        # the hour's best events as DataFrame.nlargest(keep="first") picks them, then kept over all hours by rounded score
+        best = pa.concat_tables(best)
+        best = best.take(pc.sort_indices(best, sort_keys=[("event_score", "descending"), ("number", "ascending")])[: self.events_top])
+        # (score, audit_id, stage, time, -n for the pass's n-th candidate, row): ties (events that share an auditID and
+        # stage) go to the earlier candidate, and two rows are never compared
+        times = best["time"].cast(pa.int64()).to_pylist()
+        for position, (score, audit_id, stage) in enumerate(zip(*(best[name].to_pylist() for name in ("event_score", "audit_id", "stage")))):
+            self.offered += 1
+            item = (round(float(score), 4), audit_id, stage, times[position], -self.offered, best.slice(position, 1))
+            if len(self.top_events) < self.events_top:
+                heapq.heappush(self.top_events, item)
+            elif item[:5] > self.top_events[0][:5]:
+                heapq.heapreplace(self.top_events, item)
+
+    def _add(self, table: pa.Table, judged: dict, first: int, groups) -> pa.Table:
+        """Score one table of events (an hour, or a batch of one with the flags ``judged`` over its hour; ``first``
+        numbers its first row) and keep what ``result`` needs; returns its ``events_top`` best events (``_kept``)."""
+        inputs = flag_events(table, self.flags, judged)
+        novelty = history_flags(inputs, self.seen)
+        hits = self.pack.hits(inputs, novelty, groups)
+        rows = inputs.rows
+        self.total += rows
+        severity = np.zeros(rows)
+        fired = []
+        for rule_id, column in hits.items():
             if column.any():
-                rule_totals[rule_id] += int(column.sum())
-                severity += column * weights.get(pack.severity(rule_id), 0.0)
-                for index in np.flatnonzero(column):
-                    why[index].append(f"rule:{rule_id}")
-        events["rule_weight"] = severity
-        interesting = events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool).any(axis=1)
-        starts = events["window_start"].to_numpy(dtype=object)
-        user_part = [model_part.get(("user", u, w), 0.0) for u, w in zip(python_values(events["user"]), starts)]
-        ip_part = [model_part.get(("source_ip", i, w), 0.0) for i, w in zip(python_values(events["source_ip"]), starts)]
-        events["event_score"] = np.maximum(user_part, ip_part) + severity + history_score(events) + 0.2 * interesting
-        for index, flags_hit in enumerate(events[list(INTERESTING_FLAGS)].to_numpy(dtype=bool)):
-            why[index].extend(name for name, hit in zip(INTERESTING_FLAGS, flags_hit) if hit)
-        for name in HISTORY_FLAG_NAMES:
-            for index in np.flatnonzero(events[name].to_numpy(dtype=bool)):
-                why[index].append(name)
-        events["why"] = why
-        total += len(events)
-        for entity_type, column in (("user", "user"), ("source_ip", "source_ip")):
-            if entity_type not in ctx.config.features.entity_types:
-                continue
-            _accumulate_hits(events, hits, column, entity_type, record_hits)
-            best = events.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
-            best = best.groupby([column, "window_start"], sort=False).head(MAX_AUDIT_IDS)
-            candidates.append(best[list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start"]].assign(
-                entity_type=entity_type, entity=best[column]))
-        for row in evidence_rows(events.nlargest(ctx.config.report.events_top, "event_score")):
-            offered += 1
-            item = (row["score"], row["audit_id"], row["stage"], row["time"], -offered, row)
-            if len(top_events) < ctx.config.report.events_top:
-                heapq.heappush(top_events, item)
-            elif item[:5] > top_events[0][:5]:
-                heapq.heapreplace(top_events, item)
-    ordered_top = [item[5] for item in sorted(top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))]
-    evidence = pd.concat(candidates, ignore_index=True) if candidates else pd.DataFrame(columns=list(EVIDENCE_COLUMNS) + ["event_score", "why", "window_start", "entity_type", "entity"])
-    evidence = evidence.sort_values(["event_score", "time", "audit_id"], ascending=[False, True, True], kind="stable")
-    evidence = evidence.groupby(["entity_type", "entity", "window_start"], sort=False).head(MAX_AUDIT_IDS)
-    return {"record_hits": record_hits, "evidence": evidence, "top_events": ordered_top, "rule_totals": rule_totals, "events": total}
+                self.rule_totals[rule_id] += int(column.sum())
+                severity += column * self.weights.get(self.pack.severity(rule_id), 0.0)
+                fired.append(rule_id)
+        interesting = np.column_stack([inputs.flags[name] for name in INTERESTING_FLAGS]).any(axis=1)
+        windows, window_codes = np.unique(inputs.micros("time") // self.step * self.step, return_inverse=True)
+        parts = []
+        for entity_type in ("user", "source_ip"):
+            combination, values = combine([inputs.encoded(entity_type), (window_codes, windows.tolist())],
+                                          lambda entity, start: self.model_part.get((entity_type, entity, start), 0.0))
+            parts.append(np.array(values, dtype=float)[combination])
+        novelty_score = sum(novelty[flag.name].astype(float) * flag.event_weight for flag in HISTORY_FLAGS)
+        score = np.maximum(*parts) + severity + novelty_score + 0.2 * interesting
+        numbers = first + np.arange(rows, dtype=np.int64)
+        why = [hits[rule.id] for rule in self.pack.active] + [inputs.flags[name] for name in INTERESTING_FLAGS] \
+            + [novelty[name] for name in HISTORY_FLAG_NAMES]
+        starts = [pd.Timestamp(int(start), unit="us", tz="UTC") for start in windows]
+        for entity_type in self.entity_types:
+            codes, entities = inputs.ranked(entity_type)
+            present = np.flatnonzero(codes >= 0)
+            group = codes[present] * len(windows) + window_codes[present]
+            if fired:
+                self._count_hits(entity_type, hits, fired, present, group, entities, starts)
+            # the best MAX_AUDIT_IDS events of each (entity, window): by score, then time, then audit id, then position
+            audit_rank = inputs.ranked("audit_id")[0]
+            order = np.lexsort((present, audit_rank[present], inputs.micros("time")[present], -score[present], group))
+            ordered = group[order]
+            head = np.r_[True, ordered[1:] != ordered[:-1]]
+            rank = np.arange(len(order)) - np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))
+            chosen = present[np.sort(order[rank < MAX_AUDIT_IDS])]
+            self.candidates.append(self._kept(table, chosen, score, numbers, why, {
+                "entity_type": pa.array(np.full(len(chosen), entity_type, dtype=object), pa.string()),
+                "entity": pa.array(entities[codes[chosen]], pa.string()),
+                "window_start": pa.array(windows[window_codes[chosen]], MICROS)}, REQUEST_KEY[1:]))
+        return self._kept(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {}, ("stage",))
+
+    def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
+        """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
+        groups, sums = hit_counts(group, [hits[rule][present] for rule in fired])
+        for group_index, rule_index in zip(*np.nonzero(sums)):
+            key = (entity_type, entities[groups[group_index] // len(starts)], starts[groups[group_index] % len(starts)])
+            self.record_hits[key][fired[rule_index]] += int(sums[group_index, rule_index])
+
+    @staticmethod
+    def _kept(table: pa.Table, rows: np.ndarray, score: np.ndarray, numbers: np.ndarray, why: list, keys: dict, columns: tuple) -> pa.Table:
+        """What is kept of ``rows``: ``keys``, the event ``columns`` (dictionary-encoded), time, audit id, score,
+        number and why (a bit per ``self.why`` name)."""
+        bits = np.packbits(np.column_stack([flag[rows] for flag in why]), axis=1)
+        taken = {name: _encoded(table[name].take(pa.array(rows))) for name in columns}
+        return pa.table({**keys, **taken, "time": table["time"].take(pa.array(rows)), "audit_id": _plain(table["audit_id"].take(pa.array(rows))),
+                         "event_score": pa.array(score[rows]), "number": pa.array(numbers[rows]),
+                         "why": pa.FixedSizeBinaryArray.from_buffers(pa.binary(bits.shape[1]), len(rows), [None, pa.py_buffer(bits.tobytes())])})
+
+    def rows(self, kept: pa.Table) -> list[dict]:
+        """Kept events as plain JSON-ready dicts (``evidence_rows``), their columns read again from the archive."""
+        if len(kept) == 0:
+            return []
+        numbers = kept["number"].to_numpy()
+        order = np.argsort(numbers, kind="stable")
+        pieces = []
+        for index in np.unique(numbers >> 32).tolist():
+            wanted = np.sort(numbers[numbers >> 32 == index] & 0xFFFFFFFF)
+            data = self.storage.read_bytes(self.hours[index])
+            # the batches' events in the scoring range from their times alone; the evidence columns of those holding wanted rows
+            ends = np.cumsum([np.count_nonzero(self._within(times)) for times in hour_batches(data, ["time"], self.batch_rows)])
+            holding = sorted(set(np.searchsorted(ends, wanted, side="right").tolist()))
+            for number, batch in zip(holding, hour_batches(data, list(EVIDENCE_COLUMNS), self.batch_rows, set(holding))):
+                offset = int(ends[number - 1]) if number else 0
+                batch = batch.filter(self._within(batch))
+                inside = wanted[(wanted >= offset) & (wanted < offset + len(batch))] - offset
+                pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
+        read = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
+        return evidence_rows(read, kept["event_score"].to_pylist(), kept["why"].to_pylist(), self.why)
+
+    def result(self) -> dict:
+        """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
+        ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))
+        ordered_top = self.rows(pa.concat_tables([item[5] for item in ordered])) if ordered else []
+        evidence, self.candidates = Evidence(self.candidates, self), []
+        return {"record_hits": self.record_hits, "evidence": evidence, "top_events": ordered_top,
+                "rule_totals": self.rule_totals, "events": self.total}
 
 
-def evidence_by_record(evidence: pd.DataFrame, keys: set | None = None) -> dict[tuple, list]:
-    """Evidence event dicts per (entity_type, entity, window_start), most relevant first; only ``keys`` if given."""
-    if keys is not None:
-        wanted = [k in keys for k in zip(evidence["entity_type"], evidence["entity"], evidence["window_start"])]
-        evidence = evidence[wanted]
-    grouped: dict[tuple, list] = defaultdict(list)
-    for key, row in zip(zip(evidence["entity_type"], evidence["entity"], evidence["window_start"]), evidence_rows(evidence)):
-        grouped[key].append(row)
-    return grouped
+class Evidence:
+    """The evidence candidates of every hour: at most ``MAX_AUDIT_IDS`` events per (entity_type, entity,
+    window_start), most relevant first (event score, then time, then audit id), as Arrow columns; rows become
+    dicts only for the records that are reported (``EventScores.rows``)."""
+
+    def __init__(self, candidates: list[pa.Table], scores: EventScores):
+        self.scores = scores
+        table = pa.concat_tables(candidates) if candidates else None
+        if table is None or len(table) == 0:
+            self.table, self.groups = None, {}
+            return
+        order = pc.sort_indices(table, sort_keys=[("entity_type", "ascending"), ("entity", "ascending"), ("window_start", "ascending"),
+                                                  ("event_score", "descending"), ("time", "ascending"), ("audit_id", "ascending"),
+                                                  ("number", "ascending")])
+        table = table.take(order)
+        changed = np.zeros(len(table), dtype=bool)
+        changed[0] = True
+        for name in ("entity_type", "entity", "window_start"):
+            column = table[name]
+            changed[1:] |= pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
+        position = np.arange(len(table))
+        rank = position - np.maximum.accumulate(np.where(changed, position, 0))
+        kept = rank < MAX_AUDIT_IDS
+        self.table = table.filter(pa.array(kept))
+        starts = np.flatnonzero(changed[kept])
+        counts = np.diff(np.r_[starts, len(self.table)])
+        heads = self.table.select(["entity_type", "entity", "window_start"]).take(pa.array(starts))
+        stamps = {micros: pd.Timestamp(micros, unit="us", tz="UTC") for micros in np.unique(heads["window_start"].cast(pa.int64()).to_numpy()).tolist()}
+        self.groups = {(entity_type, entity, stamps[start]): (first, count) for entity_type, entity, start, first, count
+                       in zip(heads["entity_type"].to_pylist(), heads["entity"].to_pylist(),
+                              heads["window_start"].cast(pa.int64()).to_pylist(), starts.tolist(), counts.tolist())}
+
+    def requests(self) -> dict[tuple, list]:
+        """Per (entity_type, entity, window_start), the requests of its evidence events, most relevant first: one
+        number per distinct ``REQUEST_KEY``, so that requests a client sent under one Audit-ID stay apart."""
+        if self.table is None:
+            return {}
+        codes = [_codes(self.table[name]) + 1 for name in REQUEST_KEY]  # nulls are -1
+        requests = combinations([(code, int(code.max(initial=0)) + 1) for code in codes])[0].tolist()
+        return {key: requests[start:start + count] for key, (start, count) in self.groups.items()}
+
+    def audit_ids(self) -> dict[tuple, list]:
+        """Audit ids of each (entity_type, entity, window_start)'s evidence events, most relevant first."""
+        if self.table is None:
+            return {}
+        ids = self.table["audit_id"].to_pylist()
+        return {key: ids[start:start + count] for key, (start, count) in self.groups.items()}
+
+    def rows(self, keys: set) -> dict[tuple, list]:
+        """Evidence event dicts of each of ``keys``, most relevant first."""
+        spans = sorted(((key, self.groups[key]) for key in keys if key in self.groups), key=lambda item: item[1][0])
+        if not spans:
+            return {}
+        rows = self.scores.rows(self.table.take(pa.array(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans]))))
+        result, position = {}, 0
+        for key, (_, count) in spans:
+            result[key] = rows[position:position + count]
+            position += count
+        return result
 
 
-def _accumulate_hits(events: pd.DataFrame, hits: pd.DataFrame, column: str, entity_type: str, record_hits: dict) -> None:
-    hit_columns = [c for c in hits.columns if hits[c].any()]
-    if not hit_columns:
-        return
-    frame = pd.concat([events[[column, "window_start"]], hits[hit_columns].astype(int)], axis=1)
-    sums = frame.groupby([column, "window_start"], sort=False)[hit_columns].sum()
-    for (entity, start), row in sums.iterrows():
-        for rule_id, count in row.items():
-            if count:
-                record_hits[(entity_type, entity, start)][rule_id] += int(count)
+def _encoded(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A text column dictionary-encoded (as the archive's text columns are read), so that kept rows share its values."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
 
 
-def evidence_rows(frame: pd.DataFrame) -> list[dict]:
-    """Evidence events as plain JSON-ready dicts (times in ISO 8601 UTC)."""
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes, equal for equal values (nulls included), of a text column, plain or dictionary-encoded."""
+    column = column.unify_dictionaries() if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    return np.concatenate([chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
+                          or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+
+
+def _plain(column: pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def score_columns(pack: RulePack, entity_types) -> list[str]:
+    """The event columns the score stage reads: the features map's (flags, rules, entities) and the evidence's."""
+    wanted = set(map_columns(pack, entity_types)) | set(EVIDENCE_COLUMNS) | {"request_uri", "user_agent", "verb", "resource"}
+    return [name for name in COLUMN_NAMES if name in wanted]
+
+
+def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], why: list[str]) -> list[dict]:
+    """Events (their ``EVIDENCE_COLUMNS``, score and why bits, a bit per ``why`` name) as plain JSON-ready dicts
+    (times in ISO 8601 UTC)."""
+    columns = {name: table[name].to_pylist() for name in EVIDENCE_COLUMNS}
+    bits = np.unpackbits(np.frombuffer(b"".join(why_bits), dtype=np.uint8).reshape(len(table), -1), axis=1)
     rows = []
-    for record in frame[list(EVIDENCE_COLUMNS) + ["event_score", "why"]].to_dict("records"):
+    for index, score in enumerate(scores):
+        record = {name: columns[name][index] for name in EVIDENCE_COLUMNS}
         record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        record["code"] = None if pd.isna(record["code"]) else int(record["code"])
-        record["score"] = round(float(record.pop("event_score")), 4)
-        record["why"] = list(record["why"])
-        rows.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()})
+        record["why"] = [why[j] for j in np.flatnonzero(bits[index][: len(why)]).tolist()]
+        record["score"] = round(float(score), 4)
+        rows.append(record)
     return rows
 
 
@@ -383,11 +574,16 @@ def explain(detector, records: pd.DataFrame, baselines: pd.DataFrame, top: int) 
         return {}
     matrix = feature_matrix(head)
     contributions = detector.explain(matrix)
-    per_entity = baselines.set_index(["entity_type", "entity"]) if len(baselines) else None
-    type_rows = baselines[baselines["entity"].isna()].set_index("entity_type") if len(baselines) else None
+    values_of = baselines[list(FEATURE_NAMES)].to_numpy(dtype=float)
+    per_entity, per_type = {}, {}
+    for index, (entity_type, entity) in enumerate(zip(baselines["entity_type"], baselines["entity"])):
+        if pd.isna(entity):
+            per_type.setdefault(entity_type, values_of[index])
+        else:
+            per_entity.setdefault((entity_type, entity), values_of[index])
     reasons: dict[int, list] = {}
     for position, row in enumerate(head.itertuples(index=False)):
-        baseline = _baseline_row(per_entity, type_rows, row.entity_type, row.entity)
+        baseline = per_entity.get((row.entity_type, row.entity), per_type.get(row.entity_type))
         values = matrix[position]
         if contributions is not None:
             order = np.argsort(-contributions[position], kind="stable")
@@ -417,14 +613,6 @@ def _display(name: str, value: float) -> float:
     if name.endswith(("_fraction", "_rate")) or name in ("deny_rate", "new_entity", "off_hours") or name.endswith("_vs_baseline"):
         return round(float(value), 4)
     return round(float(np.expm1(value)), 3)
-
-
-def _baseline_row(per_entity, type_rows, entity_type: str, entity: str):
-    if per_entity is not None and (entity_type, entity) in per_entity.index:
-        return per_entity.loc[(entity_type, entity), list(FEATURE_NAMES)].to_numpy(dtype=float)
-    if type_rows is not None and entity_type in type_rows.index:
-        return type_rows.loc[entity_type, list(FEATURE_NAMES)].to_numpy(dtype=float)
-    return None
 
 
 def timelines(table: pd.DataFrame, findings: list[dict]) -> dict:

@@ -10,6 +10,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,15 +22,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
-from features.aggregate import AGGREGATE_COLUMNS, empty_partials, partial_table, partials_as_frame
+from features.aggregate import (
+    AGGREGATE_COLUMNS, REQUEST_COLUMNS, combine_partials, combine_rule_partials, empty_partials, hit_counts, hour_requests,
+    partial_table, partials_as_frame, reduce_tables,
+)
 from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
 from features.flags import FlagContext, FlagInputs, flag_columns, flag_events
 from features.novelty import no_history
 from features.entities import entity_group
-from features.rules import RuleError, RulePack
+from features.rules import AggregateGroups, RuleError, RulePack
 from features.windows import (
-    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
+    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise,
 )
 from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
 from pipeline.config import Config, parse_yaml
@@ -61,7 +65,10 @@ class Ranges:
         return cls(**{k: parse_iso(v) for k, v in value.items()})
 
 
+@lru_cache(maxsize=65_536)
 def iso(moment: datetime) -> str:
+    """A time as ISO 8601 UTC to the second. Cached: the score stage formats the same few window starts and ends
+    for every record (20 us each, several seconds for 300,000 identities' windows)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -242,14 +249,65 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if is_cached(ctx, cache_key):
         return ctx.storage.read_parquet(cache_key), ctx.storage.read_parquet(rules_cache_key(cache_key))
     cfg = ctx.config.features
-    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types)
+    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types, cfg.batch_rows)
     write_cached(ctx, cache_key, encode_partials(tables))
     return tables
 
 
-def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types) -> tuple[pa.Table, pa.Table]:
-    """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read."""
-    return map_hour(read_hour_events(data, map_columns(pack, entity_types)), flags, pack, window_minutes, entity_types)
+def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types,
+                  batch_rows: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read. An hour of more
+    than ``batch_rows`` events is mapped in batches of that many to the same tables, holding one batch at a time
+    (``BusyHour``); the groups of the rules with aggregate thresholds (``AggregateGroups``) are counted over every
+    batch first."""
+    columns = map_columns(pack, entity_types)
+    hour = busy_hour(data, window_minutes, batch_rows)
+    if hour is None:
+        return map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types)
+    groups = AggregateGroups(pack)
+    for batch, _, judged in hour.batches(columns):
+        events = flag_events(batch, flags, judged)
+        groups.add(events, no_history(events.rows))
+    partials, hits = [], []
+    for batch, counted, judged in hour.batches(columns):
+        events = flag_events(batch, flags, judged)
+        partials.append(partial_table(events, window_minutes, entity_types, np.flatnonzero(counted)))
+        hits.append(rule_partials(pack, events, window_minutes, entity_types, groups))
+    return combine_partials(partials, entity_types), combine_rule_partials(hits, entity_types, [rule.id for rule in pack.active])
+
+
+@dataclass
+class BusyHour:
+    """An archived hour of more than ``batch_rows`` events, read ``batch_rows`` at a time (``hour_batches``), with
+    what is judged over the whole hour (``features.aggregate.hour_requests``): per event, whether it is the row
+    its request counts in (``request_rows``) and the ``audit_id_reused`` flag."""
+
+    data: bytes
+    batch_rows: int
+    counted: np.ndarray
+    reused: np.ndarray
+
+    def batches(self, columns: list[str]) -> Iterator[tuple[pa.Table, np.ndarray, dict[str, np.ndarray]]]:
+        """(batch, which of its rows count their request, its flags judged over the hour) for each batch, in order."""
+        offset = 0
+        for batch in hour_batches(self.data, columns, self.batch_rows):
+            end = offset + len(batch)
+            yield batch, self.counted[offset:end], {"audit_id_reused": self.reused[offset:end]}
+            offset = end
+
+
+def busy_hour(data: bytes, window_minutes: int, batch_rows: int | None) -> BusyHour | None:
+    """The hour file ``data`` as a ``BusyHour`` when it holds more than ``batch_rows`` events; None when it does not,
+    or when two of its requests or auditIDs share a hash (``hour_requests``): then it is read at once."""
+    rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+    if batch_rows is None or rows <= batch_rows:
+        return None
+    judged = hour_requests(lambda: hour_batches(data, list(REQUEST_COLUMNS), batch_rows), window_minutes)
+    if judged is None:
+        return None
+    counted = np.zeros(rows, dtype=bool)
+    counted[judged[0]] = True
+    return BusyHour(data, batch_rows, counted, judged[1])
 
 
 def map_columns(pack: RulePack, entity_types) -> list[str]:
@@ -263,15 +321,64 @@ def read_hour_events(data: bytes, columns: list[str]) -> pa.Table:
     """The named columns of an archived hour file, in that order. Text columns are read as the file's
     dictionaries (features.columns encodes every column it reads anyway); a column the file predates
     reads as nulls of its EVENT_SCHEMA type, as features.events.conform_events fills it."""
+    file, read = _hour_file(data, columns)
+    # The bytes wrapped without a copy (not a Python file object), and no thread pool: an hour's columns decode in
+    # a few ms, and the stage's workers already keep the cores busy.
+    return _with_absent(file.read(columns=read, use_threads=False), columns)
+
+
+def hour_batches(data: bytes, columns: list[str], batch_rows: int, wanted: set[int] | None = None) -> Iterator[pa.Table]:
+    """``read_hour_events`` in tables of at most ``batch_rows`` rows, in row order: the whole hour at once when it
+    holds no more (every hour of an ordinary day). A busier hour's file holds row groups of ``archive.merge_rows``
+    rows; consecutive ones are read together up to ``batch_rows``, and a larger one in slices. ``wanted``: the
+    numbers of the batches to read, in order; the others are not read (all are when None)."""
+    file, read = _hour_file(data, columns)
+    number = -1
+    for groups, slices in _batch_plan(file.metadata, batch_rows):
+        if slices is None:
+            number += 1
+            if wanted is None or number in wanted:
+                yield _with_absent(file.read_row_groups(groups, columns=read, use_threads=False), columns)
+            continue
+        numbers = range(number + 1, number + 1 + slices)
+        number += slices
+        if wanted is None or not wanted.isdisjoint(numbers):
+            for sliced, batch in zip(numbers, file.iter_batches(batch_size=batch_rows, row_groups=groups, columns=read, use_threads=False)):
+                if wanted is None or sliced in wanted:
+                    yield _with_absent(pa.Table.from_batches([batch]), columns)
+
+
+def _batch_plan(metadata: pq.FileMetaData, batch_rows: int) -> Iterator[tuple[list[int], int | None]]:
+    """``hour_batches``' batches: (row groups, None) read together, or (one row group, the number of slices it is read in)."""
+    group, groups = 0, metadata.num_row_groups
+    if metadata.num_rows <= batch_rows:
+        yield list(range(groups)), None
+        return
+    while group < groups:
+        rows = metadata.row_group(group).num_rows
+        if rows > batch_rows:
+            yield [group], -(-rows // batch_rows)
+            group += 1
+            continue
+        end, rows = group, 0
+        while end < groups and rows + metadata.row_group(end).num_rows <= batch_rows:
+            rows += metadata.row_group(end).num_rows
+            end += 1
+        yield list(range(group, end)), None
+        group = end
+
+
+def _hour_file(data: bytes, columns: list[str]) -> tuple[pq.ParquetFile, list[str]]:
+    """An archived hour file opened with its text columns read as dictionaries, and which of ``columns`` it holds."""
     metadata = pq.read_metadata(pa.BufferReader(data))
     present = set(metadata.schema.names)
     texts = [name for name in columns if name in present and EVENT_SCHEMA.field(name).type == pa.string()]
-    # The bytes wrapped without a copy (not a Python file object), and no thread pool: an hour's columns decode in
-    # a few ms, and the stage's workers already keep the cores busy.
-    table = pq.ParquetFile(pa.BufferReader(data), metadata=metadata, read_dictionary=texts).read(
-        columns=[name for name in columns if name in present], use_threads=False)
+    return pq.ParquetFile(pa.BufferReader(data), metadata=metadata, read_dictionary=texts), [name for name in columns if name in present]
+
+
+def _with_absent(table: pa.Table, columns: list[str]) -> pa.Table:
     for name in columns:
-        if name not in present:
+        if name not in table.column_names:
             table = table.append_column(EVENT_SCHEMA.field(name), pa.nulls(len(table), EVENT_SCHEMA.field(name).type))
     return table.select(columns)
 
@@ -305,7 +412,7 @@ MIN_ROWS_PER_WORKER = 100_000  # a worker costs 1-2 s of CPU to start (imports);
 def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tuple[str, str]]) -> Iterator[tuple[pa.Table, pa.Table]]:
     """``hour_partials`` for every (archive key, cache key), in order. Hours not cached yet are mapped
     by ``features.workers`` processes when they hold enough events (``MIN_ROWS_PER_WORKER`` per
-    worker, from the hour manifests); this process reads the hours,
+    worker, from the hour manifests); the workers read the hours (``_hour_file_source``), this process
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
     todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
@@ -318,8 +425,8 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
             yield hour_partials(ctx, flags, pack, archive_key, cache_key)
         return
     pending = {cache_key for _, cache_key in todo}
-    computed = ordered_map(_map_hour_bytes, (ctx.storage.read_bytes(a) for a, c in keys if c in pending), workers,
-                           setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types)),
+    computed = ordered_map(_map_hour_bytes, (_hour_file_source(ctx, a) for a, c in keys if c in pending), workers,
+                           setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types), cfg.batch_rows),
                            name="auditsift-features")
     try:
         for archive_key, cache_key in keys:
@@ -333,15 +440,22 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
         computed.close()
 
 
-def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, entity_types: tuple) -> tuple:
-    return flags, pack, window_minutes, entity_types
+def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, entity_types: tuple, batch_rows: int) -> tuple:
+    return flags, pack, window_minutes, entity_types, batch_rows
 
 
-def _map_hour_bytes(state: tuple, data: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
-    """Worker side of ``map_hours``: an archived hour file's bytes to its (partials, rule hits) tables, as
-    Arrow IPC streams, and their cache files' bytes. An hour's tables cost 1.9 ms to pickle and 1.2 ms to
-    unpickle (seventy-odd columns, each its own pickled arrays); as IPC streams 0.2 and 0.3 ms."""
-    tables = map_hour_file(data, *state)
+def _hour_file_source(ctx: RunContext, archive_key: str) -> str | bytes:
+    """What a worker maps an archived hour from: the file's path when the workdir is local (the worker reads it, so
+    a busy hour's file is neither held here nor pickled through the queue: 150 MB for 3.85M events), else its bytes."""
+    path = ctx.storage.local_path(archive_key)
+    return str(path) if path is not None else ctx.storage.read_bytes(archive_key)
+
+
+def _map_hour_bytes(state: tuple, source: str | bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """Worker side of ``map_hours``: an archived hour file (its path or bytes, ``_hour_file_source``) to its
+    (partials, rule hits) tables, as Arrow IPC streams, and their cache files' bytes. An hour's tables cost 1.9 ms
+    to pickle and 1.2 ms to unpickle (seventy-odd columns, each its own pickled arrays); as IPC streams 0.2 and 0.3 ms."""
+    tables = map_hour_file(Path(source).read_bytes() if isinstance(source, str) else source, *state)
     return tuple(_ipc_stream(table) for table in tables), encode_partials(tables)
 
 
@@ -396,7 +510,8 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
             handle.advance()
         handle.close()
         rules = rules_frame(rules)
-        merged = reduce_partials([partials_frame(partials)])
+        merged = reduce_tables(partials)
+        del partials  # the hours' tables: as large again as the reduced frame with many identities
         merged = merged[(merged["window_start"] >= pd.Timestamp(ranges.train_from)) & (merged["window_start"] < pd.Timestamp(ranges.score_to))]
         table = finalise(merged.reset_index(drop=True), ctx.config.features.window_minutes)
         table["split"] = np.where(table["window_start"] >= pd.Timestamp(ranges.score_from), "score",
@@ -478,28 +593,27 @@ RULE_PARTIAL_SCHEMA = pa.schema([("entity_type", pa.large_string()), ("entity", 
                                  ("rule", pa.large_string()), ("count", pa.int64())])
 
 
-def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types) -> pa.Table:
+def rule_partials(pack: RulePack, events: pd.DataFrame | FlagInputs, window_minutes: int, entity_types,
+                  groups: AggregateGroups | None = None) -> pa.Table:
     """Rule hit counts per (entity_type, entity, window_start, rule): which rules each entity triggers, and when,
     as an Arrow table of ``RULE_PARTIAL_SCHEMA`` (``rules_frame`` makes frames of them).
     ``events`` is a flagged DataFrame or the FlagInputs of ``flag_events``. History flags are all False here
-    (no history is judged in the map step), so rules that need them never count as an entity's routine."""
+    (no history is judged in the map step), so rules that need them never count as an entity's routine.
+    ``groups``: for a batch of an hour, the aggregate rules' groups over the whole hour (``RulePack.hits``)."""
     columns = events if isinstance(events, EventColumns) else EventColumns(events)
-    hits = pack.hits(events, no_history(columns.rows))
+    hits = pack.hits(events, no_history(columns.rows), groups)
     fired = [rule for rule, matched in hits.items() if matched.any()]
     batches = []
     if fired:
         # Grouped by integer codes (entity, window), numbered in sorted order; rows come out as
         # groupby(sort=True).sum().melt() gave them: rule by rule, groups in order, zero counts dropped.
-        matrix = np.column_stack([hits[rule] for rule in fired]).astype(np.int64)
         step = window_minutes * 60_000_000
         windows, window_codes = np.unique(columns.micros("time") // step * step, return_inverse=True)
         rule_names = pa.array(fired, pa.large_string())
         for entity_type in entity_types:
             entity_codes, entities = columns.ranked(entity_type)
             rows = np.flatnonzero(entity_codes >= 0)
-            groups, group_of_row = np.unique(entity_codes[rows] * max(len(windows), 1) + window_codes[rows], return_inverse=True)
-            sums = np.zeros((len(groups), len(fired)), dtype=np.int64)
-            np.add.at(sums, group_of_row, matrix[rows])
+            groups, sums = hit_counts(entity_codes[rows] * max(len(windows), 1) + window_codes[rows], [hits[rule][rows] for rule in fired])
             rule_index, group_index = np.nonzero(sums.T > 0)
             picked = groups[group_index]
             batches.append(pa.record_batch([
@@ -563,6 +677,12 @@ def training_rows(ctx: RunContext) -> tuple[pd.DataFrame, Ranges]:
 
 def run_train(ctx: RunContext) -> dict:
     """Fit the configured detector on the training rows; save it with its manifest and the resolved config."""
+    return fit_model(ctx)[0]
+
+
+def fit_model(ctx: RunContext) -> tuple[dict, object]:
+    """``run_train``, returning the fitted detector too: ``auditsift run`` scores with it (``load_model``) instead of
+    restoring what it has just saved (a local model is refitted from its saved training rows on every load)."""
     with ctx.timed("train"):
         train, ranges = training_rows(ctx)
         detector = build_detector(ctx)
@@ -586,7 +706,7 @@ def run_train(ctx: RunContext) -> dict:
         }
         ctx.storage.write_json(f"{model_key}/model.json", info)
         ctx.update_state("model", info)
-    return info
+    return info, detector
 
 
 MIN_GROUP_ROWS = 100
@@ -627,11 +747,14 @@ def save_detector(ctx: RunContext, detector, model_key: str) -> dict:
     return manifest
 
 
-def load_model(ctx: RunContext):
-    """The latest model of this cluster, verified (checksums) before anything is deserialised."""
+def load_model(ctx: RunContext, fitted=None):
+    """The latest model of this cluster, verified (checksums) before anything is deserialised; ``fitted``: the
+    detector this process has just fitted and saved as that model (``fit_model``), used as it is."""
     info = ctx.read_state().get("model")
     if not info:
         raise StageError(f"no trained model for cluster '{ctx.cluster}'", hint="run `auditsift train` first")
+    if fitted is not None:
+        return fitted, info, ctx.storage.read_parquet(f"{info['key']}/baselines.parquet").to_pandas()
     keys = ctx.storage.list(f"{info['key']}/detector/")
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model"
