@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -581,10 +582,14 @@ def test_second_run_on_a_busy_workdir_exits_75_or_waits_and_state_stays_valid(sa
     common = ["--workdir", str(workdir), "--cluster", CLUSTER]
     first = start("archive", "--input", str(sample_3d), *common)
     wait_for(lambda: (workdir / "locks" / "run.lock").exists(), first)
-    refused = start("archive", "--input", str(tmp_path / "second.jsonl"), *common, "--wait-lock", "0")
-    waiting = start("archive", "--input", str(tmp_path / "second.jsonl"), *common, "--wait-lock", "300")
-    refused_err = refused.communicate(timeout=120)[1]
-    assert first.poll() is None, "the first run finished before the contender checked the lock: use a larger sample"
+    first.send_signal(signal.SIGSTOP)  # the holder pauses, lock held, however slowly the contenders start on a loaded machine
+    try:
+        refused = start("archive", "--input", str(tmp_path / "second.jsonl"), *common, "--wait-lock", "0")
+        waiting = start("archive", "--input", str(tmp_path / "second.jsonl"), *common, "--wait-lock", "300")
+        refused_err = refused.communicate(timeout=120)[1]
+        assert waiting.poll() is None, "the contender with --wait-lock 300 did not wait for the held lock"
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_out = first.communicate(timeout=300)
     first_done = time.monotonic()
     waiting_out = waiting.communicate(timeout=300)
