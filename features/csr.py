@@ -137,9 +137,13 @@ def csr_facts(obj, requester: str | None = None, requester_groups=(), approval: 
     """The COLUMNS of a written CertificateSigningRequest (create, or the approval subresource when
     ``approval``). The requester is the object's spec.username/spec.groups (the API server sets them from
     the authenticated caller) when present, else ``requester``/``requester_groups`` (the event's user)."""
-    spec = obj.get("spec") if isinstance(obj, dict) else None
-    if not isinstance(spec, dict):
+    if not isinstance(obj, dict):
         return {}
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        if not approval:
+            return {}
+        spec = {}  # an approval body may carry status alone: the decision still counts, the signer is the CSR's create event's
     signer = bounded(text(spec.get("signerName")), 256)
     usages = spec.get("usages")
     facts = {name: None for name in COLUMN_NAMES}

@@ -129,6 +129,9 @@ COLUMNS: tuple[DerivedColumn, ...] = (
     DerivedColumn("pod_privileged_containers", pa.string(), "containers, initContainers, ephemeralContainers",
                   "kind/name of each container that is privileged, adds a dangerous capability or unmasks /proc: shows "
                   "whether the risky one is the debug container a kubectl debug added"),
+    DerivedColumn("workload_owner", pa.string(), "metadata.ownerReferences[controller=true] of a written workload",
+                  "Kind/name of the controller that made this object (a Job's CronJob, a Pod's ReplicaSet): the copy restates its "
+                  "template's facts, so rules can judge the template's author and leave the controller's copies to the model"),
     # Services, ingresses, roles.
     DerivedColumn("service_type", pa.string(), "spec.type of a Service (replaces events.py's)", "NodePort and LoadBalancer expose the service"),
     DerivedColumn("service_lb_scheme", pa.string(), "spec.type, spec.loadBalancerClass, aws-load-balancer-scheme/-internal/-type annotations",
@@ -469,6 +472,14 @@ def pod_spec_facts(obj) -> dict:
     }
 
 
+def workload_owner(obj) -> str | None:
+    """Kind/name of the object's controlling owner reference, or None (made by a person, CI or an operator directly)."""
+    for owner in _items(_get(obj, "metadata", "ownerReferences"), 16):
+        if owner.get("controller") is True:
+            return bounded(f"{text(owner.get('kind')) or ''}/{text(owner.get('name')) or ''}", 256)
+    return None
+
+
 # --------------------------------------------------------------------------- services and ingresses
 SCHEME_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-scheme"
 INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
@@ -609,7 +620,8 @@ def body_facts(resource: str | None, subresource: str | None, obj, requester: st
     if not isinstance(obj, dict) or not resource:
         return {}
     if resource in WORKLOADS and (subresource is None or (resource == "pods" and subresource == "ephemeralcontainers")):
-        return pod_spec_facts(obj)
+        facts = pod_spec_facts(obj)
+        return {**facts, "workload_owner": workload_owner(obj)} if facts else facts
     if subresource is None and resource == "services":
         return service_facts(obj)
     if subresource is None and resource == "ingresses":

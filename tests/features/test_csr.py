@@ -132,6 +132,13 @@ def test_denial_and_status_outside_the_approval_subresource():
     assert facts_of(csr_event(None, "kubernetes.io/kube-apiserver-client", status=approved))["csr_decision"] is None
 
 
+def test_approval_without_spec_still_records_the_decision():
+    body = {"kind": "CertificateSigningRequest", "metadata": {"name": "csr-z35wx5za"},
+            "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "KubectlApprove"}]}}
+    facts = body_facts("certificatesigningrequests", "approval", body, "system:serviceaccount:argocd:argocd-application-controller")
+    assert (facts["csr_decision"], facts["csr_signer"], facts["csr_risks"]) == ("Approved", None, None)
+
+
 def test_declarations():
     assert len(set(COLUMN_NAMES)) == len(COLUMN_NAMES)
     assert set(RISKS) == {"apiserver_client_signer", "masters_group", "nodes_group_not_node", "node_cn_foreign", "system_cn"}

@@ -185,6 +185,17 @@ def test_plain_kubectl_debug_is_not_privileged():
     assert facts["pod_privileged"] is False and facts["pod_privileged_containers"] is None and facts["pod_images"] == "busybox:1.36"
 
 
+def test_controller_copies_name_their_owner():
+    """The job-controller's Pod of a CronJob's Job restates the template: the owner tells the copy from the author's write."""
+    pod = {"kind": "Pod", "metadata": {"name": "metrics-push-29-x", "ownerReferences": [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "metrics-push-29", "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"containers": [{"name": "push", "image": "alpine", "securityContext": {"privileged": True}}]}}
+    raw = write_event("create", "pods", "metrics-push-29-x", "default", pod, response_object=pod, code=201, group="",
+                      user="system:serviceaccount:kube-system:job-controller")
+    assert (facts_of(raw)["workload_owner"], facts_of(raw)["pod_privileged"]) == ("Job/metrics-push-29", True)
+    assert facts_of(write_event("create", "deployments", "checkout-api", "checkout", DEPLOYMENT))["workload_owner"] is None
+
+
 def test_old_ephemeral_containers_kind_is_read():
     body = {"kind": "EphemeralContainers", "ephemeralContainers": [{"name": "d", "image": "alpine", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
     assert pod_spec_facts(body)["pod_dangerous_capabilities"] == "SYS_ADMIN"
