@@ -13,8 +13,17 @@ import pyarrow as pa
 import pytest
 
 import features.events as events_module
-from features.events import (ENVELOPE_COLUMNS, EVENT_COLUMNS, GATE_FIELDS, READ_FIELDS, READS, ROW_SCHEMA, normalize_event,
-                             normalize_json_lines, rows_table)
+from features.events import (
+    ENVELOPE_COLUMNS,
+    EVENT_COLUMNS,
+    GATE_FIELDS,
+    READ_FIELDS,
+    READS,
+    ROW_SCHEMA,
+    normalize_event,
+    normalize_json_lines,
+    rows_table,
+)
 from tests.factory import T0, event
 
 # The C decoder's columns that are not strings, with the type each becomes (features.events._native_rows).
