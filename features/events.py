@@ -638,51 +638,19 @@ def _struct(name: str, tree: dict):
     return msgspec.defstruct(name, fields, rename={_attribute(key): key for key in tree}, gc=False)
 
 
-def _getter(path: tuple[str, ...]):
-    """Reads ``path`` from a decoded struct: None when a struct on the way is absent."""
-    attributes = tuple(_attribute(key) for key in path)
-
-    def get(event):
-        for attribute in attributes:
-            if event is None:
-                return None
-            event = getattr(event, attribute)
-        return event
-    return get
-
-
-def _block_ips(value) -> list[str]:
-    return [ip for ip in value if ip] if value else []
-
-
-# The block path's reader of each READS kind (the value its struct decoded to the column's value); "time" and
-# "id" lines without one never get here (they take the per-line path).
-_BLOCK_READS = {
-    "time": _first_truthy,
-    "id": lambda value: value,
-    "stage": lambda value: value or "ResponseComplete",
-    "text": lambda value: value,
-    "first": lambda value: (value[0] if value else None) if type(value) is list else value,
-    "strings": lambda value: value or [],
-    "code": lambda value: value if value is not None and 0 <= value < 1000 else None,
-    "true": lambda value: value == "true",
-    "last_ip": lambda value: (_block_ips(value) or [None])[-1],
-    "claimed_ip": lambda value: ips[0] if len(ips := _block_ips(value)) > 1 else None,
-    "exec_command": lambda value: _exec_command(value[0]) if value[1] in ("exec", "attach") else None,
-}
+# The columns the msgspec block loop in normalize_json_lines fills, in the order it names them.
+_BLOCK_ORDER = ("time", "received_time", "audit_id", "stage", "level", "user", "groups", "impersonated_user", "source_ip",
+                "claimed_ip", "user_agent", "verb", "resource", "subresource", "namespace", "name", "api_group", "code", "decision",
+                "authz_reason", "request_uri", "arn", "session_name", "access_key_id", "sa_pod_name", "truncated", "exec_command")
+if set(_BLOCK_ORDER) != {column.name for column in ENVELOPE_COLUMNS}:
+    raise ImportError("features.events.normalize_json_lines does not read every ENVELOPE_COLUMNS column: "
+                      f"add {sorted({c.name for c in ENVELOPE_COLUMNS} ^ set(_BLOCK_ORDER))} to its loop and _BLOCK_ORDER")
 if msgspec is not None:
     _Event = _struct("_Event", {**_block_fields(), "requestObject": msgspec.Raw})
     _DECODE = msgspec.json.Decoder(_Event).decode
     _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-    # (column name, its source read from a decoded _Event, its reader), in ROW_SCHEMA order.
-    _BLOCK_COLUMNS = tuple(
-        (column.name, _getter(column.source[0]) if len(column.source) == 1 else
-         (lambda getters: lambda event: tuple(get(event) for get in getters))(tuple(map(_getter, column.source))),
-         _BLOCK_READS[column.read])
-        for column in ENVELOPE_COLUMNS
-    )
 else:  # pragma: no cover - msgspec is a declared dependency; without it every line takes the per-line path
-    _DECODE, _DECODE_ERRORS, _BLOCK_COLUMNS = None, (), ()
+    _DECODE, _DECODE_ERRORS = None, ()
 
 
 try:
@@ -715,8 +683,12 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
     """
     if _fastnorm is not None and type(lines) is list:
         return _native_rows(lines, cw_ids, repairs)
-    columns: dict[str, list] = {name: [] for name, _, _ in _BLOCK_COLUMNS}
-    readers = [(columns[name].append, get, read) for name, get, read in _BLOCK_COLUMNS]
+    # Hand-written for speed (a generic reader per column costs twice the time); tests/features/test_event_schema.py
+    # checks that it fills every ENVELOPE_COLUMNS column from its declared source.
+    columns: dict[str, list] = {column.name: [] for column in ENVELOPE_COLUMNS}
+    (times, received, audit_ids, stages, levels, users, groups_, impersonated_users, source_ips, claimed_ips, agents, verbs,
+     resources, subresources, namespaces, names, api_groups, codes, decisions, reasons, uris, arns, sessions, keys, pods,
+     truncated_, commands) = (columns[name] for name in _BLOCK_ORDER)
     positions = []
     missing_user = 0
     decode = _DECODE
@@ -727,17 +699,80 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
                 line.decode("utf-8")
         except _DECODE_ERRORS:
             continue
-        kind, api_version = event.kind, event.apiVersion
+        kind, api_version, audit_id = event.kind, event.apiVersion, event.auditID
+        time = event.stageTimestamp or event.timestamp or event.requestReceivedTimestamp or event.p_event_time
         ref = event.objectRef
         resource = ref.resource if ref is not None else None
         if ((kind is not None and kind != "Event") or (api_version is not None and not api_version.startswith("audit.k8s.io/"))
-                or not (event.stageTimestamp or event.timestamp or event.requestReceivedTimestamp or event.p_event_time)
-                or not event.auditID or (resource in BODY_RESOURCES and event.requestObject is not None)):
+                or not time or not audit_id or (resource in BODY_RESOURCES and event.requestObject is not None)):
             continue
         positions.append(position)
-        missing_user += event.user is None
-        for append, get, read in readers:
-            append(read(get(event)))
+        times.append(time)
+        received.append(event.requestReceivedTimestamp)
+        audit_ids.append(audit_id)
+        stages.append(event.stage or "ResponseComplete")
+        levels.append(event.level)
+        user = event.user
+        extra = None
+        if user is None:
+            missing_user += 1
+            users.append(None)
+            groups_.append([])
+        else:
+            users.append(user.username)
+            groups_.append(user.groups or [])
+            extra = user.extra
+        if extra is None:
+            arns.append(None)
+            sessions.append(None)
+            keys.append(None)
+            pods.append(None)
+        else:
+            value = extra.arn
+            arns.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.sessionName
+            sessions.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.accessKeyId
+            keys.append((value[0] if value else None) if type(value) is list else value)
+            value = extra.authentication_kubernetes_io_pod_name
+            pods.append((value[0] if value else None) if type(value) is list else value)
+        impersonated = event.impersonatedUser
+        impersonated_users.append(impersonated.username if impersonated is not None else None)
+        ips = event.sourceIPs or ()
+        if "" in ips:
+            ips = [ip for ip in ips if ip]
+        source_ips.append(ips[-1] if ips else None)
+        claimed_ips.append(ips[0] if len(ips) > 1 else None)
+        agents.append(event.userAgent)
+        verbs.append(event.verb)
+        uri = event.requestURI
+        uris.append(uri)
+        if ref is None:
+            subresource = None
+            resources.append(None)
+            subresources.append(None)
+            namespaces.append(None)
+            names.append(None)
+            api_groups.append(None)
+        else:
+            subresource = ref.subresource
+            resources.append(resource)
+            subresources.append(subresource)
+            namespaces.append(ref.namespace)
+            names.append(ref.name)
+            api_groups.append(ref.apiGroup)
+        commands.append(_exec_command(uri) if subresource == "exec" or subresource == "attach" else None)
+        code = event.responseStatus.code if event.responseStatus is not None else None
+        codes.append(code if code is not None and 0 <= code < 1000 else None)
+        annotations = event.annotations
+        if annotations is None:
+            decisions.append(None)
+            reasons.append(None)
+            truncated_.append(False)
+        else:
+            decisions.append(annotations.authorization_k8s_io_decision)
+            reasons.append(annotations.authorization_k8s_io_reason)
+            truncated_.append(annotations.audit_k8s_io_truncated == "true")
     if missing_user and repairs is not None:
         repairs["user_missing"] = repairs.get("user_missing", 0) + missing_user
     arrays = []
