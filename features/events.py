@@ -388,7 +388,37 @@ def synthetic_audit_id(raw: dict) -> str:
 
     import orjson
 
-    return "sha256-" + hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
+    try:
+        text = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # nested deeper than orjson writes (254 levels; kube-apiserver logs deeper bodies as sent)
+        text = canonical_json(raw)
+    return "sha256-" + hashlib.sha256(text).hexdigest()[:32]
+
+
+def canonical_json(value) -> bytes:
+    """JSON text of a decoded value with sorted keys, built without recursion, so any depth a reader accepted works."""
+    import orjson
+
+    parts: list[bytes] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bytes:  # a piece of syntax pushed below; decoded JSON never holds bytes
+            parts.append(item)
+        elif isinstance(item, dict):
+            parts.append(b"{")
+            stack.append(b"}")
+            keys = sorted(map(str, item))
+            for index in range(len(keys) - 1, -1, -1):
+                stack += [item[keys[index]], orjson.dumps(keys[index]) + b":"] + ([b","] if index else [])
+        elif isinstance(item, list):
+            parts.append(b"[")
+            stack.append(b"]")
+            for index in range(len(item) - 1, -1, -1):
+                stack += [item[index]] + ([b","] if index else [])
+        else:
+            parts.append(orjson.dumps(item, default=str))
+    return b"".join(parts)
 
 
 def normalize_event(raw, cw_event_id: str | None = None, default_time: str | None = None, repairs: dict | None = None) -> dict:
