@@ -863,10 +863,6 @@ def parse_time(value: str) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
-def empty_event_table() -> pa.Table:
-    return EVENT_SCHEMA.empty_table()
-
-
 def conform_events(table: pa.Table) -> pa.Table:
     """An archived hour written by an older release, as EVENT_SCHEMA: columns added since are null.
 
