@@ -842,6 +842,14 @@ def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) 
     columns["exec_command"] = pa.array(commands, type=pa.string())
     if cw_ids is not None:
         columns["cw_event_id"] = pa.array([cw_ids[i] for i in positions.tolist()], type=pa.string())
+    # Arrays made of the C decoder's buffers are checked in full (offsets in bounds and rising, UTF-8) before
+    # anything reads them: a decoder bug stops the run here in one line instead of reading past a buffer.
+    for name, array in columns.items():
+        try:
+            array.validate(full=True)
+        except pa.ArrowInvalid as error:
+            raise RuntimeError(f"features._fastnorm built an invalid {name} column ({error}); "
+                               "AUDITSIFT_NO_NATIVE=1 archives with the msgspec decoder meanwhile") from error
     arrays = [columns[field.name] if field.name in columns else pa.nulls(count, field.type) for field in ROW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA), positions
 

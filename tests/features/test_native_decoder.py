@@ -60,3 +60,20 @@ def test_a_quarantined_object_nested_a_thousand_deep_does_not_abort_the_archive(
     result = archived(path, None)
     assert result != ("RecursionError",), "the archive raised RecursionError"
     assert len(result[0]) == 1 and result[1] == {"not_an_audit_event": 1}
+
+
+def test_a_column_the_decoder_built_wrong_stops_the_run_in_one_line(monkeypatch):
+    """Offsets that point past the data are refused before anything reads them."""
+    real = native()
+
+    class Corrupting:
+        @staticmethod
+        def normalize(lines, body_resources):
+            positions, missing, strings, groups, code, truncated = real.normalize(lines, body_resources)
+            validity, offsets, data, nulls = strings["user_agent"]
+            strings["user_agent"] = (validity, offsets[:-4] + (len(data) + 4096).to_bytes(4, "little"), data, nulls)
+            return positions, missing, strings, groups, code, truncated
+
+    monkeypatch.setattr(events_module, "_fastnorm", Corrupting)
+    with pytest.raises(RuntimeError, match=r"features._fastnorm built an invalid user_agent column .*AUDITSIFT_NO_NATIVE=1"):
+        events_module.normalize_json_lines([json.dumps(event()).encode()])
