@@ -454,7 +454,7 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
             repairs["source_ips_as_string"] = repairs.get("source_ips_as_string", 0) + 1
         if isinstance(_dig(raw, ("responseStatus", "code")), str):
             repairs["code_as_string"] = repairs.get("code_as_string", 0) + 1
-    row = {column.name: _LINE_READS[column.read](_source_value(source, column.source)) for column in _LINE_COLUMNS}
+    row = {name: read(get(source)) for name, get, read in _LINE_PLAN}
     time = row["time"] or default_time
     if not isinstance(time, str):
         raise BadEvent("missing_timestamp")
@@ -477,11 +477,23 @@ def _dig(value, path: tuple[str, ...]):
     return value
 
 
-def _source_value(raw: dict, paths: tuple[tuple[str, ...], ...]):
-    """The value at a column's source path; for several (time's, exec_command's), the tuple of their values."""
-    if len(paths) == 1:
-        return _dig(raw, paths[0])
-    return tuple(_dig(raw, path) for path in paths)
+def _line_getter(paths: tuple[tuple[str, ...], ...]):
+    """Reads a column's source from a raw event: the value at its path (None where a step is not an object), or for
+    several paths (time's, exec_command's) the tuple of their values. The short paths, nearly all, get a direct lookup."""
+    if len(paths) > 1:
+        getters = [_line_getter((path,)) for path in paths]
+        return lambda raw: tuple([get(raw) for get in getters])
+    path = paths[0]
+    if len(path) == 1:
+        return lambda raw: raw.get(path[0])
+    if len(path) == 2:
+        outer, inner = path
+        return lambda raw: value.get(inner) if isinstance(value := raw.get(outer), dict) else None
+    if len(path) == 3:
+        outer, middle, inner = path
+        return lambda raw: (value.get(inner) if isinstance(value := raw.get(outer), dict) and isinstance(value := value.get(middle), dict)
+                            else None)
+    return lambda raw: _dig(raw, path)
 
 
 def _first_truthy(values):
@@ -505,7 +517,7 @@ _LINE_READS = {
     "id": lambda value: value if isinstance(value, str) and value else None,
     "stage": lambda value: _text(value) or "ResponseComplete",
     "text": _text,
-    "first": lambda value: _first(value),
+    "first": lambda value: _first(value),  # defined below
     "strings": lambda value: [g for g in value if isinstance(g, str)] if isinstance(value, list) else [],
     "code": _line_code,
     "true": lambda value: value == "true",
@@ -546,7 +558,9 @@ def _first(value) -> str | None:
     return _text(value)
 
 
-_LINE_COLUMNS = tuple(column for column in EVENT_COLUMNS if column.read != "body")
+# (name, source getter, reader) of each column the per-line path reads itself; body facts come from _request_facts.
+_LINE_PLAN = tuple((column.name, _line_getter(column.source) if column.source else lambda raw: None, _LINE_READS[column.read])
+                   for column in EVENT_COLUMNS if column.read != "body")
 
 
 # Normalised rows before their timestamps are parsed: EVENT_SCHEMA with both times still text.
