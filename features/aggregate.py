@@ -259,7 +259,7 @@ def partial_table(events: pd.DataFrame | FlagInputs, window_minutes: int, entity
     sources["verb_resource"] = verb_resources(columns, rows)
     people = {c: (columns.ranked(c)[0][rows], columns.ranked(c)[1]) for c in set(ENTITY_COLUMNS.values())}
     # The distinct values of every set source and of the peers, one Arrow array (each source at its base), so the
-    # values of all ten set columns are taken at once per entity type: a take costs some 20 us whatever its size.
+    # values of all ten set columns are taken at once per entity type: a take has a fixed cost whatever its size.
     value_arrays = [pa.array(values, pa.string()) for _, values in (*sources.values(), *people.values())]
     bases = np.cumsum([0] + [len(values) for values in value_arrays])
     all_values = pa.concat_arrays(value_arrays)
@@ -360,7 +360,7 @@ def reduce_tables(tables: Iterable[pa.Table]) -> pd.DataFrame:
 
 def _python_lists(lists: pa.ListArray) -> list[list]:
     """A list array (no nulls) as Python lists that share one str per distinct value: a window's sets repeat the
-    same few values, and a str per cell (``to_pylist``) made a spray of identities' frame 640 MB larger."""
+    same few values, and a str per cell (``to_pylist``) holds every repeat again (docs/performance.md)."""
     encoded = pc.dictionary_encode(lists.flatten())
     flat = iter(np.array(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)].tolist())
     return [list(islice(flat, length)) for length in np.diff(lists.offsets.to_numpy()).tolist()]

@@ -8,6 +8,7 @@ role and subjects, a ConfigMap's key names), never values.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,63 +28,112 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 @dataclass(frozen=True)
 class Column:
+    """One archive column: its type, why it is kept, and where it comes from in an audit event.
+
+    ``source`` holds the paths of keys it is read from (the first present one counts); ``read`` says
+    how (READS). The per-line normaliser, the msgspec block decoder's struct and its field list are
+    generated from these; the C decoder (features/_native/fastnorm.c) is checked against them by
+    tests/features/test_event_schema.py."""
+
     name: str
     type: pa.DataType
     why: str
+    source: tuple[tuple[str, ...], ...] = ()
+    read: str = "body"
 
 
+# How a column is read from its source. For each: what the per-line path keeps, and the JSON type the
+# block decoders accept (any other type sends the line to the per-line path, which decides it).
+READS: dict[str, str] = {
+    "time": "the first non-empty of its sources; not a string: missing_timestamp (per-line) or the per-line path (block)",
+    "id": "a non-empty string; else a hash of the event (per-line) or the per-line path (block)",
+    "stage": 'a non-empty string, else "ResponseComplete"; block: string or null',
+    "text": "a string (the per-line path also keeps a number or boolean as its text), else null; block: string or null",
+    "first": "the first entry of a list (user.extra values are lists), or a bare string; block: list of strings/nulls, string or null",
+    "strings": "the strings of a list, [] when absent; block: list of strings or null",
+    "code": "an integer 0-999, else null (the per-line path repairs a digit string); block: integer or null",
+    "true": 'whether the value is the string "true"; block: string or null',
+    "last_ip": "the last non-empty entry of the list (the per-line path repairs a bare string); block: list of strings or null",
+    "claimed_ip": "the first non-empty entry when there are several; block: as last_ip",
+    "exec_command": "command= parameters of the request URI, decoded and joined, when the subresource is exec or attach",
+    "body": "a fact read from the request body by _request_facts, for BODY_RESOURCES only (never on the block path)",
+    "record": "not in the event: set from the log record it came in (salvage, CloudWatch event id)",
+}
+
+
+def _at(*paths: str) -> tuple[tuple[str, ...], ...]:
+    """Source paths written as dotted strings; ``/`` keeps an annotation key whole (``annotations/authorization.k8s.io/decision``)."""
+    return tuple(tuple(path.split("/", 1)) if "/" in path else tuple(path.split(".")) for path in paths)
+
+
+_BODY = _at("requestObject")
 EVENT_COLUMNS: tuple[Column, ...] = (
-    Column("time", TIMESTAMP, "stageTimestamp: when the stage happened; windows and partitions use it"),
-    Column("received_time", TIMESTAMP, "requestReceivedTimestamp, for latency and ordering"),
-    Column("audit_id", pa.string(), "auditID: joins the stages of one request; the client may set it (Audit-ID header), so it identifies nothing alone"),
-    Column("stage", pa.string(), "RequestReceived/ResponseStarted/ResponseComplete/Panic; exec shows as ResponseStarted 101"),
-    Column("level", pa.string(), "audit level the policy logged at"),
-    Column("user", pa.string(), "user.username: the identity acting"),
-    Column("groups", pa.list_(pa.string()), "user.groups: system:masters or system:nodes change what is normal"),
-    Column("impersonated_user", pa.string(), "impersonatedUser.username: acting as someone else"),
-    Column("source_ip", pa.string(), "last sourceIPs entry: the connection address, not client-settable"),
-    Column("claimed_ip", pa.string(), "first sourceIPs entry when there are several: X-Forwarded-For, client-settable, display only"),
-    Column("user_agent", pa.string(), "userAgent: client family changes (kubectl to curl) betray stolen credentials"),
-    Column("verb", pa.string(), "get/list/watch/create/update/patch/delete/deletecollection"),
-    Column("resource", pa.string(), "objectRef.resource"),
-    Column("subresource", pa.string(), "objectRef.subresource: exec, attach, portforward, token, status"),
-    Column("namespace", pa.string(), "objectRef.namespace"),
-    Column("name", pa.string(), "objectRef.name"),
-    Column("api_group", pa.string(), "objectRef.apiGroup"),
-    Column("code", pa.int32(), "responseStatus.code: 401/403 denials, 101 exec upgrades"),
-    Column("decision", pa.string(), "annotation authorization.k8s.io/decision: allow or forbid"),
-    Column("authz_reason", pa.string(), "annotation authorization.k8s.io/reason: which binding allowed it"),
-    Column("request_uri", pa.string(), "requestURI: non-resource paths, exec commands, cluster-wide lists"),
-    Column("arn", pa.string(), "user.extra.arn: the IAM principal behind an EKS identity"),
-    Column("session_name", pa.string(), "user.extra.sessionName"),
-    Column("access_key_id", pa.string(), "user.extra.accessKeyId: a new key for the same user is a lead"),
-    Column("sa_pod_name", pa.string(), "service-account token's bound pod (authentication.kubernetes.io/pod-name)"),
-    Column("truncated", pa.bool_(), "annotation audit.k8s.io/truncated: body was stripped for size"),
-    Column("exec_command", pa.string(), "command= parameters of an exec/attach requestURI, decoded and joined"),
-    Column("pod_privileged", pa.bool_(), "a created workload's container runs privileged"),
-    Column("pod_host_namespaces", pa.string(), "hostPID/hostNetwork/hostIPC set on a created workload, comma-joined"),
-    Column("pod_host_paths", pa.string(), "hostPath volume paths of a created workload, comma-joined"),
-    Column("pod_capabilities", pa.string(), "added Linux capabilities of a created workload, comma-joined"),
-    Column("pod_images", pa.string(), "container images of a created workload, comma-joined"),
-    Column("role_ref", pa.string(), "a binding's roleRef as Kind/name"),
-    Column("subjects", pa.string(), "a binding's subjects as Kind:namespace/name, comma-joined"),
-    Column("role_verbs", pa.string(), "verbs granted by a created/updated Role or ClusterRole, comma-joined"),
-    Column("role_resources", pa.string(), "resources granted by a created/updated Role or ClusterRole, comma-joined"),
-    Column("service_type", pa.string(), "spec.type of a created Service (NodePort, LoadBalancer)"),
-    Column("csr_signer", pa.string(), "spec.signerName of a CertificateSigningRequest"),
-    Column("csr_usages", pa.string(), "spec.usages of a CertificateSigningRequest, comma-joined"),
-    Column("configmap_keys", pa.string(), "data key names of a written ConfigMap (values are never kept)"),
-    Column("configmap_credentials", pa.bool_(), "a written ConfigMap's data looks like it holds credentials (values masked)"),
-    Column("grants_masters", pa.bool_(), "a written aws-auth ConfigMap maps someone into system:masters"),
-    Column("ingress_tls", pa.bool_(), "a created Ingress declares spec.tls"),
+    Column("time", TIMESTAMP, "stageTimestamp: when the stage happened; windows and partitions use it",
+           _at("stageTimestamp", "timestamp", "requestReceivedTimestamp", "p_event_time"), "time"),
+    Column("received_time", TIMESTAMP, "requestReceivedTimestamp, for latency and ordering", _at("requestReceivedTimestamp"), "text"),
+    Column("audit_id", pa.string(), "auditID: joins the stages of one request; the client may set it (Audit-ID header), so it identifies nothing alone",
+           _at("auditID"), "id"),
+    Column("stage", pa.string(), "RequestReceived/ResponseStarted/ResponseComplete/Panic; exec shows as ResponseStarted 101",
+           _at("stage"), "stage"),
+    Column("level", pa.string(), "audit level the policy logged at", _at("level"), "text"),
+    Column("user", pa.string(), "user.username: the identity acting", _at("user.username"), "text"),
+    Column("groups", pa.list_(pa.string()), "user.groups: system:masters or system:nodes change what is normal", _at("user.groups"), "strings"),
+    Column("impersonated_user", pa.string(), "impersonatedUser.username: acting as someone else", _at("impersonatedUser.username"), "text"),
+    Column("source_ip", pa.string(), "last sourceIPs entry: the connection address, not client-settable", _at("sourceIPs"), "last_ip"),
+    Column("claimed_ip", pa.string(), "first sourceIPs entry when there are several: X-Forwarded-For, client-settable, display only",
+           _at("sourceIPs"), "claimed_ip"),
+    Column("user_agent", pa.string(), "userAgent: client family changes (kubectl to curl) betray stolen credentials", _at("userAgent"), "text"),
+    Column("verb", pa.string(), "get/list/watch/create/update/patch/delete/deletecollection", _at("verb"), "text"),
+    Column("resource", pa.string(), "objectRef.resource", _at("objectRef.resource"), "text"),
+    Column("subresource", pa.string(), "objectRef.subresource: exec, attach, portforward, token, status", _at("objectRef.subresource"), "text"),
+    Column("namespace", pa.string(), "objectRef.namespace", _at("objectRef.namespace"), "text"),
+    Column("name", pa.string(), "objectRef.name", _at("objectRef.name"), "text"),
+    Column("api_group", pa.string(), "objectRef.apiGroup", _at("objectRef.apiGroup"), "text"),
+    Column("code", pa.int32(), "responseStatus.code: 401/403 denials, 101 exec upgrades", _at("responseStatus.code"), "code"),
+    Column("decision", pa.string(), "annotation authorization.k8s.io/decision: allow or forbid",
+           _at("annotations/authorization.k8s.io/decision"), "text"),
+    Column("authz_reason", pa.string(), "annotation authorization.k8s.io/reason: which binding allowed it",
+           _at("annotations/authorization.k8s.io/reason"), "text"),
+    Column("request_uri", pa.string(), "requestURI: non-resource paths, exec commands, cluster-wide lists", _at("requestURI"), "text"),
+    Column("arn", pa.string(), "user.extra.arn: the IAM principal behind an EKS identity", _at("user.extra.arn"), "first"),
+    Column("session_name", pa.string(), "user.extra.sessionName", _at("user.extra.sessionName"), "first"),
+    Column("access_key_id", pa.string(), "user.extra.accessKeyId: a new key for the same user is a lead", _at("user.extra.accessKeyId"), "first"),
+    Column("sa_pod_name", pa.string(), "service-account token's bound pod (authentication.kubernetes.io/pod-name)",
+           (("user", "extra", "authentication.kubernetes.io/pod-name"),), "first"),
+    Column("truncated", pa.bool_(), "annotation audit.k8s.io/truncated: body was stripped for size", _at("annotations/audit.k8s.io/truncated"), "true"),
+    Column("exec_command", pa.string(), "command= parameters of an exec/attach requestURI, decoded and joined",
+           _at("requestURI", "objectRef.subresource"), "exec_command"),
+    Column("pod_privileged", pa.bool_(), "a created workload's container runs privileged", _BODY),
+    Column("pod_host_namespaces", pa.string(), "hostPID/hostNetwork/hostIPC set on a created workload, comma-joined", _BODY),
+    Column("pod_host_paths", pa.string(), "hostPath volume paths of a created workload, comma-joined", _BODY),
+    Column("pod_capabilities", pa.string(), "added Linux capabilities of a created workload, comma-joined", _BODY),
+    Column("pod_images", pa.string(), "container images of a created workload, comma-joined", _BODY),
+    Column("role_ref", pa.string(), "a binding's roleRef as Kind/name", _BODY),
+    Column("subjects", pa.string(), "a binding's subjects as Kind:namespace/name, comma-joined", _BODY),
+    Column("role_verbs", pa.string(), "verbs granted by a created/updated Role or ClusterRole, comma-joined", _BODY),
+    Column("role_resources", pa.string(), "resources granted by a created/updated Role or ClusterRole, comma-joined", _BODY),
+    Column("service_type", pa.string(), "spec.type of a created Service (NodePort, LoadBalancer)", _BODY),
+    Column("csr_signer", pa.string(), "spec.signerName of a CertificateSigningRequest", _BODY),
+    Column("csr_usages", pa.string(), "spec.usages of a CertificateSigningRequest, comma-joined", _BODY),
+    Column("configmap_keys", pa.string(), "data key names of a written ConfigMap (values are never kept)", _BODY),
+    Column("configmap_credentials", pa.bool_(), "a written ConfigMap's data looks like it holds credentials (values masked)", _BODY),
+    Column("grants_masters", pa.bool_(), "a written aws-auth ConfigMap maps someone into system:masters", _BODY),
+    Column("ingress_tls", pa.bool_(), "a created Ingress declares spec.tls", _BODY),
     Column("webhook_targets", pa.string(),
-           "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined"),
+           "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined", _BODY),
     Column("webhook_weakened", pa.bool_(),
-           "a written webhook configuration leaves a webhook with no rules, or sets a validating webhook to failurePolicy Ignore"),
+           "a written webhook configuration leaves a webhook with no rules, or sets a validating webhook to failurePolicy Ignore", _BODY),
     Column("salvage", pa.string(),
-           "why the event is incomplete when it was salvaged from a line that did not decode whole (SALVAGE_MARKERS), else null"),
-    Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: which of an event's copies the archive keeps"),
+           "why the event is incomplete when it was salvaged from a line that did not decode whole (SALVAGE_MARKERS), else null",
+           read="record"),
+    Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: which of an event's copies the archive keeps",
+           read="record"),
 )
+# Fields read to decide whether a value is an audit event at all (kind Event, apiVersion audit.k8s.io/*).
+GATE_FIELDS = ("kind", "apiVersion")
+# The columns read from the event's envelope as it is (not its body, not its log record): what the block
+# decoders (msgspec's and the C one) produce.
+ENVELOPE_COLUMNS = tuple(c for c in EVENT_COLUMNS if c.read not in ("body", "record"))
 EVENT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in EVENT_COLUMNS])
 COLUMN_NAMES = tuple(c.name for c in EVENT_COLUMNS)
 _STRING_COLUMNS = frozenset(c.name for c in EVENT_COLUMNS if c.type == pa.string())
@@ -126,11 +176,7 @@ SALVAGE_REQUIRED = ("auditID", "verb", "user")
 _TIME_FIELDS = ("stageTimestamp", "timestamp", "requestReceivedTimestamp", "p_event_time")
 # The top-level fields ``normalize_event`` reads; a damaged field outside these (responseObject, the
 # body of a resource no fact is read from, an unknown field) loses nothing the archive keeps.
-READ_FIELDS = frozenset({
-    "kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser", "sourceIPs",
-    "userAgent", "objectRef", "responseStatus", "requestReceivedTimestamp", "stageTimestamp", "timestamp", "p_event_time",
-    "annotations",
-})
+READ_FIELDS = frozenset(GATE_FIELDS).union(path[0] for column in ENVELOPE_COLUMNS for path in column.source)
 
 
 class SalvagedEvent(dict):
@@ -342,7 +388,37 @@ def synthetic_audit_id(raw: dict) -> str:
 
     import orjson
 
-    return "sha256-" + hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
+    try:
+        text = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # nested deeper than orjson writes (254 levels; kube-apiserver logs deeper bodies as sent)
+        text = canonical_json(raw)
+    return "sha256-" + hashlib.sha256(text).hexdigest()[:32]
+
+
+def canonical_json(value) -> bytes:
+    """JSON text of a decoded value with sorted keys, built without recursion, so any depth a reader accepted works."""
+    import orjson
+
+    parts: list[bytes] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bytes:  # a piece of syntax pushed below; decoded JSON never holds bytes
+            parts.append(item)
+        elif isinstance(item, dict):
+            parts.append(b"{")
+            stack.append(b"}")
+            keys = sorted(map(str, item))
+            for index in range(len(keys) - 1, -1, -1):
+                stack += [item[keys[index]], orjson.dumps(keys[index]) + b":"] + ([b","] if index else [])
+        elif isinstance(item, list):
+            parts.append(b"[")
+            stack.append(b"]")
+            for index in range(len(item) - 1, -1, -1):
+                stack += [item[index]] + ([b","] if index else [])
+        else:
+            parts.append(orjson.dumps(item, default=str))
+    return b"".join(parts)
 
 
 def normalize_event(raw, cw_event_id: str | None = None, default_time: str | None = None, repairs: dict | None = None) -> dict:
@@ -365,87 +441,91 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
     if raw.get("kind") not in ("Event", None) or (api_version is not None and not str(api_version).startswith("audit.k8s.io/")):
         raise BadEvent("not_an_audit_event", f"kind={raw.get('kind')!r} apiVersion={api_version!r}")
     salvaged = raw if isinstance(raw, SalvagedEvent) else None
+    source = raw
     if salvaged is not None:
         salvaged.check_usable()
         default_time = salvaged.log_time or default_time
-    user = raw.get("user")
-    if not isinstance(user, dict):
-        if repairs is not None:
+        if "objectRef" not in raw:
+            source = {**raw, "objectRef": ref_from_uri(_text(raw.get("requestURI")))}
+    if repairs is not None:
+        if not isinstance(raw.get("user"), dict):
             repairs["user_missing"] = repairs.get("user_missing", 0) + 1
-        user = {}
-    time = (
-        raw.get("stageTimestamp") or raw.get("timestamp") or raw.get("requestReceivedTimestamp") or raw.get("p_event_time")
-        or default_time
-    )
+        if isinstance(raw.get("sourceIPs"), str):
+            repairs["source_ips_as_string"] = repairs.get("source_ips_as_string", 0) + 1
+        if isinstance(_dig(raw, ("responseStatus", "code")), str):
+            repairs["code_as_string"] = repairs.get("code_as_string", 0) + 1
+    row = {name: read(get(source)) for name, get, read in _LINE_PLAN}
+    time = row["time"] or default_time
     if not isinstance(time, str):
         raise BadEvent("missing_timestamp")
-    audit_id = raw.get("auditID")
-    if not isinstance(audit_id, str) or not audit_id:
-        audit_id = synthetic_audit_id(raw)
-
-    ips = raw.get("sourceIPs")
-    if isinstance(ips, str):
-        ips = [ips]
-        if repairs is not None:
-            repairs["source_ips_as_string"] = repairs.get("source_ips_as_string", 0) + 1
-    elif not isinstance(ips, list):
-        ips = []
-    ips = [ip for ip in ips if isinstance(ip, str) and ip]
-    status = raw.get("responseStatus")
-    code = status.get("code") if isinstance(status, dict) else None
-    if isinstance(code, str):
-        code = int(code) if code.isdigit() else None
-        if repairs is not None:
-            repairs["code_as_string"] = repairs.get("code_as_string", 0) + 1
-    elif not isinstance(code, int) or isinstance(code, bool) or not (0 <= code < 1000):
-        code = None
-    ref = raw.get("objectRef") if isinstance(raw.get("objectRef"), dict) else {}
-    if salvaged is not None and "objectRef" not in raw:
-        ref = ref_from_uri(_text(raw.get("requestURI")))
-    extra = user.get("extra") if isinstance(user.get("extra"), dict) else {}
-    annotations = raw.get("annotations") if isinstance(raw.get("annotations"), dict) else {}
-    impersonated = raw.get("impersonatedUser")
-    groups = user.get("groups")
-    resource = _text(ref.get("resource"))
-    name = _text(ref.get("name"))
-    uri = _text(raw.get("requestURI"))
-    subresource = _text(ref.get("subresource"))
-
-    row = {
-        "time": time,
-        "received_time": _text(raw.get("requestReceivedTimestamp")),
-        "audit_id": audit_id,
-        "stage": _text(raw.get("stage")) or "ResponseComplete",
-        "level": _text(raw.get("level")),
-        "user": _text(user.get("username")),
-        "groups": [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
-        "impersonated_user": _text(impersonated.get("username")) if isinstance(impersonated, dict) else None,
-        "source_ip": ips[-1] if ips else None,
-        "claimed_ip": ips[0] if len(ips) > 1 else None,
-        "user_agent": _text(raw.get("userAgent")),
-        "verb": _text(raw.get("verb")),
-        "resource": resource,
-        "subresource": subresource,
-        "namespace": _text(ref.get("namespace")),
-        "name": name,
-        "api_group": _text(ref.get("apiGroup")),
-        "code": code,
-        "decision": _text(annotations.get("authorization.k8s.io/decision")),
-        "authz_reason": _text(annotations.get("authorization.k8s.io/reason")),
-        "request_uri": uri,
-        "arn": _first(extra.get("arn")),
-        "session_name": _first(extra.get("sessionName")),
-        "access_key_id": _first(extra.get("accessKeyId")),
-        "sa_pod_name": _first(extra.get("authentication.kubernetes.io/pod-name")),
-        "truncated": annotations.get("audit.k8s.io/truncated") == "true",
-        "exec_command": _exec_command(uri) if subresource in ("exec", "attach") else None,
-        "salvage": salvaged.marker(resource) if salvaged is not None else None,
-        "cw_event_id": cw_event_id,
-    }
+    row["time"] = time
+    if row["audit_id"] is None:
+        row["audit_id"] = synthetic_audit_id(raw)
+    row["salvage"] = salvaged.marker(row["resource"]) if salvaged is not None else None
+    row["cw_event_id"] = cw_event_id
     body = raw.get("requestObject")
-    if isinstance(body, dict) and resource:
-        _request_facts(resource, name, body, row)
+    if isinstance(body, dict) and row["resource"]:
+        _request_facts(row["resource"], row["name"], body, row)
     return row
+
+
+def _dig(value, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _line_getter(paths: tuple[tuple[str, ...], ...]):
+    """Reads a column's source from a raw event: the value at its path (None where a step is not an object), or for
+    several paths (time's, exec_command's) the tuple of their values. The short paths, nearly all, get a direct lookup."""
+    if len(paths) > 1:
+        getters = [_line_getter((path,)) for path in paths]
+        return lambda raw: tuple([get(raw) for get in getters])
+    path = paths[0]
+    if len(path) == 1:
+        return lambda raw: raw.get(path[0])
+    if len(path) == 2:
+        outer, inner = path
+        return lambda raw: value.get(inner) if isinstance(value := raw.get(outer), dict) else None
+    if len(path) == 3:
+        outer, middle, inner = path
+        return lambda raw: (value.get(inner) if isinstance(value := raw.get(outer), dict) and isinstance(value := value.get(middle), dict)
+                            else None)
+    return lambda raw: _dig(raw, path)
+
+
+def _first_truthy(values):
+    return next((v for v in values if v), None)
+
+
+def _line_ips(value) -> list[str]:
+    ips = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [ip for ip in ips if isinstance(ip, str) and ip]
+
+
+def _line_code(value) -> int | None:
+    if isinstance(value, str):
+        return int(value) if value.isdigit() else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000 else None
+
+
+# The per-line path's reader of each READS kind: the value at the column's source to the column's value.
+_LINE_READS = {
+    "time": _first_truthy,
+    "id": lambda value: value if isinstance(value, str) and value else None,
+    "stage": lambda value: _text(value) or "ResponseComplete",
+    "text": _text,
+    "first": lambda value: _first(value),  # defined below
+    "strings": lambda value: [g for g in value if isinstance(g, str)] if isinstance(value, list) else [],
+    "code": _line_code,
+    "true": lambda value: value == "true",
+    "last_ip": lambda value: (_line_ips(value) or [None])[-1],
+    "claimed_ip": lambda value: ips[0] if len(ips := _line_ips(value)) > 1 else None,
+    "exec_command": lambda value: _exec_command(_text(value[0])) if _text(value[1]) in ("exec", "attach") else None,
+    "record": lambda value: None,
+}
 
 
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
@@ -476,6 +556,11 @@ def _first(value) -> str | None:
     if isinstance(value, list):
         return _text(value[0]) if value else None
     return _text(value)
+
+
+# (name, source getter, reader) of each column the per-line path reads itself; body facts come from _request_facts.
+_LINE_PLAN = tuple((column.name, _line_getter(column.source) if column.source else lambda raw: None, _LINE_READS[column.read])
+                   for column in EVENT_COLUMNS if column.read != "body")
 
 
 # Normalised rows before their timestamps are parsed: EVENT_SCHEMA with both times still text.
@@ -557,71 +642,68 @@ def _parse_times(strings: pa.ChunkedArray, allow_null: bool = False) -> tuple[pa
     return pa.array(parsed, type=TIMESTAMP), bad
 
 
+# The type each READS kind accepts on the block path, as msgspec decodes it: only the fields normalisation
+# reads are decoded, each typed as EKS writes it; unknown fields (request and response bodies above all) are
+# skipped without building Python objects, and a field of any other JSON type is a decode error, so that line
+# takes the per-line path. The C decoder accepts the same types (tests/features/test_event_schema.py).
+_BLOCK_TYPES = {
+    "time": str | None, "id": str | None, "stage": str | None, "text": str | None, "true": str | None,
+    "first": list[str | None] | str | None, "strings": list[str] | None, "code": int | None,
+    "last_ip": list[str] | None, "claimed_ip": list[str] | None, "exec_command": str | None,
+}
+
+
+def _block_fields() -> dict:
+    """The tree of event fields the block path decodes ({key: subtree or type}), from EVENT_COLUMNS and GATE_FIELDS."""
+    tree: dict = {name: str | None for name in GATE_FIELDS}
+    for column in ENVELOPE_COLUMNS:
+        for path in column.source:
+            node = tree
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise TypeError(f"{column.name}: {'.'.join(path)} passes through a field read as a value")
+            kind = _BLOCK_TYPES[column.read]
+            if node.setdefault(path[-1], kind) != kind:
+                raise TypeError(f"{column.name}: {'.'.join(path)} is read as two different types")
+    return tree
+
+
+def _attribute(key: str) -> str:
+    return re.sub(r"\W", "_", key)
+
+
+def _struct(name: str, tree: dict):
+    """A msgspec Struct decoding exactly ``tree``'s fields (absent or null: None)."""
+    fields = []
+    for key, kind in tree.items():
+        kind = _struct(name + "_" + _attribute(key), kind) | None if isinstance(kind, dict) else kind
+        fields.append((_attribute(key), kind, None))
+    return msgspec.defstruct(name, fields, rename={_attribute(key): key for key in tree}, gc=False)
+
+
+# The columns the msgspec block loop in normalize_json_lines fills, in the order it names them.
+_BLOCK_ORDER = ("time", "received_time", "audit_id", "stage", "level", "user", "groups", "impersonated_user", "source_ip",
+                "claimed_ip", "user_agent", "verb", "resource", "subresource", "namespace", "name", "api_group", "code", "decision",
+                "authz_reason", "request_uri", "arn", "session_name", "access_key_id", "sa_pod_name", "truncated", "exec_command")
+if set(_BLOCK_ORDER) != {column.name for column in ENVELOPE_COLUMNS}:
+    raise ImportError("features.events.normalize_json_lines does not read every ENVELOPE_COLUMNS column: "
+                      f"add {sorted({c.name for c in ENVELOPE_COLUMNS} ^ set(_BLOCK_ORDER))} to its loop and _BLOCK_ORDER")
 if msgspec is not None:
-    # Only the fields normalisation reads, each typed as EKS writes it. Unknown fields (request and
-    # response bodies above all) are skipped without building Python objects, which is why this
-    # decodes an event in about half the time ``orjson.loads`` takes; a field of any other JSON
-    # type is a decode error, and that line then takes the per-line path.
-    class _Extra(msgspec.Struct, gc=False):
-        arn: list[str | None] | str | None = None
-        sessionName: list[str | None] | str | None = None
-        accessKeyId: list[str | None] | str | None = None
-        pod_name: list[str | None] | str | None = msgspec.field(name="authentication.kubernetes.io/pod-name", default=None)
-
-    class _User(msgspec.Struct, gc=False):
-        username: str | None = None
-        groups: list[str] | None = None
-        extra: _Extra | None = None
-
-    class _Named(msgspec.Struct, gc=False):
-        username: str | None = None
-
-    class _Ref(msgspec.Struct, gc=False):
-        resource: str | None = None
-        subresource: str | None = None
-        namespace: str | None = None
-        name: str | None = None
-        apiGroup: str | None = None
-
-    class _Status(msgspec.Struct, gc=False):
-        code: int | None = None
-
-    class _Annotations(msgspec.Struct, gc=False):
-        decision: str | None = msgspec.field(name="authorization.k8s.io/decision", default=None)
-        reason: str | None = msgspec.field(name="authorization.k8s.io/reason", default=None)
-        truncated: str | None = msgspec.field(name="audit.k8s.io/truncated", default=None)
-
-    class _Event(msgspec.Struct, gc=False):
-        kind: str | None = None
-        apiVersion: str | None = None
-        auditID: str | None = None
-        stage: str | None = None
-        level: str | None = None
-        requestURI: str | None = None
-        verb: str | None = None
-        user: _User | None = None
-        impersonatedUser: _Named | None = None
-        sourceIPs: list[str] | None = None
-        userAgent: str | None = None
-        objectRef: _Ref | None = None
-        responseStatus: _Status | None = None
-        stageTimestamp: str | None = None
-        timestamp: str | None = None
-        requestReceivedTimestamp: str | None = None
-        p_event_time: str | None = None
-        annotations: _Annotations | None = None
-        requestObject: msgspec.Raw = msgspec.Raw()
-
+    _Event = _struct("_Event", {**_block_fields(), "requestObject": msgspec.Raw})
     _DECODE = msgspec.json.Decoder(_Event).decode
     _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 else:  # pragma: no cover - msgspec is a declared dependency; without it every line takes the per-line path
     _DECODE, _DECODE_ERRORS = None, ()
-_FAST_COLUMNS = ROW_SCHEMA.names[:ROW_SCHEMA.get_field_index("exec_command") + 1]
 
 
 try:
     from features import _fastnorm
 except ImportError:  # not compiled (see setup.py): the msgspec path below gives the same rows
+    _fastnorm = None
+# AUDITSIFT_NO_NATIVE=1 leaves the compiled decoder unused, so the two decoders can be compared end to end
+# (docs/native-decoder.md); a developer switch, not configuration: both give the same rows.
+if os.environ.get("AUDITSIFT_NO_NATIVE") == "1":
     _fastnorm = None
 _BODY_RESOURCE_NAMES = tuple(sorted(name.encode() for name in BODY_RESOURCES))
 
@@ -645,10 +727,12 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
     """
     if _fastnorm is not None and type(lines) is list:
         return _native_rows(lines, cw_ids, repairs)
-    columns: dict[str, list] = {name: [] for name in _FAST_COLUMNS}
+    # Hand-written for speed (a generic reader per column costs twice the time); tests/features/test_event_schema.py
+    # checks that it fills every ENVELOPE_COLUMNS column from its declared source.
+    columns: dict[str, list] = {column.name: [] for column in ENVELOPE_COLUMNS}
     (times, received, audit_ids, stages, levels, users, groups_, impersonated_users, source_ips, claimed_ips, agents, verbs,
      resources, subresources, namespaces, names, api_groups, codes, decisions, reasons, uris, arns, sessions, keys, pods,
-     truncated_, commands) = columns.values()
+     truncated_, commands) = (columns[name] for name in _BLOCK_ORDER)
     positions = []
     missing_user = 0
     decode = _DECODE
@@ -664,7 +748,7 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
         ref = event.objectRef
         resource = ref.resource if ref is not None else None
         if ((kind is not None and kind != "Event") or (api_version is not None and not api_version.startswith("audit.k8s.io/"))
-                or not time or not audit_id or (resource in BODY_RESOURCES and len(event.requestObject))):
+                or not time or not audit_id or (resource in BODY_RESOURCES and event.requestObject is not None)):
             continue
         positions.append(position)
         times.append(time)
@@ -694,7 +778,7 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
             sessions.append((value[0] if value else None) if type(value) is list else value)
             value = extra.accessKeyId
             keys.append((value[0] if value else None) if type(value) is list else value)
-            value = extra.pod_name
+            value = extra.authentication_kubernetes_io_pod_name
             pods.append((value[0] if value else None) if type(value) is list else value)
         impersonated = event.impersonatedUser
         impersonated_users.append(impersonated.username if impersonated is not None else None)
@@ -730,9 +814,9 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
             reasons.append(None)
             truncated_.append(False)
         else:
-            decisions.append(annotations.decision)
-            reasons.append(annotations.reason)
-            truncated_.append(annotations.truncated == "true")
+            decisions.append(annotations.authorization_k8s_io_decision)
+            reasons.append(annotations.authorization_k8s_io_reason)
+            truncated_.append(annotations.audit_k8s_io_truncated == "true")
     if missing_user and repairs is not None:
         repairs["user_missing"] = repairs.get("user_missing", 0) + missing_user
     arrays = []
@@ -772,6 +856,14 @@ def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) 
     columns["exec_command"] = pa.array(commands, type=pa.string())
     if cw_ids is not None:
         columns["cw_event_id"] = pa.array([cw_ids[i] for i in positions.tolist()], type=pa.string())
+    # Arrays made of the C decoder's buffers are checked in full (offsets in bounds and rising, UTF-8) before
+    # anything reads them: a decoder bug stops the run here in one line instead of reading past a buffer.
+    for name, array in columns.items():
+        try:
+            array.validate(full=True)
+        except pa.ArrowInvalid as error:
+            raise RuntimeError(f"features._fastnorm built an invalid {name} column ({error}); "
+                               "AUDITSIFT_NO_NATIVE=1 archives with the msgspec decoder meanwhile") from error
     arrays = [columns[field.name] if field.name in columns else pa.nulls(count, field.type) for field in ROW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA), positions
 
@@ -791,10 +883,6 @@ def parse_time(value: str) -> datetime | None:
     except (ValueError, AttributeError):
         return None
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def empty_event_table() -> pa.Table:
-    return EVENT_SCHEMA.empty_table()
 
 
 def conform_events(table: pa.Table) -> pa.Table:

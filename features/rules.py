@@ -217,8 +217,8 @@ def _reference_condition(rule: Rule, events: pd.DataFrame) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- compiled conditions
-# ``DataFrame.eval`` re-parses a condition and rebuilds its scope on every call: about 5 ms a rule
-# whatever the frame's size, which made the rule pack most of the features stage (35 rules x every
+# ``DataFrame.eval`` re-parses a condition and rebuilds its scope on every call, a fixed cost a rule
+# whatever the frame's size, which made the rule pack most of the features stage (every rule x every
 # archived hour). A condition is parsed once here into a tree of closures over the columns it names.
 # The subset compiled is the one rule packs use: flag names, and/or/not, one comparison of a column
 # with a constant (or a list of constants for in / not in), a column with a column, and the

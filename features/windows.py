@@ -19,8 +19,14 @@ import numpy as np
 import pandas as pd
 
 from features.aggregate import (  # noqa: F401  (the map/reduce steps, re-exported beside finalise)
-    KEY, PARTIAL_COLUMNS, SET_NAMES, empty_partials, partial_aggregates, reduce_partials,
+    KEY,
+    PARTIAL_COLUMNS,
+    SET_NAMES,
+    empty_partials,
+    partial_aggregates,
+    reduce_partials,
 )
+
 
 @dataclass(frozen=True)
 class WindowFeature:

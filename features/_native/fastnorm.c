@@ -14,7 +14,8 @@
          groups: (list_offsets, offsets, data), code: (validity, int32 values, nulls), truncated: bytes of bool)
 
    Validity buffers are Arrow bitmaps; offsets are int32; ``strings`` is keyed by the ROW_SCHEMA
-   column names in STRING_COLUMNS below. */
+   column names in STRING_COLUMNS below. What each column reads is declared once, in
+   features.events.EVENT_COLUMNS; tests/features/test_event_schema.py checks this file against it. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -79,7 +80,7 @@ static const char *const STRING_COLUMNS[N_STRINGS] = {
     "request_uri", "arn", "session_name", "access_key_id", "sa_pod_name",
 };
 
-/* Field names of each object the decoder reads (the msgspec Structs in features/events.py). */
+/* Field names of each object the decoder reads (the sources declared in features.events.EVENT_COLUMNS). */
 typedef struct { const char *text; size_t len; } Name;
 #define NAME(text) {text, sizeof(text) - 1}
 enum { E_KIND, E_API_VERSION, E_AUDIT_ID, E_STAGE, E_LEVEL, E_URI, E_VERB, E_USER, E_IMPERSONATED, E_SOURCE_IPS,

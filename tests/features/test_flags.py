@@ -1,0 +1,178 @@
+"""Event flags, one at a time: every flag of features.flags.FLAGS fires on an event a security engineer
+would want it on, and stays quiet on its nearest harmless neighbour. A flag added to the registry
+without a case here fails ``test_every_flag_has_a_case``."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from features.events import SalvagedEvent
+from features.flags import FLAG_NAMES, flag_events
+from tests.factory import T0, event
+from tests.features.tables import CONTEXT, event_table
+
+SA = "system:serviceaccount:web:api"
+NODE = "system:node:ip-10-0-1-17.ec2.internal"
+PUBLIC, AWS, THREAT = ["198.51.100.7"], ["52.95.4.10"], ["203.0.113.66"]
+
+
+def on(resource: str, verb: str = "get", namespace: str | None = "web", name: str | None = None, subresource: str | None = None,
+       body: dict | None = None, **override) -> dict:
+    """An event acting on ``resource``; ``body`` is its requestObject."""
+    ref = {"resource": resource, "apiVersion": "v1"}
+    ref.update({k: v for k, v in (("namespace", namespace), ("name", name), ("subresource", subresource)) if v is not None})
+    fields = {"verb": verb, "objectRef": ref, **override}
+    if body is not None:
+        fields["requestObject"] = body
+    return event(**fields)
+
+
+def exec_in(namespace: str, command: str) -> dict:
+    return on("pods", "create", namespace, "api-0", "exec",
+              requestURI=f"/api/v1/namespaces/{namespace}/pods/api-0/exec?{command}&container=app&stdin=true")
+
+
+def binding(role_ref: dict, subjects: list[dict], resource: str = "clusterrolebindings") -> dict:
+    return on(resource, "create", None if resource == "clusterrolebindings" else "web", "b",
+              body={"kind": "ClusterRoleBinding", "roleRef": role_ref, "subjects": subjects})
+
+
+def role(verbs: list[str], resources: list[str]) -> dict:
+    return on("clusterroles", "create", None, "r", body={"rules": [{"apiGroups": [""], "verbs": verbs, "resources": resources}]})
+
+
+def webhook(resource: str, hook: dict) -> dict:
+    return on(resource, "create", None, "hooks", body={"webhooks": [{"name": "h.example.com", **hook}]})
+
+
+def pod(spec: dict, namespace: str = "web", verb: str = "create") -> dict:
+    return on("pods", verb, namespace, "p", body={"spec": {"containers": [{"name": "app", "image": "nginx:1.25"}], **spec}})
+
+
+def salvaged(raw: dict, damaged: tuple = ()) -> SalvagedEvent:
+    return SalvagedEvent(raw, damaged=damaged, log_time=raw["stageTimestamp"])
+
+
+ANONYMOUS = {"user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]}}
+TO_MALLORY = [{"kind": "User", "name": "mallory"}]
+CLUSTER_ADMIN = {"kind": "ClusterRole", "name": "cluster-admin", "apiGroup": "rbac.authorization.k8s.io"}
+VIEW = {"kind": "ClusterRole", "name": "view", "apiGroup": "rbac.authorization.k8s.io"}
+# Two requests under one auditID: the second from another identity at another time (a client-set Audit-ID).
+REUSED = [event(T0, audit_id="a-1"), event(T0 + timedelta(seconds=9), audit_id="a-1", user={"username": "mallory"})]
+# One request's two stages under its auditID: not a reuse.
+STAGES = [event(T0, audit_id="a-2", stage="RequestReceived"), event(T0, audit_id="a-2")]
+
+# flag: (events where it must fire on the last, events where it must not fire on the last)
+CASES: dict[str, tuple[list[dict], list[dict]]] = {
+    "allowed": ([event()], [event(responseStatus={"code": 403}, annotations={"authorization.k8s.io/decision": "forbid"})]),
+    "denied_401": ([event(user={}, responseStatus={"code": 401}, annotations={"authorization.k8s.io/decision": None})], [event()]),
+    "denied_403": ([event(responseStatus={"code": 403})], [event()]),
+    "not_found_404": ([event(responseStatus={"code": 404})], [event()]),
+    "conflict_409": ([event(responseStatus={"code": 409})], [event()]),
+    "server_error": ([event(responseStatus={"code": 503})], [event(responseStatus={"code": 404})]),
+    "read": ([event()], [on("pods", "create")]),
+    "write": ([on("deployments", "patch", name="api")], [event()]),
+    "list_or_watch": ([event(verb="watch")], [on("pods", "get", name="p")]),
+    "delete": ([on("pods", "delete", name="p")], [event()]),
+    "health_check": ([event(**ANONYMOUS, verb="get", requestURI="/livez?verbose", objectRef={})],
+                     [event(verb="get", requestURI="/healthzx", objectRef={})]),
+    "anonymous": ([event(**ANONYMOUS)], [event()]),
+    "system_identity": ([event(user={"username": "system:kube-scheduler"})], [event()]),
+    "node_identity": ([event(user={"username": NODE})], [event(user={"username": "system:kube-scheduler"})]),
+    "service_account": ([event(user={"username": SA})], [event()]),
+    "managed_identity": ([event(user={"username": "eks:addon-manager"})], [event(user={"username": "eks:addon-manager-2"})]),
+    "source_public": ([event(sourceIPs=PUBLIC)], [event()]),
+    "source_aws": ([event(sourceIPs=AWS)], [event(sourceIPs=PUBLIC)]),
+    "source_private": ([event()], [event(sourceIPs=PUBLIC)]),
+    "source_threat_list": ([event(sourceIPs=THREAT)], [event(sourceIPs=PUBLIC)]),
+    "scripted_client": ([event(userAgent="curl/8.4.0")], [event()]),
+    "secret_read": ([on("secrets", name="db-password")], [on("secrets", "create", name="db-password")]),
+    "secret_denied": ([on("secrets", name="db", responseStatus={"code": 403})], [on("secrets", name="db")]),
+    "secret_list_cluster_wide": ([on("secrets", "list", namespace=None)], [on("secrets", "list")]),
+    "secret_kube_system": ([on("secrets", namespace="kube-system", name="aws-creds")], [on("secrets", name="aws-creds")]),
+    "secret_write": ([on("secrets", "create", name="planted")], [on("secrets", name="planted")]),
+    "token_request": ([on("serviceaccounts", "create", name="default", subresource="token")], [on("serviceaccounts", name="default")]),
+    "csr_create": ([on("certificatesigningrequests", "create", None, "csr-1", body={"spec": {"signerName": "kubernetes.io/kube-apiserver-client"}})],
+                   [on("certificatesigningrequests", "list", None)]),
+    "aws_auth_read": ([on("configmaps", namespace="kube-system", name="aws-auth")], [on("configmaps", namespace="kube-system", name="coredns")]),
+    "aws_auth_write": ([on("configmaps", "patch", "kube-system", "aws-auth", body={"data": {"mapUsers": "- userarn: x"}})],
+                       [on("configmaps", namespace="kube-system", name="aws-auth")]),
+    "kube_system_configmap_read": ([on("configmaps", namespace="kube-system", name="coredns")], [on("configmaps", name="app-config")]),
+    "configmap_credentials": ([on("configmaps", "create", name="cfg", body={"data": {"aws_secret_access_key": "x"}})],
+                              [on("configmaps", "create", name="cfg", body={"data": {"color": "blue"}})]),
+    "rbac_write": ([on("rolebindings", "create", name="b", body={})], [on("rolebindings", "list")]),
+    "admin_binding": ([binding(CLUSTER_ADMIN, TO_MALLORY)], [binding(VIEW, TO_MALLORY)]),
+    "anonymous_binding": ([binding(VIEW, [{"kind": "User", "name": "system:anonymous"}])], [binding(VIEW, TO_MALLORY)]),
+    "default_sa_binding": ([binding(VIEW, [{"kind": "ServiceAccount", "namespace": "web", "name": "default"}], "rolebindings")],
+                           [binding(VIEW, [{"kind": "ServiceAccount", "namespace": "web", "name": "api"}], "rolebindings")]),
+    "dangerous_role": ([role(["*"], ["pods"])], [role(["get", "list"], ["pods"])]),
+    "system_role_change": ([on("clusterroles", "patch", None, "system:controller:node-controller", body={})],
+                           [on("clusterroles", "patch", None, "team-reader", body={})]),
+    "impersonation": ([event(impersonatedUser={"username": "system:admin"})], [event()]),
+    "webhook_write": ([webhook("mutatingwebhookconfigurations", {"clientConfig": {"service": {"namespace": "web", "name": "hook"}}})],
+                      [on("mutatingwebhookconfigurations", "list", None)]),
+    "webhook_external_url": ([webhook("mutatingwebhookconfigurations", {"clientConfig": {"url": "https://hooks.attacker.example/collect"}})],
+                             [webhook("mutatingwebhookconfigurations", {"clientConfig": {"url": "https://hook.web.svc:443/mutate"}})]),
+    "webhook_weakened": ([webhook("validatingwebhookconfigurations", {"failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"]}]})],
+                         [webhook("validatingwebhookconfigurations", {"failurePolicy": "Fail", "rules": [{"operations": ["CREATE"]}]})]),
+    "exec": ([exec_in("web", "command=ls")], [on("pods", name="api-0")]),
+    "exec_kube_system": ([exec_in("kube-system", "command=ls")], [exec_in("web", "command=ls")]),
+    "exec_suspicious_command": ([exec_in("web", "command=cat&command=%2Fvar%2Frun%2Fsecrets%2Fkubernetes.io%2Fserviceaccount%2Ftoken")],
+                                [exec_in("web", "command=ls&command=-la")]),
+    "portforward": ([on("pods", "create", name="db-0", subresource="portforward")], [exec_in("web", "command=ls")]),
+    "ephemeral_container": ([on("pods", "patch", name="api-0", subresource="ephemeralcontainers")],
+                            [on("pods", name="api-0", subresource="ephemeralcontainers")]),
+    "workload_create": ([on("deployments", "create", name="miner", body={})], [on("deployments", "patch", name="api", body={})]),
+    "pod_in_system_namespace": ([pod({}, "kube-system")], [pod({})]),
+    "privileged_workload": ([pod({"hostPID": True})], [pod({})]),
+    "persistence_workload": ([on("cronjobs", "create", name="backup", body={})], [on("jobs", "create", name="backup", body={})]),
+    "nodeport_service": ([on("services", "create", name="s", body={"spec": {"type": "NodePort"}})],
+                         [on("services", "create", name="s", body={"spec": {"type": "ClusterIP"}})]),
+    "permission_review": ([on("selfsubjectaccessreviews", "create", None)], [event()]),
+    "anonymous_allowed": ([event(**ANONYMOUS, verb="get", requestURI="/api/v1/namespaces", objectRef={"resource": "namespaces"})],
+                          [event(**ANONYMOUS, verb="get", requestURI="/healthz", objectRef={})]),
+    "events_delete": ([on("events", "deletecollection")], [on("pods", "delete", name="p")]),
+    "deletecollection": ([on("pods", "deletecollection")], [on("pods", "delete", name="p")]),
+    "system_from_public": ([event(user={"username": NODE}, sourceIPs=PUBLIC)], [event(user={"username": NODE})]),
+    "audit_id_reused": (REUSED, STAGES),
+    "service_account_from_outside": ([event(user={"username": SA}, sourceIPs=AWS)], [event(user={"username": SA})]),
+    "sensitive_write_unread": ([salvaged(pod({}), damaged=("requestObject",))], [salvaged(pod({}))]),
+}
+
+
+def test_every_flag_has_a_case():
+    assert set(FLAG_NAMES) - set(CASES) == set(), "add a positive and a negative case for each new flag"
+    assert set(CASES) - set(FLAG_NAMES) == set(), "a case for a flag that is no longer registered"
+
+
+@pytest.mark.parametrize("name", FLAG_NAMES)
+def test_flag_fires_on_its_case_and_not_on_its_neighbour(name):
+    positive, negative = CASES[name]
+    assert flag_events(event_table(positive), CONTEXT).flags[name][-1], f"{name} did not fire"
+    assert not flag_events(event_table(negative), CONTEXT).flags[name][-1], f"{name} fired on a harmless neighbour"
+
+
+def test_aws_auth_patch_granting_system_masters_is_a_write_that_grants_masters():
+    patch = on("configmaps", "patch", "kube-system", "aws-auth", body={"data": {
+        "mapUsers": "- userarn: arn:aws:iam::444455556666:user/mallory\n  username: mallory\n  groups:\n  - system:masters\n"}})
+    table = event_table([patch])
+    assert flag_events(table, CONTEXT).flags["aws_auth_write"][0]
+    assert table["grants_masters"][0].as_py() is True
+
+
+def test_a_privileged_pod_is_flagged_for_each_way_to_take_the_node():
+    ways = [{"containers": [{"name": "a", "image": "alpine", "securityContext": {"privileged": True}}]}, {"hostNetwork": True},
+            {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]},
+            {"containers": [{"name": "a", "image": "alpine", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}]
+    harmless = [{"volumes": [{"name": "data", "hostPath": {"path": "/srv/data"}}]},
+                {"containers": [{"name": "a", "image": "alpine", "securityContext": {"capabilities": {"add": ["CHOWN"]}}}]}]
+    flags = flag_events(event_table([pod(spec) for spec in ways + harmless]), CONTEXT).flags["privileged_workload"]
+    assert flags.tolist() == [True] * len(ways) + [False] * len(harmless)
+
+
+def test_health_probes_from_anonymous_are_noise_but_other_anonymous_successes_are_not():
+    probes = [event(**ANONYMOUS, verb="get", requestURI=uri, objectRef={}) for uri in ("/healthz", "/readyz", "/version", "/livez/ping")]
+    reads = [event(**ANONYMOUS, verb="get", requestURI="/api/v1/secrets", objectRef={"resource": "secrets"})]
+    flags = flag_events(event_table(probes + reads), CONTEXT).flags["anonymous_allowed"]
+    assert flags.tolist() == [False] * len(probes) + [True]

@@ -1,0 +1,80 @@
+"""The C decoder (features._fastnorm) against msgspec's block path on damaged realistic lines, its
+Arrow arrays validated in full; ``make fuzz`` runs the same check far longer on a sanitizer build."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import features.events as events_module
+from features.events import BadEvent, normalize_event, synthetic_audit_id
+from tests.factory import event
+from tests.features.native_fuzz import differential, mutated_lines, seed_lines
+
+
+def native():
+    if events_module._fastnorm is None:
+        pytest.fail("features._fastnorm is not built: install with a C compiler (setup.py)")
+    return events_module._fastnorm
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_damaged_lines_end_up_the_same_with_either_decoder(tmp_path, seed):
+    assert differential(mutated_lines(1500, seed), native(), tmp_path) > 75
+
+
+def test_well_formed_lines_are_all_taken_and_their_arrays_validate(tmp_path):
+    lines = seed_lines()
+    assert differential(lines, native(), tmp_path) >= 12  # the factory's lines; many fixtures carry bodies rules read
+
+
+def deep(levels: int) -> dict:
+    return json.loads('{"a":' * levels + "1" + "}" * levels)
+
+
+def test_an_event_without_audit_id_nested_deeper_than_orjson_writes_gets_a_stable_id():
+    """kube-apiserver logs a body as the client sent it; without an auditID the event's id is a hash of it, and a
+    body 300 levels deep made orjson.dumps raise TypeError, which aborted the whole archive run."""
+    raw = event(verb="patch", objectRef={"resource": "leases", "namespace": "web", "name": "l"}, requestObject=deep(300))
+    del raw["auditID"]
+    row = normalize_event(raw)
+    assert row["audit_id"].startswith("sha256-") and row["audit_id"] == synthetic_audit_id(json.loads(json.dumps(raw)))
+    other = json.loads(json.dumps(raw))
+    other["requestObject"] = deep(301)
+    assert normalize_event(other)["audit_id"] != row["audit_id"]
+
+
+def test_an_event_that_is_not_an_object_is_still_a_bad_event():
+    with pytest.raises(BadEvent, match="not_an_object"):
+        normalize_event([deep(300)])
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline.archive._sample: repr() of a quarantined value nested "
+                   "~1,000 deep raises RecursionError and aborts the archive (the fix is in the restructure's hands)")
+def test_a_quarantined_object_nested_a_thousand_deep_does_not_abort_the_archive(tmp_path):
+    from tests.features.native_fuzz import archived
+
+    pod = json.dumps({**event(), "kind": "Pod"})[:-1] + ', "spec": ' + '{"a":' * 1000 + "1" + "}" * 1000 + "}"
+    path = tmp_path / "in.jsonl"
+    path.write_text(pod + "\n" + json.dumps(event()) + "\n")
+    result = archived(path, None)
+    assert result != ("RecursionError",), "the archive raised RecursionError"
+    assert len(result[0]) == 1 and result[1] == {"not_an_audit_event": 1}
+
+
+def test_a_column_the_decoder_built_wrong_stops_the_run_in_one_line(monkeypatch):
+    """Bytes that are not UTF-8 in a string column (pyarrow's cheap checks at construction pass them) are refused
+    before anything reads them."""
+    real = native()
+
+    class Corrupting:
+        @staticmethod
+        def normalize(lines, body_resources):
+            positions, missing, strings, groups, code, truncated = real.normalize(lines, body_resources)
+            validity, offsets, data, nulls = strings["user_agent"]
+            strings["user_agent"] = (validity, offsets, b"\xff" + data[1:], nulls)
+            return positions, missing, strings, groups, code, truncated
+
+    monkeypatch.setattr(events_module, "_fastnorm", Corrupting)
+    with pytest.raises(RuntimeError, match=r"features._fastnorm built an invalid user_agent column .*AUDITSIFT_NO_NATIVE=1"):
+        events_module.normalize_json_lines([json.dumps(event()).encode()])
