@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from features.flags import FLAGS
 from features.novelty import HISTORY_FLAGS
-from features.rules import RulePack
+from features.rules import RuleError, RulePack
 from features.windows import WINDOW_FEATURES
+from pipeline.config import Config, parse_yaml
+from pipeline.errors import ConfigError
 
 
 def _cell(text: str) -> str:
@@ -52,3 +54,21 @@ def catalog_markdown(pack: RulePack) -> str:
             condition += f" — {measure} per {a.by} in {a.window_minutes} min"
         lines.append(f"| `{rule.id}` | {rule.severity} | {_cell(rule.title)} | `{_cell(condition)}` | {_cell(rule.rationale)} |")
     return "\n".join(lines) + "\n"
+
+
+def load_rule_pack(config: Config) -> RulePack:
+    """The rule pack named in the config (default configs/rules.yaml), validated at load."""
+    path = config.rules_pack_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
+    data = parse_yaml(text, path)
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
+    try:
+        return RulePack.from_dicts(data["rules"], config.rules.disabled, str(path))
+    except RuleError as error:
+        raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
+
+

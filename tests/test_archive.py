@@ -9,9 +9,8 @@ import pyarrow as pa
 import pytest
 
 from features.events import normalize_event
-from pipeline.archive import archive_inputs, list_archive_hours, read_archive
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs, list_archive_hours, read_archive
 from tests.factory import CONTROL_MESSAGE, SHARED_FIXTURES, T0, envelope, event, events, write_jsonl
 
 
@@ -197,7 +196,7 @@ def test_real_shaped_fixtures_all_decode_and_normalise():
     """The 188 Panther EKS test events: every one decodes; every one with a user normalises (hand-written
     events lack timestamps, so a default stands in); the archive path counts the rest by reason."""
     refs = resolve_inputs([str(SHARED_FIXTURES)])
-    from pipeline.readers import Quarantine, read_events
+    from pipeline.io.readers import Quarantine, read_events
 
     quarantine = Quarantine()
     decoded = [value for ref in refs for value, _ in read_events(ref, quarantine)]

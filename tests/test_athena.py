@@ -15,12 +15,11 @@ import yaml
 from click.testing import CliRunner
 
 from features.events import EVENT_COLUMNS
-from pipeline.archive import archive_inputs
-from pipeline.athena import archive_table_ddl, example_queries, hive_type, table_columns
 from pipeline.config import load_config, parse_config
+from pipeline.deploy.athena import archive_table_ddl, example_queries, hive_type, table_columns
 from pipeline.errors import ConfigError
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs
 from tests.factory import T0, event, write_jsonl
 
 UTC = timezone.utc
@@ -170,7 +169,7 @@ def test_athena_needs_an_s3_location():
 
 
 def test_deploy_athena_prints_the_table_and_the_queries(tmp_path):
-    from pipeline.deploy import deploy_command
+    from pipeline.cli.deploy import deploy_command
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"cluster": "demo", "deploy": {"bucket": "audit-bucket"}}))

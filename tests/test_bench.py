@@ -10,15 +10,25 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.bench import (
-    LINEAR_TOLERANCE, _auditsift_partials, _inputs, compare_naive, compare_partials, duckdb_partials, linear_fits,
-    naive_features, targets,
-)
-from pipeline.bench_profiles import CONTROL_PLANE, PEAK_HOUR, base_sample, busy_day, identity_spray
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from pipeline.stages import parse_iso, resolve_ranges, run_archive, run_features
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.archive import run_archive
+from pipeline.stages.clock import parse_iso
+from pipeline.stages.features import run_features
+from pipeline.stages.ranges import resolve_ranges
+from tools.bench import (
+    LINEAR_TOLERANCE,
+    _auditsift_partials,
+    _inputs,
+    compare_naive,
+    compare_partials,
+    duckdb_partials,
+    linear_fits,
+    naive_features,
+    targets,
+)
+from tools.bench_profiles import CONTROL_PLANE, PEAK_HOUR, base_sample, busy_day, identity_spray
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

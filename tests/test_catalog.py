@@ -6,10 +6,9 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from pipeline.catalog import catalog_markdown
+from pipeline.catalog import catalog_markdown, load_rule_pack
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.stages import load_rule_pack
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -23,14 +23,14 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from pipeline.archive import archive_inputs, read_archive
 from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.context import RunContext
-from pipeline.readers import resolve_inputs
+from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.sample import sample_clock
-from pipeline.stages import iso, resolve_ranges
-from pipeline.storage import LocalStorage
+from pipeline.stages.archive import archive_inputs, read_archive
+from pipeline.stages.clock import iso
+from pipeline.stages.ranges import resolve_ranges
 from tests.factory import T0, event, events, write_jsonl
 from tests.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
 
@@ -166,7 +166,7 @@ def test_the_default_clock_is_the_last_complete_window_before_now(tmp_path):
 
 def test_future_filter_applies_with_archive_workers(tmp_path, monkeypatch):
     """Files normalised by worker processes are filtered as in one process: same rows, same quarantine."""
-    import pipeline.archive as archive
+    import pipeline.stages.archive as archive
 
     monkeypatch.setattr(archive, "PARALLEL_MIN_BYTES", 0)
     (tmp_path / "in").mkdir()

@@ -10,7 +10,7 @@ from features.addresses import AddressBook
 from features.columns import EventColumns
 from features.events import EVENT_SCHEMA, normalize_event, rows_table
 from features.flags import FlagContext, add_flags
-from pipeline.stages import events_frame
+from pipeline.stages.features import events_frame
 from tests.factory import T0, event
 
 

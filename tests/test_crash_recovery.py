@@ -19,9 +19,9 @@ from typing import Callable
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.archive import hour_digest, list_archive_hours
+from pipeline.io.storage import LocalStorage
 from pipeline.sample import sample_clock
-from pipeline.storage import LocalStorage
+from pipeline.stages.archive import hour_digest, list_archive_hours
 from tests.test_hostile_inputs import built_once, full_run, hostile_input, sample_2d  # noqa: F401  (shared, built once per session)
 
 BIN = Path(sys.executable).parent / "auditsift"

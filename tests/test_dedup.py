@@ -21,11 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from features.aggregate import partial_aggregates
-from pipeline.archive import archive_inputs, list_archive_hours, read_archive
 from pipeline.cli import main
-from pipeline.readers import resolve_inputs
+from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.sample import sample_clock
-from pipeline.storage import LocalStorage
+from pipeline.stages.archive import archive_inputs, list_archive_hours, read_archive
 from tests.factory import T0, envelope, event, write_jsonl
 from tests.test_equivalence import archive_both
 from tests.test_rules import PACK, flagged_frame
@@ -150,8 +149,8 @@ def test_collisions_give_byte_identical_archives_with_one_and_two_workers(tmp_pa
 def test_the_exec_sessions_query_lists_two_sessions_opened_under_one_audit_id(tmp_path):
     import duckdb
 
-    from pipeline.athena import example_queries
     from pipeline.config import parse_config
+    from pipeline.deploy.athena import example_queries
 
     sessions = []
     for minute, command in ((5, "id"), (25, "cat /var/run/secrets/kubernetes.io/serviceaccount/token")):

@@ -17,13 +17,14 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.aws import session as aws_session
+from pipeline.cli.deploy import deploy_command
 from pipeline.config import parse_config
-from pipeline.cron import crontab_line, crontab_schedule
-from pipeline.deploy import (
-    deploy_command, iam_policies, processing_requests, schedule_request, state_machine_definition,
-)
+from pipeline.deploy.asl import state_machine_definition
+from pipeline.deploy.iam import iam_policies
+from pipeline.deploy.processing import processing_requests
+from pipeline.deploy.schedule import crontab_line, crontab_schedule, schedule_request
 from pipeline.errors import ConfigError
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
 from tests.aws.conftest import ACCOUNT, REGION, hermetic_aws, moto_url  # noqa: F401  (moto server, fake credentials, guard)
 from tests.factory import event, write_jsonl
 
@@ -178,7 +179,7 @@ def test_sagemaker_rcf_runs_training_model_and_transforms_as_service_integration
 @pytest.mark.parametrize("kind, state", [("training", "ReadTrainingSpec"), ("scoring", "ReadScoringSpec")])
 def test_rcf_specs_are_read_from_the_keys_the_prepare_steps_write(kind, state):
     from pipeline.context import RunContext
-    from pipeline.processing import rcf_spec_key
+    from pipeline.stages.scaleout import rcf_spec_key
 
     read = state_machine_definition(deploy_config(**RCF))["States"][state]
     template = re.fullmatch(r"States\.Format\('([^']*)', \$\.run\.id\)", read["Parameters"]["Key.$"]).group(1)
@@ -220,26 +221,22 @@ def check_options(command: click.Command, arguments: list[str]) -> None:
 
 @pytest.mark.parametrize("overrides", [{}, RCF], ids=["iforest", "sagemaker-rcf"])
 def test_every_job_runs_a_real_command_with_options_it_accepts(overrides):
-    """The definition is checked against the CLI itself, so renaming an option breaks this test, not a 3 a.m. run."""
+    """The definition is checked against the CLI itself, so renaming an option breaks this test, not a 3 a.m. run.
+    Every job runs the one CLI (``python -m pipeline`` is ``auditsift``), never a module path."""
     from pipeline.cli import main
-    from pipeline.findings_export import export_command
-    from pipeline.processing import processing_cli
 
     states = state_machine_definition(deploy_config(**overrides))["States"]
-    entrypoints = {"pipeline": main, "pipeline.processing": processing_cli, "pipeline.findings_export": export_command}
     for name, state in states.items():
         app = state.get("Parameters", {}).get("AppSpecification")
         if not app:
             continue
-        assert app["ContainerEntrypoint"][:2] == ["python", "-m"], name
-        root = entrypoints[app["ContainerEntrypoint"][2]]
-        arguments = container_arguments(app)
-        if isinstance(root, click.Group):
-            position = next(i for i, item in enumerate(arguments) if item in root.commands)
-            check_options(root, arguments[:position])
-            check_options(root.commands[arguments[position]], arguments[position + 1:])
-        else:
-            check_options(root, arguments)
+        assert app["ContainerEntrypoint"][:3] == ["python", "-m", "pipeline"], name
+        command, arguments = main, [*app["ContainerEntrypoint"][3:], *container_arguments(app)]
+        while isinstance(command, click.Group):
+            position = next(i for i, item in enumerate(arguments) if item in command.commands)
+            check_options(command, arguments[:position])
+            command, arguments = command.commands[arguments[position]], arguments[position + 1:]
+        check_options(command, arguments)
     if overrides:
         return
     features = container_arguments(states["Features"]["Parameters"]["AppSpecification"])
@@ -287,7 +284,7 @@ def test_retrain_choice_follows_the_input_flag_first_then_the_plan(document, ret
 
 def test_plan_is_read_from_the_key_the_plan_step_writes():
     from pipeline.context import RunContext
-    from pipeline.processing import plan_key
+    from pipeline.stages.scaleout import plan_key
 
     read = state_machine_definition(deploy_config())["States"]["ReadPlan"]
     template = re.fullmatch(r"States\.Format\('([^']*)', \$\.run\.id\)", read["Parameters"]["Key.$"]).group(1)
@@ -352,7 +349,7 @@ def test_scale_out_requests_have_the_documented_shape_and_moto_accepts_them():
     job = requests["map"]
     assert job["ProcessingJobName"] == "auditsift-features-map-20261108061500"
     assert job["AppSpecification"] == {
-        "ImageUri": DEPLOY["deploy"]["processing_image_uri"], "ContainerEntrypoint": ["python", "-m", "pipeline.processing"],
+        "ImageUri": DEPLOY["deploy"]["processing_image_uri"], "ContainerEntrypoint": ["python", "-m", "pipeline", "container"],
         "ContainerArguments": ["map", "--input-dir", "/opt/ml/processing/input/archive", "--output-dir",
                                "/opt/ml/processing/output/partials", "--config", "/opt/ml/processing/input/config/config.yaml"]}
     assert job["ProcessingResources"]["ClusterConfig"] == {"InstanceCount": 3, "InstanceType": "ml.m5.xlarge",
@@ -498,7 +495,7 @@ def hold(code: str, target: Path) -> subprocess.Popen:
     return process
 
 
-HOLD_WORKDIR = ("import sys, time\nfrom pipeline.storage import LocalStorage\n"
+HOLD_WORKDIR = ("import sys, time\nfrom pipeline.io.storage import LocalStorage\n"
                 "with LocalStorage(sys.argv[1]).lock():\n    print('locked', flush=True)\n    time.sleep(120)\n")
 HOLD_FLOCK = ("import fcntl, sys, time\nhandle = open(sys.argv[1], 'a')\nfcntl.flock(handle, fcntl.LOCK_EX)\n"
               "print('locked', flush=True)\ntime.sleep(120)\n")

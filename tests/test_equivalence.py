@@ -20,22 +20,31 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-import pipeline.archive as archive_module
-import pipeline.stages as stages
+import pipeline.stages.archive as archive_module
+import pipeline.stages.features as stages
 from features.aggregate import partial_aggregates
 from features.flags import FlagInputs, add_flags, flag_events, frame_with_flags
 from features.novelty import add_history_flags, no_history
-from features.rules import (Aggregate, Rule, RuleError, _aggregate, _aggregate_reference, _Columns, _condition,
-                            _reference_condition, compile_condition)
+from features.rules import (
+    Aggregate,
+    Rule,
+    RuleError,
+    _aggregate,
+    _aggregate_reference,
+    _Columns,
+    _condition,
+    _reference_condition,
+    compile_condition,
+)
 from features.windows import _robust_z, _robust_z_numpy
-from pipeline.archive import HourBuffer, archive_inputs, list_archive_hours
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.errors import InputError
-from pipeline.readers import resolve_inputs
+from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.sample.generate import default_end
-from pipeline.storage import LocalStorage
-from pipeline.workers import ordered_map
+from pipeline.stages.archive import HourBuffer, archive_inputs, list_archive_hours
+from pipeline.stages.ranges import resolve_ranges
+from pipeline.stages.workers import ordered_map
 from tests.factory import SHARED_FIXTURES, T0, event, events, write_jsonl
 from tests.test_rules import CONTEXT, PACK, expand, flagged_frame
 
@@ -423,7 +432,7 @@ def test_features_with_workers_equal_one_process(tmp_path, monkeypatch, sample):
         config = load_config()
         config = config.model_copy(update={"features": config.features.model_copy(update={"workers": workers})})
         ctx = RunContext(LocalStorage(work), config, "same-run")
-        counts = stages.run_features(ctx, stages.resolve_ranges(ctx, now=default_end(11)))
+        counts = stages.run_features(ctx, resolve_ranges(ctx, now=default_end(11)))
         outputs.append((counts, {key: ctx.storage.read_bytes(key) for key in ctx.storage.list("features/")}))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[0][1].keys() == outputs[1][1].keys() and outputs[0][1] == outputs[1][1]
@@ -466,9 +475,9 @@ def test_ordered_map_yields_in_order_and_raises_in_order():
 # --------------------------------------------------------------------------- a killed parallel archive
 KILLED_ARCHIVE = """
 import sys
-import pipeline.archive as archive
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+import pipeline.stages.archive as archive
+from pipeline.io.readers import resolve_inputs
+from pipeline.io.storage import LocalStorage
 archive.PARALLEL_MIN_BYTES = 0
 archive.archive_inputs(LocalStorage(sys.argv[2]), resolve_inputs([sys.argv[1]]), "demo", "killed", chunk_rows=1000, workers=2)
 """

@@ -15,16 +15,26 @@ import pyarrow as pa
 import pytest
 
 from features.addresses import AddressBook, load_threat_list
-from features.aggregate import (COUNT_COLUMNS, ENTITY_COLUMNS, LONG_RUNNING_SUBRESOURCES, LONG_RUNNING_VERBS, PARTIAL_COLUMNS,
-                                SET_COLUMNS, SET_NAMES, empty_partials, partial_aggregates, reduce_partials)
+from features.aggregate import (
+    COUNT_COLUMNS,
+    ENTITY_COLUMNS,
+    LONG_RUNNING_SUBRESOURCES,
+    LONG_RUNNING_VERBS,
+    PARTIAL_COLUMNS,
+    SET_COLUMNS,
+    SET_NAMES,
+    empty_partials,
+    partial_aggregates,
+    reduce_partials,
+)
 from features.events import EVENT_IDENTITY, EVENT_SCHEMA
 from features.flags import FLAG_NAMES, FlagContext, FlagInputs, _contains, _eq, _isin, _true, add_flags
 from features.windows import BASELINE_INPUTS, FEATURE_NAMES, NOVELTY_SETS, SENSITIVE_FLAGS, finalise
-from pipeline.archive import archive_inputs, normalise_blocks, normalise_stream, read_archive
-from pipeline.hour_merge import dedupe_sorted
-from pipeline.readers import InputRef, Quarantine, read_blocks, read_events, resolve_inputs
-from pipeline.stages import events_frame
-from pipeline.storage import LocalStorage
+from pipeline.io.readers import Quarantine, read_blocks, read_events
+from pipeline.io.storage import InputRef, LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs, normalise_blocks, normalise_stream, read_archive
+from pipeline.stages.features import events_frame
+from pipeline.stages.hour_merge import dedupe_sorted
 from tests.factory import CONTROL_MESSAGE, SHARED_FIXTURES, T0, envelope, event, events
 
 CONTEXT = FlagContext(AddressBook([], load_threat_list("203.0.113.0/24\n")), frozenset({"eks:addon-manager"}))

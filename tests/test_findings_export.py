@@ -11,11 +11,11 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.aws import session as aws_session
+from pipeline.cli.export import export_command
 from pipeline.errors import AwsCallError
-from pipeline.findings_export import (
-    DESCRIPTION_MAX, RULE_TYPES, TITLE_MAX, asff_finding, export_command, export_findings, exportable, severity_label,
-)
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.report.asff import DESCRIPTION_MAX, RULE_TYPES, TITLE_MAX, asff_finding, exportable, severity_label
+from pipeline.stages.export import export_findings
 from tests.aws.conftest import ACCOUNT, REGION, client_events, hermetic_aws, make_config, moto_url  # noqa: F401
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "configs" / "rules.yaml"
@@ -25,7 +25,7 @@ RUN = {"run_id": "20261108T061500Z-abc123", "report": "s3://audit-bucket/auditsi
 
 def finding(rank: int, *, flagged=True, suppressed=False, score=2.0, model_part=1.5, hits=(), entity=None,
             entity_type="user") -> dict:
-    """A record shaped like pipeline.scoring writes to findings.json."""
+    """A record shaped like pipeline.stages.score writes to findings.json."""
     start = datetime(2026, 11, 7, tzinfo=timezone.utc) + timedelta(hours=rank % 24)
     return {
         "rank": rank, "finding_id": f"{rank:020x}", "entity_type": entity_type,

@@ -18,11 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.events import EventTableBuilder, normalize_event
-from pipeline import archive, hour_merge
-from pipeline.archive import archive_inputs, list_archive_hours
-from pipeline.hour_merge import merge_in_memory, merge_runs, sort_events
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages import archive, hour_merge
+from pipeline.stages.archive import archive_inputs, list_archive_hours
+from pipeline.stages.hour_merge import merge_in_memory, merge_runs, sort_events
 from tests.factory import T0, envelope, event
 
 

@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.jsonscan import ValueScanner, blank_escapes, object_fields, split_values
+from pipeline.io.jsonscan import ValueScanner, blank_escapes, object_fields, split_values
 
 TRICKY = st.text(st.sampled_from(list('}{][",:\\ ab\n\u00e9')), max_size=12)
 LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), TRICKY)

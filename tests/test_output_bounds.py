@@ -8,19 +8,18 @@ import csv
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.bench_profiles import base_sample, identity_spray
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from pipeline.report import report_target, run_report
-from pipeline.runner import run_pipeline
-from pipeline.scoring import run_score, written_records
-from pipeline.stages import parse_iso
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.clock import parse_iso
+from pipeline.stages.report import report_target, run_report
+from pipeline.stages.run import run_pipeline
+from pipeline.stages.score import run_score, written_records
+from tools.bench_profiles import base_sample, identity_spray
 
 QUIET = 100
 SPRAY_IDENTITIES = 1_500

@@ -24,14 +24,13 @@ import pytest
 from click.testing import CliRunner
 from markdown_it import MarkdownIt
 
-from pipeline.archive import archive_inputs, read_archive
 from pipeline.cli import main
 from pipeline.config import parse_config
-from pipeline.pivots import pivot_queries, sql_table
-from pipeline.readers import resolve_inputs
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.report.pivots import pivot_queries, sql_table
 from pipeline.sample import sample_clock
-from pipeline.stages import iso
-from pipeline.storage import LocalStorage
+from pipeline.stages.archive import archive_inputs, read_archive
+from pipeline.stages.clock import iso
 from pipeline.text import printable
 from tests.factory import T0, event, write_jsonl
 from tests.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
@@ -138,7 +137,7 @@ def test_report_md_has_no_autolinks_for_urls_hosts_or_addresses_in_usernames(hos
 
 @pytest.mark.parametrize("user", LINK_USERS + ("http://evil.example/a?b=c", "mailto:bob@evil.example", "1.2.3.4:8080/x"))
 def test_md_escape_leaves_no_autolink(user):
-    from pipeline.render import md_escape
+    from pipeline.report.render import md_escape
 
     renderer = MarkdownIt("gfm-like", {"html": True, "linkify": True})
     renderer.linkify.set({"fuzzy_ip": True})

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.evaluate import evaluate_findings
 from pipeline.sample import sample_clock
+from tools.evaluate import evaluate_findings
 
 SEED = 11
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

@@ -1,7 +1,7 @@
 """Scale-out feature extraction equals the single process, and the scheduled-run plan decides as documented.
 
 Shards are mapped in other OS processes than the reduce (a spawn pool, and the real
-``python -m pipeline.processing map`` entry point once per Processing instance); each
+``auditsift container map`` entry point once per Processing instance); each
 shard's output directory is merged into one, as SageMaker's uploads merge into one S3
 prefix, then reduced.
 """
@@ -26,16 +26,15 @@ import yaml
 from features.aggregate import KEY, SET_NAMES, partial_aggregates, reduce_partials
 from features.flags import add_flags
 from features.windows import finalise
-from pipeline.archive import archive_inputs, list_archive_hours
+from pipeline.cli.container import plan_command
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.processing import (
-    map_shard, model_trained_at, partials_root, plan_command, plan_run, reduce_shards, retrain_due,
-)
-from pipeline.readers import resolve_inputs
-from pipeline.stages import Ranges, events_frame, features_fingerprint, flag_context, run_features
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs, list_archive_hours
+from pipeline.stages.features import events_frame, features_fingerprint, flag_context, run_features
+from pipeline.stages.ranges import Ranges
+from pipeline.stages.scaleout import map_shard, model_trained_at, partials_root, plan_run, reduce_shards, retrain_due
 from tests.factory import T0, event, write_jsonl
 
 CLUSTER = "demo"
@@ -116,9 +115,9 @@ def map_pool():
 
 
 def run_maps(shards: list[Path], outputs: Path, config_path: Path) -> None:
-    """One `python -m pipeline.processing map` process per shard, all running at once."""
+    """One `auditsift container map` process per shard, all running at once."""
     processes = [
-        subprocess.Popen([sys.executable, "-m", "pipeline.processing", "--log-level", "WARNING", "map",
+        subprocess.Popen([sys.executable, "-m", "pipeline", "container", "--log-level", "WARNING", "map",
                           "--input-dir", str(shard), "--output-dir", str(outputs / shard.name), "--config", str(config_path)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for shard in shards
@@ -200,7 +199,7 @@ def test_entry_points_over_archive_hour_files_fill_the_partial_cache_and_reduce_
     pd.testing.assert_frame_equal(staged[list(reference.columns)].sort_values(KEY).reset_index(drop=True), reference)
 
     completed = subprocess.run(
-        [sys.executable, "-m", "pipeline.processing", "reduce", "--partials-dir", str(tmp_path / "partials"),
+        [sys.executable, "-m", "pipeline", "container", "reduce", "--partials-dir", str(tmp_path / "partials"),
          "--output", str(tmp_path / "out" / "features.parquet"), "--config", str(archived["config_path"])],
         capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
@@ -224,7 +223,7 @@ def test_reduce_refuses_partials_of_another_features_configuration(archived, tmp
 def test_map_entry_point_reports_a_missing_input_dir_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.processing import processing_cli
+    from pipeline.cli.container import container as processing_cli
 
     result = CliRunner().invoke(processing_cli, ["map", "--input-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path)])
     assert result.exit_code == 2
@@ -291,7 +290,7 @@ def test_rcf_steps_refuse_another_backend_before_touching_the_workdir(tmp_path, 
     """A state machine generated for sagemaker-rcf run with a config that says otherwise stops in one line."""
     from click.testing import CliRunner
 
-    from pipeline.processing import processing_cli
+    from pipeline.cli.container import container as processing_cli
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump({"cluster": CLUSTER, "model": {"backend": "rcf-local"}}))
@@ -303,7 +302,7 @@ def test_rcf_steps_refuse_another_backend_before_touching_the_workdir(tmp_path, 
 
 
 def test_rcf_spec_keys_are_per_cluster_and_run():
-    from pipeline.processing import rcf_spec_key
+    from pipeline.stages.scaleout import rcf_spec_key
 
     ctx = RunContext(LocalStorage("/tmp"), load_config(None, {"cluster": "prod.eu"}), "r")
     assert rcf_spec_key(ctx, "3f2a-9c", "training") == "state/cluster=prod.eu/sagemaker/3f2a-9c/training.json"

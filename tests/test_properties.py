@@ -15,9 +15,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.archive import archive_inputs, read_archive
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs, read_archive
 from tests.factory import T0, envelope, event
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -21,18 +21,17 @@ from features.addresses import AddressBook
 from features.events import EVENT_SCHEMA
 from features.flags import FlagContext, add_flags
 from features.novelty import add_history_flags
-from pipeline import jsonscan, readers
-from pipeline.archive import normalise_blocks, normalise_stream, read_archive
+from pipeline.catalog import load_rule_pack
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.readers import InputRef, Quarantine, read_blocks, read_events
-from pipeline.scoring import load_rule_pack
-from pipeline.stages import events_frame
-from pipeline.storage import LocalStorage
+from pipeline.io import jsonscan, readers
+from pipeline.io.readers import Quarantine, read_blocks, read_events
+from pipeline.io.storage import InputRef, LocalStorage
+from pipeline.stages.archive import normalise_blocks, normalise_stream, read_archive
+from pipeline.stages.features import events_frame
 from tests.factory import T0, apiserver_line, envelope, event, events
 from tests.test_fast_paths import block_decoder  # noqa: F401  (the block path with each decoder)
-from tests.test_hostile_inputs import (GRANT_MASTERS, UNREADABLE_WRITER, built_once, full_run, hostile_input,  # noqa: F401
-                                       sample_2d)
+from tests.test_hostile_inputs import GRANT_MASTERS, UNREADABLE_WRITER, built_once, full_run, hostile_input, sample_2d  # noqa: F401
 
 PACK = load_rule_pack(load_config())
 BRACES_AGENT = "curl/8.5.0 }{ (glued?)"

@@ -30,15 +30,13 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from click.testing import CliRunner
 
-from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, read_archive
 from pipeline.aws import session as aws_session
 from pipeline.aws.s3 import S3Storage
-from pipeline.aws.sagemaker_rcf import SageMakerRcf
 from pipeline.cli import main
 from pipeline.errors import AwsCallError, LockedError
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
-from tests.aws.conftest import bucket, client_events, hermetic_aws, make_config, moto_url  # noqa: F401  (moto server, fake credentials, guard)
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_inputs, hour_digest, list_archive_hours, read_archive
+from tests.aws.conftest import bucket, client_events, hermetic_aws, make_config, moto_url, sagemaker_detector  # noqa: F401  (moto server, fake credentials, guard)
 from tests.factory import T0, envelope, event, events
 from tests.test_crash_recovery import sample_3d  # noqa: F401  (three days of sample logs, built once per session)
 
@@ -817,7 +815,7 @@ def training_job(make_config, bucket):
         OutputDataConfig={"S3OutputPath": f"s3://{bucket}/wd/models"},
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
         StoppingCondition={"MaxRuntimeInSeconds": 600})
-    return SageMakerRcf.from_config(config, S3Storage(f"s3://{bucket}/wd", config)), name
+    return sagemaker_detector(config, S3Storage(f"s3://{bucket}/wd", config)), name
 
 
 @pytest.mark.aws

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.render import render_html
+from pipeline.report.render import render_html
 from tests.report_factory import make_context, with_extras
 from tests.test_report_render import ALLOWED_TAGS, parse
 

@@ -16,19 +16,39 @@ import pytest
 from markdown_it import MarkdownIt
 
 from features.events import COLUMN_NAMES
-from pipeline.archive import archive_inputs
 from pipeline.config import parse_config
 from pipeline.context import RunContext
-from pipeline.pivots import ATHENA_COLUMNS, insights_query, pivot_queries, sql_string, sql_table
-from pipeline.readers import resolve_inputs
-from pipeline.render import (csp_hash, md_escape, md_fence, render_html, render_markdown, report_extras, svg_bars, svg_histogram,
-                             svg_timeline)
-from pipeline.report import findings_csv, run_report
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.report.pivots import ATHENA_COLUMNS, insights_query, pivot_queries, sql_string, sql_table
+from pipeline.report.render import (
+    csp_hash,
+    md_escape,
+    md_fence,
+    render_html,
+    render_markdown,
+    report_extras,
+    svg_bars,
+    svg_histogram,
+    svg_timeline,
+)
+from pipeline.stages.archive import archive_inputs
+from pipeline.stages.report import findings_csv, run_report
 from pipeline.triage import record_verdict
 from tests.factory import T0, event, write_jsonl
-from tests.report_factory import (ATTRIBUTE, HOSTILE_AGENT, HOSTILE_NAME, HOSTILE_URI, HOSTILE_USER, PAYLOADS, SCRIPT, STYLE,
-                                  TEMPLATE, URL, make_context, with_extras)
+from tests.report_factory import (
+    ATTRIBUTE,
+    HOSTILE_AGENT,
+    HOSTILE_NAME,
+    HOSTILE_URI,
+    HOSTILE_USER,
+    PAYLOADS,
+    SCRIPT,
+    STYLE,
+    TEMPLATE,
+    URL,
+    make_context,
+    with_extras,
+)
 
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "script", "body", "header", "nav", "main", "section", "article", "footer", "h1", "h2",

@@ -8,7 +8,6 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 import yaml
 
@@ -17,9 +16,9 @@ from features.events import EventTableBuilder, SalvagedEvent, normalize_event
 from features.flags import FLAG_NAMES, FLAGS, FlagContext, add_flags
 from features.novelty import add_history_flags
 from features.rules import RuleError, RulePack
+from pipeline.catalog import load_rule_pack
 from pipeline.config import DEFAULT_RULES, load_config
-from pipeline.scoring import load_rule_pack
-from pipeline.stages import events_frame
+from pipeline.stages.features import events_frame
 from tests.factory import SHARED_FIXTURES, T0, event
 
 CONFIG = load_config()

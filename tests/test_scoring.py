@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.scoring import repeat_of
+from pipeline.stages.score import repeat_of
 
 WINDOW = pd.Timestamp("2026-11-04T05:00:00Z")
 

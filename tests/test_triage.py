@@ -7,13 +7,14 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from pipeline.cli.triage import triage_command
 from pipeline.config import parse_config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.scoring import load_suppressions, suppression_for
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.score import load_suppressions, suppression_for
 from pipeline.text import printable
-from pipeline.triage import precision, read_verdicts, record_verdict, triage_command, triage_key
+from pipeline.triage import precision, read_verdicts, record_verdict, triage_key
 from tests.report_factory import make_context
 
 CLUSTER = "demo"

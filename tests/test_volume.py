@@ -13,14 +13,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.archive
-import pipeline.stages
-from pipeline.archive import list_archive_hours
+import pipeline.stages.archive
+import pipeline.stages.features
 from pipeline.config import load_config
 from pipeline.context import RunContext
-from pipeline.runner import run_pipeline
-from pipeline.stages import parse_iso, run_archive
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.archive import list_archive_hours, run_archive
+from pipeline.stages.clock import parse_iso
+from pipeline.stages.run import run_pipeline
 
 pytestmark = pytest.mark.slow
 SMALLEST_MERGE_ROWS = 1_000
@@ -120,12 +120,12 @@ def test_one_and_two_worker_processes_give_the_same_findings(sample, plain, tmp_
             return function(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(pipeline.archive, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(pipeline.archive, "usable_cores", lambda: 2)
-    monkeypatch.setattr(pipeline.archive, "archive_in_workers", spy(pipeline.archive.archive_in_workers, "archive"))
-    monkeypatch.setattr(pipeline.stages, "MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(pipeline.stages, "usable_cores", lambda: 2)
-    monkeypatch.setattr(pipeline.stages, "ordered_map", spy(pipeline.stages.ordered_map, "features"))
+    monkeypatch.setattr(pipeline.stages.archive, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(pipeline.stages.archive, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pipeline.stages.archive, "archive_in_workers", spy(pipeline.stages.archive.archive_in_workers, "archive"))
+    monkeypatch.setattr(pipeline.stages.features, "MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(pipeline.stages.features, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pipeline.stages.features, "ordered_map", spy(pipeline.stages.features.ordered_map, "features"))
     ctx = context(tmp_path, workers=2)
     result = run_pipeline(ctx, [str(sample["dir"])], score_to=sample["end"])
     assert started == ["archive", "features"]

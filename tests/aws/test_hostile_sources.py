@@ -12,11 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from pipeline.archive import archive_inputs, read_archive
 from pipeline.aws import session as aws_session
-from pipeline.aws.cloudwatch import archive_from_cloudwatch
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_from_cloudwatch, archive_inputs, read_archive
 from tests.factory import envelope, events
 from tests.test_readers_hostile import HOSTILE_LINES
 

@@ -4,7 +4,7 @@ Layout: ``archive/cluster=<c>/date=YYYY-MM-DD/hour=HH/part-0.parquet``, one row 
 event, sorted by (time, auditID, stage). Events are streamed in bounded chunks: each chunk
 is normalised into Arrow columns and spilled to a per-run staging area by hour; then each
 touched hour is merged with what the archive already holds, copies of an event dropped, and
-replaced atomically (``pipeline.hour_merge``: in memory, or from sorted runs for an hour of
+replaced atomically (``pipeline.stages.hour_merge``: in memory, or from sorted runs for an hour of
 more than ``merge_rows`` rows). Re-running on the same input rewrites identical
 bytes; a run killed at any point leaves either the old or the new hour file, and the
 rerun's merge converges to the same archive.
@@ -20,19 +20,22 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import (BadEvent, EventTableBuilder, SalvagedEvent, conform_events, normalize_event, normalize_json_lines,
-                             rows_table)
-from pipeline.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
-from pipeline.readers import Event, InputRef, LineBlock, Quarantine, read_blocks
-from pipeline.storage import Storage, safe_segment
-from pipeline.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
+from features.events import BadEvent, EventTableBuilder, SalvagedEvent, conform_events, normalize_event, normalize_json_lines, rows_table
+from pipeline.context import RunContext
+from pipeline.errors import StageError
+from pipeline.io.readers import Event, LineBlock, Quarantine, parse_cloudwatch_message, read_blocks
+from pipeline.io.storage import InputRef, Storage, resolve_inputs, safe_segment
+from pipeline.stages.clock import future_limit
+from pipeline.stages.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
+from pipeline.stages.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
 
 log = logging.getLogger(__name__)
 ARCHIVE_ROOT = "archive"
@@ -180,8 +183,8 @@ class HourBuffer:
 
 
 def _batches_of(table: pa.Table) -> Iterator[pa.Table]:
-    for start in range(0, len(table), RUN_BATCH_ROWS):
-        yield table.slice(start, RUN_BATCH_ROWS)
+    for first in range(0, len(table), RUN_BATCH_ROWS):
+        yield table.slice(first, RUN_BATCH_ROWS)
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,7 @@ def _finish(builder: EventTableBuilder, quarantine: Quarantine, source: str) -> 
 
 def quarantine_future(table: pa.Table, not_after: datetime | None, quarantine: Quarantine, source: str) -> pa.Table:
     """``table`` without the events stamped later than ``not_after`` (the run's clock plus
-    ``archive.future_skew_minutes``, ``pipeline.stages.future_limit``), each quarantined as ``future_timestamp``.
+    ``archive.future_skew_minutes``, ``pipeline.stages.clock.future_limit``), each quarantined as ``future_timestamp``.
     Archived, one such event would sit in the newest hour for good: a scheduler scoring "the latest day"
     would score its empty day, and an hour of year 9999 overflows every date computed after it.
     The API server stamps the times, not the client, so no request can choose to be dropped here."""
@@ -322,8 +325,6 @@ def quarantine_future(table: pa.Table, not_after: datetime | None, quarantine: Q
 
 
 def _sample(value) -> str:
-    import orjson
-
     try:
         return orjson.dumps(value)[:300].decode("utf-8", "replace")
     except TypeError:
@@ -365,7 +366,7 @@ class HourMerge:
 def merge_hour(storage: Storage, cluster: str, date: str, hour: int, buffer: HourBuffer, merge_rows: int = MERGE_ROWS) -> HourMerge:
     """Merge an hour's buffered rows (in input order) with what the archive holds: drop copies, sort,
     and replace the hour file if anything was added. An hour of more than ``merge_rows`` rows is
-    merged from its sorted runs, holding about ``merge_rows`` rows at a time (``pipeline.hour_merge``)."""
+    merged from its sorted runs, holding about ``merge_rows`` rows at a time (``pipeline.stages.hour_merge``)."""
     key = hour_key(cluster, date, hour)
     existing = storage.read_bytes(key) if storage.exists(key) else None
     before = pq.ParquetFile(io.BytesIO(existing)).metadata.num_rows if existing is not None else 0
@@ -667,3 +668,109 @@ def read_archive(storage: Storage, cluster: str, start: datetime | None = None, 
                 mask = upper if mask is None else pc.and_(mask, upper)
             table = table.filter(mask)
         yield table
+
+
+# --------------------------------------------------------------------------- the archive stage
+def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None) -> dict:
+    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json. Events stamped
+    after the run's clock (``now``, default the wall clock) plus the skew are quarantined (``future_limit``)."""
+    with ctx.timed("archive"):
+        refs = resolve_inputs(inputs, ctx.config)
+        if not refs:
+            raise StageError(f"no input files found in {', '.join(inputs)}", hint="pass files, directories or globs of audit logs")
+        handle = ctx.progress("archive (records)", None)
+        result = archive_inputs(
+            ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
+            max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
+            merge_rows=ctx.config.archive.merge_rows, not_after=future_limit(ctx.config, now),
+            max_ratio=ctx.config.archive.max_decompression_ratio,
+        )
+        handle.close()
+        write_quarantine(ctx, result.quarantine)
+        counts = result.as_dict()
+        ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
+    return counts
+
+
+def write_quarantine(ctx: RunContext, quarantine) -> None:
+    if quarantine.entries:
+        key = f"{ctx.cluster_key('quarantine')}/{safe_segment(ctx.run_id)}.jsonl"
+        ctx.storage.write_bytes(key, b"".join(orjson.dumps(e) + b"\n" for e in quarantine.entries))
+
+
+def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_id: str, config,
+                            start: datetime | None = None, end: datetime | None = None,
+                            progress: Callable[[int], None] | None = None, now: datetime | None = None) -> ArchiveResult:
+    """Read the audit streams of ``log_group`` over the window and merge them into the archive of ``cluster``.
+
+    Returns the archive's counts; ``duplicates`` includes events dropped by CloudWatch
+    event id within this run. A message is decoded as a line of a file is (``readers``):
+    one cut off with ``[Truncated...]`` or holding a body that does not decode is salvaged,
+    dated by its log event's timestamp if it lost its own, or quarantined (``cloudwatch_truncated``,
+    ``invalid_json``) when it is not a usable event; non-audit streams are never read.
+    ``progress`` receives the number of records consumed per chunk, like ``archive_inputs``. Events
+    stamped after the run's clock (``now``, default the wall clock) plus ``archive.future_skew_minutes``
+    are quarantined as ``future_timestamp``, as from files.
+    """
+    from pipeline.aws import cloudwatch as cw
+
+    key = cw.checkpoint_key(cluster, log_group)
+    checkpoint = storage.read_json_or(key, None)
+    started_ms = cw.to_ms(datetime.now(timezone.utc))
+    start_ms, end_ms = cw.resolve_window(checkpoint, config.archive.grace_minutes, start, end, now=cw.from_ms(started_ms))
+    logs = cw.logs_client(config)
+    streams = cw.list_audit_streams(logs, log_group, config.archive.audit_stream_prefix)
+    log.info("reading %d audit streams of %s from %s to %s", len(streams), log_group, cw.iso_ms(start_ms), cw.iso_ms(end_ms))
+    result = ArchiveResult(inputs=[f"cloudwatch:{log_group}/{name}" for name in streams])
+
+    def events() -> Iterator[Event]:
+        for first in range(0, len(streams), cw.MAX_STREAMS_PER_CALL):
+            batch = streams[first:first + cw.MAX_STREAMS_PER_CALL]
+            seen: set[str] = set()
+            for page in cw.filter_pages(logs, log_group, batch, start_ms, end_ms):
+                for item in page.get("events", []):
+                    event_id = item.get("eventId")
+                    if event_id in seen:
+                        result.records_read += 1
+                        result.duplicates += 1
+                        continue
+                    seen.add(event_id)
+                    source = f"{log_group}/{item.get('logStreamName', '?')}"
+                    yield from parse_cloudwatch_message(item.get("message", ""), event_id, source, result.quarantine,
+                                                        item.get("timestamp"))
+
+    not_after = future_limit(config, now)
+
+    def tables():
+        for table, consumed in normalise_stream(events(), result.quarantine, log_group, config.archive.chunk_lines):
+            result.records_read += consumed
+            if progress:
+                progress(consumed)
+            yield quarantine_future(table, not_after, result.quarantine, log_group)
+
+    archive_tables(storage, tables(), cluster, run_id, result, spill_rows=max(config.archive.chunk_lines * 10, 100_000))
+    previous = checkpoint.get("high_water_ms", 0) if checkpoint else 0
+    high_water = max(previous if isinstance(previous, int) else 0, min(end_ms, started_ms))
+    storage.write_json(key, {
+        "log_group": log_group,
+        "cluster": cluster,
+        "high_water_ms": high_water,
+        "high_water": cw.iso_ms(high_water),
+        "last_window": {"start_ms": start_ms, "end_ms": end_ms, "start": cw.iso_ms(start_ms), "end": cw.iso_ms(end_ms)},
+        "streams": len(streams),
+        "run_id": run_id,
+        "written_at": cw.iso_ms(cw.to_ms(datetime.now(timezone.utc))),
+        "counts": result.as_dict() | {"inputs": len(streams)},
+    })
+    return result
+
+
+def archive_cloudwatch(ctx: RunContext, log_group: str, now: datetime | None = None, start: datetime | None = None,
+                       end: datetime | None = None) -> dict:
+    """The archive stage over a CloudWatch Logs group (``archive_from_cloudwatch``): its quarantine and state
+    written as ``run_archive`` writes them; returns the counts."""
+    result = archive_from_cloudwatch(ctx.storage, log_group, ctx.cluster, ctx.run_id, ctx.config, start=start, end=end, now=now)
+    write_quarantine(ctx, result.quarantine)
+    counts = result.as_dict()
+    ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
+    return counts

@@ -20,7 +20,7 @@ import pyarrow as pa
 from features.events import EVENT_COLUMNS
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.storage import safe_segment
+from pipeline.io.storage import safe_segment
 
 PROJECTION_START = "2024-01-01"
 

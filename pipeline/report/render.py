@@ -24,6 +24,9 @@ from jinja2 import Environment, PackageLoader, Undefined
 from markupsafe import Markup
 
 from features.windows import FEATURE_BY_NAME
+from pipeline.catalog import load_rule_pack
+from pipeline.report.pivots import pivot_queries
+from pipeline.triage import latest_verdicts, precision
 
 DETAIL_TOP = 50
 MD_TABLE_TOP = 50
@@ -371,7 +374,7 @@ def entity_rows(findings: list[dict], by_type: dict | None = None, left_out: dic
 
 # --------------------------------------------------------------------------- rendering
 def _environment(autoescape: bool) -> Environment:
-    env = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
+    env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True, finalize=lambda value: "" if value is None else value)
     env.filters.update(md=md_escape, fence=md_fence, num=num, short_time=short_time, window=window_label, clock=clock,
                        level=finding_level, anchor=anchor)
@@ -406,9 +409,6 @@ def render_html(context: dict) -> str:
 def report_extras(ctx, findings: list[dict], evidence: dict) -> dict:
     """Context the report adds to the score stage's files: rule titles, pivot queries per finding
     with evidence, and the triage record (each finding's latest verdict, precision so far)."""
-    from pipeline.pivots import pivot_queries
-    from pipeline.stages import load_rule_pack
-    from pipeline.triage import latest_verdicts, precision
 
     ids = {f["finding_id"] for f in findings}
     return {

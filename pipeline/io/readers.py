@@ -16,20 +16,18 @@ about ``max_line_bytes`` of one line, and stops a gzip bomb (docs/reliability.md
 """
 from __future__ import annotations
 
-import functools
-import glob
 import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import orjson
 
 from features.events import BadEvent, SalvagedEvent
 from pipeline.errors import InputError
-from pipeline.jsonscan import ValueScanner, blank_escapes, object_fields, skip_space, split_values
+from pipeline.io.jsonscan import ValueScanner, blank_escapes, object_fields, skip_space, split_values
+from pipeline.io.storage import InputRef
 
 try:
     from isal import igzip as _gzip
@@ -42,17 +40,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 TRUNCATED_MARK = b"[Truncated...]"
 _EXPORT_LINE = re.compile(rb"^\d{4}-\d{2}-\d{2}T[0-9:.]+Z? ")
-_INPUT_SUFFIXES = (".jsonl", ".json", ".log", ".gz", ".txt", "")
 SAMPLE_CHARS = 300
-
-
-@dataclass(frozen=True)
-class InputRef:
-    """One input object: a display name and a way to open it as bytes."""
-
-    name: str
-    open: Callable[[], BinaryIO]
-    size: int | None = None
 
 
 _SECRET_BODY = re.compile(r'"(?:data|stringData|binaryData)"\s*:')
@@ -115,36 +103,6 @@ def _classify_json_error(line: bytes) -> str:
     except UnicodeDecodeError:
         return "not_utf8"
     return "invalid_json"
-
-
-def resolve_local_inputs(spec: str) -> list[InputRef]:
-    """A file, a directory (recursively, audit-looking files) or a glob, in sorted order."""
-    path = Path(spec)
-    if path.is_file():
-        paths = [path]
-    elif path.is_dir():
-        paths = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name != "labels.json" and p.suffix in _INPUT_SUFFIXES
-        )
-    else:
-        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        if not paths:
-            raise InputError(f"input not found: {spec}", hint="pass a file, a directory or a quoted glob such as 'logs/*.gz'")
-    # functools.partial, not a lambda: a local input can be pickled to an archive worker process
-    return [InputRef(str(p), functools.partial(open, p, "rb"), p.stat().st_size) for p in paths]
-
-
-def resolve_inputs(specs: list[str], config=None) -> list[InputRef]:
-    refs: list[InputRef] = []
-    for spec in specs:
-        if spec.startswith("s3://"):
-            from pipeline.aws.s3 import list_s3_inputs
-
-            refs.extend(list_s3_inputs(spec, config))
-        else:
-            refs.extend(resolve_local_inputs(spec))
-    return refs
 
 
 def _open_decompressed(ref: InputRef, max_ratio: float | None = None) -> BinaryIO:
@@ -982,6 +940,3 @@ def parse_cloudwatch_message(message: str, event_id: str | None, source: str, qu
     """One CloudWatch log event's message (from FilterLogEvents, with its ``timestamp``) as an audit event."""
     yield from _decode_message(message, event_id, log_time_of(timestamp), source, 0, quarantine)
 
-
-def input_size(refs: list[InputRef]) -> int:
-    return sum(ref.size or 0 for ref in refs)

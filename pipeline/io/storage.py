@@ -7,6 +7,10 @@ never a partial one (temporary file then rename locally; S3 PUTs are atomic).
 """
 from __future__ import annotations
 
+import functools
+import glob
+import hashlib
+import importlib
 import io
 import os
 import re
@@ -16,15 +20,16 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageConfig
-from pipeline.errors import LockedError, StorageError
+from pipeline.errors import InputError, LockedError, StorageError
 
 _SAFE_SEGMENT = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -35,7 +40,6 @@ def safe_segment(value: str, max_len: int = 80) -> str:
     Log-derived names never become raw path segments: '/', '..' and control bytes
     are replaced, and a short hash keeps distinct names distinct.
     """
-    import hashlib
 
     cleaned = _SAFE_SEGMENT.sub("_", value)[:max_len].strip(".") or "_"
     if cleaned != value:
@@ -94,7 +98,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds % 60:02d}s"
 
 
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
     parts = key.split("/")
     if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise StorageError(f"refusing unsafe storage key {key!r}", hint="keys are relative and contain no '..'")
@@ -248,7 +252,7 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot create workdir {self.root}: {error.strerror}", hint="choose a writable --workdir") from None
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
@@ -326,13 +330,22 @@ class LocalStorage(Storage):
         return False
 
 
+# The one scheme dispatch of workdirs and inputs. A URL scheme other than a local path is served by the module
+# named here, imported when such a URL is first opened: boto3 loads only for s3://, and pipeline.io never imports
+# pipeline.aws (the layers: tests/test_architecture.py). The module defines ``open_workdir(url, config) -> Storage``
+# and ``list_inputs(url, config) -> list[InputRef]``.
+SCHEMES = {"s3": "pipeline.aws.s3"}
+
+
+def scheme_adapter(scheme: str):
+    return importlib.import_module(SCHEMES[scheme])
+
+
 def open_storage(url: str | Path, config=None) -> Storage:
     """Open a workdir by URL: ``s3://bucket/prefix`` or a local path."""
     text = str(url)
     if text.startswith("s3://"):
-        from pipeline.aws.s3 import S3Storage
-
-        storage = S3Storage(text, config)
+        storage = scheme_adapter("s3").open_workdir(text, config)
     elif "://" in text:
         raise StorageError(f"unsupported workdir URL {text!r}", hint="use a local directory or s3://bucket/prefix")
     else:
@@ -340,3 +353,44 @@ def open_storage(url: str | Path, config=None) -> Storage:
     if config is not None:
         storage.lock_expire_seconds = config.storage.lock_expire_minutes * 60
     return storage
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input object: a display name and a way to open it as bytes."""
+
+    name: str
+    open: Callable[[], BinaryIO]
+    size: int | None = None
+
+
+_INPUT_SUFFIXES = (".jsonl", ".json", ".log", ".gz", ".txt", "")
+
+
+def resolve_local_inputs(spec: str) -> list[InputRef]:
+    """A file, a directory (recursively, audit-looking files) or a glob, in sorted order."""
+    path = Path(spec)
+    if path.is_file():
+        paths = [path]
+    elif path.is_dir():
+        paths = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.name != "labels.json" and p.suffix in _INPUT_SUFFIXES
+        )
+    else:
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise InputError(f"input not found: {spec}", hint="pass a file, a directory or a quoted glob such as 'logs/*.gz'")
+    # functools.partial, not a lambda: a local input can be pickled to an archive worker process
+    return [InputRef(str(p), functools.partial(open, p, "rb"), p.stat().st_size) for p in paths]
+
+
+def resolve_inputs(specs: list[str], config=None) -> list[InputRef]:
+    """Every input object of ``specs`` (files, directories, globs, s3:// prefixes), in order."""
+    refs: list[InputRef] = []
+    for spec in specs:
+        if spec.startswith("s3://"):
+            refs.extend(scheme_adapter("s3").list_inputs(spec, config))
+        else:
+            refs.extend(resolve_local_inputs(spec))
+    return refs

@@ -1,14 +1,14 @@
 """``make bench``: auditsift's whole daily run against the parsing floor, a naive pandas version and DuckDB.
 
 For each data set, four days of sample logs in the real format (``pipeline.sample``, the background
-scaled to reach the size) or a production-shaped profile (``pipeline.bench_profiles``: a busy day, an
+scaled to reach the size) or a production-shaped profile (``tools.bench_profiles``: a busy day, an
 identity spray) are generated once, then every phase runs in its own subprocess on the same files, so
 each phase's peak RSS is its own:
 
 - ``floor``: gunzip (python-isal) and ``orjson.loads`` every line, nothing else: the cost of
   merely reading the events in Python;
 - ``archive``, ``features``, ``train``, ``score``, ``report``: the real stage functions (``run_archive``,
-  ``run_features``, ``run_train``, ``pipeline.scoring.run_score``, ``pipeline.report.run_report``), one
+  ``run_features``, ``run_train``, ``pipeline.stages.score.run_score``, ``pipeline.report.run_report``), one
   process each, in order on one fresh workdir;
 - ``run``: the whole daily run as ``auditsift run`` makes it (``run_pipeline``, every stage in one
   process) on a workdir of its own: the figure the targets judge;
@@ -253,7 +253,7 @@ def _context(work: str, args=None, workers: int | None = None):
     """A run context on ``work`` with the default configuration and the ``--set`` overrides."""
     from pipeline.config import load_config
     from pipeline.context import RunContext
-    from pipeline.storage import LocalStorage
+    from pipeline.io.storage import LocalStorage
 
     config = load_config(overrides=config_overrides(args.settings if args is not None else []))
     if workers is not None:
@@ -264,7 +264,7 @@ def _context(work: str, args=None, workers: int | None = None):
 
 def _clock(args):
     """The run's clock: the data's end, passed explicitly, so the scored day never depends on when the bench runs."""
-    from pipeline.stages import parse_iso
+    from pipeline.stages.clock import parse_iso
 
     return parse_iso(args.now, "--now") if args.now else None
 
@@ -284,7 +284,7 @@ def phase_floor(data: str, work: str, args) -> dict:
 
 
 def phase_archive(data: str, work: str, args) -> dict:
-    from pipeline.stages import run_archive
+    from pipeline.stages.archive import run_archive
 
     counts = run_archive(_context(work, args), [data], _clock(args))
     return {"events": counts["events"], "quarantined": counts["quarantined"], "duplicates": counts["duplicates"],
@@ -292,7 +292,8 @@ def phase_archive(data: str, work: str, args) -> dict:
 
 
 def phase_features(data: str, work: str, args) -> dict:
-    from pipeline.stages import resolve_ranges, run_features
+    from pipeline.stages.features import run_features
+    from pipeline.stages.ranges import resolve_ranges
 
     ctx = _context(work, args)
     counts = run_features(ctx, resolve_ranges(ctx, now=_clock(args)))
@@ -300,21 +301,21 @@ def phase_features(data: str, work: str, args) -> dict:
 
 
 def phase_train(data: str, work: str, args) -> dict:
-    from pipeline.stages import run_train
+    from pipeline.stages.train import run_train
 
     model = run_train(_context(work, args))
     return {"train_rows": model["train_rows"]}
 
 
 def phase_score(data: str, work: str, args) -> dict:
-    from pipeline.scoring import run_score
+    from pipeline.stages.score import run_score
 
     summary = run_score(_context(work, args))
     return {key: summary[key] for key in ("records", "flagged", "written", "quiet_left_out", "events_scored")}
 
 
 def phase_report(data: str, work: str, args) -> dict:
-    from pipeline.report import report_target, run_report
+    from pipeline.stages.report import report_target, run_report
 
     ctx = _context(work, args)
     run_report(ctx)
@@ -325,7 +326,7 @@ def phase_report(data: str, work: str, args) -> dict:
 def phase_run(data: str, work: str, args) -> dict:
     """The whole daily run as ``auditsift run`` makes it (``run_pipeline``: archive, features, train, score,
     report, in one process) on a workdir of its own; the stages' wall times are the run's own (``ctx.timings``)."""
-    from pipeline.runner import run_pipeline
+    from pipeline.stages.run import run_pipeline
 
     ctx = _context(f"{work}-run", args)  # made empty, and removed after, by bench_data: no deletion in the time
     result = run_pipeline(ctx, [data], now=_clock(args))
@@ -336,7 +337,9 @@ def phase_run(data: str, work: str, args) -> dict:
 def phase_one_process(data: str, work: str, args) -> dict:
     """archive and features with ``workers: 1`` (everything in this process), on a workdir of their own:
     what the parallel workers add, and what one core does alone."""
-    from pipeline.stages import resolve_ranges, run_archive, run_features
+    from pipeline.stages.archive import run_archive
+    from pipeline.stages.features import run_features
+    from pipeline.stages.ranges import resolve_ranges
 
     work = f"{work}-one-process"
     shutil.rmtree(work, ignore_errors=True)
@@ -359,8 +362,8 @@ def phase_features_map(data: str, work: str, args) -> dict:
     from features.aggregate import partial_table
     from features.events import conform_events
     from features.flags import flag_events
-    from pipeline.archive import list_archive_hours
-    from pipeline.stages import flag_context
+    from pipeline.stages.archive import list_archive_hours
+    from pipeline.stages.features import flag_context
 
     ctx = _context(work, args)
     flags = flag_context(ctx)
@@ -397,7 +400,7 @@ def phase_duckdb(data: str, work: str, args) -> dict:
 
 def _auditsift_partials(work: str) -> pd.DataFrame:
     from features.aggregate import reduce_partials
-    from pipeline.stages import partials_frame
+    from pipeline.stages.features import partials_frame
 
     storage = _context(work).storage
     keys = [k for k in storage.list("features/") if "/partials/" in k and k.endswith(".parquet") and ".rules." not in k]
@@ -436,7 +439,7 @@ STAGES = ("archive", "features", "train", "score", "report")
 DEFAULT_PHASES = ("floor", *STAGES, "run", "naive", "duckdb", "detectors")
 # Imported before a phase's clock starts: `auditsift run` imports them once, and a stage measured alone must
 # not be charged 1-2 s of imports the whole run pays only once (``startup_seconds`` measures that once).
-STAGE_MODULES = ("pipeline.runner",)
+STAGE_MODULES = ("pipeline.stages.run",)
 
 
 def run_phase(name: str, data: str, work: str, args) -> dict:
@@ -502,7 +505,7 @@ def config_overrides(settings: list[str]) -> dict:
 
 
 def _in_subprocess(name: str, data: str, work: str, args, now: str) -> dict:
-    command = [sys.executable, "-m", "pipeline.bench", "--phase", name, "--data", data, "--work", work, "--now", now,
+    command = [sys.executable, "-m", "tools.bench", "--phase", name, "--data", data, "--work", work, "--now", now,
                "--score-rows", str(args.score_rows), "--naive-chunk-lines", str(args.naive_chunk_lines),
                *(f"--set={setting}" for setting in args.settings), "--detectors", *args.detectors]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -640,7 +643,7 @@ def linear_fits(report: dict) -> list[dict]:
 
 def data_sets(out: Path, args) -> list[tuple[str, str, Path, dict]]:
     """(kind, label, directory, about) for every size and profile asked for; data is generated once and kept."""
-    from pipeline.bench_profiles import base_sample, busy_day, identity_spray
+    from tools.bench_profiles import base_sample, busy_day, identity_spray
 
     sets = []
     for events in args.sizes or ([args.events] if not (args.busy_day or args.spray) else []):
@@ -821,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join([Path(sys.executable).name, "-m", "pipeline.bench", *(argv if argv is not None else sys.argv[1:])]),
+    report = {"command": " ".join([Path(sys.executable).name, "-m", "tools.bench", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "data": [], "fits": [], "targets": []}
     for kind, label, data, about in data_sets(out, args):
         report["data"].append({"kind": kind, **bench_data(out, label, data, about, args)})

@@ -18,8 +18,8 @@ import orjson
 
 from pipeline.context import RunContext
 from pipeline.errors import StageError
-from pipeline.render import render_html, render_markdown, report_extras
-from pipeline.storage import LocalStorage, Storage, open_storage, safe_segment
+from pipeline.io.storage import LocalStorage, Storage, open_storage, safe_segment
+from pipeline.report.render import render_html, render_markdown, report_extras
 from pipeline.text import printable
 
 PACKAGES = ("auditsift", "numpy", "pandas", "pyarrow", "scikit-learn", "krcf", "orjson", "boto3", "pydantic", "sagemaker-core")

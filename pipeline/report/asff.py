@@ -10,22 +10,14 @@ Security Hub accepts provider updates to them after a finding exists.
 Log-derived text (entity names, reasons) is data: control characters are removed and it
 is cut to ASFF's limits (Title 256, Description 1024, ProductFields values 2048), never
 interpreted. Any rejected finding raises one ``AwsCallError`` naming the call and the
-first FailedFindings reason, after every batch has been sent.
-"""
+first FailedFindings reason, after every batch has been sent."""
 from __future__ import annotations
 
-import logging
 import re
-from datetime import datetime, timezone
 
-import click
-import orjson
+from pipeline.aws.arn import partition
+from pipeline.config import Config
 
-from pipeline.config import Config, load_config
-from pipeline.deploy import cli_boundary, partition
-from pipeline.errors import AwsCallError, ConfigError, StageError
-
-log = logging.getLogger(__name__)
 BATCH_SIZE = 100
 SCHEMA_VERSION = "2018-10-08"
 TITLE_MAX, DESCRIPTION_MAX, FIELD_MAX, SUBJECT_MAX = 256, 1024, 2048, 100
@@ -77,7 +69,6 @@ RULE_TYPES = {
     "public_403_burst": "TTPs/Discovery",
     "unauthenticated_burst": "TTPs/Initial Access",
 }
-"""ASFF ``namespace/category`` per rule of configs/rules.yaml (a test fails when a rule has none)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -180,45 +171,6 @@ def asff_finding(finding: dict, *, cluster: str, region: str, account: str, prod
     }
 
 
-def caller_account(config: Config) -> str:
-    """``findings.securityhub.account_id``, else the caller's own account (the default product requires it)."""
-    from pipeline.aws import session as aws
-
-    configured = config.findings.securityhub.account_id
-    if configured:
-        return configured
-    sts = aws.client("sts", config)
-    return aws.call(sts.get_caller_identity)["Account"]
-
-
-def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, now: datetime | None = None) -> dict:
-    """BatchImportFindings in batches of 100; every batch is sent before rejections are raised."""
-    from pipeline.aws import session as aws
-
-    client = aws.client("securityhub", config)
-    region = client.meta.region_name
-    account = caller_account(config)
-    product = product_arn(config, region, account)
-    updated_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    items = [asff_finding(f, cluster=config.cluster, region=region, account=account, product=product,
-                          updated_at=updated_at, run_result=run_result) for f in findings]
-    imported, failed = 0, []
-    for start in range(0, len(items), BATCH_SIZE):
-        batch = items[start:start + BATCH_SIZE]
-        response = aws.call(client.batch_import_findings, f"{len(batch)} findings into {product}", Findings=batch)
-        imported += int(response.get("SuccessCount", 0))
-        failed.extend(response.get("FailedFindings", []))
-    if failed:
-        first = failed[0]
-        raise AwsCallError(
-            f"SecurityHub.BatchImportFindings rejected {len(failed)} of {len(items)} findings: "
-            f"{first.get('ErrorCode', 'Unknown')}: {clean(first.get('ErrorMessage', ''), 300)} (Id {first.get('Id')})",
-            hint="the other findings were imported; fix the reported field and rerun (Ids are stable, nothing duplicates)",
-        )
-    log.info("imported %d findings into Security Hub (%s)", imported, product)
-    return {"imported": imported, "batches": -(-len(items) // BATCH_SIZE), "product_arn": product}
-
-
 def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10) -> tuple[str, str]:
     """(Subject, Message) of the run summary: counts, the report's location and the top flagged entities."""
     flagged = [f for f in findings if f.get("flagged")]
@@ -236,67 +188,3 @@ def summary_message(config: Config, findings: list[dict], run_result: dict, top:
         lines.append(clean(f"#{f.get('rank')} {f['score']:.2f} {f['entity_type']} {f['entity']} "
                            f"{f['window_start']} [{rules}]", 400))
     return subject, "\n".join(lines)
-
-
-def publish_summary(config: Config, findings: list[dict], run_result: dict) -> dict:
-    topic = config.findings.sns.topic_arn
-    if not topic:
-        raise ConfigError("findings.sns.topic_arn is not set", hint="set it, or findings.sns.enabled: false")
-    from pipeline.aws import session as aws
-
-    subject, message = summary_message(config, findings, run_result)
-    client = aws.client("sns", config)
-    response = aws.call(client.publish, topic, TopicArn=topic, Subject=subject, Message=message)
-    return {"message_id": response["MessageId"], "topic_arn": topic}
-
-
-def export_findings(config: Config, findings: list[dict], run_result: dict) -> dict:
-    """Send a scored run's findings wherever the config enables: Security Hub and/or an SNS summary.
-
-    ``run_result`` is ``pipeline.runner.run_pipeline``'s result (run_id, report, ranges are read).
-    Returns what was sent; a section is None when it is disabled.
-    """
-    result: dict = {"securityhub": None, "sns": None}
-    hub = config.findings.securityhub
-    if hub.enabled:
-        result["securityhub"] = {"selected": 0, "imported": 0, "batches": 0}
-        selected = exportable(findings, hub.min_score)
-        if selected:
-            result["securityhub"] = {"selected": len(selected), **import_to_security_hub(config, selected, run_result)}
-    if config.findings.sns.enabled:
-        result["sns"] = publish_summary(config, findings, run_result)
-    return result
-
-
-def latest_run(storage, config: Config) -> tuple[list[dict], dict]:
-    """The latest scored findings of the workdir and a run result assembled from its state file."""
-    from pipeline.context import RunContext
-
-    state = RunContext(storage, config, "export").read_state()
-    score = state.get("score")
-    if not score:
-        raise StageError("nothing scored yet in this workdir", hint="run `auditsift score` (or `auditsift run`) first")
-    report = state.get("report") or {}
-    run_result = {"run_id": score["run_id"], "cluster": config.cluster, "records": score["records"],
-                  "flagged": score["flagged"], "suppressed": score["suppressed"], "ranges": score.get("ranges"),
-                  "report": report.get("html")}
-    return storage.read_json(f"{score['key']}/findings.json"), run_result
-
-
-@click.command("export")
-@click.option("--workdir", required=True, help="Workdir: a local directory or s3://bucket/prefix.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: configs/local.yaml).")
-@click.option("--cluster", default=None, help="Cluster name; overrides the config.")
-@cli_boundary
-def export_command(workdir: str, config_path: str | None, cluster: str | None) -> None:
-    """Export the latest scored findings to Security Hub and/or SNS, as the config enables."""
-    from pipeline.storage import open_storage
-
-    config = load_config(config_path, {"cluster": cluster} if cluster else None)
-    findings, run_result = latest_run(open_storage(workdir, config), config)
-    click.echo(orjson.dumps(export_findings(config, findings, run_result)).decode())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    export_command()

@@ -1,17 +1,28 @@
-"""``auditsift run``: every stage in sequence on one workdir, returning the machine-readable result."""
+"""Every stage in sequence on one workdir (``auditsift run``; a scheduled pass, ``auditsift cron``), returning the
+machine-readable result."""
 from __future__ import annotations
 
+import logging
+from datetime import datetime
+
+from pipeline.catalog import load_rule_pack
 from pipeline.context import RunContext
-from pipeline.findings_export import export_findings
-from pipeline.report import run_report
-from pipeline.scoring import run_score
-from pipeline.stages import flag_context, load_rule_pack, resolve_ranges, run_archive, run_features, run_train
+from pipeline.stages.archive import archive_cloudwatch, run_archive
+from pipeline.stages.export import export_findings
+from pipeline.stages.features import flag_context, run_features
+from pipeline.stages.ranges import resolve_ranges
+from pipeline.stages.report import run_report
+from pipeline.stages.scaleout import plan_key, plan_run
+from pipeline.stages.score import run_score
+from pipeline.stages.train import run_train
+
+log = logging.getLogger(__name__)
 
 
 def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = None, train_from=None, train_to=None,
                  score_from=None, score_to=None, now=None) -> dict:
     """Archive -> features -> train -> score -> report -> export (Security Hub / SNS when enabled), for the day
-    ending at the run's clock ``now`` (default: the current time; ``pipeline.stages.run_clock``).
+    ending at the run's clock ``now`` (default: the current time; ``pipeline.stages.clock.run_clock``).
     The rule pack and address files are loaded first, so a bad one stops the run before anything is written.
     Returns the result object schedulers act on (docs/operations.md)."""
     load_rule_pack(ctx.config)
@@ -52,3 +63,20 @@ def finish_run(ctx: RunContext, result: dict, summary: dict) -> dict:
     """Export the flagged findings (Security Hub / SNS, when enabled) and add what was exported to the result."""
     result["exported"] = export_findings(ctx.config, ctx.storage.read_json(f"{summary['key']}/findings.json"), result)
     return result
+
+
+def scheduled_run(ctx: RunContext, inputs: list[str], log_group: str | None, now: datetime) -> dict:
+    """One scheduled pass (``auditsift cron``; the caller holds the workdir lock): the Step Functions run on one host.
+    Archive, plan (ranges ending now, retrain when ``schedule.retrain_every_days`` have passed), features, train only
+    when due, score, report and the configured export; returns ``run_pipeline``'s result plus ``retrained`` and ``plan``."""
+    counts = archive_cloudwatch(ctx, log_group, now) if log_group else run_archive(ctx, inputs, now)
+    ranges, plan = plan_run(ctx, now)
+    ctx.storage.write_json(plan_key(ctx, ctx.run_id), plan)
+    log.info("plan: retrain=%s (%s)", plan["retrain"], plan["reason"])
+    feature_counts = run_features(ctx, ranges)
+    model = run_train(ctx) if plan["retrain"] else ctx.read_state()["model"]
+    summary = run_score(ctx)
+    run = run_report(ctx, None, {"inputs": counts["inputs"], "archive": counts})
+    result = result_object(ctx, counts, feature_counts, model, summary, run, ranges)
+    result.update(retrained=plan["retrain"], plan=plan)
+    return finish_run(ctx, result, summary)

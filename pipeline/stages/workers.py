@@ -15,10 +15,12 @@ same code and combine the results in input order.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import sys
 import types
 from typing import Callable, Iterable, Iterator
@@ -58,8 +60,6 @@ def stop(processes) -> None:
 def exit_with_parent(parent: int) -> None:
     """In a worker: die when the parent process dies (Linux), so a killed run leaves no workers."""
     try:
-        import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - not Linux

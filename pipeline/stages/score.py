@@ -21,6 +21,7 @@ among all scored records, and the summary counts what was left out.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import heapq
 import logging
 from collections import Counter, defaultdict
@@ -33,16 +34,18 @@ from features.flags import add_flags
 from features.novelty import HISTORY_FLAG_NAMES, add_history_flags, history_score, python_values
 from features.rules import RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
-from pipeline.archive import read_archive
-from pipeline.config import Config, Suppression
+from pipeline.catalog import load_rule_pack
+from pipeline.config import Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
-from pipeline.stages import events_frame, flag_context, iso, load_features, load_model, load_rule_pack, load_rule_history
-from pipeline.storage import safe_segment
+from pipeline.io.storage import safe_segment
+from pipeline.report.pivots import EVIDENCE_COLUMNS
+from pipeline.stages.archive import read_archive
+from pipeline.stages.clock import iso
+from pipeline.stages.features import events_frame, flag_context, load_features, load_rule_history
+from pipeline.stages.train import load_model
 
 log = logging.getLogger(__name__)
-EVIDENCE_COLUMNS = ("time", "audit_id", "stage", "user", "source_ip", "claimed_ip", "user_agent", "verb", "resource",
-                    "subresource", "namespace", "name", "code", "request_uri", "impersonated_user")
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
@@ -242,7 +245,6 @@ def _key_of(finding: dict) -> tuple:
 
 def finding_id(cluster: str, entity_type: str, entity: str, window_start) -> str:
     """Stable id for (cluster, entity, window): a rerun updates the same finding, never duplicates it."""
-    import hashlib
 
     text = f"{cluster}|{entity_type}|{entity}|{iso(pd.Timestamp(window_start).to_pydatetime())}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]

@@ -1,14 +1,9 @@
-"""The pipeline's stages: archive, features, train, score. Each runs alone on a workdir or in sequence.
-
-Entry points (CLI, Step Functions tasks, cron) call these functions and nothing else;
-the functions raise AuditsiftError subclasses with one-line messages.
-"""
+"""The features stage: per-hour partial aggregates (cached per archived hour), reduced into the
+window feature table, the entities' histories and the rule hits."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,171 +12,30 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.aggregate import AGGREGATE_COLUMNS, empty_partials, partial_table, partials_as_frame
-from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.columns import MICROS, EventColumns, pandas_types
+from features.entities import entity_group
+from features.events import COLUMN_NAMES, EVENT_SCHEMA
 from features.flags import FlagContext, FlagInputs, flag_columns, flag_events
 from features.novelty import no_history
-from features.entities import entity_group
-from features.rules import RuleError, RulePack
-from features.windows import (
-    FEATURE_NAMES, NOVELTY_SETS, SET_NAMES, feature_matrix, finalise, reduce_partials,
-)
-from pipeline.archive import archive_inputs, hour_digest, list_archive_hours, manifest_key
-from pipeline.config import Config, parse_yaml
+from features.rules import RulePack
+from features.windows import NOVELTY_SETS, SET_NAMES, finalise, reduce_partials
+from pipeline.catalog import load_rule_pack
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
-from pipeline.readers import resolve_inputs
-from pipeline.storage import parquet_bytes, safe_segment
-from pipeline.workers import ordered_map, usable_cores
+from pipeline.io.storage import parquet_bytes, safe_segment
+from pipeline.stages.archive import hour_digest, list_archive_hours, manifest_key
+from pipeline.stages.ranges import Ranges, overlaps
+from pipeline.stages.workers import ordered_map, usable_cores
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc
 
 
-# --------------------------------------------------------------------------- time ranges
-@dataclass(frozen=True)
-class Ranges:
-    """Training and scoring ranges, half-open [from, to)."""
 
-    train_from: datetime
-    train_to: datetime
-    score_from: datetime
-    score_to: datetime
-
-    def as_dict(self) -> dict:
-        return {k: iso(v) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_dict(cls, value: dict) -> "Ranges":
-        return cls(**{k: parse_iso(v) for k, v in value.items()})
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str, flag: str = "time") -> datetime:
-    """Parse an ISO 8601 time; a naive time is UTC. One-line error naming the flag."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        raise ConfigError(f"{flag}: {text!r} is not an ISO 8601 time", hint="e.g. 2026-11-01T00:00:00Z") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def run_clock(now: datetime | None = None) -> datetime:
-    """The moment a run is for: ``--now`` when given (tests, reruns, backfills), else the wall clock.
-    The scored day ends at its last whole window and the archive's future filter starts after it
-    (``future_limit``); nothing in the data moves either."""
-    return (now or datetime.now(UTC)).astimezone(UTC)
-
-
-def future_limit(config: Config, now: datetime | None = None) -> datetime:
-    """Events stamped later than this are quarantined as ``future_timestamp``: the run's clock plus
-    ``archive.future_skew_minutes`` (API servers' clocks drift a little ahead of this host's)."""
-    return run_clock(now) + timedelta(minutes=config.archive.future_skew_minutes)
-
-
-def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=None, score_to=None, now=None) -> Ranges:
-    """Default: score the 24 hours of whole windows ending at the run's clock (``run_clock``: the last
-    complete window before it), and train on the ``schedule.train_days`` before that, from the window of
-    the first archived event inside them. Archived events before that retention, or after the clock,
-    never move a range. A scored range without archived events is an error whose hint names the newest
-    archived event and ``--now``."""
-    window = timedelta(minutes=ctx.config.features.window_minutes)
-    hours = list_archive_hours(ctx.storage, ctx.cluster)
-    if not hours:
-        raise StageError(f"the archive of cluster '{ctx.cluster}' is empty", hint="run `auditsift archive --input PATH` first")
-    if score_to is None:
-        score_to = _floor(run_clock(now), window)
-    if score_from is None:
-        score_from = score_to - timedelta(hours=24)
-    if train_to is None:
-        train_to = score_from
-    if train_from is None:
-        retained = score_from - timedelta(days=ctx.config.schedule.train_days)
-        train_from = _floor(_earliest_since(ctx, hours, retained) or retained, window)
-    if score_from < score_to and not any(_overlaps(date, hour, score_from, score_to) for date, hour, _ in hours):
-        raise StageError(f"no archived events in the scored range {iso(score_from)}..{iso(score_to)}",
-                         hint=_clock_hint(ctx, hours, score_to, window))
-    ranges = Ranges(train_from, train_to, score_from, score_to)
-    if not (ranges.train_from < ranges.train_to <= ranges.score_from < ranges.score_to):
-        raise ConfigError(
-            f"time ranges out of order: train {iso(train_from)}..{iso(train_to)}, score {iso(score_from)}..{iso(score_to)}",
-            hint="need --train-from < --train-to <= --score-from < --score-to, with data before the scored day",
-        )
-    return ranges
-
-
-def _earliest_since(ctx: RunContext, hours: list[tuple[str, int, str]], start: datetime) -> datetime | None:
-    """The first archived event time at or after ``start`` (None when there is none): what came before
-    the retention never moves the training range."""
-    for date, hour, key in hours:
-        if _hour_start(date, hour) > start - timedelta(hours=1):
-            times = ctx.storage.read_parquet(key, columns=["time"])["time"]
-            earliest = pc.min(times.filter(pc.greater_equal(times, pa.scalar(start, times.type)))).as_py()
-            if earliest is not None:
-                return earliest
-    return None
-
-
-def _overlaps(date: str, hour: int, start: datetime, end: datetime) -> bool:
-    """Whether archived hour (date, hour) overlaps [start, end); written so that no hour, not even
-    9999-12-31 23:00, is ever added to (an hour later overflows datetime)."""
-    begin = _hour_start(date, hour)
-    return start - timedelta(hours=1) < begin < end
-
-
-def _clock_hint(ctx: RunContext, hours: list[tuple[str, int, str]], score_to: datetime, window: timedelta) -> str:
-    """Where the archived data ends relative to the clock, and the ``--now`` that would score its last day."""
-    before = [key for date, hour, key in hours if _hour_start(date, hour) < score_to]
-    if not before:
-        first = pc.min(ctx.storage.read_parquet(hours[0][2], columns=["time"])["time"]).as_py()
-        return f"the oldest archived event is at {iso(first)}, after the scored range; pass --now to score another day"
-    newest = pc.max(ctx.storage.read_parquet(before[-1], columns=["time"])["time"]).as_py()
-    return (f"the newest archived event before the run's clock is at {iso(newest)}; the scored day ends at the clock "
-            f"(default: now): pass --now {iso(_floor(newest, window) + window)} to score the day it ends")
-
-
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return epoch + ((moment - epoch) // step) * step
-
-
-# --------------------------------------------------------------------------- archive
-def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None) -> dict:
-    """Archive every event of ``inputs`` into the workdir; returns the counts for run.json. Events stamped
-    after the run's clock (``now``, default the wall clock) plus the skew are quarantined (``future_limit``)."""
-    with ctx.timed("archive"):
-        refs = resolve_inputs(inputs, ctx.config)
-        if not refs:
-            raise StageError(f"no input files found in {', '.join(inputs)}", hint="pass files, directories or globs of audit logs")
-        handle = ctx.progress("archive (records)", None)
-        result = archive_inputs(
-            ctx.storage, refs, ctx.cluster, ctx.run_id, chunk_rows=ctx.config.archive.chunk_lines,
-            max_line_bytes=ctx.config.archive.max_line_bytes, progress=handle.advance, workers=ctx.config.archive.workers,
-            merge_rows=ctx.config.archive.merge_rows, not_after=future_limit(ctx.config, now),
-            max_ratio=ctx.config.archive.max_decompression_ratio,
-        )
-        handle.close()
-        write_quarantine(ctx, result.quarantine)
-        counts = result.as_dict()
-        ctx.update_state("archive", {"run_id": ctx.run_id, **{k: v for k, v in counts.items() if k != "inputs"}})
-    return counts
-
-
-def write_quarantine(ctx: RunContext, quarantine) -> None:
-    if quarantine.entries:
-        key = f"{ctx.cluster_key('quarantine')}/{safe_segment(ctx.run_id)}.jsonl"
-        ctx.storage.write_bytes(key, b"".join(orjson.dumps(e) + b"\n" for e in quarantine.entries))
-
-
-# --------------------------------------------------------------------------- features
 def flag_context(ctx: RunContext) -> FlagContext:
     """Address intelligence and the allow-list, loaded once per run from the configured files."""
     cfg = ctx.config.features
@@ -383,7 +237,7 @@ def run_features(ctx: RunContext, ranges: Ranges) -> dict:
         fingerprint = features_fingerprint(ctx)
         flags = flag_context(ctx)
         hours = [
-            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster) if _overlaps(d, h, ranges.train_from, ranges.score_to)
+            (d, h, k) for d, h, k in list_archive_hours(ctx.storage, ctx.cluster) if overlaps(d, h, ranges.train_from, ranges.score_to)
         ]
         if not hours:
             raise StageError("no archived events in the requested ranges", hint="check --train-from/--score-to against `auditsift archive` output")
@@ -427,10 +281,6 @@ def warmup_end(ranges: Ranges) -> datetime:
     return ranges.train_from + min(WARMUP, (ranges.train_to - ranges.train_from) / 2)
 
 
-def _hour_start(date: str, hour: int) -> datetime:
-    return datetime.fromisoformat(f"{date}T{hour:02d}:00:00+00:00")
-
-
 def entity_history(train_partials: pd.DataFrame) -> pd.DataFrame:
     """What each entity did in the training range: the sets event-level novelty is judged against."""
     if train_partials.empty:
@@ -456,22 +306,6 @@ def partials_from_history(table: pa.Table) -> pd.DataFrame:
     for name in NOVELTY_SETS:
         frame[name] = frame[name].map(lambda v: set(v) if v is not None else set())
     return frame
-
-
-def load_rule_pack(config: Config) -> RulePack:
-    """The rule pack named in the config (default configs/rules.yaml), validated at load."""
-    path = config.rules_pack_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"rules.pack: cannot read {path}: {error.strerror}", hint="point rules.pack at a rule YAML file") from None
-    data = parse_yaml(text, path)
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
-        raise ConfigError(f"{path}: expected a mapping with a 'rules' list", hint="see configs/rules.yaml")
-    try:
-        return RulePack.from_dicts(data["rules"], config.rules.disabled, str(path))
-    except RuleError as error:
-        raise ConfigError(str(error), hint="fix the rule pack; every rule needs id, title, severity, rationale, condition, tests") from None
 
 
 RULE_PARTIAL_SCHEMA = pa.schema([("entity_type", pa.large_string()), ("entity", pa.large_string()), ("window_start", MICROS),
@@ -525,137 +359,3 @@ def load_rule_history(ctx: RunContext) -> dict[tuple[str, str, str], int]:
         return {}
     table = ctx.storage.read_parquet(key).to_pandas()
     return {(t, e, r): int(w) for t, e, r, w in zip(table["entity_type"], table["entity"], table["rule"], table["windows"])}
-
-
-# --------------------------------------------------------------------------- train
-def detector_params(ctx: RunContext) -> dict:
-    model = ctx.config.model
-    common = {"threshold_method": model.threshold.method, "threshold_q": model.threshold.quantile}
-    if model.backend == "iforest":
-        return {**model.iforest.model_dump(), **common}
-    if model.backend == "rcf-local":
-        return {**model.rcf_local.model_dump(), **common}
-    return common
-
-
-def build_detector(ctx: RunContext):
-    backend = ctx.config.model.backend
-    if backend == "sagemaker-rcf":
-        from pipeline.aws.sagemaker_rcf import SageMakerRcf
-
-        return SageMakerRcf.from_config(ctx.config, ctx.storage, cluster=ctx.cluster, progress=ctx.notify)
-    from training.registry import make_detector
-
-    return make_detector(backend, detector_params(ctx), ctx.config.model.seed)
-
-
-def training_rows(ctx: RunContext) -> tuple[pd.DataFrame, Ranges]:
-    """The feature table's training rows (at least model.min_train_rows) and its ranges."""
-    table, _, ranges = load_features(ctx)
-    train = table[table["split"] == "train"]
-    if len(train) < ctx.config.model.min_train_rows:
-        raise StageError(
-            f"only {len(train)} training rows (entity windows) before {iso(ranges.score_from)}; need {ctx.config.model.min_train_rows}",
-            hint="archive more history or move --score-from later",
-        )
-    return train, ranges
-
-
-def run_train(ctx: RunContext) -> dict:
-    """Fit the configured detector on the training rows; save it with its manifest and the resolved config."""
-    with ctx.timed("train"):
-        train, ranges = training_rows(ctx)
-        detector = build_detector(ctx)
-        matrix = feature_matrix(train)
-        detector.fit(matrix, list(FEATURE_NAMES))
-        train_scores = detector.score(matrix)
-        calibration = group_calibration(train_scores, train["entity_group"].to_numpy(), train["entity_type"].to_numpy(),
-                                        ctx.config.model.threshold)
-        model_id = f"{safe_segment(ctx.run_id)}-{ctx.config.model.backend}"
-        model_key = f"{ctx.cluster_key('models')}/{model_id}"
-        manifest = save_detector(ctx, detector, model_key)
-        baselines = entity_baselines(train, train_scores)
-        ctx.storage.write_parquet(f"{model_key}/baselines.parquet", pa.Table.from_pandas(baselines, preserve_index=False))
-        ctx.storage.write_json(f"{model_key}/config.json", ctx.config.resolved())
-        info = {
-            "id": model_id, "key": model_key, "backend": ctx.config.model.backend, "threshold": float(detector.threshold_),
-            "threshold_method": ctx.config.model.threshold.method, "train_rows": int(len(train)),
-            "train_score_median": float(manifest["training"]["score_stats"]["quantiles"]["0.5"]),
-            "calibration": calibration,
-            "trained_on": {"from": iso(ranges.train_from), "to": iso(ranges.train_to)},
-        }
-        ctx.storage.write_json(f"{model_key}/model.json", info)
-        ctx.update_state("model", info)
-    return info
-
-
-MIN_GROUP_ROWS = 100
-
-
-def group_calibration(scores: np.ndarray, groups: np.ndarray, entity_types: np.ndarray, threshold) -> dict:
-    """Median and threshold of the training scores per entity peer group (features.entities).
-
-    A group with fewer than MIN_GROUP_ROWS training windows falls back to its entity
-    type ("type:user", "type:source_ip"), then to all rows ("*"). The threshold rule is
-    the configured one (quantile or mean+3std).
-    """
-    from training.calibration import calibrate
-
-    def stats(values: np.ndarray) -> dict:
-        return {"median": float(np.median(values)), "threshold": float(calibrate(values, threshold.method, threshold.quantile)),
-                "rows": int(values.size)}
-
-    table = {"*": stats(scores)}
-    for entity_type in sorted(set(entity_types)):
-        values = scores[entity_types == entity_type]
-        if values.size >= MIN_GROUP_ROWS:
-            table[f"type:{entity_type}"] = stats(values)
-    for group in sorted(set(groups)):
-        values = scores[groups == group]
-        if values.size >= MIN_GROUP_ROWS:
-            table[group] = stats(values)
-    return table
-
-
-def save_detector(ctx: RunContext, detector, model_key: str) -> dict:
-    """Save through a temporary directory, then copy every file into the workdir (local or S3)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "model"
-        manifest = detector.save(target)
-        for path in sorted(target.iterdir()):
-            ctx.storage.write_bytes(f"{model_key}/detector/{path.name}", path.read_bytes())
-    return manifest
-
-
-def load_model(ctx: RunContext):
-    """The latest model of this cluster, verified (checksums) before anything is deserialised."""
-    info = ctx.read_state().get("model")
-    if not info:
-        raise StageError(f"no trained model for cluster '{ctx.cluster}'", hint="run `auditsift train` first")
-    keys = ctx.storage.list(f"{info['key']}/detector/")
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "model"
-        target.mkdir()
-        for key in keys:
-            (target / key.rsplit("/", 1)[1]).write_bytes(ctx.storage.read_bytes(key))
-        if info["backend"] == "sagemaker-rcf":
-            from pipeline.aws.sagemaker_rcf import SageMakerRcf
-
-            detector = SageMakerRcf.load(target, ctx.config, ctx.storage, progress=ctx.notify)
-        else:
-            from training.registry import load_detector
-
-            detector = load_detector(target)
-    baselines = ctx.storage.read_parquet(f"{info['key']}/baselines.parquet").to_pandas()
-    return detector, info, baselines
-
-
-def entity_baselines(train: pd.DataFrame, train_scores: np.ndarray) -> pd.DataFrame:
-    """Per entity over its training windows: the median of every feature (the baseline reasons cite) and the
-    highest model score (``max_score``: how unusual this entity already was); plus a row per entity type."""
-    scored = train.assign(max_score=train_scores)
-    per_entity = scored.groupby(["entity_type", "entity"]).agg(
-        {**{name: "median" for name in FEATURE_NAMES}, "max_score": "max"}).reset_index()
-    per_type = scored.groupby("entity_type")[list(FEATURE_NAMES)].median().reset_index()
-    per_type.insert(1, "entity", None)
-    return pd.concat([per_entity, per_type], ignore_index=True)

@@ -19,9 +19,11 @@ import shlex
 from datetime import datetime, timedelta, timezone
 
 from pipeline.config import Config
-from pipeline.scoring import EVIDENCE_COLUMNS
-from pipeline.storage import safe_segment
+from pipeline.io.storage import safe_segment
 
+# The event columns a finding's evidence shows (the score stage selects them; the report and pivots print them).
+EVIDENCE_COLUMNS = ("time", "audit_id", "stage", "user", "source_ip", "claimed_ip", "user_agent", "verb", "resource",
+                    "subresource", "namespace", "name", "code", "request_uri", "impersonated_user")
 ATHENA_COLUMNS = EVIDENCE_COLUMNS + ("decision", "authz_reason", "arn")
 INSIGHTS_FIELDS = ("@timestamp", "auditID", "stage", "user.username", "verb", "objectRef.resource", "objectRef.subresource",
                    "objectRef.namespace", "objectRef.name", "responseStatus.code", "userAgent", "sourceIPs.0", "requestURI")

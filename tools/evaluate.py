@@ -6,7 +6,7 @@ number of flagged records that belong to no scenario. A record belongs to a scen
 when it is the scenario's identity or source address in a window that overlaps the
 scenario's time span, or when its evidence includes one of the scenario's events.
 
-    python -m pipeline.evaluate --seeds 1 2 3 --backend iforest rcf-local --out docs/evaluation.json
+    python -m tools.evaluate --seeds 1 2 3 --backend iforest rcf-local --out docs/evaluation.json
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import orjson
 
 from pipeline.config import load_config
 from pipeline.context import RunContext, new_run_id
-from pipeline.runner import run_pipeline
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.run import run_pipeline
 
 TOP_K = 20
 
@@ -64,8 +64,10 @@ def evaluate_findings(findings: list[dict], labels: dict, top_k: int = TOP_K) ->
 
 def rerun_from_archive(ctx: RunContext, now) -> dict:
     """Features, train and score on an already archived workdir (for quick iterations on detection)."""
-    from pipeline.scoring import run_score
-    from pipeline.stages import resolve_ranges, run_features, run_train
+    from pipeline.stages.features import run_features
+    from pipeline.stages.ranges import resolve_ranges
+    from pipeline.stages.score import run_score
+    from pipeline.stages.train import run_train
 
     run_features(ctx, resolve_ranges(ctx, now=now))
     run_train(ctx)

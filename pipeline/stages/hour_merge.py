@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.events import EVENT_IDENTITY, EVENT_SCHEMA, conform_events
-from pipeline.storage import PARQUET_OPTIONS
+from pipeline.io.storage import PARQUET_OPTIONS
 
 MERGE_ROWS = 32_768
 RUN_BATCH_ROWS = 1_024  # rows a sorted run is read back in: the merge holds one such batch per run
