@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RELIABILITY_TESTS = ("tests/test_reliability.py", "tests/test_properties.py", "tests/test_crash_recovery.py", "tests/test_hostile_inputs.py",
-                     "tests/test_clock.py", "tests/test_output_hygiene.py", "tests/test_readers_hostile.py")
+RELIABILITY_TESTS = ("tests/e2e/test_reliability.py", "tests/pipeline/io/test_properties.py", "tests/e2e/test_crash_recovery.py", "tests/e2e/test_hostile_inputs.py",
+                     "tests/pipeline/stages/test_clock.py", "tests/pipeline/report/test_output_hygiene.py", "tests/pipeline/io/test_readers_hostile.py")
 DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- reliability:results:start -->", "<!-- reliability:results:end -->"
 

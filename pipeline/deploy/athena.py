@@ -8,7 +8,7 @@ crawler and no MSCK REPAIR. Queries should always filter on ``cluster`` and ``"d
 Athena reads only those prefixes.
 
 The example queries are written in the SQL subset Athena (Trino) and DuckDB share, with
-``{table}`` standing for the table, so tests/test_athena.py runs the same text over a
+``{table}`` standing for the table, so tests/pipeline/deploy/test_athena.py runs the same text over a
 local archive with DuckDB.
 """
 from __future__ import annotations

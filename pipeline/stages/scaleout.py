@@ -15,7 +15,7 @@
     sets union, first/last times min/max) and ``finalise`` into the feature table.
     Any split of the events over shards gives the single-process table, provided all
     stages of one request (one auditID) fall in the same shard: the map counts a request
-    once per shard it appears in (tests/test_processing.py proves the equivalence).
+    once per shard it appears in (tests/pipeline/stages/test_processing.py proves the equivalence).
 
 ``python -m pipeline.stages.scaleout plan --workdir URL --plan-id ID [--now ISO]``
     What a scheduled run does next (``plan_run``): the training and scoring ranges ending

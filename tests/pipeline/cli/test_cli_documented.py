@@ -9,7 +9,7 @@ import click
 
 from pipeline.cli import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def commands(group: click.Group, path: tuple[str, ...] = ()):

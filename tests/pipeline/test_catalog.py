@@ -10,7 +10,7 @@ from pipeline.catalog import catalog_markdown, load_rule_pack
 from pipeline.cli import main
 from pipeline.config import load_config
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_docs_catalog_is_generated_from_the_registries():

@@ -37,8 +37,8 @@ from pipeline.errors import AwsCallError, LockedError
 from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.stages.archive import archive_inputs, hour_digest, list_archive_hours, read_archive
 from tests.aws.conftest import bucket, client_events, hermetic_aws, make_config, moto_url, sagemaker_detector  # noqa: F401  (moto server, fake credentials, guard)
+from tests.e2e.test_crash_recovery import sample_3d  # noqa: F401  (three days of sample logs, built once per session)
 from tests.factory import T0, envelope, event, events
-from tests.test_crash_recovery import sample_3d  # noqa: F401  (three days of sample logs, built once per session)
 
 BIN = Path(sys.executable).parent / "auditsift"
 CLUSTER = "demo"

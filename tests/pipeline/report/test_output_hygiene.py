@@ -32,9 +32,9 @@ from pipeline.sample import sample_clock
 from pipeline.stages.archive import archive_inputs, read_archive
 from pipeline.stages.clock import iso
 from pipeline.text import printable
+from tests.e2e.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
 from tests.factory import T0, event, write_jsonl
-from tests.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
-from tests.test_report_render import insights_literals
+from tests.pipeline.report.test_report_render import insights_literals
 
 # Terminal payloads: set the window title and clear the screen (OSC, CSI), the 8-bit CSI and NEL, DEL, and a
 # right-to-left override that shows "...exe.png" as "...gnp.exe" (and an isolate left open).

@@ -22,7 +22,7 @@ import pytest
 from pipeline.io.storage import LocalStorage
 from pipeline.sample import sample_clock
 from pipeline.stages.archive import hour_digest, list_archive_hours
-from tests.test_hostile_inputs import built_once, full_run, hostile_input, sample_2d  # noqa: F401  (shared, built once per session)
+from tests.e2e.test_hostile_inputs import built_once, full_run, hostile_input, sample_2d  # noqa: F401  (shared, built once per session)
 
 BIN = Path(sys.executable).parent / "auditsift"
 CLUSTER = "default"

@@ -29,9 +29,9 @@ from pipeline.io.readers import Quarantine, read_blocks, read_events
 from pipeline.io.storage import InputRef, LocalStorage
 from pipeline.stages.archive import normalise_blocks, normalise_stream, read_archive
 from pipeline.stages.features import events_frame
+from tests.e2e.test_hostile_inputs import GRANT_MASTERS, UNREADABLE_WRITER, built_once, full_run, hostile_input, sample_2d  # noqa: F401
 from tests.factory import T0, apiserver_line, envelope, event, events
-from tests.test_fast_paths import block_decoder  # noqa: F401  (the block path with each decoder)
-from tests.test_hostile_inputs import GRANT_MASTERS, UNREADABLE_WRITER, built_once, full_run, hostile_input, sample_2d  # noqa: F401
+from tests.pipeline.io.test_fast_paths import block_decoder  # noqa: F401  (the block path with each decoder)
 
 PACK = load_rule_pack(load_config())
 BRACES_AGENT = "curl/8.5.0 }{ (glued?)"

@@ -18,7 +18,7 @@ from pipeline.report.asff import DESCRIPTION_MAX, RULE_TYPES, TITLE_MAX, asff_fi
 from pipeline.stages.export import export_findings
 from tests.aws.conftest import ACCOUNT, REGION, client_events, hermetic_aws, make_config, moto_url  # noqa: F401
 
-RULES_FILE = Path(__file__).resolve().parent.parent / "configs" / "rules.yaml"
+RULES_FILE = Path(__file__).resolve().parents[3] / "configs" / "rules.yaml"
 RUN = {"run_id": "20261108T061500Z-abc123", "report": "s3://audit-bucket/auditsift/reports/cluster=demo/r/report.html",
        "ranges": {"score_from": "2026-11-07T05:00:00Z", "score_to": "2026-11-08T05:00:00Z"}}
 

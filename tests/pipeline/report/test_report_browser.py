@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.report.render import render_html
+from tests.pipeline.report.test_report_render import ALLOWED_TAGS, parse
 from tests.report_factory import make_context, with_extras
-from tests.test_report_render import ALLOWED_TAGS, parse
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

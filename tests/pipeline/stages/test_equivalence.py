@@ -46,7 +46,7 @@ from pipeline.stages.archive import HourBuffer, archive_inputs, list_archive_hou
 from pipeline.stages.ranges import resolve_ranges
 from pipeline.stages.workers import ordered_map
 from tests.factory import SHARED_FIXTURES, T0, event, events, write_jsonl
-from tests.test_rules import CONTEXT, PACK, expand, flagged_frame
+from tests.features.test_rules import CONTEXT, PACK, expand, flagged_frame
 
 
 # --------------------------------------------------------------------------- shared sample

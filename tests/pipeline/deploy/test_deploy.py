@@ -28,7 +28,7 @@ from pipeline.io.storage import LocalStorage
 from tests.aws.conftest import ACCOUNT, REGION, hermetic_aws, moto_url  # noqa: F401  (moto server, fake credentials, guard)
 from tests.factory import event, write_jsonl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 STATELINT = ROOT / ".tools" / "node_modules" / ".bin" / "statelint"
 WRAPPER = ROOT / "scripts" / "auditsift-cron"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"

@@ -148,7 +148,7 @@ def hostile_input(sample_2d, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def full_run(sample_2d, hostile_input, tmp_path_factory) -> dict:
     """One uninterrupted `auditsift run` over the sample plus the hostile events; the report is in the workdir.
-    tests/test_crash_recovery.py compares killed-and-rerun runs against it."""
+    tests/e2e/test_crash_recovery.py compares killed-and-rerun runs against it."""
     def build(root: Path) -> None:
         done = subprocess.run([str(BIN), "run", "--input", str(sample_2d), "--input", str(hostile_input), "--workdir", str(root / "work"),
                                "--now", sample_clock(sample_2d).isoformat(),

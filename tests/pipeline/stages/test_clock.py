@@ -31,8 +31,8 @@ from pipeline.sample import sample_clock
 from pipeline.stages.archive import archive_inputs, read_archive
 from pipeline.stages.clock import iso
 from pipeline.stages.ranges import resolve_ranges
+from tests.e2e.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
 from tests.factory import T0, event, events, write_jsonl
-from tests.test_hostile_inputs import built_once, sample_2d  # noqa: F401  (two days of sample logs, built once per session)
 
 UTC = timezone.utc
 INTRUDER = "intruder@corp.example"

@@ -26,8 +26,8 @@ from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.sample import sample_clock
 from pipeline.stages.archive import archive_inputs, list_archive_hours, read_archive
 from tests.factory import T0, envelope, event, write_jsonl
-from tests.test_equivalence import archive_both
-from tests.test_rules import PACK, flagged_frame
+from tests.features.test_rules import PACK, flagged_frame
+from tests.pipeline.stages.test_equivalence import archive_both
 
 REUSED_ID = "7d0c5e52-3a57-4f7e-9a43-2b0c1f6e9d11"
 MASTERS = "- userarn: arn:aws:iam::999988887777:user/contractor\n  username: contractor\n  groups:\n    - system:masters\n"
