@@ -39,12 +39,11 @@ from training.scaling import SCALINGS, Scaler
 PROBE_FILE = "probe.npy"
 PROBE_ROWS = 64
 COMMON_PARAMS: dict[str, Any] = {"scaling": "robust", "threshold_method": "quantile", "threshold_q": 0.99}
-"""Parameters every detector takes. The threshold defaults to the 0.99 training-score quantile
-(``training.calibration`` documents both rules): heavy-tailed counts give right-skewed
-training scores, and SageMaker's mean+3std rule then flagged 1.7-2.9% of normal rows in
-our measurements. With 60 features rcf-local's quantile threshold caught as many planted
-outliers (50% vs 53%) while flagging 1.0% of normal rows; with 14 features mean+3std
-caught more (100% vs 85%) at 1.9%."""
+"""Parameters every detector takes: ``scaling`` (``training.scaling``: how raw counts are scaled before the
+model sees them), ``threshold_method`` and ``threshold_q`` (``training.calibration``: the rule that turns the
+training scores into the threshold above which a row is anomalous; default the 0.99 training-score quantile,
+because heavy-tailed counts give right-skewed training scores; the measurements behind that default are in
+docs/performance.md, "Threshold rule")."""
 
 
 
