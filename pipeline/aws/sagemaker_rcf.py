@@ -113,7 +113,7 @@ def rcf_image_uri(region: str, configured: str | None = None) -> str:
     if configured:
         return configured
     try:
-        from sagemaker.core import image_uris
+        from sagemaker.core import image_uris  # the optional [sagemaker] extra, needed only for the image lookup
     except ImportError:
         raise ConfigError("cannot look up the SageMaker Random Cut Forest image: sagemaker-core is not installed",
                           hint="pip install 'auditsift[sagemaker]', or set model.sagemaker.image_uri") from None
@@ -609,7 +609,7 @@ class SageMakerRcf(BaseDetector):
         spec = jobs.training_spec
         if spec is None or not (jobs.training_job and jobs.model_name and jobs.calibration_job):
             raise StageError("fit needs the training spec and the training, model and calibration names of the completed jobs",
-                             hint="run python -m pipeline.stages.scaleout rcf-train-finish with every option")
+                             hint="run auditsift container rcf-train-finish with every option")
         storage = self._require_s3()
         spec_id = _spec_value(spec, "spec_id", "training")
         digest = matrix_digest(Z)
@@ -647,7 +647,7 @@ class SageMakerRcf(BaseDetector):
         spec = jobs.scoring_spec
         if spec is None or not jobs.scoring_job:
             raise StageError("scoring these rows needs a new batch transform, but the SageMaker jobs are run by "
-                             "Step Functions here", hint="run python -m pipeline.stages.scaleout rcf-score-prepare first")
+                             "Step Functions here", hint="run auditsift container rcf-score-prepare first")
         spec_id = _spec_value(spec, "spec_id", "scoring")
         if digest != _spec_value(spec, "digest", "scoring"):
             raise StageError(f"the rows to score differ from those staged for {spec_id}",

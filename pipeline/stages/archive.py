@@ -712,7 +712,7 @@ def archive_from_cloudwatch(storage: Storage, log_group: str, cluster: str, run_
     stamped after the run's clock (``now``, default the wall clock) plus ``archive.future_skew_minutes``
     are quarantined as ``future_timestamp``, as from files.
     """
-    from pipeline.aws import cloudwatch as cw
+    from pipeline.aws import cloudwatch as cw  # boto3 loads only when a log group is read
 
     key = cw.checkpoint_key(cluster, log_group)
     checkpoint = storage.read_json_or(key, None)

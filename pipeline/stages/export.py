@@ -20,11 +20,11 @@ def export_findings(config: Config, findings: list[dict], run_result: dict) -> d
         result["securityhub"] = {"selected": 0, "imported": 0, "batches": 0}
         selected = exportable(findings, hub.min_score)
         if selected:
-            from pipeline.aws.securityhub import import_to_security_hub
+            from pipeline.aws.securityhub import import_to_security_hub  # boto3 loads only when an export is enabled
 
             result["securityhub"] = {"selected": len(selected), **import_to_security_hub(config, selected, run_result)}
     if config.findings.sns.enabled:
-        from pipeline.aws.sns import publish_summary
+        from pipeline.aws.sns import publish_summary  # boto3 loads only when an export is enabled
 
         result["sns"] = publish_summary(config, findings, run_result)
     return result

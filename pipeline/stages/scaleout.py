@@ -1,6 +1,7 @@
-"""Container entry points for scheduled runs: scale-out feature extraction and the run plan.
+"""The container steps of a scheduled run (``auditsift container ...``, pipeline/cli/container.py): scale-out
+feature extraction and the run plan.
 
-``python -m pipeline.stages.scaleout map --input-dir DIR --output-dir DIR [--config FILE]``
+``auditsift container map --input-dir DIR --output-dir DIR [--config FILE]``
     One SageMaker Processing instance's share of the features stage. SageMaker copies a
     shard of the archive's hour files into ``--input-dir`` (``ShardedByS3Key``); each
     Parquet file goes through ``pipeline.stages.features.hour_partials`` (``flag_events`` then
@@ -10,14 +11,14 @@
     uploaded there, the ordinary ``auditsift features`` stage finds every hour cached and
     only reduces and finalises.
 
-``python -m pipeline.stages.scaleout reduce --partials-dir DIR --output FILE [--config FILE]``
+``auditsift container reduce --partials-dir DIR --output FILE [--config FILE]``
     Merge every window-partial file under ``--partials-dir`` (``reduce_partials``: counts add,
     sets union, first/last times min/max) and ``finalise`` into the feature table.
     Any split of the events over shards gives the single-process table, provided all
     stages of one request (one auditID) fall in the same shard: the map counts a request
     once per shard it appears in (tests/pipeline/stages/test_processing.py proves the equivalence).
 
-``python -m pipeline.stages.scaleout plan --workdir URL --plan-id ID [--now ISO]``
+``auditsift container plan --workdir URL --plan-id ID [--now ISO]``
     What a scheduled run does next (``plan_run``): the training and scoring ranges ending
     at ``now`` and whether the model is due for retraining. Written to
     ``state/cluster=<c>/plans/<ID>.json`` for Step Functions to read; the cron runner calls
@@ -26,17 +27,17 @@
 ``sagemaker-rcf`` split around SageMaker jobs that Step Functions runs with ``.sync``
 (``ID`` is the execution's run id; specs are ``state/cluster=<c>/sagemaker/<ID>/{training,scoring}.json``):
 
-``python -m pipeline.stages.scaleout rcf-train-prepare --workdir URL --spec-id ID``
+``auditsift container rcf-train-prepare --workdir URL --spec-id ID``
     Scale the feature table's training rows (``SageMakerRcf.prepare_training``), upload
     them as headerless CSV and write the training spec: the CreateTrainingJob and the
     calibration CreateTransformJob bodies the state machine sends.
-``python -m pipeline.stages.scaleout rcf-train-finish --workdir URL --spec-id ID --training-job T --model-name M --transform-job C``
+``auditsift container rcf-train-finish --workdir URL --spec-id ID --training-job T --model-name M --transform-job C``
     ``run_train`` attached to those completed jobs: the same scaling check, threshold
     calibration on the calibration transform's scores, peer-group calibration, baselines,
     manifest and model state as ``auditsift train``.
-``python -m pipeline.stages.scaleout rcf-score-prepare --workdir URL --spec-id ID``
+``auditsift container rcf-score-prepare --workdir URL --spec-id ID``
     Scale the scoring rows with the current model and write the scoring spec.
-``python -m pipeline.stages.scaleout rcf-score-finish --workdir URL --spec-id ID --transform-job S``
+``auditsift container rcf-score-finish --workdir URL --spec-id ID --transform-job S``
     ``run_score`` attached to the completed scoring transform: findings and ranks as ``auditsift score``."""
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.aggregate import SET_NAMES, reduce_partials
@@ -123,8 +125,6 @@ def partials_root(partials_dir: Path, fingerprint: str) -> Path:
 
 def reduce_shards(partials_dir: Path, output: Path, config: Config) -> dict:
     """Merge the partials below ``partials_dir`` and write the finalised feature table to ``output``."""
-    import pyarrow as pa
-
     if not partials_dir.is_dir():
         raise InputError(f"--partials-dir {partials_dir} is not a directory", hint="point it at the map step's output")
     target = LocalStorage(output.parent)
@@ -224,7 +224,7 @@ def prepare_rcf_training(ctx: RunContext, spec_id: str) -> dict:
 
 def finish_rcf_training(ctx: RunContext, spec_id: str, training_job: str, model_name: str, transform_job: str) -> dict:
     """``run_train`` on the completed training job, model and calibration transform of run ``spec_id``."""
-    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs
+    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs  # boto3: only the sagemaker-rcf steps need it
 
     require_rcf(ctx)
     jobs = CompletedJobs(training_spec=_read_spec(ctx, spec_id, "training"), training_job=training_job,
@@ -254,7 +254,7 @@ def prepare_rcf_scoring(ctx: RunContext, spec_id: str) -> dict:
 
 def finish_rcf_scoring(ctx: RunContext, spec_id: str, transform_job: str) -> dict:
     """``run_score`` with the model scores of the completed scoring transform of run ``spec_id``."""
-    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs
+    from pipeline.aws.sagemaker_rcf import CompletedJobs, completed_jobs  # boto3: only the sagemaker-rcf steps need it
 
     require_rcf(ctx)
     with completed_jobs(CompletedJobs(scoring_spec=_read_spec(ctx, spec_id, "scoring"), scoring_job=transform_job)):
