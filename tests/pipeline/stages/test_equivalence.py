@@ -476,8 +476,7 @@ def test_ordered_map_yields_in_order_and_raises_in_order():
 KILLED_ARCHIVE = """
 import sys
 import pipeline.stages.archive as archive
-from pipeline.io.readers import resolve_inputs
-from pipeline.io.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
 archive.PARALLEL_MIN_BYTES = 0
 archive.archive_inputs(LocalStorage(sys.argv[2]), resolve_inputs([sys.argv[1]]), "demo", "killed", chunk_rows=1000, workers=2)
 """
