@@ -41,24 +41,28 @@ run: $(STAMP)
 	$(BIN)/auditsift run --input $(SAMPLE_DIR) --workdir $(WORKDIR) \
 		--now $$($(BIN)/python -c 'import sys; from pipeline.sample import sample_clock; print(sample_clock(sys.argv[1]).isoformat())' $(SAMPLE_DIR))
 
+# ruff first (pyproject [tool.ruff]: pyflakes, syntax errors, import order), then the suite, which also enforces
+# the layering (tests/test_architecture.py).
 test: $(STAMP) browser nodetools
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 tests
 
+# Developer tools (tools/, not in the wheel) run from the checkout as python -m tools.X.
 # The whole daily run at 0.25M and 1M events against the floor, the naive version (0.25M only) and DuckDB; bench-full
 # adds 4M events and the issue's profiles: a busy day (3.6M events in its peak hour) and identity sprays of 75k, 150k
 # and 300k identities in an hour. How long each took, and what they measured: docs/performance.md, "Whole run".
 bench: $(STAMP)
-	$(BIN)/python -m pipeline.bench --sizes $(BENCH_SIZES) --naive-max 300000 --out bench-out
+	$(BIN)/python -m tools.bench --sizes $(BENCH_SIZES) --naive-max 300000 --out bench-out
 
 bench-full: $(STAMP)
-	$(BIN)/python -m pipeline.bench --sizes 250000 1000000 4000000 --busy-day 3600000 --spray 75000 150000 300000 \
+	$(BIN)/python -m tools.bench --sizes 250000 1000000 4000000 --busy-day 3600000 --spray 75000 150000 300000 \
 		--naive-max 300000 --out bench-out-full
 
 evaluate: $(STAMP)
-	$(BIN)/python -m pipeline.evaluate --seeds $(SEEDS) --backend iforest rcf-local --out evaluation.json
+	$(BIN)/python -m tools.evaluate --seeds $(SEEDS) --backend iforest rcf-local --out evaluation.json
 
 reliability: $(STAMP)
-	$(BIN)/python scripts/reliability.py
+	$(BIN)/python -m tools.reliability
 
 # The C decoder (features/_native/fastnorm.c with yyjson) built with AddressSanitizer and UndefinedBehaviorSanitizer,
 # then FUZZ_LINES seeded mutations of realistic audit lines decoded by it and by msgspec: same archived rows, same

@@ -158,7 +158,7 @@ _CREDENTIAL_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|-----BEGIN [A
 
 
 # The ``salvage`` column: why an archived event is incomplete. A line that does not decode whole is read
-# field by field (``pipeline.jsonscan.object_fields``) and archived with what could be read.
+# field by field (``pipeline.io.jsonscan.object_fields``) and archived with what could be read.
 SALVAGE_MARKERS: dict[str, str] = {
     "truncated": "the line ends (or its structure breaks) before the event does, as CloudWatch cuts events over 256 KB "
                  "(`[Truncated...]`): every field after the cut is missing, usually the bodies, timestamps and annotations",

@@ -7,6 +7,7 @@ steps produced), so ``auditsift features`` after ``auditsift archive`` needs no 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from pipeline.config import Config
-from pipeline.storage import Storage, safe_segment
+from pipeline.io.storage import Storage, safe_segment
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ def no_progress(description: str, total: int | None) -> ProgressHandle:
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable, unique enough for one workdir: UTC time to the second plus 6 hex digits."""
-    import secrets
 
     moment = now or datetime.now(timezone.utc)
     return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"

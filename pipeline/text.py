@@ -5,7 +5,7 @@ Printed raw, an ESC sequence in a username rewrites the analyst's terminal (move
 hides lines, sets the window title) and a right-to-left override reorders what a table shows;
 the same bytes in findings.csv do it again in every viewer that opens the file. ``printable`` is
 the one function every terminal and CSV writer passes such text through (Markdown and HTML have
-their own escaping in ``pipeline.render``).
+their own escaping in ``pipeline.report.render``).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Verdicts are appended to ``triage/cluster=<c>/verdicts.jsonl`` in the workdir. A benign
 verdict with ``suppress_similar`` also adds a scoped suppression to
 ``triage/cluster=<c>/suppressions.json``, which the score stage loads
-(``pipeline.scoring.load_suppressions``): the same entity AND the same rules AND the same top
+(``pipeline.stages.score.load_suppressions``): the same entity AND the same rules AND the same top
 reasons, never a blanket allowlist of the entity, so the same identity doing something new is
 still flagged. Precision (malicious / (malicious + benign), over each finding's latest verdict)
 tells the team how often what the report flags is real.
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import click
 import orjson
 
 from pipeline.config import Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
-from pipeline.storage import Storage, safe_segment
-from pipeline.text import printable
+from pipeline.io.storage import Storage, safe_segment
 
 VERDICTS = ("benign", "malicious", "unsure")
 SUPPRESSION_REASONS = 3
@@ -77,7 +75,7 @@ def record_verdict(storage: Storage, cluster: str, finding: dict, verdict: str, 
 def similar_suppression(finding: dict, note: str, reviewer: str | None = None) -> Suppression:
     """The suppression for findings like this one: its entity, its rules and its top reasons.
 
-    ``pipeline.scoring.suppression_for`` requires a later record's rules and top reasons to be
+    ``pipeline.stages.score.suppression_for`` requires a later record's rules and top reasons to be
     subsets of these, so a new rule or a new kind of deviation is still flagged.
     """
     who = f" by {reviewer}" if reviewer else ""
@@ -153,43 +151,3 @@ def find_finding(ctx: RunContext, finding_id: str) -> dict:
     raise StageError(f"no finding {finding_id!r} in the latest scores (run {run}, cluster {ctx.cluster})",
                      hint="copy the id from report.html or anomalies.jsonl of the latest run; "
                           "`auditsift report --no-write` lists the latest findings")
-
-
-@click.command("triage")
-@click.argument("finding_id")
-@click.option("--workdir", required=True, help="Workdir: a local directory or s3://bucket/prefix.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (default: configs/local.yaml).")
-@click.option("--cluster", default=None, help="Cluster name (partition and state key); overrides the config.")
-@click.option("--verdict", required=True, type=click.Choice(VERDICTS), help="What the activity was.")
-@click.option("--note", default="", help="Why: what you checked and what you found (kept with the verdict).")
-@click.option("--suppress-similar", is_flag=True,
-              help="With --verdict benign: suppress later findings of this entity with the same rules and top reasons.")
-@click.option("--reviewer", default=None, help="Who decided (kept with the verdict).")
-@click.option("--wait-lock", default=0.0, type=float, show_default=True,
-              help="Seconds to wait for another run on the same workdir before giving up.")
-def triage_command(finding_id, workdir, config_path, cluster, verdict, note, suppress_similar, reviewer, wait_lock) -> None:
-    """Record a verdict on a finding of the latest scores; benign ones may suppress similar findings."""
-    from pipeline.cli import boundary
-
-    boundary(_triage)(finding_id, workdir, config_path, cluster, verdict, note, suppress_similar, reviewer, wait_lock)
-
-
-def _triage(finding_id, workdir, config_path, cluster, verdict, note, suppress_similar, reviewer, wait_lock) -> None:
-    from pipeline.cli import console, open_context
-
-    check_verdict(verdict, suppress_similar)
-    ctx = open_context(workdir, config_path, cluster, quiet=True)
-    finding = find_finding(ctx, finding_id)
-    with ctx.storage.lock(wait_seconds=wait_lock):
-        record = record_verdict(ctx.storage, ctx.cluster, finding, verdict, note, suppress_similar, reviewer)
-        stats = precision(ctx.storage, ctx.cluster)
-    lines = [f"recorded {verdict} on finding {finding['finding_id']} ({finding['entity_type']} {printable(finding['entity'])}, "
-             f"window {finding['window_start']})"]
-    if record["suppression"]:
-        lines.append(f"added suppression {record['suppression']}: this entity with {', '.join(record['rules']) or 'no rule hits'} "
-                     f"and reasons {', '.join(record['reasons']) or 'none'}; applies from the next `auditsift score`")
-    shown = f"{stats['precision']:.2f}" if stats["precision"] is not None else "n/a"
-    lines.append(f"precision so far: {shown} ({stats['malicious']} malicious, {stats['benign']} benign, "
-                 f"{stats['unsure']} unsure of {stats['reviewed']} reviewed)")
-    for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)

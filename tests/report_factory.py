@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from features.windows import FEATURE_BY_NAME
 from pipeline.config import parse_config
-from pipeline.scoring import finding_id
+from pipeline.stages.score import finding_id
 
 CLUSTER = "demo"
 SCORE_FROM = datetime(2026, 11, 4, 0, 0, tzinfo=timezone.utc)
@@ -170,9 +170,9 @@ def make_context(seed: int = 0, noise: int = 220) -> dict:
 
 
 def with_extras(context: dict) -> dict:
-    """The context plus what ``pipeline.render.report_extras`` adds (rules, pivots, triage), without a workdir."""
-    from pipeline.pivots import pivot_queries
-    from pipeline.scoring import load_rule_pack
+    """The context plus what ``pipeline.report.render.report_extras`` adds (rules, pivots, triage), without a workdir."""
+    from pipeline.catalog import load_rule_pack
+    from pipeline.report.pivots import pivot_queries
 
     findings = context["findings"]
     verdict = {"time": "2026-11-05T08:02:11Z", "finding_id": findings[2]["finding_id"], "verdict": "benign",

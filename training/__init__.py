@@ -1,5 +1,6 @@
-"""Anomaly detectors behind one contract (see ``training.base``); no AWS, no ``pipeline`` imports."""
-from training.base import Detector
+"""Anomaly detectors behind one contract (``training.base.BaseDetector``) and one registry (``training.registry``);
+no AWS, no ``pipeline`` imports."""
+from training.base import BaseDetector
 from training.calibration import calibrate
 from training.errors import (
     DetectorError,
@@ -9,11 +10,11 @@ from training.errors import (
     NotFittedError,
     UnknownDetectorError,
 )
-from training.registry import DETECTORS, load_detector, make_detector
+from training.registry import DETECTORS, detector_class, load_detector, make_detector
 
 __all__ = [
     "DETECTORS",
-    "Detector",
+    "BaseDetector",
     "DetectorError",
     "FeatureMismatchError",
     "InvalidInputError",
@@ -21,6 +22,7 @@ __all__ = [
     "NotFittedError",
     "UnknownDetectorError",
     "calibrate",
+    "detector_class",
     "load_detector",
     "make_detector",
 ]

@@ -16,11 +16,11 @@ width, so it must already be in ``feature_names_`` order.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 import pathlib
 import shutil
 import tempfile
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,28 +39,12 @@ from training.scaling import SCALINGS, Scaler
 PROBE_FILE = "probe.npy"
 PROBE_ROWS = 64
 COMMON_PARAMS: dict[str, Any] = {"scaling": "robust", "threshold_method": "quantile", "threshold_q": 0.99}
-"""Parameters every detector takes. The threshold defaults to the 0.99 training-score quantile
-(``training.calibration`` documents both rules): heavy-tailed counts give right-skewed
-training scores, and SageMaker's mean+3std rule then flagged 1.7-2.9% of normal rows in
-our measurements. With 60 features rcf-local's quantile threshold caught as many planted
-outliers (50% vs 53%) while flagging 1.0% of normal rows; with 14 features mean+3std
-caught more (100% vs 85%) at 1.9%."""
+"""Parameters every detector takes: ``scaling`` (``training.scaling``: how raw counts are scaled before the
+model sees them), ``threshold_method`` and ``threshold_q`` (``training.calibration``: the rule that turns the
+training scores into the threshold above which a row is anomalous; default the 0.99 training-score quantile,
+because heavy-tailed counts give right-skewed training scores; the measurements behind that default are in
+docs/performance.md, "Threshold rule")."""
 
-
-@runtime_checkable
-class Detector(Protocol):
-    name: str
-    threshold_: float
-
-    def fit(self, X: np.ndarray, feature_names: list[str]) -> "Detector": ...
-
-    def score(self, X: np.ndarray) -> np.ndarray: ...
-
-    def explain(self, X: np.ndarray) -> np.ndarray | None: ...
-
-    def transform(self, X: np.ndarray) -> np.ndarray: ...
-
-    def save(self, directory: pathlib.Path) -> dict: ...
 
 
 def _bad_columns(X: np.ndarray, names: list[str]) -> list[str]:
@@ -97,6 +81,12 @@ class BaseDetector(ABC):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
             raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}", "pass e.g. seed=7")
         self.seed = int(seed)
+
+    @classmethod
+    def build(cls, params: dict | None = None, seed: int = 0, **context) -> "BaseDetector":
+        """A fresh detector (``training.registry.make_detector`` and ``load_detector`` call this). ``context`` is what
+        a service-backed detector needs (configuration, storage, cluster, progress); a local one ignores it."""
+        return cls(params, seed)
 
     def fit(self, X: np.ndarray, feature_names: list[str]) -> "BaseDetector":
         """Fit scaler, model and threshold on the training rows; returns ``self``.

@@ -1,31 +1,46 @@
-"""Detector registry: build a detector by name, or load one from a verified model directory."""
+"""The one detector registry: build a detector by name, or load one from a verified model directory.
+
+Each entry names its class as ``module:Class``, imported when that detector is first built or loaded, so
+a detector backed by a service (``sagemaker-rcf``, in ``pipeline.aws``) is registered here without
+training/ importing the pipeline or boto3. Every entry is a ``training.base.BaseDetector``: the one
+contract. ``context`` (keyword arguments) is what a service-backed detector needs besides its parameters
+(the configuration, the workdir storage, the cluster, a progress callback); local detectors take none and
+ignore it.
+"""
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 from training.base import BaseDetector
 from training.errors import ModelIntegrityError, UnknownDetectorError
-from training.iforest import IsolationForestDetector
 from training.manifest import read_manifest
-from training.rcf import RandomCutForestDetector
 
-DETECTORS: dict[str, type[BaseDetector]] = {
-    IsolationForestDetector.name: IsolationForestDetector,
-    RandomCutForestDetector.name: RandomCutForestDetector,
+DETECTORS: dict[str, str] = {
+    "iforest": "training.iforest:IsolationForestDetector",
+    "rcf-local": "training.rcf:RandomCutForestDetector",
+    "sagemaker-rcf": "pipeline.aws.sagemaker_rcf:SageMakerRcf",
 }
 
 
-def make_detector(name: str, params: dict | None = None, seed: int = 0) -> BaseDetector:
-    """A fresh, unfitted detector; ``params`` override the detector's ``DEFAULT_PARAMS`` (unknown keys are refused)."""
+def detector_class(name: str) -> type[BaseDetector]:
+    """The class registered as ``name`` (imported on first use)."""
     try:
-        cls = DETECTORS[name]
+        module, _, attribute = DETECTORS[name].partition(":")
     except KeyError:
         raise UnknownDetectorError(f"unknown detector {name!r}", f"use one of: {', '.join(DETECTORS)}") from None
-    return cls(params, seed)
+    cls = getattr(importlib.import_module(module), attribute)
+    assert issubclass(cls, BaseDetector) and cls.name == name, f"{DETECTORS[name]} is not the {name!r} detector"
+    return cls
 
 
-def load_detector(directory: pathlib.Path, expected_manifest_sha256: str | None = None) -> BaseDetector:
-    """Load a model saved by ``Detector.save``: verify, then deserialise, then self-check.
+def make_detector(name: str, params: dict | None = None, seed: int = 0, **context) -> BaseDetector:
+    """A fresh, unfitted detector; ``params`` override the detector's ``DEFAULT_PARAMS`` (unknown keys are refused)."""
+    return detector_class(name).build(params, seed, **context)
+
+
+def load_detector(directory: pathlib.Path, expected_manifest_sha256: str | None = None, **context) -> BaseDetector:
+    """Load a model saved by ``BaseDetector.save``: verify, then deserialise, then self-check.
 
     Every file's sha256 is checked against ``manifest.json`` before any of them is
     opened (``ModelIntegrityError`` on any difference); pass ``expected_manifest_sha256``
@@ -39,7 +54,7 @@ def load_detector(directory: pathlib.Path, expected_manifest_sha256: str | None 
     if name not in DETECTORS:
         raise ModelIntegrityError(f"{directory} holds a model for unknown detector {name!r}", f"known detectors: {', '.join(DETECTORS)}")
     try:
-        detector = DETECTORS[name](manifest["params"], manifest["seed"])
+        detector = detector_class(name).build(manifest["params"], manifest["seed"], **context)
         return detector._restore(directory, manifest)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelIntegrityError(f"manifest in {directory} is incomplete or malformed ({exc!r})", "retrain the model") from None

@@ -32,10 +32,6 @@ class SyntheticTable:
     kind: np.ndarray
     outlier_feature: np.ndarray
 
-    @property
-    def is_outlier(self) -> np.ndarray:
-        return self.kind != "normal"
-
 
 def _names(n_features: int) -> list[str]:
     kinds = ["count"] * 5 + ["distinct", "ratio"]

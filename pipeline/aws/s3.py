@@ -16,9 +16,9 @@ from typing import BinaryIO, Iterator
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import session as aws
+from pipeline.config import Config
 from pipeline.errors import AwsCallError, InputError, StorageError
-from pipeline.readers import InputRef
-from pipeline.storage import Storage, _check_key
+from pipeline.io.storage import InputRef, Storage, check_key
 
 log = logging.getLogger(__name__)
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -38,7 +38,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def _default_config():
-    from pipeline.config import Config
 
     return Config()
 
@@ -73,7 +72,7 @@ class S3Storage(Storage):
 
     def object_key(self, key: str) -> str:
         """The full S3 key of a workdir-relative key."""
-        _check_key(key)
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _relative(self, full_key: str) -> str:
@@ -237,3 +236,13 @@ def list_s3_inputs(uri: str, config=None) -> list[InputRef]:
     if not refs:
         raise InputError(f"no input objects below {uri}", hint="check the bucket, the prefix and the region")
     return sorted(refs, key=lambda ref: ref.name)
+
+
+def open_workdir(url: str, config=None) -> S3Storage:
+    """``pipeline.io.storage.open_storage`` of an s3:// URL."""
+    return S3Storage(url, config)
+
+
+def list_inputs(url: str, config=None) -> list[InputRef]:
+    """``pipeline.io.storage.resolve_inputs`` of an s3:// prefix."""
+    return list_s3_inputs(url, config)

@@ -36,7 +36,7 @@ jobs, ``fit`` inside ``completed_jobs(CompletedJobs(...))`` attaches to them ins
 starting new ones: it checks the rows scale to the staged sha256 and that the jobs ran on
 the staged data, then calibrates on the calibration transform's output exactly as the
 in-process fit does. ``prepare_scoring`` and ``score`` inside ``completed_jobs`` do the
-same for scoring. ``pipeline.processing`` has the container entry points.
+same for scoring. ``pipeline.stages.scaleout`` has the container entry points.
 
 Create* calls survive a lost response: when SageMaker created the job but the response
 was a 5xx (or the connection dropped) and botocore's retry is then told the name is in
@@ -61,11 +61,11 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import session as aws
+from pipeline.config import Config
 from pipeline.errors import AwsCallError, ConfigError, StageError
-from pipeline.storage import Storage, safe_segment
-from training.base import PROBE_ROWS, BaseDetector, COMMON_PARAMS
-from training.errors import InvalidInputError, ModelIntegrityError
-from training.manifest import read_manifest
+from pipeline.io.storage import Storage, safe_segment
+from training.base import COMMON_PARAMS, PROBE_ROWS, BaseDetector
+from training.errors import InvalidInputError
 from training.scaling import Scaler
 
 TRAIN_CONTENT_TYPE = "text/csv;label_size=0"
@@ -113,7 +113,7 @@ def rcf_image_uri(region: str, configured: str | None = None) -> str:
     if configured:
         return configured
     try:
-        from sagemaker.core import image_uris
+        from sagemaker.core import image_uris  # the optional [sagemaker] extra, needed only for the image lookup
     except ImportError:
         raise ConfigError("cannot look up the SageMaker Random Cut Forest image: sagemaker-core is not installed",
                           hint="pip install 'auditsift[sagemaker]', or set model.sagemaker.image_uri") from None
@@ -256,7 +256,6 @@ class SageMakerRcf(BaseDetector):
                  cluster: str | None = None, progress: Callable[[str], None] | None = None):
         super().__init__(params, seed)
         if config is None:
-            from pipeline.config import Config
 
             config = Config()
         self.config = config
@@ -267,32 +266,11 @@ class SageMakerRcf(BaseDetector):
         self._jobs_started = 0
 
     @classmethod
-    def from_config(cls, config, storage: Storage, cluster: str | None = None,
-                    progress: Callable[[str], None] | None = None) -> "SageMakerRcf":
-        """A fresh detector with hyperparameters, threshold rule and seed from ``config.model``."""
-        settings, threshold = config.model.sagemaker, config.model.threshold
-        params = {"num_trees": settings.num_trees, "num_samples_per_tree": settings.num_samples_per_tree,
-                  "threshold_method": threshold.method, "threshold_q": threshold.quantile}
-        return cls(params, config.model.seed, config=config, storage=storage, cluster=cluster, progress=progress)
-
-    @classmethod
-    def load(cls, directory: pathlib.Path, config, storage: Storage, progress: Callable[[str], None] | None = None,
-             expected_manifest_sha256: str | None = None) -> "SageMakerRcf":
-        """Rebuild a saved model (verified against its manifest) that scores through SageMaker again.
-
-        The cluster, model and region come from the manifest; ``config`` supplies the role,
-        instances and KMS key for the scoring jobs.
-        """
-        directory = pathlib.Path(directory)
-        manifest = read_manifest(directory, expected_manifest_sha256)
-        if manifest.get("detector") != cls.name:
-            raise ModelIntegrityError(f"{directory} holds a {manifest.get('detector')!r} model, not {cls.name}",
-                                      "load it with training.registry.load_detector")
-        try:
-            detector = cls(manifest["params"], manifest["seed"], config=config, storage=storage, progress=progress)
-            return detector._restore(directory, manifest)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelIntegrityError(f"manifest in {directory} is incomplete or malformed ({exc!r})", "retrain the model") from None
+    def build(cls, params: dict | None = None, seed: int = 0, *, config=None, storage: Storage | None = None,
+              cluster: str | None = None, progress: Callable[[str], None] | None = None, **_) -> "SageMakerRcf":
+        """A detector (``training.registry``) that trains and scores through SageMaker jobs: ``config`` supplies the
+        role, instances and KMS key, ``storage`` the workdir its rows are staged in."""
+        return cls(params, seed, config=config, storage=storage, cluster=cluster, progress=progress)
 
     @property
     def sagemaker(self):
@@ -631,7 +609,7 @@ class SageMakerRcf(BaseDetector):
         spec = jobs.training_spec
         if spec is None or not (jobs.training_job and jobs.model_name and jobs.calibration_job):
             raise StageError("fit needs the training spec and the training, model and calibration names of the completed jobs",
-                             hint="run python -m pipeline.processing rcf-train-finish with every option")
+                             hint="run auditsift container rcf-train-finish with every option")
         storage = self._require_s3()
         spec_id = _spec_value(spec, "spec_id", "training")
         digest = matrix_digest(Z)
@@ -669,7 +647,7 @@ class SageMakerRcf(BaseDetector):
         spec = jobs.scoring_spec
         if spec is None or not jobs.scoring_job:
             raise StageError("scoring these rows needs a new batch transform, but the SageMaker jobs are run by "
-                             "Step Functions here", hint="run python -m pipeline.processing rcf-score-prepare first")
+                             "Step Functions here", hint="run auditsift container rcf-score-prepare first")
         spec_id = _spec_value(spec, "spec_id", "scoring")
         if digest != _spec_value(spec, "digest", "scoring"):
             raise StageError(f"the rows to score differ from those staged for {spec_id}",

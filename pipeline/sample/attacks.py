@@ -15,9 +15,20 @@ import random
 from dataclasses import dataclass, field
 
 from . import objects as o
-from .cluster import (ACCOUNT, ANONYMOUS, APP_NAMESPACES, PUBLIC_INFO, Cluster, Engineer, access_key, binding_reason,
-                      public_ip, rand_str, rules_authz)
 from .background import Background, user_binding
+from .cluster import (
+    ACCOUNT,
+    ANONYMOUS,
+    APP_NAMESPACES,
+    PUBLIC_INFO,
+    Cluster,
+    Engineer,
+    access_key,
+    binding_reason,
+    public_ip,
+    rand_str,
+    rules_authz,
+)
 from .emit import HOUR, MINUTE, US, Actor, Emitter, exec_query
 
 SECOND = US

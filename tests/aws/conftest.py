@@ -20,6 +20,8 @@ from moto.server import ThreadedMotoServer
 
 from pipeline.aws import session as aws_session
 from pipeline.config import parse_config
+from pipeline.context import RunContext
+from pipeline.stages.train import build_detector
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -181,3 +183,10 @@ def audit_event(audit_id: str, when: datetime, *, stage: str = "ResponseComplete
 def make_event():
     """The ``audit_event`` factory."""
     return audit_event
+
+
+def sagemaker_detector(config, storage):
+    """A fresh sagemaker-rcf detector as ``auditsift train`` builds it: through the one registry, its hyperparameters
+    and threshold rule from ``config.model``."""
+    config = config.model_copy(update={"model": config.model.model_copy(update={"backend": "sagemaker-rcf"})})
+    return build_detector(RunContext(storage, config, "test-run"))

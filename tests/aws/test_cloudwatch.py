@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 from botocore.stub import Stubber
 
-from pipeline.archive import read_archive
 from pipeline.aws import cloudwatch
 from pipeline.aws import session as aws_session
-from pipeline.storage import open_storage
+from pipeline.io.storage import open_storage
+from pipeline.stages.archive import archive_from_cloudwatch, read_archive
 
 pytestmark = pytest.mark.aws
 
@@ -62,7 +62,7 @@ def archived(storage) -> pa.Table:
 
 
 def run(storage, config, run_id: str, **window):
-    return cloudwatch.archive_from_cloudwatch(storage, GROUP, "demo", run_id, config, **window)
+    return archive_from_cloudwatch(storage, GROUP, "demo", run_id, config, **window)
 
 
 def test_round_trip_counts_reruns_and_late_events(logs, workdir, make_config, make_event):

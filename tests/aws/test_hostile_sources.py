@@ -1,6 +1,6 @@
 """The same bytes give the same archived rows whether they are read from a local file, an S3 object or
 CloudWatch Logs (issue 16: ``1e400`` in a body was archived from files and quarantined from
-``--from-cloudwatch``). The hostile lines of tests/test_readers_hostile.py go into a CloudWatch log
+``--from-cloudwatch``). The hostile lines of tests/pipeline/io/test_readers_hostile.py go into a CloudWatch log
 stream on the moto server; what CloudWatch stores (event ids, timestamps, messages) is written as the
 Firehose object a subscription would deliver, to a file and to S3, and the three archives are compared."""
 from __future__ import annotations
@@ -12,13 +12,11 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from pipeline.archive import archive_inputs, read_archive
 from pipeline.aws import session as aws_session
-from pipeline.aws.cloudwatch import archive_from_cloudwatch
-from pipeline.readers import resolve_inputs
-from pipeline.storage import LocalStorage
+from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.stages.archive import archive_from_cloudwatch, archive_inputs, read_archive
 from tests.factory import envelope, events
-from tests.test_readers_hostile import HOSTILE_LINES
+from tests.pipeline.io.test_readers_hostile import HOSTILE_LINES
 
 pytestmark = pytest.mark.aws
 

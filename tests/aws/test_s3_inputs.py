@@ -9,12 +9,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.exceptions import ReadTimeoutError
 
-from pipeline.archive import archive_inputs
 from pipeline.aws import session as aws_session
 from pipeline.aws.s3 import _ObjectStream, list_s3_inputs
 from pipeline.errors import AwsCallError, InputError
-from pipeline.readers import InputRef, Quarantine, read_events, resolve_inputs
-from pipeline.storage import open_storage
+from pipeline.io.readers import Quarantine, read_events
+from pipeline.io.storage import InputRef, open_storage, resolve_inputs
+from pipeline.stages.archive import archive_inputs
 
 pytestmark = pytest.mark.aws
 

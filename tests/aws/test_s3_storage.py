@@ -7,7 +7,7 @@ import pytest
 from pipeline.aws import session as aws_session
 from pipeline.aws.s3 import S3Storage
 from pipeline.errors import AwsCallError, LockedError, StorageError
-from pipeline.storage import LocalStorage, open_storage
+from pipeline.io.storage import LocalStorage, open_storage
 
 pytestmark = pytest.mark.aws
 

@@ -23,9 +23,10 @@ from botocore.stub import Stubber
 from pipeline.aws import session as aws_session
 from pipeline.aws.sagemaker_rcf import SageMakerRcf, TransformRun, job_name, parse_transform_output, rcf_image_uri
 from pipeline.errors import AwsCallError, ConfigError, StageError
-from pipeline.storage import open_storage
+from pipeline.io.storage import open_storage
+from tests.aws.conftest import sagemaker_detector
 from training.calibration import calibrate
-from training.registry import make_detector
+from training.registry import load_detector, make_detector
 
 pytestmark = pytest.mark.aws
 
@@ -131,7 +132,7 @@ def detector_factory(bucket, sm_config, fake, monkeypatch):
         return description
 
     monkeypatch.setattr(SageMakerRcf, "wait", wait)
-    return lambda: SageMakerRcf.from_config(sm_config, storage)
+    return lambda: sagemaker_detector(sm_config, storage)
 
 
 def _counts(seed: int, rows: int) -> np.ndarray:
@@ -204,7 +205,7 @@ def test_fit_score_save_load_against_moto(detector_factory, fake, sm_config, tmp
     assert manifest["training"]["model_artifacts"].endswith(f"{detector.model_id_}/output/model.tar.gz")
     assert manifest["threshold"]["value"] == detector.threshold_
 
-    loaded = SageMakerRcf.load(tmp_path / "model", sm_config, storage)
+    loaded = load_detector(tmp_path / "model", config=sm_config, storage=storage)
     assert loaded.threshold_ == detector.threshold_ and loaded.feature_names_ == names
     np.testing.assert_allclose(loaded.score(fresh), scores, rtol=1e-9)
     assert len(fake.requests["CreateModel"]) == 1, "the existing model is reused"
@@ -276,10 +277,10 @@ def test_failed_job_raises_its_failure_reason_in_one_line(detector_factory):
 
 def test_sagemaker_needs_an_s3_workdir_and_a_role(make_config, tmp_path):
     local = open_storage(tmp_path / "wd")
-    detector = SageMakerRcf.from_config(make_config(model={"sagemaker": {"role_arn": ROLE}}), local)
+    detector = sagemaker_detector(make_config(model={"sagemaker": {"role_arn": ROLE}}), local)
     with pytest.raises(ConfigError, match="needs an s3:// workdir"):
         detector.fit(np.ones((10, 2)), ["a", "b"])
-    s3_detector = SageMakerRcf.from_config(make_config(), open_storage("s3://bucket/wd", make_config()))
+    s3_detector = sagemaker_detector(make_config(), open_storage("s3://bucket/wd", make_config()))
     with pytest.raises(ConfigError, match="model.sagemaker.role_arn is not set"):
         s3_detector.model_id_ = "x"
         s3_detector.image_uri_ = RCF_IMAGE_US_EAST_1

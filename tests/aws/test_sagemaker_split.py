@@ -1,7 +1,7 @@
 """sagemaker-rcf split around Step Functions ``.sync`` jobs, run end to end against moto.
 
 The generated definition's RCF states (PrepareTraining ... Score) are executed here one by
-one: Processing steps run the real ``python -m pipeline.processing`` commands (click runner)
+one: Processing steps run the real ``auditsift container`` commands (click runner)
 with the arguments the definition computes; ``aws-sdk:s3:getObject`` reads the spec the
 previous step wrote; the SageMaker steps send the requests the definition builds (moto
 accepts them, jobs complete at once). moto runs no containers, so ``FakeRcfContainer``
@@ -24,14 +24,19 @@ from click.testing import CliRunner
 
 from pipeline.aws import session as aws_session
 from pipeline.aws.sagemaker_rcf import CompletedJobs, SageMakerRcf, completed_jobs, matrix_digest
+from pipeline.cli.container import container as processing_cli
 from pipeline.config import load_config
 from pipeline.context import RunContext, new_run_id
-from pipeline.deploy import CONTAINER_CONFIG, state_machine_definition
+from pipeline.deploy.asl import state_machine_definition
+from pipeline.deploy.names import CONTAINER_CONFIG
 from pipeline.errors import StageError
-from pipeline.processing import processing_cli, rcf_spec_key
-from pipeline.scoring import run_score
-from pipeline.stages import load_model, resolve_ranges, run_archive, run_features, run_train
-from pipeline.storage import open_storage
+from pipeline.io.storage import open_storage
+from pipeline.stages.archive import run_archive
+from pipeline.stages.features import run_features
+from pipeline.stages.ranges import resolve_ranges
+from pipeline.stages.scaleout import rcf_spec_key
+from pipeline.stages.score import run_score
+from pipeline.stages.train import load_model, run_train
 from tests.aws import asl
 from tests.aws.conftest import ACCOUNT, REGION
 from tests.factory import T0, event, write_jsonl
@@ -165,7 +170,7 @@ class StepFunctions:
     def call(self, name: str, resource: str, parameters: dict):
         if resource == "arn:aws:states:::sagemaker:createProcessingJob.sync":
             app = parameters["AppSpecification"]
-            assert app["ContainerEntrypoint"] == ["python", "-m", "pipeline.processing"]
+            assert app["ContainerEntrypoint"] == ["python", "-m", "pipeline", "container"]
             arguments = [self.config_path if item == CONTAINER_CONFIG else item for item in app["ContainerArguments"]]
             self.processing[name] = arguments
             result = CliRunner().invoke(processing_cli, arguments, catch_exceptions=False)

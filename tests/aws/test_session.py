@@ -13,7 +13,8 @@ from botocore.awsrequest import AWSResponse
 from pipeline.aws import cloudwatch
 from pipeline.aws import session as aws_session
 from pipeline.errors import AwsCallError, ConfigError
-from pipeline.storage import open_storage
+from pipeline.io.storage import open_storage
+from pipeline.stages.archive import archive_from_cloudwatch
 
 pytestmark = pytest.mark.aws
 
@@ -67,7 +68,7 @@ def test_throttling_and_5xx_are_retried_until_the_call_succeeds(group_with_event
 
     client_events("before-send.cloudwatch-logs.FilterLogEvents", flaky)
     storage = open_storage(f"s3://{bucket}/wd", config)
-    result = cloudwatch.archive_from_cloudwatch(storage, GROUP, "demo", "run", config)
+    result = archive_from_cloudwatch(storage, GROUP, "demo", "run", config)
     assert len(sent) == 4
     assert result.events_added == 3
 
@@ -79,7 +80,7 @@ def test_final_throttling_names_the_call_and_the_attempts(group_with_events, buc
                   lambda **_: sent.append(1) or fault(400, "ThrottlingException", "Rate exceeded"))
     storage = open_storage(f"s3://{bucket}/wd", config)
     with pytest.raises(AwsCallError) as caught:
-        cloudwatch.archive_from_cloudwatch(storage, GROUP, "demo", "run", config)
+        archive_from_cloudwatch(storage, GROUP, "demo", "run", config)
     assert str(caught.value) == f"CloudWatchLogs.FilterLogEvents failed ({GROUP}): ThrottlingException: Rate exceeded"
     assert len(sent) == 3
     assert caught.value.hint == "still throttled after 3 attempts: run later or raise aws.max_attempts"

@@ -120,8 +120,9 @@ def mutated_lines(count: int, seed: int) -> list[bytes]:
 def archived(path: Path, native) -> tuple:
     """(events, quarantine counts, quarantined samples, repairs) of the archive's block path over ``path``, with
     ``native`` as the C decoder (None: msgspec's). Lines a decoder leaves go through the per-line path, as in a run."""
-    from pipeline.archive import normalise_blocks
-    from pipeline.readers import Quarantine, read_blocks, resolve_inputs
+    from pipeline.io.readers import Quarantine, read_blocks
+    from pipeline.io.storage import resolve_inputs
+    from pipeline.stages.archive import normalise_blocks
 
     saved = events_module._fastnorm
     events_module._fastnorm = native

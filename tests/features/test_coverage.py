@@ -14,8 +14,8 @@ from features.coverage import (
     coverage_markdown,
     coverage_problems,
 )
+from pipeline.catalog import load_rule_pack
 from pipeline.config import load_config
-from pipeline.stages import load_rule_pack
 from tests.factory import event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def test_every_planned_rule_has_one_meaning_and_known_needs():
 
 @pytest.mark.parametrize("probe", COVERAGE.probes, ids=[f"{p.source}-{p.id}" for p in COVERAGE.probes])
 def test_probe_fires_exactly_the_rules_the_table_says(probe):
-    from tests.test_rules import PACK, flagged_frame
+    from tests.features.test_rules import PACK, flagged_frame
 
     hits = PACK.evaluate(flagged_frame([event(**probe.event)]))
     assert sorted(c for c in hits.columns if hits[c].any()) == sorted(probe.fires)

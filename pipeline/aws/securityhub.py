@@ -1,0 +1,51 @@
+"""AWS Security Hub: the flagged findings as ASFF (``pipeline.report.asff``) through BatchImportFindings.
+
+Any rejected finding raises one ``AwsCallError`` naming the call and the first FailedFindings
+reason, after every batch has been sent.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pipeline.aws import session as aws
+from pipeline.config import Config
+from pipeline.errors import AwsCallError
+from pipeline.report.asff import BATCH_SIZE, asff_finding, clean, product_arn
+
+log = logging.getLogger(__name__)
+
+
+def caller_account(config: Config) -> str:
+    """``findings.securityhub.account_id``, else the caller's own account (the default product requires it)."""
+    configured = config.findings.securityhub.account_id
+    if configured:
+        return configured
+    sts = aws.client("sts", config)
+    return aws.call(sts.get_caller_identity)["Account"]
+
+
+def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, now: datetime | None = None) -> dict:
+    """BatchImportFindings in batches of 100; every batch is sent before rejections are raised."""
+    client = aws.client("securityhub", config)
+    region = client.meta.region_name
+    account = caller_account(config)
+    product = product_arn(config, region, account)
+    updated_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    items = [asff_finding(f, cluster=config.cluster, region=region, account=account, product=product,
+                          updated_at=updated_at, run_result=run_result) for f in findings]
+    imported, failed = 0, []
+    for start in range(0, len(items), BATCH_SIZE):
+        batch = items[start:start + BATCH_SIZE]
+        response = aws.call(client.batch_import_findings, f"{len(batch)} findings into {product}", Findings=batch)
+        imported += int(response.get("SuccessCount", 0))
+        failed.extend(response.get("FailedFindings", []))
+    if failed:
+        first = failed[0]
+        raise AwsCallError(
+            f"SecurityHub.BatchImportFindings rejected {len(failed)} of {len(items)} findings: "
+            f"{first.get('ErrorCode', 'Unknown')}: {clean(first.get('ErrorMessage', ''), 300)} (Id {first.get('Id')})",
+            hint="the other findings were imported; fix the reported field and rerun (Ids are stable, nothing duplicates)",
+        )
+    log.info("imported %d findings into Security Hub (%s)", imported, product)
+    return {"imported": imported, "batches": -(-len(items) // BATCH_SIZE), "product_arn": product}

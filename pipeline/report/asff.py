@@ -1,0 +1,190 @@
+"""Flagged findings out of the workdir: AWS Security Hub (ASFF, BatchImportFindings) and an SNS summary.
+
+Both are optional (``findings.securityhub.enabled``, ``findings.sns.enabled``). Security Hub
+gets one finding per flagged, unsuppressed (entity, window) record scoring at least
+``findings.securityhub.min_score``; its ``Id`` is ``<cluster>/<finding_id>`` and finding_id is
+stable per (cluster, entity, window), so rerunning a day updates the same findings instead
+of adding copies. Severity and Types also go in ``FindingProviderFields``, the only place
+Security Hub accepts provider updates to them after a finding exists.
+
+Log-derived text (entity names, reasons) is data: control characters are removed and it
+is cut to ASFF's limits (Title 256, Description 1024, ProductFields values 2048), never
+interpreted. Any rejected finding raises one ``AwsCallError`` naming the call and the
+first FailedFindings reason, after every batch has been sent."""
+from __future__ import annotations
+
+import re
+
+from pipeline.aws.arn import partition
+from pipeline.config import Config
+
+BATCH_SIZE = 100
+SCHEMA_VERSION = "2018-10-08"
+TITLE_MAX, DESCRIPTION_MAX, FIELD_MAX, SUBJECT_MAX = 256, 1024, 2048, 100
+SEVERITY_ORDER = ("INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+RULE_SEVERITY = {"info": "INFORMATIONAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "critical": "CRITICAL"}
+ENTITY_TYPES = {"user": "Unusual Behaviors/User", "source_ip": "Unusual Behaviors/IP address"}
+RULE_TYPES = {
+    "rbac_object_changed": "TTPs/Privilege Escalation",
+    "unauthorized_secret_read": "TTPs/Credential Access",
+    "anonymous_request_failed": "TTPs/Initial Access",
+    "aws_auth_modified": "TTPs/Persistence",
+    "webhook_sends_objects_outside_cluster": "TTPs/Persistence",
+    "webhook_disabled": "TTPs/Defense Evasion",
+    "sensitive_write_body_unreadable": "TTPs/Defense Evasion",
+    "anonymous_access_allowed": "TTPs/Initial Access",
+    "anonymous_binding_created": "TTPs/Persistence",
+    "admin_binding_created": "TTPs/Privilege Escalation",
+    "default_service_account_bound": "TTPs/Privilege Escalation",
+    "dangerous_role_created": "TTPs/Privilege Escalation",
+    "system_role_modified": "TTPs/Privilege Escalation",
+    "impersonation_used": "TTPs/Privilege Escalation",
+    "webhook_configuration_changed": "TTPs/Persistence",
+    "exec_in_system_namespace": "TTPs/Execution",
+    "exec_into_pod": "TTPs/Execution",
+    "exec_suspicious_command": "TTPs/Execution",
+    "portforward_or_ephemeral": "TTPs/Lateral Movement",
+    "privileged_workload_created": "TTPs/Privilege Escalation",
+    "pod_created_in_system_namespace": "TTPs/Defense Evasion",
+    "persistence_workload_created": "TTPs/Persistence",
+    "nodeport_service_created": "TTPs/Persistence",
+    "service_account_token_minted": "TTPs/Credential Access",
+    "system_service_account_token_requested": "TTPs/Privilege Escalation",
+    "client_certificate_requested": "TTPs/Credential Access",
+    "events_deleted": "TTPs/Defense Evasion",
+    "events_bulk_deleted": "TTPs/Defense Evasion",
+    "cluster_wide_secret_list": "TTPs/Credential Access",
+    "system_identity_from_public_ip": "TTPs/Initial Access",
+    "service_account_token_used_outside": "TTPs/Credential Access",
+    "threat_list_source": "TTPs/Initial Access",
+    "audit_id_reused": "TTPs/Defense Evasion",
+    "credentials_used_from_new_place_and_client": "TTPs/Initial Access",
+    "new_client_family_for_identity": "TTPs/Initial Access",
+    "privileged_change_from_new_place": "TTPs/Privilege Escalation",
+    "escalation_attempt_refused": "TTPs/Privilege Escalation",
+    "secrets_sweep": "TTPs/Credential Access",
+    "denied_secret_burst": "TTPs/Credential Access",
+    "forbidden_enumeration": "TTPs/Discovery",
+    "permission_checks": "TTPs/Discovery",
+    "public_403_burst": "TTPs/Discovery",
+    "unauthenticated_burst": "TTPs/Initial Access",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean(text: object, limit: int) -> str:
+    """Log-derived text as one plain line within ``limit`` characters."""
+    flat = " ".join(_CONTROL.sub(" ", str(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def product_arn(config: Config, region: str, account: str) -> str:
+    """``findings.securityhub.product_arn``, else the account's default product for custom findings."""
+    return config.findings.securityhub.product_arn or f"arn:{partition(region)}:securityhub:{region}:{account}:product/{account}/default"
+
+
+def exportable(findings: list[dict], min_score: float) -> list[dict]:
+    """Flagged, unsuppressed findings scoring at least ``min_score``, in rank order."""
+    return [f for f in findings if f.get("flagged") and not f.get("suppressed") and f["score"] >= min_score]
+
+
+def severity_label(finding: dict) -> str:
+    """The most severe of its rule hits and the model's verdict.
+
+    Rule hits map by their declared severity, except hits scoring marked ``routine`` (a rule
+    the entity triggers in most of its training windows), which cannot raise the severity.
+    The model alone gives MEDIUM past its calibrated threshold (model_part > 1) and HIGH at
+    three times that distance.
+    """
+    labels = [RULE_SEVERITY.get(hit["severity"], "LOW") for hit in finding.get("rule_hits", []) if not hit.get("routine")]
+    model_part = finding.get("model_part", 0.0)
+    if model_part > 3:
+        labels.append("HIGH")
+    elif model_part > 1:
+        labels.append("MEDIUM")
+    return max(labels, key=SEVERITY_ORDER.index, default="LOW")
+
+
+def finding_types(finding: dict) -> list[str]:
+    types = [ENTITY_TYPES.get(finding["entity_type"], "Unusual Behaviors/Application")]
+    for hit in finding.get("rule_hits", []):
+        kind = RULE_TYPES.get(hit["rule"])
+        if kind and kind not in types:
+            types.append(kind)
+    return types
+
+
+def _description(finding: dict) -> str:
+    rules = ", ".join(f"{hit['rule']} ({hit['severity']}, {hit['count']}x)" for hit in finding.get("rule_hits", []))
+    reasons = "; ".join(f"{r['feature']}={r['value']} (usual {r['baseline']})" for r in finding.get("reasons", [])[:3])
+    parts = [f"auditsift score {finding['score']:.2f} (model {finding.get('model_part', 0.0):.2f}x threshold) over "
+             f"{finding.get('event_count', 0)} requests from {finding['window_start']} to {finding['window_end']}."]
+    if rules:
+        parts.append(f"Rules: {rules}.")
+    if reasons:
+        parts.append(f"Unusual: {reasons}.")
+    return clean(" ".join(parts), DESCRIPTION_MAX)
+
+
+def asff_finding(finding: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
+                 run_result: dict) -> dict:
+    """One auditsift finding in the AWS Security Finding Format."""
+    arn_partition = partition(region)
+    hits = finding.get("rule_hits", [])
+    severity = {"Label": severity_label(finding), "Original": f"{finding['score']:.3f}"}
+    types = finding_types(finding)
+    fields = {
+        "auditsift/entity_type": finding["entity_type"],
+        "auditsift/entity": finding["entity"],
+        "auditsift/window": f"{finding['window_start']}/{finding['window_end']}",
+        "auditsift/score": f"{finding['score']:.4f}",
+        "auditsift/rank": str(finding.get("rank", "")),
+        "auditsift/rules": ",".join(hit["rule"] for hit in hits),
+        "auditsift/reasons": ",".join(r["feature"] for r in finding.get("reasons", [])[:5]),
+        "auditsift/run_id": str(run_result.get("run_id", "")),
+        "auditsift/report": str(run_result.get("report") or ""),
+    }
+    return {
+        "SchemaVersion": SCHEMA_VERSION,
+        "Id": f"{cluster}/{finding['finding_id']}",
+        "ProductArn": product,
+        "GeneratorId": f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model",
+        "AwsAccountId": account,
+        "Types": types,
+        "CreatedAt": finding["window_end"],
+        "UpdatedAt": updated_at,
+        "FirstObservedAt": finding["window_start"],
+        "LastObservedAt": finding["window_end"],
+        "Severity": severity,
+        "FindingProviderFields": {"Severity": severity, "Types": types},
+        "Title": clean(f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", TITLE_MAX),
+        "Description": _description(finding),
+        "ProductFields": {key: clean(value, FIELD_MAX) for key, value in fields.items() if value},
+        "Resources": [{
+            "Type": "AwsEksCluster",
+            "Id": f"arn:{arn_partition}:eks:{region}:{account}:cluster/{cluster}",
+            "Partition": arn_partition,
+            "Region": region,
+            "Details": {"AwsEksCluster": {"Name": cluster}},
+        }],
+        "RecordState": "ACTIVE",
+    }
+
+
+def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10) -> tuple[str, str]:
+    """(Subject, Message) of the run summary: counts, the report's location and the top flagged entities."""
+    flagged = [f for f in findings if f.get("flagged")]
+    subject = clean(f"auditsift {config.cluster}: {len(flagged)} flagged of {len(findings)} entity windows", SUBJECT_MAX)
+    ranges = run_result.get("ranges") or {}
+    lines = [
+        f"auditsift run {run_result.get('run_id', '?')} for cluster {config.cluster}",
+        f"scored {ranges.get('score_from', '?')} .. {ranges.get('score_to', '?')}",
+        f"entity windows: {len(findings)}; flagged: {len(flagged)}; suppressed: {sum(bool(f.get('suppressed')) for f in findings)}",
+        f"report: {run_result.get('report') or 'not written'}",
+        "",
+    ]
+    for f in flagged[:top]:
+        rules = ",".join(hit["rule"] for hit in f.get("rule_hits", [])) or "model"
+        lines.append(clean(f"#{f.get('rank')} {f['score']:.2f} {f['entity_type']} {f['entity']} "
+                           f"{f['window_start']} [{rules}]", 400))
+    return subject, "\n".join(lines)

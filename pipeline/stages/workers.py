@@ -1,0 +1,153 @@
+"""Worker processes for the CPU-bound parts of the archive and features stages.
+
+Python runs one thread of Python code at a time, so the stages use processes to keep more
+than one core busy. The helpers here make that safe for a scheduled job:
+
+- workers are *spawned* (fresh interpreters): nothing is inherited from the parent's threads,
+  locks or AWS clients, and ``start`` keeps them from re-running the caller's ``__main__``;
+- a worker dies with its parent (Linux ``PR_SET_PDEATHSIG``), so a killed run leaves none behind;
+- an error in a worker is raised in the parent, in input order, as a sequential loop would;
+- ``ordered_map`` yields results in input order and keeps at most ``in_flight`` items between
+  the two sides, so memory does not grow with the input.
+
+Whatever is parallel, outputs must not depend on it: callers pass the same inputs through the
+same code and combine the results in input order.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import sys
+import types
+from typing import Callable, Iterable, Iterator
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def spawn_context():
+    return multiprocessing.get_context("spawn")
+
+
+def start(processes) -> None:
+    """Start spawned processes without re-running the caller's ``__main__`` in them: the workers
+    need only the module their target lives in, and a script or notebook without an
+    ``if __name__ == "__main__"`` guard would otherwise run its top-level code again in each."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        sys.modules["__main__"] = main
+
+
+def stop(processes) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker: die when the parent process dies (Linux), so a killed run leaves no workers."""
+    try:
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def picklable(error: BaseException) -> BaseException:
+    """The error itself if it survives pickling (AuditsiftError does, with its hint), else its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def receive(results, processes, what: str = "worker") -> tuple:
+    """The next message from ``results``; raises if a worker died without sending its error."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"{what} {dead[0].name} died (exit code {dead[0].exitcode})") from None
+
+
+def ordered_map(function: Callable, items: Iterable, workers: int, setup: Callable | None = None, setup_args: tuple = (),
+                in_flight: int | None = None, name: str = "auditsift-worker") -> Iterator:
+    """``function(state, item)`` for every item, computed in ``workers`` spawned processes and yielded
+    in input order; ``state = setup(*setup_args)`` is built once per worker. ``items`` is consumed
+    lazily, at most ``in_flight`` (default 2 per worker) ahead of what has been yielded. The first
+    error, in input order, is raised here. ``function`` and ``setup`` must be module-level."""
+    in_flight = in_flight or 2 * workers
+    context = spawn_context()
+    tasks, results = context.Queue(), context.Queue()
+    processes = [context.Process(target=_map_worker, name=f"{name}-{n}", daemon=True,
+                                 args=(function, setup, setup_args, tasks, results, os.getpid()))
+                 for n in range(workers)]
+    start(processes)
+    try:
+        source = iter(items)
+        done: dict[int, tuple[bool, object]] = {}
+        sent = received = 0
+        exhausted = False
+        while True:
+            while not exhausted and sent - received < in_flight:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                tasks.put((sent, item))
+                sent += 1
+            if exhausted and received == sent:
+                break
+            while received not in done:
+                index, ok, value = receive(results, processes)
+                done[index] = (ok, value)
+            ok, value = done.pop(received)
+            received += 1
+            if not ok:
+                raise value
+            yield value
+        for _ in processes:
+            tasks.put(None)
+        for process in processes:
+            process.join(timeout=10)
+    finally:
+        stop(processes)
+        tasks.cancel_join_thread()
+
+
+def _map_worker(function, setup, setup_args, tasks, results, parent: int) -> None:
+    exit_with_parent(parent)
+    try:
+        state = setup(*setup_args) if setup is not None else None
+    except Exception as error:
+        state, failure = None, picklable(error)
+    else:
+        failure = None
+    while (task := tasks.get()) is not None:
+        index, item = task
+        if failure is not None:
+            results.put((index, False, failure))
+            continue
+        try:
+            results.put((index, True, function(state, item)))
+        except Exception as error:
+            results.put((index, False, picklable(error)))

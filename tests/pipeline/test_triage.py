@@ -1,0 +1,116 @@
+"""Verdicts accumulate into precision; a benign verdict with --suppress-similar writes the scoped
+suppression the score stage loads (same entity AND rules AND top reasons, nothing wider); the
+`auditsift triage` command finds findings in the latest scores and fails in one line."""
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli.triage import triage_command
+from pipeline.config import parse_config
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.score import load_suppressions, suppression_for
+from pipeline.text import printable
+from pipeline.triage import precision, read_verdicts, record_verdict, triage_key
+from tests.report_factory import make_context
+
+CLUSTER = "demo"
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    """A workdir whose latest scores are the factory's findings."""
+    ctx = RunContext(LocalStorage(tmp_path / "work"), parse_config({"cluster": CLUSTER}), "20261105T061500Z-a1b2c3")
+    findings = make_context(noise=20)["findings"]
+    key = f"scores/cluster={CLUSTER}/{ctx.run_id}"
+    ctx.storage.write_json(f"{key}/findings.json", findings)
+    ctx.update_state("score", {"key": key, "run_id": ctx.run_id})
+    return ctx, findings
+
+
+def test_precision_counts_each_findings_latest_verdict(workdir):
+    ctx, findings = workdir
+    assert precision(ctx.storage, CLUSTER) == {"reviewed": 0, "benign": 0, "malicious": 0, "unsure": 0, "precision": None, "unreadable": 0}
+    record_verdict(ctx.storage, CLUSTER, findings[0], "malicious", "aws-auth rewritten by a stolen key")
+    record_verdict(ctx.storage, CLUSTER, findings[1], "benign", "pentest", reviewer="sam")
+    record_verdict(ctx.storage, CLUSTER, findings[2], "unsure")
+    assert precision(ctx.storage, CLUSTER)["precision"] == 0.5
+    record_verdict(ctx.storage, CLUSTER, findings[1], "malicious", "the pentest was not scheduled")
+    key = f"{triage_key(CLUSTER)}/verdicts.jsonl"
+    ctx.storage.write_bytes(key, ctx.storage.read_bytes(key) + b"{not json\n")
+    stats = precision(ctx.storage, CLUSTER)
+    assert stats == {"reviewed": 3, "benign": 0, "malicious": 2, "unsure": 1, "precision": 1.0, "unreadable": 1}
+    records, unreadable = read_verdicts(ctx.storage, CLUSTER)
+    assert len(records) == 4 and unreadable == 1
+    assert records[1]["reviewer"] == "sam" and records[0]["entity"] == findings[0]["entity"]
+    assert records[0]["rules"] == ["aws_auth_modified", "secrets_sweep"] and records[0]["suppression"] is None
+
+
+def test_benign_suppress_similar_writes_a_scoped_suppression_the_score_stage_loads(workdir):
+    ctx, findings = workdir
+    target = findings[0]
+    record = record_verdict(ctx.storage, CLUSTER, target, "benign", "red-team exercise", suppress_similar=True, reviewer="sam")
+    record_verdict(ctx.storage, CLUSTER, target, "benign", "still the exercise", suppress_similar=True)
+    loaded = load_suppressions(ctx)
+    assert [s.id for s in loaded] == [record["suppression"]] == [f"triage-{target['finding_id']}"]
+    suppression = loaded[0]
+    assert suppression.entity == target["entity"] and suppression.entity_type == "user"
+    assert set(suppression.rules) == {"aws_auth_modified", "secrets_sweep"}
+    assert suppression.reasons == ("secret_reads", "distinct_secrets", "new_peers") and "still the exercise" in suppression.note
+    assert suppression_for(target, loaded) == suppression
+    later_window = {**target, "window_start": "2026-11-05T14:00:00Z", "rule_hits": target["rule_hits"][1:]}
+    assert suppression_for(later_window, loaded) == suppression
+    new_rule = {**target, "rule_hits": target["rule_hits"] + [{"rule": "exec_in_system_namespace", "severity": "high", "count": 1}]}
+    new_reason = {**target, "reasons": [{**target["reasons"][0], "feature": "execs"}] + target["reasons"][1:]}
+    other_entity = {**target, "entity": "alice@corp.example"}
+    other_type = {**target, "entity_type": "source_ip"}
+    assert all(suppression_for(record, loaded) is None for record in (new_rule, new_reason, other_entity, other_type))
+
+
+@pytest.mark.parametrize("verdict", ["malicious", "unsure"])
+def test_suppress_similar_needs_a_benign_verdict(workdir, verdict):
+    ctx, findings = workdir
+    with pytest.raises(ConfigError, match="--suppress-similar only applies to a benign verdict"):
+        record_verdict(ctx.storage, CLUSTER, findings[0], verdict, suppress_similar=True)
+    assert not ctx.storage.list(triage_key(CLUSTER))
+
+
+def invoke(ctx, *args):
+    result = CliRunner().invoke(triage_command, [*args, "--workdir", str(ctx.storage.root), "--cluster", CLUSTER], catch_exceptions=False)
+    return result.exit_code, result.stdout + result.stderr
+
+
+def test_triage_command_records_a_verdict_by_id_or_prefix(workdir):
+    ctx, findings = workdir
+    code, output = invoke(ctx, findings[0]["finding_id"][:10], "--verdict", "benign", "--note", "exercise", "--suppress-similar",
+                          "--reviewer", "sam")
+    assert code == 0, output
+    assert f"recorded benign on finding {findings[0]['finding_id']}" in output
+    assert printable(findings[0]["entity"]) in output  # printed literally, never read as markup; its line break as \n
+    assert "added suppression triage-" in output and "precision so far: 0.00" in output
+    code, output = invoke(ctx, findings[2]["finding_id"], "--verdict", "malicious")
+    assert code == 0 and "precision so far: 0.50 (1 malicious, 1 benign, 0 unsure of 2 reviewed)" in output
+    lines = ctx.storage.read_bytes(f"{triage_key(CLUSTER)}/verdicts.jsonl").splitlines()
+    assert [orjson.loads(line)["verdict"] for line in lines] == ["benign", "malicious"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["0123456789abcdef0123", "--verdict", "benign"], "error: no finding '0123456789abcdef0123' in the latest scores"),
+    (["FIRST", "--verdict", "malicious", "--suppress-similar"], "error: --suppress-similar only applies to a benign verdict"),
+])
+def test_triage_command_fails_in_one_line_with_a_hint(workdir, args, message):
+    ctx, findings = workdir
+    args = [findings[0]["finding_id"] if a == "FIRST" else a for a in args]
+    code, output = invoke(ctx, *args)
+    assert code == 2
+    lines = output.strip().splitlines()
+    assert lines[0].startswith(message) and lines[1].startswith("hint: ")
+    assert not ctx.storage.exists(f"{triage_key(CLUSTER)}/verdicts.jsonl")
+
+
+def test_triage_command_has_help():
+    result = CliRunner().invoke(triage_command, ["--help"])
+    assert result.exit_code == 0 and "--suppress-similar" in result.output and "Record a verdict" in result.output

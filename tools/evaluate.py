@@ -1,0 +1,143 @@
+"""Detection-quality evaluation: run the whole pipeline on labelled sample data and measure the ranking.
+
+For each seed: ``auditsift sample`` data (attacks on the last day), ``auditsift run``,
+then for every injected scenario its best rank among the scored day's records, and the
+number of flagged records that belong to no scenario. A record belongs to a scenario
+when it is the scenario's identity or source address in a window that overlaps the
+scenario's time span, or when its evidence includes one of the scenario's events.
+
+    python -m tools.evaluate --seeds 1 2 3 --backend iforest rcf-local --out docs/evaluation.json
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from pipeline.config import load_config
+from pipeline.context import RunContext, new_run_id
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.run import run_pipeline
+
+TOP_K = 20
+
+
+def scenario_matches(finding: dict, scenario: dict) -> bool:
+    if set(finding["audit_ids"]) & scenario["_ids"]:
+        return True
+    if finding["entity"] not in (scenario.get("user"), scenario.get("source_ip")):
+        return False
+    return finding["window_start"] < scenario["end"] and finding["window_end"] > scenario["start"]
+
+
+def evaluate_findings(findings: list[dict], labels: dict, top_k: int = TOP_K) -> dict:
+    """Per-scenario best rank and flag, and flagged records outside every scenario."""
+    scenarios = [{**s, "_ids": set(s["audit_ids"])} for s in labels["scenarios"]]
+    per_scenario = []
+    owned = [False] * len(findings)
+    for scenario in scenarios:
+        ranks = [i for i, f in enumerate(findings) if scenario_matches(f, scenario)]
+        for i in ranks:
+            owned[i] = True
+        best = findings[ranks[0]] if ranks else None
+        per_scenario.append({
+            "id": scenario["id"], "category": scenario.get("category"),
+            "best_rank": best["rank"] if best else None,
+            "flagged": any(findings[i]["flagged"] for i in ranks),
+            "in_top_k": bool(best and best["rank"] <= top_k),
+        })
+    false_flags = [f for f, mine in zip(findings, owned) if f["flagged"] and not mine]
+    return {
+        "scenarios": per_scenario,
+        "scenarios_in_top_k": sum(s["in_top_k"] for s in per_scenario),
+        "scenarios_flagged": sum(s["flagged"] for s in per_scenario),
+        "scenario_count": len(per_scenario),
+        "non_scenario_flagged": len(false_flags),
+        "non_scenario_flagged_examples": [(f["rank"], f["entity_type"], f["entity"], f["window_start"]) for f in false_flags[:10]],
+        "records": len(findings),
+    }
+
+
+def rerun_from_archive(ctx: RunContext, now) -> dict:
+    """Features, train and score on an already archived workdir (for quick iterations on detection)."""
+    from pipeline.stages.features import run_features
+    from pipeline.stages.ranges import resolve_ranges
+    from pipeline.stages.score import run_score
+    from pipeline.stages.train import run_train
+
+    run_features(ctx, resolve_ranges(ctx, now=now))
+    run_train(ctx)
+    return run_score(ctx)
+
+
+def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Path, config_path: str | None,
+                  reuse_archive: bool = False) -> dict:
+    from pipeline.sample import generate_sample, sample_clock
+
+    sample_dir = workroot / f"sample-{seed}"
+    if not (sample_dir / "labels.json").exists():
+        generate_sample(sample_dir, days=days, seed=seed, scale=scale)
+    config = load_config(config_path, {"model": {"backend": backend}})
+    ctx = RunContext(LocalStorage(workroot / f"work-{seed}-{backend}"), config, new_run_id())
+    now = sample_clock(sample_dir)
+    if reuse_archive and ctx.read_state().get("archive"):
+        result = rerun_from_archive(ctx, now)
+    else:
+        result = run_pipeline(ctx, [str(sample_dir)], now=now)
+    findings = ctx.storage.read_json(f"{ctx.read_state()['score']['key']}/findings.json")
+    labels = orjson.loads((sample_dir / "labels.json").read_bytes())
+    return {"seed": seed, "backend": backend, "timings": dict(ctx.timings), "flagged": result["flagged"],
+            **evaluate_findings(findings, labels)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--backend", nargs="+", default=["iforest", "rcf-local"])
+    parser.add_argument("--days", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--workdir", default=None, help="Reuse samples and workdirs here (default: a temporary directory).")
+    parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    parser.add_argument("--reuse-archive", action="store_true", help="With --workdir: skip archiving where a workdir exists.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        results = []
+        for backend in args.backend:
+            for seed in args.seeds:
+                outcome = evaluate_seed(seed, backend, args.days, args.scale, root, args.config, args.reuse_archive)
+                results.append(outcome)
+                misses = [f"{s['id']}@{s['best_rank']}" for s in outcome["scenarios"] if not s["in_top_k"]]
+                print(f"{backend:10s} seed {seed}: {outcome['scenarios_in_top_k']}/{outcome['scenario_count']} scenarios in top {TOP_K}, "
+                      f"{outcome['scenarios_flagged']} flagged, {outcome['non_scenario_flagged']} non-scenario flagged"
+                      f"{'; missed ' + ', '.join(misses) if misses else ''}", flush=True)
+        summary = summarise(results)
+        for backend, row in summary.items():
+            print(f"{backend}: {row}")
+        if args.out:
+            Path(args.out).write_bytes(orjson.dumps({"summary": summary, "runs": results}, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def summarise(results: list[dict]) -> dict:
+    summary = {}
+    for backend in sorted({r["backend"] for r in results}):
+        rows = [r for r in results if r["backend"] == backend]
+        summary[backend] = {
+            "seeds": [r["seed"] for r in rows],
+            "scenarios_in_top_k": f"{sum(r['scenarios_in_top_k'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
+            "scenarios_flagged": f"{sum(r['scenarios_flagged'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
+            "max_non_scenario_flagged": max(r["non_scenario_flagged"] for r in rows),
+            "mean_non_scenario_flagged": round(statistics.mean(r["non_scenario_flagged"] for r in rows), 1),
+        }
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
