@@ -177,8 +177,8 @@ def coverage_markdown(coverage: Coverage) -> str:
         "",
         "Generated from `configs/coverage.yaml` by `features.coverage.coverage_markdown`; "
         "`tests/features/test_coverage.py` fails if this section is stale or names a rule the pack does not have. "
-        "COVERS: for a non-system identity, every event the public detection fires on makes one of the listed rules hit "
-        "(the blanket system-identity exemption is one cross-cutting gap, `system_identity_routine`). PARTIAL: some "
+        "COVERS: every event the public detection fires on makes one of the listed rules hit, whoever sends it (system "
+        "identities included: what is routine for an identity is learned from its history, not exempted). PARTIAL: some "
         "variants fire, or only the model sees it. N/A: cannot apply to EKS audit logs. Each gap names the rule planned "
         f"to close it and what it needs (`COVERAGE_NEEDS`). {len(coverage.probes)} rows carry a probe: the event the "
         "detection fires on, which the test runs through the rule pack and compares with the rules that fire today.",

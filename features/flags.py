@@ -35,7 +35,14 @@ SUSPICIOUS_EXEC = re.compile(
 )
 # url:<host> webhook targets other than loopback and in-cluster service DNS names.
 EXTERNAL_WEBHOOK_URL = re.compile(r"(?:^|,)url:(?!(?:127\.\d+\.\d+\.\d+|localhost|::1|[^,]*\.svc(?:\.cluster\.local)?)(?:,|$))")
-DANGEROUS_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_ADMIN", "NET_RAW", "DAC_READ_SEARCH", "ALL", "BPF")
+DANGEROUS_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_ADMIN", "NET_RAW", "DAC_READ_SEARCH", "ALL", "BPF",
+                          "SYS_RAWIO", "SYS_BOOT", "SYSLOG", "PERFMON")
+# Host paths that are sensitive beyond features.events.SENSITIVE_HOST_PATHS: these exactly, and anything under the
+# prefixes (the cluster CA and kubelet keys, other runtimes' sockets and image stores); "/var" alone, not what is under it
+# (log shippers mount /var/log).
+EXTRA_SENSITIVE_HOST_PATHS = frozenset({"/var", "/var/run/cri-dockerd.sock", "/var/run/containerd/containerd.sock", "/run/containerd",
+                                        "/sys", "/boot"})
+SENSITIVE_HOST_PATH_PREFIXES = ("/etc/kubernetes/", "/var/lib/kubelet/", "/var/lib/docker/", "/var/lib/containerd/", "/proc/", "/root/")
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,29 @@ def _number(d: FlagInputs, column: str, missing: int) -> np.ndarray:
     return np.array([missing if value is None else value for value in values])[codes]
 
 
+def _sensitive_path(path: str) -> bool:
+    path = path.rstrip("/") or "/"
+    return path in SENSITIVE_HOST_PATHS or path in EXTRA_SENSITIVE_HOST_PATHS or (path + "/").startswith(SENSITIVE_HOST_PATH_PREFIXES)
+
+
 def _any_path(d: FlagInputs, column: str) -> np.ndarray:
-    return d.where(column, lambda v: isinstance(v, str) and any(p in SENSITIVE_HOST_PATHS for p in v.split(",")))
+    return d.where(column, lambda v: isinstance(v, str) and any(_sensitive_path(p) for p in v.split(",")))
+
+
+def _node_registered_by_other(d: FlagInputs) -> np.ndarray:
+    """Node creations whose user is not system:node:<the Node's name> (each (user, name) pair judged once)."""
+    rows = np.flatnonzero(_eq(d, "resource", "nodes") & _eq(d, "verb", "create") & _isna(d, "subresource"))
+    result = np.zeros(d.rows, dtype=bool)
+    if rows.size:
+        (user_codes, users), (name_codes, names) = d.encoded("user"), d.encoded("name")
+        pairs = {}
+        for row in rows.tolist():
+            key = (user_codes[row], name_codes[row])
+            if key not in pairs:
+                user, name = users[key[0]], names[key[1]]
+                pairs[key] = user is None or name is None or user != f"system:node:{name}"
+            result[row] = pairs[key]
+    return result
 
 
 def _f(d: FlagInputs, name: str) -> np.ndarray:
@@ -238,6 +266,9 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: _isin(d, "salvage", ("body_unreadable", "truncated")) & _isin(d, "verb", ("create", "update", "patch"))
               & (_isin(d, "resource", WORKLOAD_RESOURCES + RBAC_RESOURCES + WEBHOOK_RESOURCES + ("certificatesigningrequests",))
                  | (_eq(d, "resource", "configmaps") & _eq(d, "namespace", "kube-system")))),
+    EventFlag("node_registered_by_other", "objectRef.resource, objectRef.name, verb, user.username",
+              "a Node object created by anyone but that node's own kubelet (system:node:<name>): a machine added to the cluster",
+              _node_registered_by_other),
 )
 FLAG_NAMES = tuple(f.name for f in FLAGS)
 FLAG_BY_NAME = {f.name: f for f in FLAGS}

@@ -140,22 +140,12 @@ class ModelConfig(Section):
 
 
 class RulesConfig(Section):
-    """The declarative rule pack and the identities it never fires on."""
+    """The declarative rule pack, the rules switched off, and the identities no rule fires on."""
 
     pack: str | None = None
-    allow_identities: tuple[str, ...] = (
-        "eks:node-manager",
-        "eks:certificate-controller",
-        "eks:fargate-scheduler",
-        "eks:k8s-metrics",
-        "eks:authenticator",
-        "eks:cluster-event-watcher",
-        "eks:nodewatcher",
-        "eks:pod-identity-mutating-webhook",
-        "eks:cloud-controller-manager",
-        "eks:vpc-resource-controller",
-        "eks:addon-manager",
-    )
+    allow_identities: tuple[str, ...] = Field((), description=(
+        "usernames no rule fires on (except rules with applies_to_allowlisted); empty by default: a username is only "
+        "a claim (aws-auth can map any IAM role to eks:addon-manager), so routine is learned per identity instead"))
     disabled: tuple[str, ...] = ()
 
 

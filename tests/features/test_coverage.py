@@ -86,7 +86,7 @@ def test_every_planned_rule_has_one_meaning_and_known_needs():
         if d.planned:
             planned.setdefault(d.planned.rule, set()).update(d.planned.needs)
     assert all(needs <= set(COVERAGE_NEEDS) for needs in planned.values())
-    assert set(planned) & RULE_IDS <= {"privileged_workload_created", "rbac_object_changed"}, "a planned rule reuses an id"
+    assert set(planned) & RULE_IDS <= {"configmap_credentials_written"}, "a planned rule reuses an id"
 
 
 @pytest.mark.parametrize("probe", COVERAGE.probes, ids=[f"{p.source}-{p.id}" for p in COVERAGE.probes])

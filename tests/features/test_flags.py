@@ -138,6 +138,8 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
     "audit_id_reused": (REUSED, STAGES),
     "service_account_from_outside": ([event(user={"username": SA}, sourceIPs=AWS)], [event(user={"username": SA})]),
     "sensitive_write_unread": ([salvaged(pod({}), damaged=("requestObject",))], [salvaged(pod({}))]),
+    "node_registered_by_other": ([on("nodes", "create", None, name="ip-10-0-9-9.ec2.internal")],
+                                 [on("nodes", "create", None, name="ip-10-0-1-17.ec2.internal", user={"username": NODE})]),
 }
 
 
