@@ -28,7 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.events import BadEvent, EventTableBuilder, SalvagedEvent, conform_events, normalize_event, normalize_json_lines, rows_table
+from features.events import (
+    BadEvent, EventTableBuilder, SalvagedEvent, canonical_json, conform_events, normalize_event, normalize_json_lines, rows_table,
+)
 from pipeline.context import RunContext
 from pipeline.errors import StageError
 from pipeline.io.readers import Event, LineBlock, Quarantine, parse_cloudwatch_message, read_blocks
@@ -325,10 +327,12 @@ def quarantine_future(table: pa.Table, not_after: datetime | None, quarantine: Q
 
 
 def _sample(value) -> str:
+    """The first 300 bytes of a quarantined value as JSON; one orjson will not write (nested deeper than 254, an
+    integer over 64 bits) is written by ``canonical_json``, which does not recurse: repr() would, and abort the run."""
     try:
         return orjson.dumps(value)[:300].decode("utf-8", "replace")
     except TypeError:
-        return repr(value)[:300]
+        return canonical_json(value)[:300].decode("utf-8", "replace")
 
 
 def archive_tables(

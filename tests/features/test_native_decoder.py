@@ -49,8 +49,6 @@ def test_an_event_that_is_not_an_object_is_still_a_bad_event():
         normalize_event([deep(300)])
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.archive._sample: repr() of a quarantined value nested "
-                   "~1,000 deep raises RecursionError and aborts the archive (the fix is in the restructure's hands)")
 def test_a_quarantined_object_nested_a_thousand_deep_does_not_abort_the_archive(tmp_path):
     from tests.features.native_fuzz import archived
 
@@ -58,7 +56,6 @@ def test_a_quarantined_object_nested_a_thousand_deep_does_not_abort_the_archive(
     path = tmp_path / "in.jsonl"
     path.write_text(pod + "\n" + json.dumps(event()) + "\n")
     result = archived(path, None)
-    assert result != ("RecursionError",), "the archive raised RecursionError"
     assert len(result[0]) == 1 and result[1] == {"not_an_audit_event": 1}
 
 
