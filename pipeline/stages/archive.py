@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.events import (
-    BadEvent, EventTableBuilder, SalvagedEvent, canonical_json, conform_events, normalize_event, normalize_json_lines, rows_table,
+    BadEvent,
+    EventTableBuilder,
+    SalvagedEvent,
+    canonical_json,
+    conform_events,
+    normalize_event,
+    normalize_json_lines,
+    rows_table,
 )
 from pipeline.context import RunContext
 from pipeline.errors import StageError
