@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.incidents import MAX_MEMBERS, group_incidents, incidents_csv, incidents_jsonl
-from pipeline.scoring import finding_id
-from tests.test_hostile_inputs import full_run, hostile_input, sample_2d  # noqa: F401  (the suite's session run, built once)
+from pipeline.report.incidents import MAX_MEMBERS, group_incidents, incidents_csv, incidents_jsonl
+from pipeline.stages.score import finding_id
+from tests.e2e.test_hostile_inputs import full_run, hostile_input, sample_2d  # noqa: F401  (the suite's session run, built once)
 
 DAY = datetime(2026, 11, 7, tzinfo=timezone.utc)
 ATTACKER_IP = "139.59.200.194"
@@ -243,7 +243,7 @@ def test_incidents_csv_goes_through_safe_cell_and_the_record_keeps_raw_values():
                    "the privileged-workload scenario is 5 incidents until features/events.py fills `name` on creates")
 def test_each_scenarios_flagged_findings_fall_in_one_incident(full_run, sample_2d, record_property):  # noqa: F811
     """The sample run's labelled attacks: a scenario's flagged findings are one incident (two where two actors)."""
-    from pipeline.evaluate import scenario_matches
+    from tools.evaluate import scenario_matches
 
     findings = full_run["findings"]
     incidents = group_incidents(findings, evidence_index(full_run["workdir"], findings))
@@ -261,8 +261,8 @@ def test_each_scenarios_flagged_findings_fall_in_one_incident(full_run, sample_2
 
 def evidence_index(workdir, findings) -> list[dict]:
     """The rows the score stage would pass: each finding's evidence events (its audit_ids, of its entity, in its window)."""
-    from pipeline.archive import read_archive
-    from pipeline.storage import LocalStorage
+    from pipeline.io.storage import LocalStorage
+    from pipeline.stages.archive import read_archive
 
     wanted: dict[str, list[dict]] = {}
     for f in findings:

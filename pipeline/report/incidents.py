@@ -35,7 +35,7 @@ Grouping is bounded so what an attacker controls cannot merge or split stories a
 
 The record keeps raw log values (user names, object names) in ``title``, ``summary`` and
 ``entities``; whoever renders them escapes them: ``pipeline.text.printable`` for the terminal,
-``safe_cell`` for CSV (``incidents_csv`` here), ``pipeline.render`` for Markdown and HTML.
+``safe_cell`` for CSV (``incidents_csv`` here), ``pipeline.report.render`` for Markdown and HTML.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
 from features.events import REQUEST_IDENTITY
+from pipeline.report.render import finding_level
+from pipeline.text import safe_cell
 
 MAX_MEMBERS = 100
 MAX_AUDIT_IDS = 200
@@ -378,7 +380,6 @@ def _rules_in_time_order(parts, events) -> list[str]:
 def _severity(finding: Mapping) -> str:
     if finding.get("severity") in SEVERITY_ORDER:
         return finding["severity"]
-    from pipeline.render import finding_level
 
     return finding_level(finding)
 
@@ -527,7 +528,6 @@ def incidents_csv(incidents: Sequence[Incident]) -> str:
     import csv
     import io
 
-    from pipeline.report import safe_cell
 
     out = io.StringIO()
     writer = csv.writer(out)
