@@ -26,6 +26,12 @@ from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 AGGREGATE_BY = ("user", "source_ip")
+# ASFF finding types are namespace/category[/classifier]; a rule's ``finding_type`` names what it detects in
+# the TTPs namespace (Security Hub's taxonomy, whose TTPs categories are these) or another namespace's category.
+FINDING_TYPE_NAMESPACES = ("Software and Configuration Checks", "TTPs", "Effects", "Unusual Behaviors",
+                           "Sensitive Data Identifications")
+TTP_CATEGORIES = ("Data Exfiltration", "Command and Control", "Credential Access", "Defense Evasion", "Discovery",
+                  "Execution", "Initial Access", "Lateral Movement", "Persistence", "Privilege Escalation")
 
 
 class RuleError(ValueError):
@@ -75,6 +81,7 @@ class Rule(BaseModel):
     id: str
     title: str
     severity: str
+    finding_type: str
     rationale: str
     condition: str
     aggregate: Aggregate | None = None
@@ -87,6 +94,16 @@ class Rule(BaseModel):
     def _severity(cls, value: str) -> str:
         if value not in SEVERITIES:
             raise ValueError(f"must be one of {', '.join(SEVERITIES)}")
+        return value
+
+    @field_validator("finding_type")
+    @classmethod
+    def _finding_type(cls, value: str) -> str:
+        parts = value.split("/")
+        if not 2 <= len(parts) <= 3 or parts[0] not in FINDING_TYPE_NAMESPACES or not all(parts):
+            raise ValueError(f"must be an ASFF type namespace/category[/classifier] with namespace one of {', '.join(FINDING_TYPE_NAMESPACES)}")
+        if parts[0] == "TTPs" and parts[1] not in TTP_CATEGORIES:
+            raise ValueError(f"TTPs category must be one of {', '.join(TTP_CATEGORIES)}")
         return value
 
     @field_validator("id")
