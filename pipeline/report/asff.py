@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from features.rules import Rule
+from features.rules import TTP_CATEGORIES, Rule
 from pipeline.aws.arn import partition
 from pipeline.config import Config
 
@@ -63,12 +63,18 @@ def severity_label(finding: dict) -> str:
 
 
 def finding_types(finding: dict, rules: Mapping[str, Rule]) -> list[str]:
-    """The entity's unusual-behaviour type, then each hit rule's ``finding_type`` (from the rule pack), once each."""
+    """The entity's unusual-behaviour type, then per hit rule (from the rule pack) its ``finding_type`` and its
+    ATT&CK tactic and technique as ``TTPs/<tactic name>/<technique id>`` (namespace/category/classifier), once each.
+    Impact has no TTPs category in ASFF's taxonomy, so an Impact rule adds its finding_type only."""
     types = [ENTITY_TYPES.get(finding["entity_type"], "Unusual Behaviors/Application")]
     for hit in finding.get("rule_hits", []):
         rule = rules.get(hit["rule"])
-        if rule is not None and rule.finding_type not in types:
-            types.append(rule.finding_type)
+        if rule is None:
+            continue
+        attack = f"TTPs/{rule.tactic_name}/{rule.technique}" if rule.tactic_name in TTP_CATEGORIES else None
+        for kind in (rule.finding_type, attack):
+            if kind and kind not in types:
+                types.append(kind)
     return types
 
 

@@ -95,12 +95,24 @@ def test_every_exported_finding_is_valid_asff_with_log_text_cut_and_flattened():
     assert "<script>" in asff["Title"], "log-derived text is kept as plain data, not rendered or stripped as markup"
     assert asff["Id"] == f"demo/{7:020x}" and asff["GeneratorId"] == "auditsift/aws_auth_modified"
     assert asff["Severity"] == asff["FindingProviderFields"]["Severity"] == {"Label": "CRITICAL", "Original": "2.000"}
-    assert asff["Types"] == ["Unusual Behaviors/User", "TTPs/Persistence", "TTPs/Credential Access"]
+    assert asff["Types"] == asff["FindingProviderFields"]["Types"] == [
+        "Unusual Behaviors/User", "TTPs/Persistence", "TTPs/Persistence/T1098.006", "TTPs/Credential Access",
+        "TTPs/Credential Access/T1552.007"]
     assert asff["Resources"] == [{"Type": "AwsEksCluster", "Id": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/demo",
                                   "Partition": "aws", "Region": REGION, "Details": {"AwsEksCluster": {"Name": "demo"}}}]
     assert (asff["FirstObservedAt"], asff["LastObservedAt"]) == (record["window_start"], record["window_end"])
     assert asff["ProductFields"]["auditsift/rules"] == "aws_auth_modified,secrets_sweep"
     assert "Note" not in asff
+
+
+def test_asff_types_carry_each_rules_finding_type_and_attack_tactic_once_from_the_pack():
+    record = finding(3, entity_type="source_ip", hits=[("exec_into_pod", "medium"), ("exec_suspicious_command", "high"),
+                                                        ("privileged_workload_created", "high")])
+    types = asff_finding(record, rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="p",
+                         updated_at="2026-11-08T06:20:00.000000Z", run_result=RUN)["Types"]
+    assert types == ["Unusual Behaviors/IP address", "TTPs/Execution", "TTPs/Execution/T1609", "TTPs/Privilege Escalation",
+                     "TTPs/Privilege Escalation/T1611"]
+    assert all(len(kind.split("/")) in (2, 3) and len(kind) <= 128 for kind in types)
 
 
 @pytest.mark.parametrize("record, label", [
