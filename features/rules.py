@@ -371,6 +371,19 @@ class RulePack:
     def by_id(self) -> dict[str, Rule]:
         return {r.id: r for r in self.rules}
 
+    def headline(self, hits: list[dict], events: list[Mapping]) -> str | None:
+        """A finding's one-line headline: the title of its top rule hit (the first not routine, else the first;
+        hits come weightiest first), filled from the earliest of ``events`` (evidence rows, whose ``why`` lists
+        ``rule:<id>``) that rule matched, or the rule's fixed ``title`` when no such event was kept."""
+        if not hits:
+            return None
+        top = next((hit for hit in hits if not hit.get("routine")), hits[0])
+        rule = self.by_id().get(top["rule"])
+        if rule is None:
+            return None
+        matched = [e for e in events if f"rule:{rule.id}" in (e.get("why") or ())]
+        return rule.title_for(min(matched, key=lambda e: str(e.get("time")))) if matched else rule.title
+
 
 _IDENTIFIER = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")
 _STRING = re.compile(r"'[^']*'|\"[^\"]*\"")

@@ -73,3 +73,18 @@ def test_a_title_is_plain_bounded_text_whatever_the_event_says():
     assert "…" in title and " patched deployments api [bold] from an unknown address" in title
     assert len(title) <= TITLE_MAX
     assert fill_title("{user} {acted} {object}", {}) == "an unknown identity acted on (no name)"
+
+
+def test_a_findings_headline_is_its_top_non_routine_rule_filled_from_the_earliest_event_it_matched():
+    hits = [{"rule": "rbac_object_changed", "routine": True}, {"rule": "privileged_workload_created", "routine": False}]
+    events = [
+        {"time": "2026-11-05T10:02:00.000000Z", "user": "eng:bob", "verb": "create", "resource": "pods", "namespace": "web",
+         "name": "late", "why": ["rule:privileged_workload_created"]},
+        {"time": "2026-11-05T10:01:00.000000Z", "user": "eng:bob", "verb": "patch", "resource": "deployments",
+         "namespace": "checkout", "name": "checkout-api", "why": ["rule:privileged_workload_created", "exec"]},
+        {"time": "2026-11-05T10:00:00.000000Z", "user": "eng:bob", "verb": "get", "resource": "pods", "why": ["exec"]},
+    ]
+    assert PACK.headline(hits, events) == ("eng:bob patched deployments checkout/checkout-api to run privileged or with "
+                                           "the host's namespaces or paths")
+    assert PACK.headline(hits, []) == PACK.by_id()["privileged_workload_created"].title, "no kept event: the fixed title"
+    assert PACK.headline([], events) is None
