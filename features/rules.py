@@ -9,16 +9,18 @@ the rank, never instead of it.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
+import string
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.columns import EventColumns, combine, sorted_distinct
 from features.events import COLUMN_NAMES, SALVAGE_MARKERS
@@ -26,6 +28,137 @@ from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 AGGREGATE_BY = ("user", "source_ip")
+# ASFF finding types are namespace/category[/classifier]; a rule's ``finding_type`` names what it detects in
+# the TTPs namespace (Security Hub's taxonomy, whose TTPs categories are these) or another namespace's category.
+FINDING_TYPE_NAMESPACES = ("Software and Configuration Checks", "TTPs", "Effects", "Unusual Behaviors",
+                           "Sensitive Data Identifications")
+TTP_CATEGORIES = ("Data Exfiltration", "Command and Control", "Credential Access", "Defense Evasion", "Discovery",
+                  "Execution", "Initial Access", "Lateral Movement", "Persistence", "Privilege Escalation")
+
+# MITRE ATT&CK for Containers (attack.mitre.org/matrices/enterprise/containers/): its nine tactics, and the
+# techniques of that matrix the rule pack uses, each with the tactics ATT&CK files it under. A rule's ``tactic``
+# and ``technique`` must come from here and agree with each other; add a technique here (with its ATT&CK name)
+# before a rule uses it.
+TACTICS = {
+    "TA0001": "Initial Access", "TA0002": "Execution", "TA0003": "Persistence", "TA0004": "Privilege Escalation",
+    "TA0005": "Defense Evasion", "TA0006": "Credential Access", "TA0007": "Discovery", "TA0008": "Lateral Movement",
+    "TA0040": "Impact",
+}
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    tactics: tuple[str, ...]
+
+
+TECHNIQUES = {
+    "T1036.005": Technique("Masquerading: Match Legitimate Name or Location", ("TA0005",)),
+    "T1053.007": Technique("Scheduled Task/Job: Container Orchestration Job", ("TA0002", "TA0003", "TA0004")),
+    "T1069": Technique("Permission Groups Discovery", ("TA0007",)),
+    "T1070": Technique("Indicator Removal", ("TA0005",)),
+    "T1078": Technique("Valid Accounts", ("TA0001", "TA0003", "TA0004", "TA0005")),
+    "T1098": Technique("Account Manipulation", ("TA0003", "TA0004")),
+    "T1098.006": Technique("Account Manipulation: Additional Container Cluster Roles", ("TA0003", "TA0004")),
+    "T1110": Technique("Brute Force", ("TA0006",)),
+    "T1133": Technique("External Remote Services", ("TA0001", "TA0003")),
+    "T1136.001": Technique("Create Account: Local Account", ("TA0003",)),
+    "T1528": Technique("Steal Application Access Token", ("TA0006",)),
+    "T1543.005": Technique("Create or Modify System Process: Container Service", ("TA0003", "TA0004")),
+    "T1550.001": Technique("Use Alternate Authentication Material: Application Access Token", ("TA0005", "TA0008")),
+    "T1552.007": Technique("Unsecured Credentials: Container API", ("TA0006",)),
+    "T1562.001": Technique("Impair Defenses: Disable or Modify Tools", ("TA0005",)),
+    "T1609": Technique("Container Administration Command", ("TA0002",)),
+    "T1610": Technique("Deploy Container", ("TA0002", "TA0005")),
+    "T1611": Technique("Escape to Host", ("TA0004",)),
+    "T1613": Technique("Container and Resource Discovery", ("TA0007",)),
+}
+_TECHNIQUE_ID = re.compile(r"T\d{4}(\.\d{3})?")
+
+
+# --------------------------------------------------------------------------- title templates
+# A rule's ``title_template`` is one plain line filled from one event it matched ("{user} {acted} {resource}
+# {object}"). The placeholders are these, each read from the event columns a finding's evidence keeps
+# (pipeline.report.pivots.EVIDENCE_COLUMNS); a missing value reads as its neutral word. Values are log text an
+# attacker can set: control and bidirectional characters become spaces, each value is cut to TITLE_VALUE_MAX
+# characters and the title to TITLE_MAX; the title stays plain text, escaped by whatever renders it.
+TITLE_VALUE_MAX, TITLE_MAX = 80, 200
+_PAST = {"create": "created", "update": "updated", "patch": "patched", "delete": "deleted", "deletecollection": "deleted all",
+         "get": "read", "list": "listed", "watch": "watched", "proxy": "proxied"}
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+
+
+def _present(value) -> bool:
+    return value is not None and value != "" and not (isinstance(value, float) and math.isnan(value))
+
+
+def _object(event: Mapping) -> str | None:
+    namespace, name = event.get("namespace"), event.get("name")
+    if _present(name):
+        return f"{namespace}/{name}" if _present(namespace) else str(name)
+    return f"{namespace}/*" if _present(namespace) else None
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    name: str
+    reads: str
+    missing: str
+    value: Callable[[Mapping], object]
+
+
+def _column(name: str) -> Callable[[Mapping], object]:
+    return lambda event: event.get(name)
+
+
+TITLE_PLACEHOLDERS = {p.name: p for p in (
+    Placeholder("user", "user: the identity acting", "an unknown identity", _column("user")),
+    Placeholder("source_ip", "source_ip: the connection address", "an unknown address", _column("source_ip")),
+    Placeholder("user_agent", "user_agent: the client", "an unknown client", _column("user_agent")),
+    Placeholder("verb", "verb, as the API names it (get, patch, create)", "act on", _column("verb")),
+    Placeholder("acted", "verb in plain past tense (patched, read, listed)", "acted on",
+                lambda event: _PAST.get(event.get("verb"), event.get("verb"))),
+    Placeholder("resource", "resource (deployments, secrets)", "an object", _column("resource")),
+    Placeholder("subresource", "subresource (exec, token, proxy)", "none", _column("subresource")),
+    Placeholder("namespace", "namespace", "no namespace", _column("namespace")),
+    Placeholder("name", "name", "an unnamed object", _column("name")),
+    Placeholder("object", "namespace/name, or name alone for cluster-wide objects", "(no name)", _object),
+    Placeholder("code", "code: the HTTP response code", "no response", _column("code")),
+    Placeholder("impersonated_user", "impersonated_user: who the request acted as", "another identity",
+                _column("impersonated_user")),
+    Placeholder("path", "request_uri without its query (the API path asked for)", "an unknown path",
+                lambda event: str(event["request_uri"]).split("?", 1)[0] if _present(event.get("request_uri")) else None),
+)}
+
+
+def _plain(text: str, limit: int) -> str:
+    flat = " ".join(_UNSAFE.sub(" ", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholders ``template`` names; raises ValueError for anything but plain ``{name}`` fields."""
+    names = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if spec or conversion or not re.fullmatch(r"[a-z_]+", name):
+            raise ValueError(f"placeholder {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} "
+                             "must be a plain {name}")
+        names.append(name)
+    return names
+
+
+def fill_title(template: str, event: Mapping) -> str:
+    """``template`` filled from ``event`` (a row of event columns): missing values read as neutral words."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(literal)
+        if name is not None:
+            placeholder = TITLE_PLACEHOLDERS[name]
+            value = placeholder.value(event)
+            parts.append(_plain(str(value), TITLE_VALUE_MAX) if _present(value) else placeholder.missing)
+    return _plain("".join(parts), TITLE_MAX)
 
 
 class RuleError(ValueError):
@@ -75,6 +208,10 @@ class Rule(BaseModel):
     id: str
     title: str
     severity: str
+    finding_type: str
+    tactic: str
+    technique: str
+    title_template: str
     rationale: str
     condition: str
     aggregate: Aggregate | None = None
@@ -87,6 +224,61 @@ class Rule(BaseModel):
     def _severity(cls, value: str) -> str:
         if value not in SEVERITIES:
             raise ValueError(f"must be one of {', '.join(SEVERITIES)}")
+        return value
+
+    @field_validator("tactic")
+    @classmethod
+    def _tactic(cls, value: str) -> str:
+        if value not in TACTICS:
+            raise ValueError(f"must be an ATT&CK for Containers tactic id, one of {', '.join(TACTICS)}")
+        return value
+
+    @field_validator("technique")
+    @classmethod
+    def _technique(cls, value: str) -> str:
+        if not _TECHNIQUE_ID.fullmatch(value):
+            raise ValueError("must be an ATT&CK technique id such as T1609 or T1552.007")
+        if value not in TECHNIQUES:
+            raise ValueError(f"is not among the declared ATT&CK for Containers techniques (features.rules.TECHNIQUES): "
+                             f"{', '.join(TECHNIQUES)}")
+        return value
+
+    @field_validator("title_template")
+    @classmethod
+    def _title_template(cls, value: str) -> str:
+        if "\n" in value or not value.strip() or len(value) > TITLE_MAX:
+            raise ValueError(f"must be one non-empty line of at most {TITLE_MAX} characters")
+        unknown = sorted(set(template_fields(value)) - set(TITLE_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"names unknown placeholders {', '.join(unknown)}; known: {', '.join(TITLE_PLACEHOLDERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _technique_under_tactic(self) -> "Rule":
+        if self.tactic not in TECHNIQUES[self.technique].tactics:
+            raise ValueError(f"technique {self.technique} is not under tactic {self.tactic} ({TACTICS[self.tactic]}) in ATT&CK")
+        return self
+
+    @property
+    def tactic_name(self) -> str:
+        return TACTICS[self.tactic]
+
+    @property
+    def technique_name(self) -> str:
+        return TECHNIQUES[self.technique].name
+
+    def title_for(self, event: Mapping) -> str:
+        """The plain one-line title of this rule's hit on ``event`` (``fill_title``)."""
+        return fill_title(self.title_template, event)
+
+    @field_validator("finding_type")
+    @classmethod
+    def _finding_type(cls, value: str) -> str:
+        parts = value.split("/")
+        if not 2 <= len(parts) <= 3 or parts[0] not in FINDING_TYPE_NAMESPACES or not all(parts):
+            raise ValueError(f"must be an ASFF type namespace/category[/classifier] with namespace one of {', '.join(FINDING_TYPE_NAMESPACES)}")
+        if parts[0] == "TTPs" and parts[1] not in TTP_CATEGORIES:
+            raise ValueError(f"TTPs category must be one of {', '.join(TTP_CATEGORIES)}")
         return value
 
     @field_validator("id")
@@ -178,6 +370,19 @@ class RulePack:
 
     def by_id(self) -> dict[str, Rule]:
         return {r.id: r for r in self.rules}
+
+    def headline(self, hits: list[dict], events: list[Mapping]) -> str | None:
+        """A finding's one-line headline: the title of its top rule hit (the first not routine, else the first;
+        hits come weightiest first), filled from the earliest of ``events`` (evidence rows, whose ``why`` lists
+        ``rule:<id>``) that rule matched, or the rule's fixed ``title`` when no such event was kept."""
+        if not hits:
+            return None
+        top = next((hit for hit in hits if not hit.get("routine")), hits[0])
+        rule = self.by_id().get(top["rule"])
+        if rule is None:
+            return None
+        matched = [e for e in events if f"rule:{rule.id}" in (e.get("why") or ())]
+        return rule.title_for(min(matched, key=lambda e: str(e.get("time")))) if matched else rule.title
 
 
 _IDENTIFIER = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\b")

@@ -43,8 +43,11 @@ def catalog_markdown(pack: RulePack) -> str:
         "",
         f"## Rules ({len(pack.rules)})",
         "",
-        "| id | severity | title | condition | rationale |",
-        "|---|---|---|---|---|",
+        "Each rule's ATT&CK for Containers tactic and technique (declared in `features/rules.py` TACTICS and TECHNIQUES), "
+        "and the one-line title filled from the event a finding's headline shows.",
+        "",
+        "| id | severity | tactic | technique | title | title template | condition | rationale |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rule in pack.rules:
         condition = rule.condition
@@ -52,7 +55,9 @@ def catalog_markdown(pack: RulePack) -> str:
             a = rule.aggregate
             measure = f"{a.min}+ distinct {a.distinct}" if a.distinct else f"{a.min}+ events"
             condition += f" — {measure} per {a.by} in {a.window_minutes} min"
-        lines.append(f"| `{rule.id}` | {rule.severity} | {_cell(rule.title)} | `{_cell(condition)}` | {_cell(rule.rationale)} |")
+        lines.append(f"| `{rule.id}` | {rule.severity} | {rule.tactic} {rule.tactic_name} | {rule.technique} "
+                     f"{_cell(rule.technique_name)} | {_cell(rule.title)} | `{_cell(rule.title_template)}` | `{_cell(condition)}` "
+                     f"| {_cell(rule.rationale)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -173,13 +173,14 @@ def with_extras(context: dict) -> dict:
     """The context plus what ``pipeline.report.render.report_extras`` adds (rules, pivots, triage), without a workdir."""
     from pipeline.catalog import load_rule_pack
     from pipeline.report.pivots import pivot_queries
+    from pipeline.report.render import rule_context
 
     findings = context["findings"]
     verdict = {"time": "2026-11-05T08:02:11Z", "finding_id": findings[2]["finding_id"], "verdict": "benign",
                "note": f"on-call debugging {SCRIPT}", "reviewer": "sam", "suppression": None}
     return {
         **context,
-        "rules": {r.id: {"title": r.title, "severity": r.severity, "rationale": r.rationale} for r in load_rule_pack(CONFIG).rules},
+        "rules": rule_context(load_rule_pack(CONFIG)),
         "pivots": {f["finding_id"]: pivot_queries(f, context["evidence"][f["finding_id"]], CONFIG)
                    for f in findings if f["finding_id"] in context["evidence"]},
         "triage": {"precision": {"reviewed": 5, "malicious": 3, "benign": 1, "unsure": 1, "precision": 0.75, "unreadable": 0},

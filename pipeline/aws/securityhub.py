@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from typing import Mapping
 
+from features.rules import Rule
 from pipeline.aws import session as aws
 from pipeline.config import Config
 from pipeline.errors import AwsCallError
@@ -25,14 +27,16 @@ def caller_account(config: Config) -> str:
     return aws.call(sts.get_caller_identity)["Account"]
 
 
-def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, now: datetime | None = None) -> dict:
-    """BatchImportFindings in batches of 100; every batch is sent before rejections are raised."""
+def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, rules: Mapping[str, Rule],
+                           now: datetime | None = None) -> dict:
+    """BatchImportFindings in batches of 100 (``rules``: the rule pack by id, for the finding types); every batch
+    is sent before rejections are raised."""
     client = aws.client("securityhub", config)
     region = client.meta.region_name
     account = caller_account(config)
     product = product_arn(config, region, account)
     updated_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    items = [asff_finding(f, cluster=config.cluster, region=region, account=account, product=product,
+    items = [asff_finding(f, rules=rules, cluster=config.cluster, region=region, account=account, product=product,
                           updated_at=updated_at, run_result=run_result) for f in findings]
     imported, failed = 0, []
     for start in range(0, len(items), BATCH_SIZE):

@@ -58,10 +58,10 @@ def print_findings(findings: list[dict], top: int) -> None:
     """The top findings as a terminal table: log-derived text printed literally, never as markup, with control
     characters and bidirectional overrides shown as escapes (``pipeline.text.printable``)."""
     table = Table(title=f"top {min(top, len(findings))} of {len(findings)} entity windows", show_lines=False)
-    for column in ("rank", "score", "flag", "entity", "window (UTC)", "rules", "top reason"):
+    for column in ("rank", "score", "flag", "entity", "window (UTC)", "what happened", "top reason"):
         table.add_column(column, overflow="fold")
     for f in findings[:top]:
-        rules = ", ".join(f"{h['rule']}×{h['count']}" for h in f["rule_hits"][:3])
+        rules = f.get("headline") or ", ".join(f"{h['rule']}×{h['count']}" for h in f["rule_hits"][:3])
         reason = f["reasons"][0] if f["reasons"] else None
         reason_text = f"{reason['feature']}={reason['value']} (usual {reason['baseline']})" if reason else ""
         flag = "FLAG" if f["flagged"] else ("supp" if f.get("suppressed") else "")

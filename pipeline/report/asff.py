@@ -14,7 +14,9 @@ first FailedFindings reason, after every batch has been sent."""
 from __future__ import annotations
 
 import re
+from typing import Mapping
 
+from features.rules import TTP_CATEGORIES, Rule
 from pipeline.aws.arn import partition
 from pipeline.config import Config
 
@@ -24,75 +26,6 @@ TITLE_MAX, DESCRIPTION_MAX, FIELD_MAX, SUBJECT_MAX = 256, 1024, 2048, 100
 SEVERITY_ORDER = ("INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 RULE_SEVERITY = {"info": "INFORMATIONAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "critical": "CRITICAL"}
 ENTITY_TYPES = {"user": "Unusual Behaviors/User", "source_ip": "Unusual Behaviors/IP address"}
-RULE_TYPES = {
-    "rbac_object_changed": "TTPs/Privilege Escalation",
-    "unauthorized_secret_read": "TTPs/Credential Access",
-    "anonymous_request_failed": "TTPs/Initial Access",
-    "aws_auth_modified": "TTPs/Persistence",
-    "webhook_sends_objects_outside_cluster": "TTPs/Persistence",
-    "webhook_disabled": "TTPs/Defense Evasion",
-    "sensitive_write_body_unreadable": "TTPs/Defense Evasion",
-    "anonymous_access_allowed": "TTPs/Initial Access",
-    "anonymous_binding_created": "TTPs/Persistence",
-    "admin_binding_created": "TTPs/Privilege Escalation",
-    "default_service_account_bound": "TTPs/Privilege Escalation",
-    "dangerous_role_created": "TTPs/Privilege Escalation",
-    "system_role_modified": "TTPs/Privilege Escalation",
-    "impersonation_used": "TTPs/Privilege Escalation",
-    "webhook_configuration_changed": "TTPs/Persistence",
-    "exec_in_system_namespace": "TTPs/Execution",
-    "exec_into_pod": "TTPs/Execution",
-    "exec_suspicious_command": "TTPs/Execution",
-    "portforward_or_ephemeral": "TTPs/Lateral Movement",
-    "privileged_workload_created": "TTPs/Privilege Escalation",
-    "pod_created_in_system_namespace": "TTPs/Defense Evasion",
-    "persistence_workload_created": "TTPs/Persistence",
-    "nodeport_service_created": "TTPs/Persistence",
-    "service_account_token_minted": "TTPs/Credential Access",
-    "system_service_account_token_requested": "TTPs/Privilege Escalation",
-    "client_certificate_requested": "TTPs/Credential Access",
-    "events_deleted": "TTPs/Defense Evasion",
-    "events_bulk_deleted": "TTPs/Defense Evasion",
-    "cluster_wide_secret_list": "TTPs/Credential Access",
-    "system_identity_from_public_ip": "TTPs/Initial Access",
-    "service_account_token_used_outside": "TTPs/Credential Access",
-    "threat_list_source": "TTPs/Initial Access",
-    "audit_id_reused": "TTPs/Defense Evasion",
-    "credentials_used_from_new_place_and_client": "TTPs/Initial Access",
-    "new_client_family_for_identity": "TTPs/Initial Access",
-    "privileged_change_from_new_place": "TTPs/Privilege Escalation",
-    "escalation_attempt_refused": "TTPs/Privilege Escalation",
-    "secrets_sweep": "TTPs/Credential Access",
-    "denied_secret_burst": "TTPs/Credential Access",
-    "forbidden_enumeration": "TTPs/Discovery",
-    "permission_checks": "TTPs/Discovery",
-    "public_403_burst": "TTPs/Discovery",
-    "unauthenticated_burst": "TTPs/Initial Access",
-    "configmap_credentials_written": "TTPs/Credential Access",
-    "system_namespace_service_account_created": "TTPs/Persistence",
-    "cluster_dns_modified": "TTPs/Credential Access",
-    "secret_written": "TTPs/Persistence",
-    "secret_read_by_scripted_client": "TTPs/Credential Access",
-    "sensitive_namespace_secret_list": "TTPs/Credential Access",
-    "workload_identity_permission_check": "TTPs/Discovery",
-    "anonymous_workload_write": "TTPs/Execution",
-    "refused_create": "TTPs/Discovery",
-    "node_registered_by_other_identity": "TTPs/Persistence",
-    "workload_lifecycle": "TTPs/Execution",
-    "service_lifecycle": "TTPs/Persistence",
-    "configmap_lifecycle": "TTPs/Persistence",
-    "namespace_lifecycle": "TTPs/Persistence",
-    "service_account_lifecycle": "TTPs/Persistence",
-    "secret_read_by_new_client": "TTPs/Credential Access",
-    "workload_identity_secret_read_new": "TTPs/Credential Access",
-    "refused_with_new_client": "TTPs/Discovery",
-    "rbac_write_new_for_identity": "TTPs/Privilege Escalation",
-    "exec_new_for_identity": "TTPs/Execution",
-    "workload_write_new_for_identity": "TTPs/Execution",
-    "secret_reads_by_new_client": "TTPs/Credential Access",
-    "discovery_burst_new_client": "TTPs/Discovery",
-    "anonymous_enumeration": "TTPs/Discovery",
-}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -129,12 +62,19 @@ def severity_label(finding: dict) -> str:
     return max(labels, key=SEVERITY_ORDER.index, default="LOW")
 
 
-def finding_types(finding: dict) -> list[str]:
+def finding_types(finding: dict, rules: Mapping[str, Rule]) -> list[str]:
+    """The entity's unusual-behaviour type, then per hit rule (from the rule pack) its ``finding_type`` and its
+    ATT&CK tactic and technique as ``TTPs/<tactic name>/<technique id>`` (namespace/category/classifier), once each.
+    Impact has no TTPs category in ASFF's taxonomy, so an Impact rule adds its finding_type only."""
     types = [ENTITY_TYPES.get(finding["entity_type"], "Unusual Behaviors/Application")]
     for hit in finding.get("rule_hits", []):
-        kind = RULE_TYPES.get(hit["rule"])
-        if kind and kind not in types:
-            types.append(kind)
+        rule = rules.get(hit["rule"])
+        if rule is None:
+            continue
+        attack = f"TTPs/{rule.tactic_name}/{rule.technique}" if rule.tactic_name in TTP_CATEGORIES else None
+        for kind in (rule.finding_type, attack):
+            if kind and kind not in types:
+                types.append(kind)
     return types
 
 
@@ -150,13 +90,13 @@ def _description(finding: dict) -> str:
     return clean(" ".join(parts), DESCRIPTION_MAX)
 
 
-def asff_finding(finding: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
+def asff_finding(finding: dict, *, rules: Mapping[str, Rule], cluster: str, region: str, account: str, product: str, updated_at: str,
                  run_result: dict) -> dict:
-    """One auditsift finding in the AWS Security Finding Format."""
+    """One auditsift finding in the AWS Security Finding Format; ``rules`` is the rule pack by id (``RulePack.by_id``)."""
     arn_partition = partition(region)
     hits = finding.get("rule_hits", [])
     severity = {"Label": severity_label(finding), "Original": f"{finding['score']:.3f}"}
-    types = finding_types(finding)
+    types = finding_types(finding, rules)
     fields = {
         "auditsift/entity_type": finding["entity_type"],
         "auditsift/entity": finding["entity"],

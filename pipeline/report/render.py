@@ -406,13 +406,19 @@ def render_html(context: dict) -> str:
                                                      style=Markup(style))
 
 
+def rule_context(pack) -> dict:
+    """What the report shows of each rule: title, severity, rationale, ATT&CK tactic name and technique."""
+    return {r.id: {"title": r.title, "severity": r.severity, "rationale": r.rationale, "tactic": r.tactic_name,
+                   "technique": r.technique, "technique_name": r.technique_name} for r in pack.rules}
+
+
 def report_extras(ctx, findings: list[dict], evidence: dict) -> dict:
     """Context the report adds to the score stage's files: rule titles, pivot queries per finding
     with evidence, and the triage record (each finding's latest verdict, precision so far)."""
 
     ids = {f["finding_id"] for f in findings}
     return {
-        "rules": {r.id: {"title": r.title, "severity": r.severity, "rationale": r.rationale} for r in load_rule_pack(ctx.config).rules},
+        "rules": rule_context(load_rule_pack(ctx.config)),
         "pivots": {f["finding_id"]: pivot_queries(f, evidence[f["finding_id"]], ctx.config) for f in findings if f["finding_id"] in evidence},
         "triage": {"precision": precision(ctx.storage, ctx.cluster),
                    "verdicts": {k: v for k, v in latest_verdicts(ctx.storage, ctx.cluster).items() if k in ids}},

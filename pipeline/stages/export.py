@@ -2,6 +2,7 @@
 configuration enables (``findings.securityhub.enabled``, ``findings.sns.enabled``)."""
 from __future__ import annotations
 
+from pipeline.catalog import load_rule_pack
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.errors import StageError
@@ -22,7 +23,8 @@ def export_findings(config: Config, findings: list[dict], run_result: dict) -> d
         if selected:
             from pipeline.aws.securityhub import import_to_security_hub  # boto3 loads only when an export is enabled
 
-            result["securityhub"] = {"selected": len(selected), **import_to_security_hub(config, selected, run_result)}
+            rules = load_rule_pack(config).by_id()
+            result["securityhub"] = {"selected": len(selected), **import_to_security_hub(config, selected, run_result, rules)}
     if config.findings.sns.enabled:
         from pipeline.aws.sns import publish_summary  # boto3 loads only when an export is enabled
 

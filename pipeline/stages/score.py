@@ -172,9 +172,11 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
                 record["repeats_rank"] = position[row.repeats] + 1
             findings.append(record)
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
-        ctx.storage.write_json(f"{out}/findings.json", findings)
         reported = findings[: ctx.config.report.top_n]
         detail = evidence.rows({_key_of(f) for f in reported})
+        for f in findings:
+            f["headline"] = pack.headline(f["rule_hits"], detail.get(_key_of(f), []))
+        ctx.storage.write_json(f"{out}/findings.json", findings)
         ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import botocore.session
 import pytest
@@ -11,14 +10,16 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.aws import session as aws_session
+from pipeline.catalog import load_rule_pack
 from pipeline.cli.export import export_command
+from pipeline.config import load_config
 from pipeline.errors import AwsCallError
 from pipeline.io.storage import LocalStorage
-from pipeline.report.asff import DESCRIPTION_MAX, RULE_TYPES, TITLE_MAX, asff_finding, exportable, severity_label
+from pipeline.report.asff import DESCRIPTION_MAX, TITLE_MAX, asff_finding, exportable, severity_label
 from pipeline.stages.export import export_findings
 from tests.aws.conftest import ACCOUNT, REGION, client_events, hermetic_aws, make_config, moto_url  # noqa: F401
 
-RULES_FILE = Path(__file__).resolve().parents[3] / "configs" / "rules.yaml"
+PACK = load_rule_pack(load_config()).by_id()
 RUN = {"run_id": "20261108T061500Z-abc123", "report": "s3://audit-bucket/auditsift/reports/cluster=demo/r/report.html",
        "ranges": {"score_from": "2026-11-07T05:00:00Z", "score_to": "2026-11-08T05:00:00Z"}}
 
@@ -83,7 +84,7 @@ def test_min_score_and_suppression_decide_what_is_exported():
 def test_every_exported_finding_is_valid_asff_with_log_text_cut_and_flattened():
     hostile = "evil\n<script>alert(1)</script>\x1b[31m" + "x" * 2000
     record = finding(7, entity=hostile, hits=[("aws_auth_modified", "critical"), ("secrets_sweep", "high")])
-    asff = asff_finding(record, cluster="demo", region=REGION, account=ACCOUNT, product="arn:aws:securityhub:x",
+    asff = asff_finding(record, rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="arn:aws:securityhub:x",
                         updated_at="2026-11-08T06:20:00.000000Z", run_result=RUN)
     model = botocore.session.get_session().get_service_model("securityhub").shape_for("AwsSecurityFinding")
     assert set(model.required_members) <= set(asff)
@@ -94,12 +95,24 @@ def test_every_exported_finding_is_valid_asff_with_log_text_cut_and_flattened():
     assert "<script>" in asff["Title"], "log-derived text is kept as plain data, not rendered or stripped as markup"
     assert asff["Id"] == f"demo/{7:020x}" and asff["GeneratorId"] == "auditsift/aws_auth_modified"
     assert asff["Severity"] == asff["FindingProviderFields"]["Severity"] == {"Label": "CRITICAL", "Original": "2.000"}
-    assert asff["Types"] == ["Unusual Behaviors/User", "TTPs/Persistence", "TTPs/Credential Access"]
+    assert asff["Types"] == asff["FindingProviderFields"]["Types"] == [
+        "Unusual Behaviors/User", "TTPs/Persistence", "TTPs/Persistence/T1098.006", "TTPs/Credential Access",
+        "TTPs/Credential Access/T1552.007"]
     assert asff["Resources"] == [{"Type": "AwsEksCluster", "Id": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/demo",
                                   "Partition": "aws", "Region": REGION, "Details": {"AwsEksCluster": {"Name": "demo"}}}]
     assert (asff["FirstObservedAt"], asff["LastObservedAt"]) == (record["window_start"], record["window_end"])
     assert asff["ProductFields"]["auditsift/rules"] == "aws_auth_modified,secrets_sweep"
     assert "Note" not in asff
+
+
+def test_asff_types_carry_each_rules_finding_type_and_attack_tactic_once_from_the_pack():
+    record = finding(3, entity_type="source_ip", hits=[("exec_into_pod", "medium"), ("exec_suspicious_command", "high"),
+                                                        ("privileged_workload_created", "high")])
+    types = asff_finding(record, rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="p",
+                         updated_at="2026-11-08T06:20:00.000000Z", run_result=RUN)["Types"]
+    assert types == ["Unusual Behaviors/IP address", "TTPs/Execution", "TTPs/Execution/T1609", "TTPs/Privilege Escalation",
+                     "TTPs/Privilege Escalation/T1611"]
+    assert all(len(kind.split("/")) in (2, 3) and len(kind) <= 128 for kind in types)
 
 
 @pytest.mark.parametrize("record, label", [
@@ -112,14 +125,6 @@ def test_every_exported_finding_is_valid_asff_with_log_text_cut_and_flattened():
 ])
 def test_severity_is_the_worst_of_non_routine_rules_and_model(record, label):
     assert severity_label(record) == label
-
-
-def test_every_rule_in_the_pack_has_an_asff_type():
-    rules = {rule["id"] for rule in yaml.safe_load(RULES_FILE.read_text())["rules"]}
-    assert rules == set(RULE_TYPES)
-    categories = {"Data Exfiltration", "Command and Control", "Credential Access", "Defense Evasion", "Discovery",
-                  "Execution", "Initial Access", "Lateral Movement", "Persistence", "Privilege Escalation"}
-    assert {kind.split("/")[1] for kind in RULE_TYPES.values()} <= categories
 
 
 def test_rejected_findings_raise_one_line_naming_the_call_after_all_batches_are_sent(make_config, client_events):

@@ -346,3 +346,16 @@ def test_report_extras_bring_rules_pivots_and_triage_into_the_report(tmp_path):
     html = render_html({**built, **extras})
     assert "Triaged <b>malicious</b>" in html and "confirmed &lt;script&gt;" in html and "50%" in html
     assert "Triaged malicious" in render_markdown({**built, **extras})
+
+
+def test_a_findings_headline_and_its_rules_tactics_show_escaped_in_html_and_markdown():
+    from tests.report_factory import SCRIPT, make_context, with_extras
+
+    context = with_extras(make_context())
+    finding = next(f for f in context["findings"] if f["rule_hits"] and f["finding_id"] in context["evidence"])
+    finding["headline"] = f"{SCRIPT} patched deployments web/api"
+    rule = context["rules"][finding["rule_hits"][0]["rule"]]
+    html, markdown = render_html(context), render_markdown(context)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; patched deployments web/api" in html and SCRIPT not in html
+    assert f">{rule['tactic']}</span>" in html and rule["technique"] in html
+    assert "patched deployments web/api" in markdown and f"({rule['tactic']}, {rule['technique']}): " in markdown
