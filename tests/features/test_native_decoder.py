@@ -24,7 +24,7 @@ def test_damaged_lines_end_up_the_same_with_either_decoder(tmp_path, seed):
 
 
 def test_a_status_code_beyond_64_bits_next_to_a_number_beyond_a_double_is_archived_alike(tmp_path):
-    """Seed 2 of the differential, on an exported record without a verb (as the shared EKS fixtures): both numbers
+    """Seeds 2 and 3 of the differential, on an exported record without a verb (as the shared EKS fixtures): both numbers
     are valid JSON and msgspec's block path took the line (its int holds any integer; the unread number is skipped),
     while the C decoder left it over the code, and the per-line path (orjson refuses the infinity; salvage needs a
     verb) quarantined it as invalid_json."""
