@@ -231,6 +231,14 @@ static int few_openers(const char *text, size_t size)
     return openers < MAX_OPENERS;
 }
 
+/* Whether a number yyjson kept as text (YYJSON_READ_BIGNUM_AS_RAW) is an integer: no fraction, no exponent. */
+static int integer_text(yyjson_val *v)
+{
+    const char *text = yyjson_get_raw(v);
+    size_t size = yyjson_get_len(v);
+    return memchr(text, '.', size) == NULL && memchr(text, 'e', size) == NULL && memchr(text, 'E', size) == NULL;
+}
+
 /* One line: 1 if appended, 0 if left to the per-line path, -1 on a Python error. */
 static int normalize_line(Columns *c, const char *text, size_t size, PyObject *body_resources)
 {
@@ -296,8 +304,10 @@ static int normalize_line(Columns *c, const char *text, size_t size, PyObject *b
             int64_t value = yyjson_get_sint(status[0]);
             code_valid = value >= 0 && value < 1000;
             code = (int32_t)(code_valid ? value : 0);
+        } else if (yyjson_is_raw(status[0]) && integer_text(status[0])) {
+            code_valid = 0; /* an integer beyond 64 bits: an int to msgspec too, no valid code; the line is taken */
         } else {
-            goto done; /* floats, booleans, numbers kept as text: the per-line path decides them */
+            goto done; /* floats (also beyond a double), booleans: msgspec's int refuses them, the per-line path decides */
         }
     }
 
