@@ -109,9 +109,9 @@ DRIVER = """<script>
   var shown = function () { return rows().filter(function (r) { return !r.hidden; }).length; };
   var events = document.querySelector('#findings-table th button[data-col="7"]');
   events.click();
-  var ascending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
-  events.click();
   var descending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
+  events.click();
+  var ascending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
   var filter = document.getElementById("findings-filter");
   filter.value = "ALICE@corp";
   filter.dispatchEvent(new Event("input"));
@@ -127,7 +127,8 @@ DRIVER = """<script>
 
 
 def test_table_sorts_filters_and_toggles_flagged_only(report, tmp_path):
-    """The shipped script's behaviour, driven by a test-only script (this copy drops the CSP to let it run)."""
+    """The shipped script's behaviour, driven by a test-only script (this copy drops the CSP to let it run): a number column
+    sorts highest first on the first click (the issue: sorting by score put the lowest first), lowest on the second."""
     html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text(encoding="utf-8"))
     driven = tmp_path / "driven.html"
     driven.write_text(html.replace("</body>", DRIVER + "</body>"), encoding="utf-8")
