@@ -9,7 +9,7 @@ WORKDIR ?= work
 BENCH_SIZES ?= 250000 1000000
 SEEDS ?= 1 2 3 4 5
 
-.PHONY: install run test bench bench-full evaluate reliability fuzz compiler browser nodetools clean
+.PHONY: install run runbook test bench bench-full evaluate reliability fuzz compiler browser nodetools clean
 
 # setup.py compiles features._fastnorm (the archive's C JSON decoder) into the editable install.
 $(STAMP): pyproject.toml setup.py features/_native/fastnorm.c | compiler
@@ -40,6 +40,10 @@ run: $(STAMP)
 	$(BIN)/auditsift sample --out $(SAMPLE_DIR) --days 4 --seed 7
 	$(BIN)/auditsift run --input $(SAMPLE_DIR) --workdir $(WORKDIR) \
 		--now $$($(BIN)/python -c 'import sys; from pipeline.sample import sample_clock; print(sample_clock(sys.argv[1]).isoformat())' $(SAMPLE_DIR))
+
+# docs/runbook.md's worked example from the sample run (tools/runbook.py; tests/tools/test_runbook.py keeps them equal).
+runbook: run
+	$(BIN)/python -m tools.runbook --workdir $(WORKDIR) --write
 
 # ruff first (pyproject [tool.ruff]: pyflakes, syntax errors, import order), then the suite, which also enforces
 # the layering (tests/test_architecture.py).

@@ -186,3 +186,14 @@ def with_extras(context: dict) -> dict:
         "triage": {"precision": {"reviewed": 5, "malicious": 3, "benign": 1, "unsure": 1, "precision": 0.75, "unreadable": 0},
                    "verdicts": {verdict["finding_id"]: verdict}},
     }
+
+
+def incidents_of(context: dict) -> list[dict]:
+    """The incident records ``pipeline.report.incidents.group_incidents`` makes of the context's findings, linked by their
+    evidence (each evidence event indexed under its finding, as the score stage passes them)."""
+    from pipeline.report.incidents import group_incidents
+
+    by_id = {f["finding_id"]: f for f in context["findings"]}
+    index = [{**e, "entity_type": by_id[fid]["entity_type"], "entity": by_id[fid]["entity"], "window_start": by_id[fid]["window_start"]}
+             for fid, events in context["evidence"].items() for e in events]
+    return [incident.to_record() for incident in group_incidents(context["findings"], index)]

@@ -29,9 +29,11 @@ from pipeline.report.pivots import pivot_queries
 from pipeline.triage import latest_verdicts, precision
 
 DETAIL_TOP = 50
-MD_TABLE_TOP = 50
-MD_DETAIL_TOP = 20
-MD_EVIDENCE_TOP = 15
+MD_TABLE_TOP = 20
+MD_INCIDENTS_TOP = 25
+MD_INCIDENT_FINDINGS = 8
+MD_BUDGET = 30_000
+"""report.md is a ticket: at most this many characters. Incidents beyond what fits are counted and left to report.html."""
 TOP_EVENTS = 100
 TOUCHED_TOP = 8
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
@@ -70,6 +72,17 @@ def anchor(finding_id: str) -> str:
     return "f-" + re.sub(r"[^0-9a-f]", "", str(finding_id).lower())
 
 
+def clip(value, most: int = 80) -> str:
+    """At most ``most`` characters of a log value (names in a ticket-sized summary), marked when cut."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def incident_anchor(incident_id: str) -> str:
+    """The in-page anchor of an incident: the hex part of ``inc-<hex>``, never log text."""
+    return "i-" + re.sub(r"[^0-9a-f]", "", str(incident_id).lower().removeprefix("inc-"))
+
+
 # --------------------------------------------------------------------------- formatting
 def num(value, digits: int = 3) -> str:
     """A number for people: integers as integers, others to ``digits`` significant digits."""
@@ -102,6 +115,15 @@ def clock(text: str) -> str:
     """An evidence timestamp to the millisecond, without the date (the window gives it)."""
     moment = parse_time(text)
     return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def time_span(first: str | None, last: str | None) -> str:
+    """'2026-11-07 07:22–07:23 UTC', or with both dates when the span crosses midnight."""
+    if not first or not last:
+        return "–"
+    start, end = parse_time(first), parse_time(last)
+    tail = f"{end:%H:%M}" if start.date() == end.date() else f"{end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M}–{tail} UTC"
 
 
 def finding_level(finding: dict) -> str:
@@ -289,8 +311,15 @@ def touched(events: list[dict], entity_type: str) -> list[tuple[str, list[tuple[
     return [(name, Counter(str(v) for v in values if v not in (None, "")).most_common(TOUCHED_TOP)) for name, values in groups]
 
 
+def incident_records(incidents) -> list[dict]:
+    """Incidents as records (``pipeline.report.incidents.Incident.to_record`` or incidents.jsonl lines), rank order."""
+    records = [i.to_record() if hasattr(i, "to_record") else dict(i) for i in incidents or ()]
+    return sorted(records, key=lambda i: i["rank"])
+
+
 def build_view(context: dict) -> dict:
-    """Everything the templates show, derived from the report context (charts already rendered)."""
+    """Everything the templates show, derived from the report context (charts already rendered). Incidents lead: each
+    with its member findings; the findings table holds the findings in no incident, quiet ones behind a count."""
     run = context["run"]
     findings = context["findings"]
     top_n = context.get("top_n", 200)
@@ -301,6 +330,12 @@ def build_view(context: dict) -> dict:
     events = context.get("events") or []
     left_out = scored.get("quiet_left_out") or {}
     by_type = scored.get("by_entity_type")
+    by_id = {f["finding_id"]: f for f in findings}
+    incidents = [{**record, "members": [by_id[i] for i in record["finding_ids"] if i in by_id]}
+                 for record in incident_records(context.get("incidents"))]
+    member_of = {fid: incident for incident in incidents for fid in incident["finding_ids"]}
+    loose = [f for f in active if f["finding_id"] not in member_of]
+    table = loose[:top_n]
     return {
         "threshold": weight,
         "histogram": svg_histogram([f["score"] for f in findings], weight, [f["flagged"] for f in findings]) if findings else None,
@@ -312,7 +347,13 @@ def build_view(context: dict) -> dict:
         "left_out": {t: n for t, n in left_out.items() if n},
         "left_out_total": sum(left_out.values()),
         "quiet_per_entity_type": ((run.get("config") or {}).get("report") or {}).get("quiet_per_entity_type"),
-        "table": active[:top_n],
+        "incidents": incidents,
+        "incidents_flagged": sum(bool(i["flagged"]) for i in incidents),
+        "member_of": member_of,
+        "table": table,
+        "table_quiet": sum(not f["flagged"] for f in table),
+        "loose_total": len(loose),
+        "loose_flagged": [f for f in loose if f["flagged"]],
         "active_total": len(active),
         "details": details,
         "detail_ids": {d["finding"]["finding_id"] for d in details},
@@ -326,14 +367,15 @@ def build_view(context: dict) -> dict:
 
 
 def finding_details(active: list[dict], evidence: dict, timelines: dict, ranges: dict) -> list[dict]:
-    """The top DETAIL_TOP unsuppressed findings that have evidence, with their charts and what they touched."""
+    """The top DETAIL_TOP unsuppressed findings that have evidence, with their charts and what they touched; evidence in
+    time order (the score stage keeps the most relevant events; read in order, an attack reads as it happened)."""
     details = []
     for finding in active:
         if len(details) == DETAIL_TOP:
             break
         if finding["finding_id"] not in evidence:
             continue
-        events = evidence[finding["finding_id"]]
+        events = sorted(evidence[finding["finding_id"]], key=lambda e: (e.get("time") or "", e.get("audit_id") or ""))
         series = timelines.get(f"{finding['entity_type']}|{finding['entity']}", [])
         details.append({
             "finding": finding,
@@ -377,7 +419,7 @@ def _environment(autoescape: bool) -> Environment:
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True, finalize=lambda value: "" if value is None else value)
     env.filters.update(md=md_escape, fence=md_fence, num=num, short_time=short_time, window=window_label, clock=clock,
-                       level=finding_level, anchor=anchor)
+                       level=finding_level, anchor=anchor, incident_anchor=incident_anchor, span=time_span, clip=clip)
     env.globals.update(features=FEATURE_BY_NAME)
     return env
 
@@ -391,13 +433,28 @@ def csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def render_markdown(context: dict) -> str:
+def _with_incidents(context: dict, incidents) -> dict:
+    return context if incidents is None else {**context, "incidents": incidents}
+
+
+def render_markdown(context: dict, incidents=None) -> str:
+    """report.md: a ticket-sized summary (under ``MD_BUDGET`` characters): run facts, incidents, the flagged findings in no
+    incident, and where report.html is for the rest. Incidents that do not fit are counted, never cut mid-record."""
+    context = _with_incidents(context, incidents)
     env = _environment(autoescape=False)
-    return env.get_template("report.md.j2").render(**context, view=build_view(context), md_detail_top=MD_DETAIL_TOP,
-                                                   md_table_top=MD_TABLE_TOP, md_evidence_top=MD_EVIDENCE_TOP)
+    view = build_view(context)
+    template = env.get_template("report.md.j2")
+    shown = min(len(view["incidents"]), MD_INCIDENTS_TOP)
+    while True:
+        text = template.render(**context, view=view, md_incidents_top=shown, md_table_top=MD_TABLE_TOP,
+                               md_incident_findings=MD_INCIDENT_FINDINGS)
+        if len(text) < MD_BUDGET or shown == 0:
+            return text
+        shown //= 2
 
 
-def render_html(context: dict) -> str:
+def render_html(context: dict, incidents=None) -> str:
+    context = _with_incidents(context, incidents)
     env = _environment(autoescape=True)
     script, style = _asset(env, "report.js"), _asset(env, "report.css")
     csp = (f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "

@@ -263,7 +263,7 @@ def test_report_md_has_no_html_links_or_broken_tables_from_payloads(full_run, re
     """Markdown renders log values as text: no raw <script, no link syntax, no injected heading or table cell."""
     text = full_run["md"]
     injected = [line for line in text.splitlines() if line.lstrip().startswith(INJECTED_HEADING)]
-    ranked = text[text.index("## Ranked findings"):text.index("## Finding details")]
+    ranked = text[text.index("## Flagged findings in no incident"):]
     columns = {len(re.findall(r"(?<!\\)\|", line)) for line in ranked.splitlines() if line.startswith("|")}
     prose = re.sub(r"^(`{3,})[^\n]*\n.*?\n\1$", "", text, flags=re.M | re.S)  # pivot queries: fenced, shown as typed
     unescaped = re.findall(r"(?<!\\)<script", prose, re.I)

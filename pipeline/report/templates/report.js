@@ -7,6 +7,7 @@
     var filter = document.getElementById("findings-filter");
     var flaggedOnly = document.getElementById("findings-flagged");
     var shown = document.getElementById("findings-shown");
+    var showQuiet = document.getElementById("show-quiet");
     var apply = function () {
       var query = filter.value.trim().toLowerCase();
       var visible = 0;
@@ -14,7 +15,7 @@
         var show = (!flaggedOnly.checked || row.classList.contains("is-flagged")) &&
           (!query || row.textContent.toLowerCase().indexOf(query) !== -1);
         row.hidden = !show;
-        if (show) { visible += 1; }
+        if (show && (showQuiet.checked || !row.classList.contains("quiet"))) { visible += 1; }
       });
       shown.textContent = visible + " of " + rows.length + " shown";
     };
@@ -31,7 +32,9 @@
         var index = parseInt(button.getAttribute("data-col"), 10);
         var numeric = button.getAttribute("data-type") === "num";
         var header = button.parentNode;
-        var ascending = header.getAttribute("aria-sort") !== "ascending";
+        // numbers (rank aside) sort highest first on the first click, text A to Z; a second click reverses
+        var current = header.getAttribute("aria-sort");
+        var ascending = current ? current !== "ascending" : (!numeric || index === 0);
         Array.prototype.forEach.call(table.tHead.querySelectorAll("th"), function (th) { th.removeAttribute("aria-sort"); });
         header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
         rows.sort(function (a, b) {
@@ -44,6 +47,7 @@
     });
     filter.addEventListener("input", apply);
     flaggedOnly.addEventListener("change", apply);
+    showQuiet.addEventListener("change", apply);
     document.getElementById("findings-controls").hidden = false;
     apply();
   }

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.report.render import render_html
 from tests.pipeline.report.test_report_render import ALLOWED_TAGS, parse
-from tests.report_factory import make_context, with_extras
+from tests.report_factory import incidents_of, make_context, with_extras
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -109,9 +109,9 @@ DRIVER = """<script>
   var shown = function () { return rows().filter(function (r) { return !r.hidden; }).length; };
   var events = document.querySelector('#findings-table th button[data-col="7"]');
   events.click();
-  var ascending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
-  events.click();
   var descending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
+  events.click();
+  var ascending = rows().map(function (r) { return Number(r.cells[7].getAttribute("data-v")); });
   var filter = document.getElementById("findings-filter");
   filter.value = "ALICE@corp";
   filter.dispatchEvent(new Event("input"));
@@ -127,7 +127,8 @@ DRIVER = """<script>
 
 
 def test_table_sorts_filters_and_toggles_flagged_only(report, tmp_path):
-    """The shipped script's behaviour, driven by a test-only script (this copy drops the CSP to let it run)."""
+    """The shipped script's behaviour, driven by a test-only script (this copy drops the CSP to let it run): a number column
+    sorts highest first on the first click (the issue: sorting by score put the lowest first), lowest on the second."""
     html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text(encoding="utf-8"))
     driven = tmp_path / "driven.html"
     driven.write_text(html.replace("</body>", DRIVER + "</body>"), encoding="utf-8")
@@ -152,3 +153,55 @@ def test_screenshot_is_a_real_report(report, tmp_path):
     assert white / len(pixels) < 0.9
     reds = sum(1 for p in colours if p[0] > 180 and p[1] < 90 and p[2] < 80)
     assert reds, "no severity colour on the page"
+
+
+@pytest.fixture(scope="module")
+def report_with_incidents(tmp_path_factory) -> Path:
+    context = with_extras(make_context())
+    path = tmp_path_factory.mktemp("report-incidents") / "report.html"
+    path.write_text(render_html(context, incidents_of(context)), encoding="utf-8")
+    return path
+
+
+# Headless Chromium will not make a window narrower than 500 px, so the report is laid out in an iframe of the width under
+# test (its own viewport: media queries, innerWidth and scrolling are the iframe's). The wrapper reads the iframe's document
+# (both file: pages, allowed by --allow-file-access-from-files); the report keeps its CSP and runs its own script.
+VIEWPORT = """<!doctype html><html><body style="margin:0">
+<iframe id="report" src="report.html" style="width:{width}px;height:900px;border:0"></iframe>
+<script>
+document.getElementById("report").addEventListener("load", function () {{
+  var win = this.contentWindow, doc = win.document, page = doc.scrollingElement;
+  var heads = Array.prototype.slice.call(doc.querySelectorAll("table.evidence")[0].tHead.rows[0].cells);
+  var column = heads.findIndex(function (th) {{ return th.textContent.trim() === "why"; }});
+  var why = heads[column], cell = doc.querySelectorAll("table.evidence")[0].tBodies[0].rows[0].cells[column];
+  why.scrollIntoView({{block: "center", inline: "nearest"}});
+  var box = why.closest(".scroll");
+  box.scrollLeft = 0;
+  var head = why.getBoundingClientRect(), body = cell.getBoundingClientRect(), shown = box.getBoundingClientRect();
+  var charts = Array.prototype.map.call(doc.querySelectorAll("svg.chart"), function (svg) {{ return svg.getBoundingClientRect().width; }});
+  var result = {{scrollWidth: page.scrollWidth, innerWidth: win.innerWidth, why: why.textContent,
+    whyLeft: Math.min(head.left, body.left), whyRight: Math.max(head.right, body.right), boxRight: shown.right,
+    incidents: doc.getElementById("incidents").getBoundingClientRect().top, findings: doc.getElementById("findings").getBoundingClientRect().top,
+    narrowestChart: Math.min.apply(null, charts), ready: doc.body.getAttribute("data-ready")}};
+  document.body.setAttribute("data-result", JSON.stringify(result));
+}});
+</script></body></html>"""
+
+
+@pytest.mark.parametrize("width", [390, 1440])
+def test_page_fits_the_width_and_the_evidence_why_column_is_in_view(report_with_incidents, tmp_path, width):
+    """The issue at 390 px: the page was 969 px wide (the overview grid fixed at 300 + 420 px); at 1440 px the evidence
+    tables' 12 columns pushed "why" off-screen. Now: no page-level horizontal scroll, "why" inside the viewport once
+    scrolled to (down the page, not sideways in its table's box), incidents above the findings table, charts at a readable
+    width."""
+    (report_with_incidents.parent / f"at-{width}.html").write_text(VIEWPORT.format(width=width), encoding="utf-8")
+    result = chromium(tmp_path, "--allow-file-access-from-files", "--window-size=1500,1000", "--virtual-time-budget=5000",
+                      "--dump-dom", (report_with_incidents.parent / f"at-{width}.html").as_uri())
+    match = re.search(r'data-result="([^"]*)"', result.stdout)
+    assert match, result.stderr[-2000:]
+    data = json.loads(htmlmod.unescape(match[1]))
+    assert data["innerWidth"] == width and data["ready"] == "1"
+    assert data["scrollWidth"] <= data["innerWidth"], data
+    assert data["why"] == "why" and 0 <= data["whyLeft"] and data["whyRight"] <= min(data["innerWidth"], data["boxRight"]), data
+    assert data["incidents"] < data["findings"]
+    assert data["narrowestChart"] >= 300, data

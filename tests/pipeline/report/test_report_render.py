@@ -21,6 +21,7 @@ from pipeline.context import RunContext
 from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.report.pivots import ATHENA_COLUMNS, insights_query, pivot_queries, sql_string, sql_table
 from pipeline.report.render import (
+    MD_BUDGET,
     csp_hash,
     md_escape,
     md_fence,
@@ -34,6 +35,7 @@ from pipeline.report.render import (
 from pipeline.stages.archive import archive_inputs
 from pipeline.stages.report import findings_csv, run_report
 from pipeline.triage import record_verdict
+from tests.e2e.test_hostile_inputs import full_run, hostile_input, sample_2d  # noqa: F401  (the suite's session run, built once)
 from tests.factory import T0, event, write_jsonl
 from tests.report_factory import (
     ATTRIBUTE,
@@ -46,6 +48,7 @@ from tests.report_factory import (
     STYLE,
     TEMPLATE,
     URL,
+    incidents_of,
     make_context,
     with_extras,
 )
@@ -53,7 +56,7 @@ from tests.report_factory import (
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "script", "body", "header", "nav", "main", "section", "article", "footer", "h1", "h2",
     "h3", "h4", "p", "div", "span", "b", "code", "pre", "ul", "li", "table", "thead", "tbody", "tr", "th", "td", "a", "br",
-    "button", "input", "label", "details", "summary", "svg", "rect", "line", "text", "path",
+    "button", "input", "label", "details", "summary", "svg", "rect", "line", "text", "path", "dl", "dt", "dd",
 }
 
 
@@ -153,7 +156,8 @@ def test_html_without_report_extras_or_findings_still_renders(context):
     assert "Content-Security-Policy" in html and SCRIPT not in html
     empty = {**bare, "findings": [], "evidence": {}, "events": [], "timelines": {}}
     assert "Nothing was scored." in render_html(empty)
-    assert "No finding has evidence to show." in render_markdown(empty)
+    assert "Incidents were not computed" in render_markdown(empty)
+    assert "No incident: no finding was flagged." in render_markdown(empty, incidents=[])
 
 
 def test_html_details_cover_top_findings_with_charts_evidence_and_pivots(html, context):
@@ -193,7 +197,7 @@ def test_md_escape_neutralises_breakouts():
 
 
 def test_markdown_renders_without_html_links_or_broken_tables(context):
-    markdown = render_markdown(context)
+    markdown = render_markdown(context) + render_markdown(context, incidents_of(context))
     renderer = MarkdownIt("commonmark", {"html": True}).enable("table")
     tokens = renderer.parse(markdown)
     flat = [t for token in tokens for t in ([token] + list(token.children or []))]
@@ -203,10 +207,7 @@ def test_markdown_renders_without_html_links_or_broken_tables(context):
     for table in re.findall(r"<table>.*?</table>", rendered, flags=re.S):
         widths = {len(re.findall(r"<t[hd][ >]", row)) for row in re.findall(r"<tr>.*?</tr>", table, flags=re.S)}
         assert len(widths) == 1, widths
-    fences = [t.content.rstrip("\n") for t in tokens if t.type == "fence"]
-    pivots = context["pivots"][context["findings"][0]["finding_id"]]
-    assert pivots["insights"] in fences and pivots["athena"] in fences
-    assert HOSTILE_USER.replace("\n", " ") in "".join(t.content for t in flat if t.type == "text")
+    assert HOSTILE_USER.replace("\n", " ")[:59] in "".join(t.content for t in flat if t.type == "text")
 
 
 # --------------------------------------------------------------------------- CSV
@@ -345,17 +346,118 @@ def test_report_extras_bring_rules_pivots_and_triage_into_the_report(tmp_path):
     assert extras["triage"]["precision"]["precision"] == 0.5 and set(extras["triage"]["verdicts"]) == {first["finding_id"], second["finding_id"]}
     html = render_html({**built, **extras})
     assert "Triaged <b>malicious</b>" in html and "confirmed &lt;script&gt;" in html and "50%" in html
-    assert "Triaged malicious" in render_markdown({**built, **extras})
+    assert "2 reviewed (1 malicious, 1 benign, 0 unsure); precision 0.50" in render_markdown({**built, **extras})
 
 
-def test_a_findings_headline_and_its_rules_tactics_show_escaped_in_html_and_markdown():
+def test_a_findings_headline_and_its_rules_tactics_show_escaped_in_html():
     from tests.report_factory import SCRIPT, make_context, with_extras
 
     context = with_extras(make_context())
     finding = next(f for f in context["findings"] if f["rule_hits"] and f["finding_id"] in context["evidence"])
     finding["headline"] = f"{SCRIPT} patched deployments web/api"
     rule = context["rules"][finding["rule_hits"][0]["rule"]]
-    html, markdown = render_html(context), render_markdown(context)
+    html = render_html(context)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; patched deployments web/api" in html and SCRIPT not in html
     assert f">{rule['tactic']}</span>" in html and rule["technique"] in html
-    assert "patched deployments web/api" in markdown and f"({rule['tactic']}, {rule['technique']}): " in markdown
+
+
+# --------------------------------------------------------------------------- incidents lead (issue 18)
+def test_incidents_lead_then_findings_in_no_incident_with_quiet_rows_behind_a_count(context):
+    incidents = incidents_of(context)
+    html = render_html(context, incidents)
+    page = parse(html)
+    assert html.index('id="incidents"') < html.index('id="findings"') < html.index('id="overview"')
+    first = incidents[0]
+    assert f'id="i-{first["incident_id"][4:]}"' in html and html.count('<article class="incident') == len(incidents)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and SCRIPT not in html
+    table = html[html.index('<table id="findings-table">'): html.index("</table>", html.index('<table id="findings-table">'))]
+    members = {fid for i in incidents for fid in i["finding_ids"]}
+    in_table = re.findall(r'<tr class="[^"]*">\s*<td class="num" data-v="(\d+)">', table)
+    assert in_table and not {int(r) for r in in_table} & {f["rank"] for f in context["findings"] if f["finding_id"] in members}
+    loose = [f for f in context["findings"] if not f["suppressed"] and f["finding_id"] not in members][:context["top_n"]]
+    quiet = sum(not f["flagged"] for f in loose)
+    assert f'<label for="show-quiet" class="toggle-label">{quiet} quiet windows</label>' in html
+    assert not {tag for tag, _ in page.tags} - ALLOWED_TAGS
+
+
+def test_repeat_and_incident_markers_sit_on_the_rows(context):
+    findings = [dict(f) for f in context["findings"]]
+    findings[1].update(repeats=findings[0]["finding_id"], repeats_rank=1)
+    bare = {**context, "findings": findings}
+    html = render_html(bare, incidents_of(bare))
+    assert '<span class="mark rep" title="mostly the same requests as a higher finding, so ranked at a lower score">repeat of #1</span>' in html
+    assert re.search(r'<a class="mark inc wrap" href="#i-[0-9a-f]{20}">incident 1: ', html)
+    assert "repeat of #1" in render_markdown(bare, incidents_of(bare)) and "repeat of #1" in render_markdown(bare)
+
+
+def test_evidence_reads_in_time_order_with_why_next_to_the_time(html, context):
+    first = context["findings"][0]
+    article = html[html.index(f'id="f-{first["finding_id"]}"'):]
+    start = article.index('<table class="compact small evidence">')
+    evidence = article[start: article.index("</table>", start)]
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", evidence)[:3] == ["time", "why", "request"]
+    times = re.findall(r'<tr><td class="mono">([0-9:.]+)</td>', evidence)
+    assert len(times) == len(context["evidence"][first["finding_id"]]) and times == sorted(times)
+
+
+def _channel(value: int) -> float:
+    c = value / 255
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def _luminance(colour: str) -> float:
+    colour = colour.lstrip("#")
+    if len(colour) == 3:
+        colour = "".join(ch * 2 for ch in colour)
+    r, g, b = (int(colour[i: i + 2], 16) for i in (0, 2, 4))
+    return 0.2126 * _channel(r) + 0.7152 * _channel(g) + 0.0722 * _channel(b)
+
+
+def contrast(a: str, b: str) -> float:
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_every_badge_meets_wcag_aa_contrast():
+    """Each badge, tag and marker rule's text colour on its background, read from the CSS colours declared once in :root."""
+    from importlib.resources import files
+
+    css = (files("pipeline.report") / "templates" / "report.css").read_text(encoding="utf-8")
+    root = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{3,6})", css[css.index(":root"): css.index("}")]))
+    checked = {}
+    for selector, body in re.findall(r"([^{}]*\.(?:badge|tag|mark)[^{}]*)\{([^}]*)\}", css):
+        colours = dict(re.findall(r"(?<![-\w])(background|color):\s*var\(--([\w-]+)\)", body))
+        if {"background", "color"} <= set(colours):
+            checked[selector.strip()] = contrast(root[colours["background"]], root[colours["color"]])
+    assert len(checked) >= 10, checked
+    assert contrast("#ffffff", "#e08a00") < 4.5  # the issue's medium badge, so the check can fail
+    assert {s: round(r, 2) for s, r in checked.items() if r < 4.5} == {}
+
+
+def test_markdown_is_a_ticket_even_with_a_flood_of_hostile_incidents(context):
+    incidents = incidents_of(context)
+    flood = [{**incidents[0], "incident_id": f"inc-{n:020x}", "rank": n, "title": HOSTILE_USER * 20, "summary": HOSTILE_NAME * 40}
+             for n in range(1, 400)]
+    markdown = render_markdown(context, flood)
+    assert len(markdown) < MD_BUDGET
+    assert re.search(r"\d+ more incidents \(ranks \d+ to 399\) are in report\.html", markdown)
+    normal = render_markdown(context, incidents)
+    assert len(normal) < 8000 and all(i["incident_id"].replace("-", "\\-") in normal for i in incidents)
+    assert "report.html" in normal and "Incidents" in normal
+
+
+@pytest.mark.slow
+def test_report_md_of_a_sample_run_is_a_ticket_naming_every_flagged_incident(full_run):  # noqa: F811
+    """The suite's sample run (with the hostile inputs): report.md with its incidents stays under the budget and names
+    each flagged incident (`make run` on the 4-day sample: 173,481 characters before issue 18, 11,408 after)."""
+    import json
+
+    run = json.loads((full_run["report"] / "run.json").read_text())
+    scores = sorted((full_run["workdir"] / "scores").glob("cluster=*/*"))[-1]
+    context = {"run": run, "findings": full_run["findings"], "evidence": json.loads((scores / "evidence.json").read_text()),
+               "events": [], "timelines": {}}
+    incidents = incidents_of(context)
+    markdown = render_markdown(context, incidents)
+    assert len(markdown) < MD_BUDGET
+    flagged = [i for i in incidents if i["flagged"]]
+    assert flagged and all(md_escape(i["incident_id"]) in markdown for i in flagged[:25])
