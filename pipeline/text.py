@@ -25,3 +25,18 @@ def printable(value) -> str:
 def _escape(match: re.Match) -> str:
     char = match[0]
     return _SHORT_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@")  # a leading tab or CR is already an escape (printable)
+
+
+def safe_cell(value) -> str:
+    """A CSV cell that spreadsheets will not evaluate and terminals will not obey: control characters and
+    bidirectional overrides become visible escapes (``printable``), then formula-leading text gets a quote
+    prefix (numbers stay numbers, so a score of -0.6 is not turned into text)."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = printable(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text

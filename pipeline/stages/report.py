@@ -20,12 +20,11 @@ from pipeline.context import RunContext
 from pipeline.errors import StageError
 from pipeline.io.storage import LocalStorage, Storage, open_storage, safe_segment
 from pipeline.report.render import render_html, render_markdown, report_extras
-from pipeline.text import printable
+from pipeline.text import safe_cell
 
 PACKAGES = ("auditsift", "numpy", "pandas", "pyarrow", "scikit-learn", "krcf", "orjson", "boto3", "pydantic", "sagemaker-core")
 CSV_FIELDS = ("rank", "score", "flagged", "suppressed", "entity_type", "entity", "window_start", "window_end", "model_score",
               "rules", "top_reason", "event_count")
-FORMULA_PREFIXES = ("=", "+", "-", "@")  # a leading tab or CR is already an escape (printable)
 
 
 def package_versions() -> dict:
@@ -77,18 +76,6 @@ def run_report(ctx: RunContext, report_dir: str | None = None, run_info: dict | 
 
 def jsonl(items) -> bytes:
     return b"".join(orjson.dumps(item) + b"\n" for item in items)
-
-
-def safe_cell(value) -> str:
-    """A CSV cell that spreadsheets will not evaluate and terminals will not obey: control characters and
-    bidirectional overrides become visible escapes (``printable``), then formula-leading text gets a quote
-    prefix (numbers stay numbers, so a score of -0.6 is not turned into text)."""
-    if value is None:
-        return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    text = printable(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 def findings_csv(findings: list[dict]) -> str:

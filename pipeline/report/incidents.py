@@ -1,0 +1,539 @@
+"""Incidents: the scored findings of one attack grouped into one story (issue 18).
+
+A finding is one entity in one window; an intrusion is usually several: the identity and its
+address, the hours it lasted, and what it set in motion under other identities (the kubelet that
+runs a CronJob the intruder created, the subject of a binding it wrote). ``group_incidents``
+links findings and tells each group as one incident with a stable id, a rank, a severity, a title
+and a three-sentence summary built from its facts.
+
+Links between two findings (``LINK_KINDS``):
+- ``same_request``: both hold one request among their evidence (the same auditID AND the same
+  request identity, ``features.events.REQUEST_IDENTITY``, as dedup and scoring define it): the
+  Audit-ID header is the client's to choose, so an auditID alone links nothing. Without an
+  events index, the scoring stage's ``repeats`` marker (also by request identity) stands in.
+- ``adjacent``: one identity's (or one address's) windows at most one window apart (a gap of at
+  most one empty window: starts at most two windows apart).
+- ``cause_effect``: an object one identity created and another then used or ran (a workload and
+  the controllers and kubelets acting on its pods, jobs and replica sets; a ServiceAccount or
+  token minted and the first window of that service account acting afterwards; a (Cluster)Role
+  Binding and the first window of a subject it names; a CSR and its approval by another identity,
+  and the certificate's user when the index carries its common name).
+
+Grouping is bounded so what an attacker controls cannot merge or split stories at will:
+- the core of incidents is the findings that are flagged (or were, before a suppression); core
+  findings linked by any kind join (union-find), strongest kinds and best ranks first;
+- a quiet finding joins at most one incident, the best-ranked core it links to directly, and never
+  bridges two: a quiet window cannot glue unrelated incidents (a NAT address, a busy kubelet); a
+  quiet window joins by adjacency only when it has a rule hit that is not the entity's routine;
+- a cause-effect link starts at a core finding, or at a grant (binding, ServiceAccount, CSR) whose
+  effect is core; an effect links to its best-ranked cause only, so a kubelet running pods of many
+  workloads does not merge their creators; a node's TokenRequests (how every pod gets its token)
+  are never a cause;
+- an incident holds at most ``MAX_MEMBERS`` findings: a link that would exceed it is refused and a
+  lone finding so refused is listed in ``overflow_finding_ids`` (kept, not grouped);
+- quiet findings linked to no core finding stay findings, not incidents.
+
+The record keeps raw log values (user names, object names) in ``title``, ``summary`` and
+``entities``; whoever renders them escapes them: ``pipeline.text.printable`` for the terminal,
+``safe_cell`` for CSV (``incidents_csv`` here), ``pipeline.report.render`` for Markdown and HTML.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping, Sequence
+
+from features.events import REQUEST_IDENTITY
+from pipeline.report.render import finding_level
+from pipeline.text import safe_cell
+
+MAX_MEMBERS = 100
+MAX_AUDIT_IDS = 200
+MAX_EFFECTS_PER_CAUSE = 20
+MAX_NAME = 80
+ADJACENT_WINDOWS = 2
+LINK_KINDS = ("same_request", "adjacent", "cause_effect")
+SEVERITY_ORDER = ("critical", "high", "medium", "low", "suppressed", "quiet")
+INDEX_COLUMNS = ("entity_type", "entity", "window_start", "time", "audit_id", "received_time", "user", "source_ip", "user_agent",
+                 "verb", "request_uri", "resource", "subresource", "namespace", "name", "code", "subjects", "why")
+"""What the score stage passes per evidence event of a written finding (its rows of the evidence frame): the finding's key,
+the event's request identity and object, ``subjects`` (a binding's, ``features.events``) and ``why`` (its rule hits as
+``rule:<id>``, for tactics in time order). An optional ``csr_common_name`` (the CN of an approved CSR's request) links the
+certificate's user; the archive does not extract it yet, so that link waits for the column."""
+WRITE_VERBS = ("create", "update", "patch")
+NODE_PREFIX = "system:node:"
+SA_PREFIX = "system:serviceaccount:"
+_SUFFIX = "[a-z0-9]{5}"
+# what a workload's controllers and kubelets act on, by the workload's kind: (resource, name pattern with {n} the workload's name)
+RUNS = {
+    "cronjobs": (("jobs", r"{n}-\d+"), ("pods", r"{n}-\d+-" + _SUFFIX)),
+    "daemonsets": (("pods", r"{n}-" + _SUFFIX), ("controllerrevisions", r"{n}-[a-z0-9]{6,10}")),
+    "deployments": (("replicasets", r"{n}-[a-z0-9]{6,10}"), ("pods", r"{n}-[a-z0-9]{6,10}-" + _SUFFIX)),
+    "statefulsets": (("pods", r"{n}-\d+"),),
+    "replicasets": (("pods", r"{n}-" + _SUFFIX),),
+    "jobs": (("pods", r"{n}-" + _SUFFIX),),
+    "pods": (("pods", r"{n}"),),
+}
+CSV_FIELDS = ("incident_id", "rank", "flagged", "severity", "title", "tactics", "first_seen", "last_seen", "entities", "finding_ids")
+
+
+@dataclass
+class Incident:
+    """One story: its member findings (best rank first) and the facts told about them."""
+    incident_id: str
+    rank: int
+    title: str
+    summary: str
+    severity: str
+    tactics: list[str]
+    first_seen: str
+    last_seen: str
+    entities: list[dict]
+    finding_ids: list[str]
+    audit_ids: list[str]
+    flagged: bool
+    links: list[dict] = field(default_factory=list)
+    overflow_finding_ids: list[str] = field(default_factory=list)
+    top_score: float = 0.0
+    best_rank: int = 0
+
+    def to_record(self) -> dict:
+        return {"incident_id": self.incident_id, "rank": self.rank, "title": self.title, "summary": self.summary,
+                "severity": self.severity, "tactics": list(self.tactics), "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "entities": [dict(e) for e in self.entities], "finding_ids": list(self.finding_ids),
+                "audit_ids": list(self.audit_ids), "flagged": self.flagged, "links": [dict(link) for link in self.links],
+                "overflow_finding_ids": list(self.overflow_finding_ids)}
+
+
+def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping] | None = None,
+                    tactics: Mapping[str, Sequence[str]] | None = None, rule_titles: Mapping[str, str] | None = None,
+                    window_minutes: int = 60) -> list[Incident]:
+    """Incidents of ``findings`` (records of findings.json in rank order), ranked.
+
+    ``events_index``: rows of ``INDEX_COLUMNS``, each an evidence event of one finding (found by its entity_type, entity and
+    window_start); without it only ``repeats`` and adjacency link. ``tactics``: rule id -> ATT&CK tactic ids (issue 17;
+    empty until the rules carry them). ``rule_titles``: rule id -> plain title (the rule pack's ``title``)."""
+    findings = sorted(findings, key=lambda f: f["rank"])
+    rows = _rows_by_finding(findings, events_index)
+    core = [bool(f["flagged"] or f.get("suppressed")) for f in findings]
+    links = candidate_links(findings, rows, core, window_minutes)
+    groups, overflow, used = _group(findings, core, links, [len({_request(e) for e in events}) for events in rows])
+    incidents = [_incident(findings, members, rows, overflow.get(root, []), used.get(root, []), tactics or {}, rule_titles or {})
+                 for root, members in groups.items()]
+    incidents.sort(key=_rank_key)
+    for rank, incident in enumerate(incidents, 1):
+        incident.rank = rank
+    return incidents
+
+
+# --------------------------------------------------------------------------- links
+def candidate_links(findings: Sequence[Mapping], rows: list[list[dict]], core: list[bool], window_minutes: int) -> list[tuple]:
+    """(kind, a, b, why, shared requests or None) for every pair of findings (positions in rank order) the rules of the module docstring link; a cause
+    comes first in a cause_effect link."""
+    links = _same_request(findings, rows) + _adjacent(findings, window_minutes)
+    links += _cause_effect(findings, rows, core)
+    return links
+
+
+def _same_request(findings, rows) -> list[tuple]:
+    holders: dict[tuple, list[int]] = defaultdict(list)
+    for index, events in enumerate(rows):
+        for request in dict.fromkeys(_request(event) for event in events):
+            holders[request].append(index)
+    pairs: dict[tuple, int] = defaultdict(int)
+    for members in holders.values():
+        for other in members[1:MAX_MEMBERS]:
+            pairs[(members[0], other)] += 1
+    links = [("same_request", a, b, f"{count} request(s) in both", count) for (a, b), count in pairs.items()]
+    position = {f["finding_id"]: i for i, f in enumerate(findings)}
+    for index, finding in enumerate(findings):
+        owner = position.get(finding.get("repeats"))
+        if owner is not None and (min(owner, index), max(owner, index)) not in pairs:
+            links.append(("same_request", owner, index, "mostly the same requests (repeats)", None))
+    return links
+
+
+def _adjacent(findings, window_minutes: int) -> list[tuple]:
+    by_entity: dict[tuple, list[int]] = defaultdict(list)
+    for index, finding in enumerate(findings):
+        by_entity[(finding["entity_type"], finding["entity"])].append(index)
+    gap = timedelta(minutes=window_minutes * ADJACENT_WINDOWS)
+    links = []
+    for members in by_entity.values():
+        members.sort(key=lambda i: findings[i]["window_start"])
+        for a, b in zip(members, members[1:]):
+            if _time(findings[b]["window_start"]) - _time(findings[a]["window_start"]) <= gap:
+                links.append(("adjacent", a, b, "consecutive windows", None))
+    return links
+
+
+def _cause_effect(findings, rows, core) -> list[tuple]:
+    """Links from what one identity created to another identity acting on it or as it afterwards."""
+    users = defaultdict(list)
+    for index, finding in enumerate(findings):
+        if finding["entity_type"] == "user":
+            users[finding["entity"]].append(index)
+    for members in users.values():
+        members.sort(key=lambda i: findings[i]["window_start"])
+    objects = defaultdict(list)  # (resource, namespace) -> [(name, time, user, finding)]
+    for index, events in enumerate(rows):
+        for event in events:
+            if event.get("name") and event.get("user"):
+                objects[(event.get("resource"), event.get("namespace") or "")].append(
+                    (event["name"], event["time"], event["user"], index, event.get("subresource"), event.get("verb")))
+    effects: dict[int, list[tuple]] = defaultdict(list)  # effect -> [(cause, why)]
+    for cause, events in enumerate(rows):
+        for event in events:
+            if not _succeeded(event) or event.get("verb") not in WRITE_VERBS or not event.get("user"):
+                continue
+            found = _effects_of(event, findings, users, objects, cause)
+            grant = bool(found) and _is_grant(event)
+            for effect, why in found[:MAX_EFFECTS_PER_CAUSE]:
+                if effect != cause and (core[cause] or (grant and core[effect])):
+                    effects[effect].append((cause, why))
+    links = []
+    for effect, causes in effects.items():
+        cause, why = min(causes, key=lambda item: item[0])  # the best-ranked cause only
+        links.append(("cause_effect", cause, effect, why, None))
+    return links
+
+
+def _effects_of(event: dict, findings, users, objects, cause: int) -> list[tuple[int, str]]:
+    resource, verb, subresource = event.get("resource"), event.get("verb"), event.get("subresource")
+    namespace, name, actor, at = event.get("namespace") or "", event.get("name"), event["user"], event["time"]
+    if resource in RUNS and verb == "create" and not subresource and name:
+        found = []
+        for kind, pattern in RUNS[resource]:
+            match = re.compile(pattern.replace("{n}", re.escape(name)))
+            for other, time, user, index, _, _ in objects.get((kind, namespace), ()):
+                if user != actor and time >= at and match.fullmatch(other):
+                    found.append((index, f"{_short(user)} acted on {kind} {namespace}/{other} of the {resource[:-1]} "
+                                         f"{_short(actor)} created"))
+        return list(dict.fromkeys(found))
+    if resource == "serviceaccounts" and verb == "create" and name and not actor.startswith(NODE_PREFIX):
+        what = "a token for" if subresource == "token" else "the ServiceAccount"
+        return _first_use(f"{SA_PREFIX}{namespace}:{name}", at, findings, users, f"{_short(actor)} minted {what}")
+    if resource in ("rolebindings", "clusterrolebindings") and event.get("subjects"):
+        found = []
+        for subject in _subjects(event["subjects"]):
+            found += _first_use(subject, at, findings, users, f"{_short(actor)} bound {resource[:-1]} {name or '(unnamed)'} to")
+        return found
+    if resource == "certificatesigningrequests" and name:
+        found = []
+        if verb == "create" and not subresource:
+            for other, time, user, index, sub, other_verb in objects.get((resource, ""), ()):
+                if other == name and user != actor and sub == "approval" and time >= at:
+                    found.append((index, f"{_short(user)} approved CSR {name} that {_short(actor)} created"))
+        if subresource == "approval" and event.get("csr_common_name"):
+            found += _first_use(event["csr_common_name"], at, findings, users, f"{_short(actor)} approved CSR {name} for")
+        return found
+    return []
+
+
+def _first_use(subject: str, at: str, findings, users, why: str) -> list[tuple[int, str]]:
+    """The subject's first window ending after ``at``: its first use, not every hour it ever acts."""
+    for index in users.get(subject, ()):
+        if _iso_micro(findings[index]["window_end"]) > at:
+            return [(index, f"{why} {_short(subject)}, which then acted")]
+    return []
+
+
+def _is_grant(event: dict) -> bool:
+    return event.get("resource") in ("rolebindings", "clusterrolebindings", "serviceaccounts", "certificatesigningrequests")
+
+
+def _subjects(text: str) -> list[str]:
+    """Identities a binding's ``subjects`` (Kind:namespace/name, comma-joined) names; groups name no one identity."""
+    identities = []
+    for item in text.split(","):
+        kind, _, rest = item.partition(":")
+        namespace, _, name = rest.partition("/")
+        if kind == "User" and name:
+            identities.append(name)
+        elif kind == "ServiceAccount" and name:
+            identities.append(f"{SA_PREFIX}{namespace}:{name}")
+    return identities[:MAX_EFFECTS_PER_CAUSE]
+
+
+# --------------------------------------------------------------------------- grouping
+KIND_ORDER = {kind: order for order, kind in enumerate(LINK_KINDS)}
+
+
+def _group(findings, core, links, requests: list[int]) -> tuple[dict[int, list[int]], dict[int, list[str]], dict[int, list[dict]]]:
+    parent = list(range(len(findings)))
+    size = [1] * len(findings)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    refused: dict[int, set[int]] = defaultdict(set)
+    used: list[tuple] = []
+    ordered = sorted(links, key=lambda link: (KIND_ORDER[link[0]], min(link[1], link[2]), max(link[1], link[2])))
+    for link in ordered:
+        kind, a, b = link[:3]
+        if not (core[a] and core[b]):
+            continue
+        ra, rb = root(a), root(b)
+        if ra == rb:
+            used.append(link)
+            continue
+        if size[ra] + size[rb] > MAX_MEMBERS:
+            refused[a].add(b)
+            refused[b].add(a)
+            continue
+        big, small = (ra, rb) if (size[ra], -ra) >= (size[rb], -rb) else (rb, ra)
+        parent[small] = big
+        size[big] += size[small]
+        used.append(link)
+    best: dict[int, int] = {}
+    for index in range(len(findings)):
+        if core[index]:
+            best.setdefault(root(index), findings[index]["rank"])  # rank order: the first member seen is the best
+    # quiet findings: one hop to the best-ranked core they link to; by shared requests only when at least half of the quiet
+    # one's are shared (a pod's address window holding a few of a stolen token's requests is not the story), by adjacency
+    # only with a rule hit that is not the entity's routine
+    attach: dict[int, tuple] = {}
+    for link in ordered:
+        kind, a, b, _, shared = link
+        for quiet, other in ((a, b), (b, a)):
+            if core[quiet] or not core[other]:
+                continue
+            if kind == "adjacent" and not _has_own_rule_hit(findings[quiet]):
+                continue
+            if shared is not None and 2 * shared < requests[quiet]:
+                continue
+            chosen = attach.get(quiet)
+            if chosen is None or best[root(other)] < best[root(chosen[1])]:
+                attach[quiet] = (kind, other, link)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(findings)):
+        if core[index]:
+            groups[root(index)].append(index)
+    overflow: dict[int, list[str]] = defaultdict(list)
+    for quiet, (_, other, link) in sorted(attach.items()):
+        target = root(other)
+        if len(groups[target]) >= MAX_MEMBERS:
+            overflow[target].append(findings[quiet]["finding_id"])
+            continue
+        groups[target].append(quiet)
+        used.append(link)
+    for index in sorted(refused):
+        if len(groups.get(root(index), ())) == 1:
+            target = root(min(refused[index]))
+            overflow[target].append(findings[index]["finding_id"])
+            del groups[root(index)]
+    by_group: dict[int, list[dict]] = defaultdict(list)
+    for kind, a, b, why, _ in used:
+        target = root(a) if core[a] else root(b)
+        by_group[target].append({"kind": kind, "from": findings[a]["finding_id"], "to": findings[b]["finding_id"], "why": why})
+    return {r: sorted(m) for r, m in groups.items()}, overflow, by_group
+
+
+def _has_own_rule_hit(finding: Mapping) -> bool:
+    return any(not hit.get("routine") and hit.get("weight", 0) > 0 for hit in finding.get("rule_hits", ()))
+
+
+# --------------------------------------------------------------------------- telling
+def _incident(findings, members: list[int], rows, overflow: list[str], links: list[dict], tactics_of, rule_titles) -> Incident:
+    parts = [findings[i] for i in members]  # rank order
+    core = [f for f in parts if f["flagged"] or f.get("suppressed")]
+    earliest = min(core or parts, key=lambda f: (f["window_start"], f["finding_id"]))
+    events = sorted((e for i in members for e in rows[i]), key=lambda e: (e["time"], e.get("audit_id") or ""))
+    first = events[0]["time"] if events else min(_iso_micro(f["window_start"]) for f in parts)
+    last = events[-1]["time"] if events else max(_iso_micro(f["window_end"]) for f in parts)
+    entities = list(dict.fromkeys((f["entity_type"], f["entity"]) for f in parts))
+    audit_ids = list(dict.fromkeys(e["audit_id"] for e in events if e.get("audit_id")))
+    if not events:
+        audit_ids = list(dict.fromkeys(a for f in sorted(parts, key=lambda f: f["window_start"]) for a in f["audit_ids"]))
+    rules = _rules_in_time_order(parts, events)
+    tactics = list(dict.fromkeys(t for rule in rules for t in tactics_of.get(rule, ())))
+    severity = min((_severity(f) for f in parts), key=SEVERITY_ORDER.index)
+    facts = {"parts": parts, "entities": entities, "events": events, "rules": rules, "titles": rule_titles, "tactics": tactics,
+             "first": first, "last": last, "links": links}
+    return Incident(
+        incident_id="inc-" + hashlib.sha256(earliest["finding_id"].encode()).hexdigest()[:20], rank=0,
+        title=_title(facts), summary=_summary(facts), severity=severity, tactics=tactics, first_seen=first, last_seen=last,
+        entities=[{"entity_type": t, "entity": e} for t, e in entities], finding_ids=[f["finding_id"] for f in parts],
+        audit_ids=audit_ids[:MAX_AUDIT_IDS], flagged=any(f["flagged"] for f in parts), links=links,
+        overflow_finding_ids=overflow, best_rank=parts[0]["rank"],
+        top_score=max(f.get("rank_score", f["score"]) for f in ([f for f in parts if f["flagged"]] or parts)))
+
+
+def _rules_in_time_order(parts, events) -> list[str]:
+    first: dict[str, str] = {}
+    for event in events:
+        for why in event.get("why") or ():
+            if isinstance(why, str) and why.startswith("rule:"):
+                first.setdefault(why[5:], event["time"])
+    for finding in parts:
+        for hit in finding.get("rule_hits", ()):
+            first.setdefault(hit["rule"], _iso_micro(finding["window_start"]))
+    return sorted(first, key=lambda rule: (first[rule], rule))
+
+
+def _severity(finding: Mapping) -> str:
+    if finding.get("severity") in SEVERITY_ORDER:
+        return finding["severity"]
+
+    return finding_level(finding)
+
+
+def _rank_key(incident: Incident):
+    """Flagged incidents first, then by their best member's rank score (the score findings are ranked by), severity and
+    best member rank: the incident holding finding #1 comes first, and a quiet story never ranks above a flagged one."""
+    return (not incident.flagged, -incident.top_score, SEVERITY_ORDER.index(incident.severity), incident.best_rank,
+            incident.incident_id)
+
+
+def _title(facts: dict) -> str:
+    parts, titles = facts["parts"], facts["titles"]
+    top = _top_rule(parts)
+    what = _rule_title(top, titles) if top else "Unusual activity for its kind"
+    actors = [e for t, e in facts["entities"] if t == "user"]
+    addresses = [e for t, e in facts["entities"] if t == "source_ip"]
+    who = _short(actors[0]) if actors else "an unknown identity"
+    more = f" and {len(actors) - 1} other identit{'y' if len(actors) == 2 else 'ies'}" if len(actors) > 1 else ""
+    where = f" from {_short(addresses[0])}" if addresses else ""
+    return f"{what}: {who}{more}{where}"
+
+
+def _summary(facts: dict) -> str:
+    parts, events = facts["parts"], facts["events"]
+    actors = [_short(e) for t, e in facts["entities"] if t == "user"]
+    addresses = [_short(e) for t, e in facts["entities"] if t == "source_ip"]
+    flagged = sum(1 for f in parts if f["flagged"])
+    who = _listed(actors, 3) or "Unauthenticated or unknown callers"
+    where = f" from {_listed(addresses, 3)}" if addresses else ""
+    first = f"{who} acted{where} between {_clock(facts['first'])} and {_clock(facts['last'])} UTC " \
+            f"({len(parts)} window{'s' if len(parts) != 1 else ''}, {flagged} flagged)."
+    objects = _objects(events)
+    chain = next((link["why"] for link in facts["links"] if link["kind"] == "cause_effect"), None)
+    if objects:
+        second = f"It changed {_listed(objects, 3)}" + (f"; {chain}." if chain else ".")
+    elif events:
+        second = f"It made {len(events)} notable request{'s' if len(events) != 1 else ''}, mostly {_usual(events)}" + \
+                 (f"; {chain}." if chain else ".")
+    else:
+        second = f"It made {sum(f.get('event_count', 0) for f in parts)} requests in these windows."
+    rules = [_rule_title(r, facts["titles"]) for r in facts["rules"]]
+    if rules:
+        third = f"Rules that fired: {_listed(rules, 4)}" + (f" (ATT&CK {', '.join(facts['tactics'])})." if facts["tactics"] else ".")
+    else:
+        third = "No rule fired; the model found this activity unusual for its kind of identity."
+    return " ".join((first, second, third))
+
+
+def _top_rule(parts) -> str | None:
+    hits = [(h.get("weight", 0), f["rank"], h["rule"]) for f in parts for h in f.get("rule_hits", ()) if not h.get("routine")]
+    hits = [h for h in hits if h[0] > 0] or hits
+    return min(hits, key=lambda h: (-h[0], h[1], h[2]))[2] if hits else None
+
+
+def _rule_title(rule: str, titles: Mapping[str, str]) -> str:
+    title = titles.get(rule) or rule.replace("_", " ")
+    return title[:1].upper() + title[1:]
+
+
+def _objects(events) -> list[str]:
+    """Objects the incident wrote, those a rule fired on first, then creations and deletions, then the rest (status reports
+    and lease renewals are a component's heartbeat, not a change)."""
+    verbs = ("create", "delete", "deletecollection", "update", "patch")
+    written = [e for e in events if e.get("verb") in verbs and _succeeded(e) and e.get("resource")
+               and e.get("subresource") != "status" and e.get("resource") != "leases"]
+    written.sort(key=lambda e: (not any(str(w).startswith("rule:") for w in e.get("why") or ()), verbs.index(e["verb"]) > 2, e["time"]))
+    return list(dict.fromkeys(
+        f"{e['resource']}{'/' + e['subresource'] if e.get('subresource') else ''} "
+        f"{_short(e.get('namespace') or '')}{'/' if e.get('namespace') and e.get('name') else ''}{_short(e.get('name') or '')}".strip()
+        for e in written))
+
+
+def _usual(events) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for e in events:
+        counts[f"{e.get('verb') or 'get'} {e.get('resource') or e.get('request_uri') or '?'}"] += 1
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+    return " and ".join(_short(name) for name, _ in top)
+
+
+def _listed(items: list[str], most: int) -> str:
+    if len(items) <= most:
+        return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + (items[-1] if items else "")
+    return ", ".join(items[:most]) + f" and {len(items) - most} more"
+
+
+def _short(text) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= MAX_NAME else text[: MAX_NAME - 1] + "…"
+
+
+# --------------------------------------------------------------------------- rows and times
+def _rows_by_finding(findings, events_index) -> list[list[dict]]:
+    """Each finding's evidence rows, by its key: an event belongs to the finding it was written for, never to every
+    finding that happens to share its auditID."""
+    rows: list[list[dict]] = [[] for _ in findings]
+    if events_index is None:
+        return rows
+    position = {(f["entity_type"], f["entity"], _iso_seconds(f["window_start"])): i for i, f in enumerate(findings)}
+    for event in events_index:
+        index = position.get((event["entity_type"], event["entity"], _iso_seconds(event["window_start"])))
+        if index is not None:
+            rows[index].append({**event, "time": _iso_micro(event["time"])})
+    return rows
+
+
+def _request(event: dict) -> tuple:
+    return tuple(_iso_micro(event[c]) if c.endswith("time") and event.get(c) is not None else event.get(c) for c in REQUEST_IDENTITY)
+
+
+def _succeeded(event: dict) -> bool:
+    code = event.get("code")
+    return code is None or int(code) < 400
+
+
+def _time(value) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _iso_micro(value) -> str:
+    return _time(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _iso_seconds(value) -> str:
+    """Window bounds as findings.json writes them (a finding's key)."""
+    return _time(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clock(text: str) -> str:
+    return text[:16].replace("T", " ")
+
+
+# --------------------------------------------------------------------------- files
+def incidents_jsonl(incidents: Sequence[Incident]) -> bytes:
+    """incidents.jsonl: one record per incident, in rank order (raw values; renderers escape)."""
+    import json
+
+    return "".join(json.dumps(i.to_record(), ensure_ascii=False) + "\n" for i in incidents).encode("utf-8", "surrogatepass")
+
+
+def incidents_csv(incidents: Sequence[Incident]) -> str:
+    """incidents.csv: ids, severity, title, tactics and finding ids, cells formula- and escape-safe (``safe_cell``)."""
+    import csv
+    import io
+
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_FIELDS)
+    for incident in incidents:
+        row = {**incident.to_record(), "tactics": ";".join(incident.tactics), "finding_ids": ";".join(incident.finding_ids),
+               "entities": ";".join(f"{e['entity_type']}:{e['entity']}" for e in incident.entities)}
+        writer.writerow([safe_cell(row[name]) for name in CSV_FIELDS])
+    return out.getvalue()
