@@ -14,7 +14,7 @@ import functools
 import random
 
 from . import objects as o
-from .background import Background, Reflector, arrivals, escape
+from .background import Background, Reflector, escape
 from .cluster import APP_NAMESPACES, Cluster, Engineer, access_key, rand_str
 from .emit import DAY, HOUR, MINUTE, US, Actor, Template, exec_query
 
