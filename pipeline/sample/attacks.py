@@ -482,15 +482,19 @@ class Attacks:
             spec["restartPolicy"] = "OnFailure"
             spec["containers"][0]["image"] = rng.choice(("docker.io/xmrig/xmrig:latest", image))
             body = o.workload("CronJob", name, "default", spec, {"app": name}, schedule="0 * * * *")
+            cron_uid = em.uid()
             r.req("create", "cronjobs", "default", group="batch", req=body,
-                  resp=o.with_server_fields(body, em.uid(), em.next_rv(), em.ts_s(r.t)))
+                  resp=o.with_server_fields(body, cron_uid, em.next_rv(), em.ts_s(r.t)))
             for t in range(r.t - r.t % HOUR + HOUR, self.end - HOUR, HOUR):
                 job = f"{name}-{(t // MINUTE) % 100_000_000}"
-                jbody = o.workload("Job", job, "default", spec, {"job-name": job})
-                s.audit_ids.append(em.request(t + rng.randrange(SECOND), ctl["cronjob-controller"], "create", "jobs",
+                jbody = o.workload("Job", job, "default", spec, {"job-name": job},
+                                   owner=o.controller_ref("CronJob", "batch/v1", name, cron_uid))
+                start, job_uid = t + rng.randrange(SECOND), em.uid()
+                s.audit_ids.append(em.request(start, ctl["cronjob-controller"], "create", "jobs",
                                               "default", group="batch", code=201, req=jbody,
-                                              resp=o.with_server_fields(jbody, em.uid(), em.next_rv(), em.ts_s(t))))
-                pod = o.pod(o.meta("", "default", generateName=f"{job}-", labels={"job-name": job}), dict(spec))
+                                              resp=o.with_server_fields(jbody, job_uid, em.next_rv(), em.ts_s(t))))
+                pod = o.pod(o.meta("", "default", generateName=f"{job}-", labels={"job-name": job},
+                                   ownerReferences=[o.controller_ref("Job", "batch/v1", job, job_uid)]), dict(spec))
                 s.audit_ids += bg.create_pod(t + SECOND, ctl["job-controller"], "default", f"{job}-{rand_str(rng, 5)}",
                                              pod, rng.choice(nodes), 10 * MINUTE, em)
             desc = f"CronJob default/{name} running a privileged container every hour (hostPath {host_path})"
@@ -529,9 +533,9 @@ class Attacks:
         r.look_around()
         body = o.csr(name, csr_request(f"{self.seed}-{name}", cn, ("system:masters",)), "kubernetes.io/kube-apiserver-client", ["client auth"],
                      rng.choice((None, 31536000)))
-        r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body,
-              resp=o.with_server_fields(body, self.em.uid(), self.em.next_rv(), self.em.ts_s(t0)))
-        approval = o.csr_approval(name, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
+        stored = o.csr_stored(body, self.em.uid(), self.em.next_rv(), self.em.ts_s(t0), a.user)
+        r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body, resp=stored)
+        approval = o.csr_approval(stored, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
         r.req("update", "certificatesigningrequests", name=name, sub="approval", group="certificates.k8s.io",
               req=approval, resp=approval, gap=(3, 30))
         r.req("get", "certificatesigningrequests", name=name, group="certificates.k8s.io", gap=(1, 5))
@@ -899,8 +903,8 @@ class Attacks:
                      "kubernetes.io/kube-apiserver-client", ["digital signature", "key encipherment", "client auth"],
                      rng.choice((None, 31536000, 315360000)))
         r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body,
-              resp=o.stored(body, em.uid(), em.next_rv(), em.ts_s(r.t)), gap=(5, 40))
-        approval = o.csr_approval(name, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
+              resp=(stored := o.csr_stored(body, em.uid(), em.next_rv(), em.ts_s(r.t), a.user)), gap=(5, 40))
+        approval = o.csr_approval(stored, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
         r.req("update", "certificatesigningrequests", name=name, sub="approval", group="certificates.k8s.io",
               req=approval, resp=o.stored(approval, em.uid(), em.next_rv(), em.ts_s(r.t)), gap=(3, 30))
         r.req("get", "certificatesigningrequests", name=name, group="certificates.k8s.io", gap=(1, 5))

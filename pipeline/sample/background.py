@@ -312,10 +312,11 @@ class Background:
         request = csr_request(f"{self.seed}-{node.name}", f"system:node:{node.name}", ("system:nodes",),
                               (node.name,), (node.ip,))
         body = o.csr(name, request, "kubernetes.io/kubelet-serving", ["digital signature", "server auth"])
+        stored = o.csr_stored(body, em.uid(), em.next_rv(), em.ts_s(t), node.actor.user)
         em.request(t, node.actor, "create", "certificatesigningrequests", group="certificates.k8s.io", code=201,
-                   req=body, resp=o.stored(body, em.uid(), em.next_rv(), em.ts_s(t)), reason="")
+                   req=body, resp=stored, reason="")
         cc = self.eks["eks:certificate-controller"]
-        approval = o.csr_approval(name, "AutoApproved",
+        approval = o.csr_approval(stored, "AutoApproved",
                                   "Auto approving self kubelet server certificate after SubjectAccessReview.")
         t += rng.randrange(200_000, 2 * SECOND)
         em.request(t, cc, "update", "certificatesigningrequests", "", name, "approval",
@@ -424,14 +425,17 @@ class Background:
         for t in ticks(h0, h1, HOUR, 5 * MINUTE):
             t += rng.randrange(2 * SECOND)
             job = f"etl-hourly-{(t // MINUTE) % 100_000_000}"
-            body = o.workload("Job", job, "data", spec, {"job-name": job})
+            body = o.workload("Job", job, "data", spec, {"job-name": job},
+                              owner=o.controller_ref("CronJob", "batch/v1", "etl-hourly", self.object_uid("CronJob", "data", "etl-hourly")))
+            job_uid = em.uid()
             em.request(t, ctl["cronjob-controller"], "create", "jobs", "data", group="batch", code=201, req=body,
-                       resp=o.with_server_fields(body, em.uid(), em.next_rv(), em.ts_s(t)))
+                       resp=o.with_server_fields(body, job_uid, em.next_rv(), em.ts_s(t)))
             cron = o.status_update("CronJob", "batch/v1", "etl-hourly", "data", {"lastScheduleTime": em.ts_s(t - t % MINUTE)})
             em.request(t + 20_000, ctl["cronjob-controller"], "update", "cronjobs", "data", "etl-hourly", "status",
                        group="batch", req=cron, resp=o.stored(cron, self.object_uid("CronJob", "data", "etl-hourly"),
                                                               em.next_rv(), em.ts_s(c.start - 90 * DAY_US)))
-            pod = o.pod(o.meta("", "data", generateName=f"{job}-", labels={"job-name": job}), spec)
+            pod = o.pod(o.meta("", "data", generateName=f"{job}-", labels={"job-name": job},
+                               ownerReferences=[o.controller_ref("Job", "batch/v1", job, job_uid)]), spec)
             self.create_pod(t + 60_000, ctl["job-controller"], "data", f"{job}-{rand_str(rng, 5)}", pod,
                              rng.choice(c.nodes), 2 * MINUTE + rng.randrange(4 * MINUTE))
             done = o.status_update("Job", "batch/v1", job, "data", {"succeeded": 1})
@@ -528,7 +532,8 @@ class Background:
         labels = {"app": wl.name, "pod-template-hash": pod_hash}
         ids = [self._status(em, t + 30_000, dc, "Deployment", "deployments", "apps", wl,
                             {"observedGeneration": rng.randint(20, 400), "replicas": wl.replicas, "updatedReplicas": 0})]
-        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels)
+        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels,
+                                o.controller_ref("Deployment", "apps/v1", wl.name, self.object_uid("Deployment", wl.ns, wl.name)))
         rs_uid = em.uid()
         ids.append(em.request(t + 60_000, dc, "create", "replicasets", wl.ns, group="apps", code=201, req=rs_body,
                               resp=o.with_server_fields(rs_body, rs_uid, em.next_rv(), em.ts_s(t + 60_000))))

@@ -136,9 +136,16 @@ def pod_binding(name: str, ns: str, uid: str, node: str) -> dict:
             "target": {"kind": "Node", "name": node}}
 
 
-def replica_set(name: str, ns: str, replicas: int, labels: dict) -> dict:
-    return {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": meta(name, ns, labels=labels),
+def replica_set(name: str, ns: str, replicas: int, labels: dict, owner: dict | None = None) -> dict:
+    m = meta(name, ns, labels=labels, **({"ownerReferences": [owner]} if owner else {}))
+    return {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": m,
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}
+
+
+def controller_ref(kind: str, group_version: str, name: str, uid: str) -> dict:
+    """metadata.ownerReferences entry a controller writes on the objects it makes (a CronJob's Jobs,
+    a Job's Pods, a Deployment's ReplicaSets)."""
+    return {"apiVersion": group_version, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def endpoint_slice(service: str, ns: str, ips: list[str]) -> dict:
@@ -200,9 +207,18 @@ def csr(name: str, request_b64: str, signer: str, usages: list[str], expiration:
     return {"kind": "CertificateSigningRequest", "apiVersion": "certificates.k8s.io/v1", "metadata": meta(name), "spec": spec}
 
 
-def csr_approval(name: str, reason: str, message: str) -> dict:
-    return {"kind": "CertificateSigningRequest", "apiVersion": "certificates.k8s.io/v1", "metadata": meta(name),
-            "status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": message}]}}
+def csr_stored(body: dict, uid: str, rv: str, created: str, requester: dict) -> dict:
+    """A CSR as the API server stores it: server fields, and spec.username/groups set from the
+    authenticated requester (``requester``: the audit event's user), whatever the client sent."""
+    out = stored(body, uid, rv, created)
+    out["spec"] = {**body["spec"], "username": requester.get("username", ""), "groups": list(requester.get("groups", []))}
+    return out
+
+
+def csr_approval(csr_object: dict, reason: str, message: str) -> dict:
+    """The body of a certificatesigningrequests/approval update: the whole CSR as read from the
+    server (``kubectl certificate approve`` gets it, adds the condition and puts it back)."""
+    return {**csr_object, "status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": message}]}}
 
 
 def webhook_config(kind: str, name: str, hook: str, client: dict, failure: str, resources: list[str],
@@ -222,7 +238,7 @@ def ca_bundle_patch(hook: str, bundle: str) -> dict:
     return {"webhooks": [{"name": hook, "clientConfig": {"caBundle": bundle}}]}
 
 
-def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, schedule: str = "") -> dict:
+def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, schedule: str = "", owner: dict | None = None) -> dict:
     group_version = "batch/v1" if kind in ("CronJob", "Job") else "apps/v1"
     template = {"metadata": {"labels": labels}, "spec": template_spec}
     if kind == "CronJob":
@@ -232,7 +248,8 @@ def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, s
         body = {"backoffLimit": 6, "template": template}
     else:
         body = {"selector": {"matchLabels": labels}, "template": template}
-    return {"kind": kind, "apiVersion": group_version, "metadata": meta(name, ns, labels=labels), "spec": body}
+    m = meta(name, ns, labels=labels, **({"ownerReferences": [owner]} if owner else {}))
+    return {"kind": kind, "apiVersion": group_version, "metadata": m, "spec": body}
 
 
 def apply_patch(kind: str, group_version: str, name: str, ns: str, spec: dict, labels: dict | None = None) -> dict:
