@@ -423,3 +423,23 @@ def test_look_alikes_are_on_every_day(sample):
         assert want - kinds(day) == set()
     scrapes = [e for e in sample["days"][0] if _sub(e) == "proxy" and username(e).endswith(":prometheus")]
     assert all(e["responseStatus"]["code"] == 200 and e["verb"] == "get" for e in scrapes)
+
+
+def test_controller_copies_name_their_controller_and_approvals_carry_the_csr(sample):
+    """A controller's Jobs, Pods and ReplicaSets carry metadata.ownerReferences (controller: true), as the
+    cronjob, job and deployment controllers write them, so write rules judge the template's author and not
+    the copies; an approval is the whole CSR (kubectl certificate approve puts back what it read)."""
+    controllers = {"cronjob-controller": "CronJob", "job-controller": "Job", "deployment-controller": "Deployment",
+                   "replicaset-controller": "ReplicaSet"}
+    made = collections.Counter()
+    for day in sample["days"]:
+        for e in day:
+            kind = controllers.get(username(e).rsplit(":", 1)[-1])
+            if kind and e["verb"] == "create" and not _sub(e) and _res(e) in ("jobs", "pods", "replicasets"):
+                owners = e["requestObject"]["metadata"].get("ownerReferences") or []
+                assert [o["kind"] for o in owners if o.get("controller")] == [kind], (username(e), _res(e))
+                made[_res(e)] += 1
+            if _res(e) == "certificatesigningrequests" and _sub(e) == "approval":
+                spec = e["requestObject"]["spec"]
+                assert spec["request"] and spec["signerName"] and spec["username"]
+    assert made["jobs"] and made["pods"] and made["replicasets"]
