@@ -2,9 +2,10 @@
 
 Pure: dicts in, Arrow tables out. Each column is declared once in ``EVENT_COLUMNS``
 with its type and why it is kept; the archive, the Athena DDL and the docs read
-the same list. Secret material never survives normalisation: request and response
-bodies are reduced to the few facts rules need (a pod's privileges, a binding's
-role and subjects, a ConfigMap's key names), never values.
+the same list; the request decoders' columns (features.commands, features.writes,
+features.csr) are declared in those modules and joined here. Secret material never
+survives normalisation: request and response bodies are reduced to the few facts rules
+need (a pod's privileges, a binding's role and subjects, a ConfigMap's key names), never values.
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from features import commands, csr, writes
 
 try:
     import msgspec
@@ -55,8 +58,10 @@ READS: dict[str, str] = {
     "true": 'whether the value is the string "true"; block: string or null',
     "last_ip": "the last non-empty entry of the list (the per-line path repairs a bare string); block: list of strings or null",
     "claimed_ip": "the first non-empty entry when there are several; block: as last_ip",
-    "exec_command": "command= parameters of the request URI, decoded and joined, when the subresource is exec or attach",
-    "body": "a fact read from the request body by _request_facts, for BODY_RESOURCES only (never on the block path)",
+    "command": "decoded from the request URI by features.commands on the (rare) exec, attach and proxy rows, on every path "
+               "(the block decoders' request_uri and subresource columns, then features.commands)",
+    "body": "a fact of the written object (features.writes.effective_object: the responseObject as stored, else the request "
+            "body) read by _request_facts / features.writes / features.csr, for BODY_RESOURCES only (never on the block path)",
     "record": "not in the event: set from the log record it came in (salvage, CloudWatch event id)",
 }
 
@@ -66,7 +71,17 @@ def _at(*paths: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(path.split("/", 1)) if "/" in path else tuple(path.split(".")) for path in paths)
 
 
-_BODY = _at("requestObject")
+_BODY = _at("requestObject", "responseObject")
+_URI = _at("requestURI", "objectRef.subresource")
+# Columns the decoder modules declare (features.derived.DerivedColumn): joined into EVENT_COLUMNS below, declared there only.
+_COMMAND_COLUMNS = {c.name: c for c in commands.COLUMNS}
+_BODY_COLUMNS = writes.COLUMNS + csr.COLUMNS
+
+
+def _derived(column, source: tuple, read: str) -> Column:
+    return Column(column.name, column.type, f"{column.why} (reads {column.reads})", source, read)
+
+
 EVENT_COLUMNS: tuple[Column, ...] = (
     Column("time", TIMESTAMP, "stageTimestamp: when the stage happened; windows and partitions use it",
            _at("stageTimestamp", "timestamp", "requestReceivedTimestamp", "p_event_time"), "time"),
@@ -101,24 +116,14 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     Column("sa_pod_name", pa.string(), "service-account token's bound pod (authentication.kubernetes.io/pod-name)",
            (("user", "extra", "authentication.kubernetes.io/pod-name"),), "first"),
     Column("truncated", pa.bool_(), "annotation audit.k8s.io/truncated: body was stripped for size", _at("annotations/audit.k8s.io/truncated"), "true"),
-    Column("exec_command", pa.string(), "command= parameters of an exec/attach requestURI, decoded and joined",
-           _at("requestURI", "objectRef.subresource"), "exec_command"),
-    Column("pod_privileged", pa.bool_(), "a created workload's container runs privileged", _BODY),
-    Column("pod_host_namespaces", pa.string(), "hostPID/hostNetwork/hostIPC set on a created workload, comma-joined", _BODY),
-    Column("pod_host_paths", pa.string(), "hostPath volume paths of a created workload, comma-joined", _BODY),
-    Column("pod_capabilities", pa.string(), "added Linux capabilities of a created workload, comma-joined", _BODY),
-    Column("pod_images", pa.string(), "container images of a created workload, comma-joined", _BODY),
+    _derived(_COMMAND_COLUMNS["exec_command"], _URI, "command"),
     Column("role_ref", pa.string(), "a binding's roleRef as Kind/name", _BODY),
     Column("subjects", pa.string(), "a binding's subjects as Kind:namespace/name, comma-joined", _BODY),
     Column("role_verbs", pa.string(), "verbs granted by a created/updated Role or ClusterRole, comma-joined", _BODY),
     Column("role_resources", pa.string(), "resources granted by a created/updated Role or ClusterRole, comma-joined", _BODY),
-    Column("service_type", pa.string(), "spec.type of a created Service (NodePort, LoadBalancer)", _BODY),
-    Column("csr_signer", pa.string(), "spec.signerName of a CertificateSigningRequest", _BODY),
-    Column("csr_usages", pa.string(), "spec.usages of a CertificateSigningRequest, comma-joined", _BODY),
     Column("configmap_keys", pa.string(), "data key names of a written ConfigMap (values are never kept)", _BODY),
     Column("configmap_credentials", pa.bool_(), "a written ConfigMap's data looks like it holds credentials (values masked)", _BODY),
     Column("grants_masters", pa.bool_(), "a written aws-auth ConfigMap maps someone into system:masters", _BODY),
-    Column("ingress_tls", pa.bool_(), "a created Ingress declares spec.tls", _BODY),
     Column("webhook_targets", pa.string(),
            "where a written admission webhook configuration sends objects: url:<host> or service:<namespace>/<name>, comma-joined", _BODY),
     Column("webhook_weakened", pa.bool_(),
@@ -128,12 +133,17 @@ EVENT_COLUMNS: tuple[Column, ...] = (
            read="record"),
     Column("cw_event_id", pa.string(), "CloudWatch Logs event id when read from CloudWatch/Firehose: which of an event's copies the archive keeps",
            read="record"),
+    *(_derived(c, _URI, "command") for c in commands.COLUMNS if c.name != "exec_command"),
+    *(_derived(c, _BODY, "body") for c in _BODY_COLUMNS),
 )
 # Fields read to decide whether a value is an audit event at all (kind Event, apiVersion audit.k8s.io/*).
 GATE_FIELDS = ("kind", "apiVersion")
 # The columns read from the event's envelope as it is (not its body, not its log record): what the block
 # decoders (msgspec's and the C one) produce.
-ENVELOPE_COLUMNS = tuple(c for c in EVENT_COLUMNS if c.read not in ("body", "record"))
+ENVELOPE_COLUMNS = tuple(c for c in EVENT_COLUMNS if c.read not in ("body", "record", "command"))
+COMMAND_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.read == "command")
+# The subresources whose request URI features.commands decodes (exec/attach argv, what a proxy request reached).
+COMMAND_SUBRESOURCES = ("exec", "attach", "proxy")
 EVENT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in EVENT_COLUMNS])
 COLUMN_NAMES = tuple(c.name for c in EVENT_COLUMNS)
 _STRING_COLUMNS = frozenset(c.name for c in EVENT_COLUMNS if c.type == pa.string())
@@ -146,13 +156,6 @@ _STRING_COLUMNS = frozenset(c.name for c in EVENT_COLUMNS if c.type == pa.string
 REQUEST_IDENTITY = ("audit_id", "received_time", "user", "source_ip", "verb", "request_uri")
 EVENT_IDENTITY = REQUEST_IDENTITY + ("stage", "time", "code", "resource", "subresource", "namespace", "name", "api_group")
 
-SENSITIVE_HOST_PATHS = frozenset(
-    {
-        "/", "/proc", "/var/run/docker.sock", "/etc", "/root", "/var/run/crio/crio.sock",
-        "/run/containerd/containerd.sock", "/home/admin", "/var/lib/kubelet", "/var/lib/kubelet/pki",
-        "/etc/kubernetes", "/etc/kubernetes/manifests", "/var/run", "/run", "/var/lib/docker", "/dev",
-    }
-)
 _CREDENTIAL_KEY = re.compile(r"aws_access_key_id|aws_secret|secret_?key|passw(or)?d|passphrase|token|api_?key|private_?key", re.I)
 _CREDENTIAL_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
@@ -203,7 +206,7 @@ class SalvagedEvent(dict):
         """The ``salvage`` marker (SALVAGE_MARKERS), or None when nothing the archive keeps was lost."""
         if self.cut:
             return "truncated"
-        if "requestObject" in self.damaged and resource in BODY_RESOURCES:
+        if ("requestObject" in self.damaged or "responseObject" in self.damaged) and resource in BODY_RESOURCES:
             return "body_unreadable"
         if any(name in READ_FIELDS for name in self.damaged):
             return "value_unreadable"
@@ -242,62 +245,19 @@ def _joined(values) -> str | None:
     return ",".join(items) if items else None
 
 
-def _pod_spec(obj: dict) -> dict | None:
-    """The pod spec inside a Pod, a workload template or a CronJob's job template."""
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        return None
-    for path in (("template", "spec"), ("jobTemplate", "spec", "template", "spec")):
-        inner = spec
-        for key in path:
-            inner = inner.get(key) if isinstance(inner, dict) else None
-        if isinstance(inner, dict):
-            return inner
-    return spec if "containers" in spec else None
-
-
-def _workload_facts(spec: dict, row: dict) -> None:
-    containers = []
-    for key in ("containers", "initContainers", "ephemeralContainers"):
-        value = spec.get(key)
-        if isinstance(value, list):
-            containers.extend(c for c in value if isinstance(c, dict))
-    privileged = False
-    capabilities = []
-    for container in containers:
-        context = container.get("securityContext") or {}
-        if isinstance(context, dict):
-            privileged = privileged or context.get("privileged") is True
-            caps = context.get("capabilities") or {}
-            if isinstance(caps, dict) and isinstance(caps.get("add"), list):
-                capabilities.extend(caps["add"])
-    row["pod_privileged"] = privileged
-    row["pod_host_namespaces"] = _joined(k for k in ("hostPID", "hostNetwork", "hostIPC") if spec.get(k) is True)
-    volumes = spec.get("volumes") if isinstance(spec.get("volumes"), list) else []
-    row["pod_host_paths"] = _joined(
-        (v.get("hostPath") or {}).get("path") for v in volumes if isinstance(v, dict) and isinstance(v.get("hostPath"), dict)
-    )
-    row["pod_capabilities"] = _joined(capabilities)
-    row["pod_images"] = _joined(c.get("image") for c in containers)
-
-
-_WORKLOADS = ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs")
 _BINDINGS = ("clusterrolebindings", "rolebindings")
 _ROLES = ("clusterroles", "roles")
 _WEBHOOKS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
-# Resources whose request body ``_request_facts`` reads; every other body is dropped unread.
+# Resources whose written object ``_request_facts`` and features.writes read; every other body is dropped unread.
 BODY_RESOURCES = frozenset(
-    _WORKLOADS + _BINDINGS + _ROLES + _WEBHOOKS + ("services", "certificatesigningrequests", "configmaps", "ingresses")
+    writes.WORKLOADS + _BINDINGS + _ROLES + _WEBHOOKS + ("services", "certificatesigningrequests", "configmaps", "ingresses")
 )
 
 
 def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict) -> None:
-    """Reduce a request body to the facts rules need; never copy values of Secrets or ConfigMaps."""
-    if resource in _WORKLOADS:
-        spec = _pod_spec(obj)
-        if spec:
-            _workload_facts(spec, row)
-    elif resource in _BINDINGS:
+    """Reduce a written object to the facts rules need beyond features.writes' (bindings, role verbs and resources,
+    ConfigMaps, webhooks); never copy values of Secrets or ConfigMaps."""
+    if resource in _BINDINGS:
         ref = obj.get("roleRef")
         if isinstance(ref, dict):
             row["role_ref"] = f"{ref.get('kind', '')}/{ref.get('name', '')}"
@@ -312,16 +272,6 @@ def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict)
             rules = [r for r in rules if isinstance(r, dict)]
             row["role_verbs"] = _joined(v for r in rules for v in (r.get("verbs") or []))
             row["role_resources"] = _joined(v for r in rules for v in (r.get("resources") or []))
-    elif resource == "services":
-        spec = obj.get("spec")
-        if isinstance(spec, dict):
-            row["service_type"] = _text(spec.get("type"))
-    elif resource == "certificatesigningrequests":
-        spec = obj.get("spec")
-        if isinstance(spec, dict):
-            row["csr_signer"] = _text(spec.get("signerName"))
-            usages = spec.get("usages")
-            row["csr_usages"] = _joined(usages) if isinstance(usages, list) else None
     elif resource == "configmaps":
         data = obj.get("data")
         if isinstance(data, dict):
@@ -331,10 +281,6 @@ def _request_facts(resource: str | None, name: str | None, obj: dict, row: dict)
             )
             if name == "aws-auth":
                 row["grants_masters"] = any(isinstance(v, str) and "system:masters" in v for v in data.values())
-    elif resource == "ingresses":
-        spec = obj.get("spec")
-        if isinstance(spec, dict):
-            row["ingress_tls"] = bool(spec.get("tls"))
     elif resource in _WEBHOOKS:
         _webhook_facts(resource, obj, row)
 
@@ -372,13 +318,6 @@ def _url_host(url: str) -> str:
         return urlsplit(url).hostname or url
     except ValueError:
         return url
-
-
-def _exec_command(uri: str | None) -> str | None:
-    if not uri or "command=" not in uri:
-        return None
-    commands = parse_qs(urlsplit(uri).query).get("command")
-    return " ".join(commands) if commands else None
 
 
 def synthetic_audit_id(raw: dict) -> str:
@@ -463,10 +402,35 @@ def normalize_event(raw, cw_event_id: str | None = None, default_time: str | Non
         row["audit_id"] = synthetic_audit_id(raw)
     row["salvage"] = salvaged.marker(row["resource"]) if salvaged is not None else None
     row["cw_event_id"] = cw_event_id
-    body = raw.get("requestObject")
-    if isinstance(body, dict) and row["resource"]:
-        _request_facts(row["resource"], row["name"], body, row)
+    request = raw.get("requestObject")
+    if row["verb"] == "create" and isinstance(request, dict):
+        _complete_ref(row, request)
+    resource, subresource = row["resource"], row["subresource"]
+    if subresource in COMMAND_SUBRESOURCES:
+        row.update(commands.command_facts(row["request_uri"], request, subresource))
+    if resource in BODY_RESOURCES and request is not None:
+        # A write logs its request body with its response (RequestResponse level); without a request body there is
+        # nothing written to judge, and the block decoders, which never read responseObject, agree.
+        obj, body_columns = writes.effective_object(row["verb"], request, raw.get("responseObject"), row["code"])
+        row.update(body_columns)
+        if isinstance(obj, dict):
+            _request_facts(resource, row["name"], obj, row)
+            row.update(writes.body_facts(resource, subresource, obj, row["user"], row["groups"]))
     return row
+
+
+def _complete_ref(row: dict, request: dict) -> None:
+    """objectRef's namespace and name from a create's request body when the event lacks them, as kube-apiserver
+    completes the audit ref from the request object's metadata (k8s.io/apiserver audit ``LogRequestObject``): an
+    exporter or an older policy may log a create with the body but not the name, and incidents group by object.
+    A generateName create has no name until it is stored, so it stays null here as in kube-apiserver's own record."""
+    metadata = request.get("metadata")
+    if not isinstance(metadata, dict):
+        return
+    for column, key in (("namespace", "namespace"), ("name", "name")):
+        value = metadata.get(key)
+        if not row[column] and isinstance(value, str) and value:
+            row[column] = value
 
 
 def _dig(value, path: tuple[str, ...]):
@@ -523,7 +487,6 @@ _LINE_READS = {
     "true": lambda value: value == "true",
     "last_ip": lambda value: (_line_ips(value) or [None])[-1],
     "claimed_ip": lambda value: ips[0] if len(ips := _line_ips(value)) > 1 else None,
-    "exec_command": lambda value: _exec_command(_text(value[0])) if _text(value[1]) in ("exec", "attach") else None,
     "record": lambda value: None,
 }
 
@@ -558,9 +521,10 @@ def _first(value) -> str | None:
     return _text(value)
 
 
-# (name, source getter, reader) of each column the per-line path reads itself; body facts come from _request_facts.
+# (name, source getter, reader) of each column the per-line path reads itself; command and body columns are filled
+# by normalize_event from features.commands and features.writes.
 _LINE_PLAN = tuple((column.name, _line_getter(column.source) if column.source else lambda raw: None, _LINE_READS[column.read])
-                   for column in EVENT_COLUMNS if column.read != "body")
+                   for column in EVENT_COLUMNS if column.read not in ("body", "command"))
 
 
 # Normalised rows before their timestamps are parsed: EVENT_SCHEMA with both times still text.
@@ -649,7 +613,7 @@ def _parse_times(strings: pa.ChunkedArray, allow_null: bool = False) -> tuple[pa
 _BLOCK_TYPES = {
     "time": str | None, "id": str | None, "stage": str | None, "text": str | None, "true": str | None,
     "first": list[str | None] | str | None, "strings": list[str] | None, "code": int | None,
-    "last_ip": list[str] | None, "claimed_ip": list[str] | None, "exec_command": str | None,
+    "last_ip": list[str] | None, "claimed_ip": list[str] | None,
 }
 
 
@@ -685,7 +649,7 @@ def _struct(name: str, tree: dict):
 # The columns the msgspec block loop in normalize_json_lines fills, in the order it names them.
 _BLOCK_ORDER = ("time", "received_time", "audit_id", "stage", "level", "user", "groups", "impersonated_user", "source_ip",
                 "claimed_ip", "user_agent", "verb", "resource", "subresource", "namespace", "name", "api_group", "code", "decision",
-                "authz_reason", "request_uri", "arn", "session_name", "access_key_id", "sa_pod_name", "truncated", "exec_command")
+                "authz_reason", "request_uri", "arn", "session_name", "access_key_id", "sa_pod_name", "truncated")
 if set(_BLOCK_ORDER) != {column.name for column in ENVELOPE_COLUMNS}:
     raise ImportError("features.events.normalize_json_lines does not read every ENVELOPE_COLUMNS column: "
                       f"add {sorted({c.name for c in ENVELOPE_COLUMNS} ^ set(_BLOCK_ORDER))} to its loop and _BLOCK_ORDER")
@@ -732,7 +696,7 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
     columns: dict[str, list] = {column.name: [] for column in ENVELOPE_COLUMNS}
     (times, received, audit_ids, stages, levels, users, groups_, impersonated_users, source_ips, claimed_ips, agents, verbs,
      resources, subresources, namespaces, names, api_groups, codes, decisions, reasons, uris, arns, sessions, keys, pods,
-     truncated_, commands) = (columns[name] for name in _BLOCK_ORDER)
+     truncated_) = (columns[name] for name in _BLOCK_ORDER)
     positions = []
     missing_user = 0
     decode = _DECODE
@@ -748,7 +712,8 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
         ref = event.objectRef
         resource = ref.resource if ref is not None else None
         if ((kind is not None and kind != "Event") or (api_version is not None and not api_version.startswith("audit.k8s.io/"))
-                or not time or not audit_id or (resource in BODY_RESOURCES and event.requestObject is not None)):
+                or not time or not audit_id
+                or (event.requestObject is not None and (resource in BODY_RESOURCES or (event.verb == "create" and (ref is None or not ref.name))))):
             continue
         positions.append(position)
         times.append(time)
@@ -792,20 +757,17 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
         uri = event.requestURI
         uris.append(uri)
         if ref is None:
-            subresource = None
             resources.append(None)
             subresources.append(None)
             namespaces.append(None)
             names.append(None)
             api_groups.append(None)
         else:
-            subresource = ref.subresource
             resources.append(resource)
-            subresources.append(subresource)
+            subresources.append(ref.subresource)
             namespaces.append(ref.namespace)
             names.append(ref.name)
             api_groups.append(ref.apiGroup)
-        commands.append(_exec_command(uri) if subresource == "exec" or subresource == "attach" else None)
         code = event.responseStatus.code if event.responseStatus is not None else None
         codes.append(code if code is not None and 0 <= code < 1000 else None)
         annotations = event.annotations
@@ -819,6 +781,7 @@ def normalize_json_lines(lines: list[bytes], cw_ids: list | None = None, repairs
             truncated_.append(annotations.audit_k8s_io_truncated == "true")
     if missing_user and repairs is not None:
         repairs["user_missing"] = repairs.get("user_missing", 0) + missing_user
+    columns.update(_command_columns(pa.array(subresources, type=pa.string()), pa.array(uris, type=pa.string()), len(positions)))
     arrays = []
     for field in ROW_SCHEMA:
         if field.name in columns:
@@ -848,12 +811,7 @@ def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) 
     columns["code"] = pa.Array.from_buffers(pa.int32(), count, [pa.py_buffer(validity) if nulls else None, pa.py_buffer(values)],
                                             null_count=nulls)
     columns["truncated"] = pa.array(np.frombuffer(truncated, dtype=np.bool_))
-    commands = [None] * count
-    execs = pc.is_in(columns["subresource"], value_set=pa.array(["exec", "attach"]))
-    uris = columns["request_uri"]
-    for index in np.flatnonzero(execs.to_numpy(zero_copy_only=False)).tolist():
-        commands[index] = _exec_command(uris[index].as_py())
-    columns["exec_command"] = pa.array(commands, type=pa.string())
+    columns.update(_command_columns(columns["subresource"], columns["request_uri"], count))
     if cw_ids is not None:
         columns["cw_event_id"] = pa.array([cw_ids[i] for i in positions.tolist()], type=pa.string())
     # Arrays made of the C decoder's buffers are checked in full (offsets in bounds and rising, UTF-8) before
@@ -866,6 +824,19 @@ def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) 
                                "AUDITSIFT_NO_NATIVE=1 archives with the msgspec decoder meanwhile") from error
     arrays = [columns[field.name] if field.name in columns else pa.nulls(count, field.type) for field in ROW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA), positions
+
+
+def _command_columns(subresources: pa.Array, uris: pa.Array, count: int) -> dict[str, pa.Array]:
+    """COMMAND_COLUMNS of a block, decoded (features.commands) only on its rare exec, attach and proxy rows."""
+    rows = np.flatnonzero(pc.is_in(subresources, value_set=pa.array(COMMAND_SUBRESOURCES)).to_numpy(zero_copy_only=False))
+    decoded = commands.command_columns(uris[int(i)].as_py() for i in rows)
+    out = {}
+    for name in COMMAND_COLUMNS:
+        values = [None] * count
+        for index, value in zip(rows.tolist(), decoded[name]):
+            values[index] = value
+        out[name] = pa.array(values, type=pa.string())
+    return out
 
 
 def _string_array(count: int, validity: bytes, offsets: bytes, data: bytes, nulls: int) -> pa.Array:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from features.addresses import AddressBook, user_agent_family
 from features.columns import EventColumns
-from features.events import EVENT_SCHEMA, SENSITIVE_HOST_PATHS
+from features.events import EVENT_SCHEMA
 
 READ_VERBS = ("get", "list", "watch")
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
@@ -35,14 +35,6 @@ SUSPICIOUS_EXEC = re.compile(
 )
 # url:<host> webhook targets other than loopback and in-cluster service DNS names.
 EXTERNAL_WEBHOOK_URL = re.compile(r"(?:^|,)url:(?!(?:127\.\d+\.\d+\.\d+|localhost|::1|[^,]*\.svc(?:\.cluster\.local)?)(?:,|$))")
-DANGEROUS_CAPABILITIES = ("SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_ADMIN", "NET_RAW", "DAC_READ_SEARCH", "ALL", "BPF",
-                          "SYS_RAWIO", "SYS_BOOT", "SYSLOG", "PERFMON")
-# Host paths that are sensitive beyond features.events.SENSITIVE_HOST_PATHS: these exactly, and anything under the
-# prefixes (the cluster CA and kubelet keys, other runtimes' sockets and image stores); "/var" alone, not what is under it
-# (log shippers mount /var/log).
-EXTRA_SENSITIVE_HOST_PATHS = frozenset({"/var", "/var/run/cri-dockerd.sock", "/var/run/containerd/containerd.sock", "/run/containerd",
-                                        "/sys", "/boot"})
-SENSITIVE_HOST_PATH_PREFIXES = ("/etc/kubernetes/", "/var/lib/kubelet/", "/var/lib/docker/", "/var/lib/containerd/", "/proc/", "/root/")
 
 
 @dataclass(frozen=True)
@@ -99,15 +91,6 @@ def _number(d: FlagInputs, column: str, missing: int) -> np.ndarray:
     return np.array([missing if value is None else value for value in values])[codes]
 
 
-def _sensitive_path(path: str) -> bool:
-    path = path.rstrip("/") or "/"
-    return path in SENSITIVE_HOST_PATHS or path in EXTRA_SENSITIVE_HOST_PATHS or (path + "/").startswith(SENSITIVE_HOST_PATH_PREFIXES)
-
-
-def _any_path(d: FlagInputs, column: str) -> np.ndarray:
-    return d.where(column, lambda v: isinstance(v, str) and any(_sensitive_path(p) for p in v.split(",")))
-
-
 def _node_registered_by_other(d: FlagInputs) -> np.ndarray:
     """Node creations whose user is not system:node:<the Node's name> (each (user, name) pair judged once)."""
     rows = np.flatnonzero(_eq(d, "resource", "nodes") & _eq(d, "verb", "create") & _isna(d, "subresource"))
@@ -122,6 +105,20 @@ def _node_registered_by_other(d: FlagInputs) -> np.ndarray:
                 pairs[key] = user is None or name is None or user != f"system:node:{name}"
             result[row] = pairs[key]
     return result
+
+
+def _node_takeover(d: FlagInputs) -> np.ndarray:
+    """A pod spec that can take its node over: privileged, host namespaces, a sensitive hostPath, a dangerous
+    capability (features.writes.SENSITIVE_HOST_PATHS and DANGEROUS_CAPABILITIES) or /proc unmasked."""
+    return (_true(d, "pod_privileged") | ~_isna(d, "pod_host_namespaces") | ~_isna(d, "pod_sensitive_host_paths")
+            | ~_isna(d, "pod_dangerous_capabilities") | _true(d, "pod_proc_mount_unmasked"))
+
+
+def _written_template(d: FlagInputs) -> np.ndarray:
+    """A workload created, updated or patched by its author, not a controller's copy of a template (workload_owner);
+    subresources are left out (a pods/ephemeralcontainers response is the whole pod: ephemeral_privileged judges it)."""
+    return (_isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource")
+            & _isna(d, "workload_owner"))
 
 
 def _f(d: FlagInputs, name: str) -> np.ndarray:
@@ -237,10 +234,9 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create",)) & _isna(d, "subresource")),
     EventFlag("pod_in_system_namespace", "objectRef.namespace", "pods created directly in kube-system blend in with add-ons",
               lambda d: _eq(d, "resource", "pods") & _eq(d, "verb", "create") & _isin(d, "namespace", ("kube-system", "kube-public")) & _isna(d, "subresource")),
-    EventFlag("privileged_workload", "requestObject pod spec", "privileged, host namespaces, sensitive hostPath or dangerous capabilities: node takeover",
-              lambda d: _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & (
-                  _true(d, "pod_privileged") | ~_isna(d, "pod_host_namespaces")
-                  | _any_path(d, "pod_host_paths") | _contains(d, "pod_capabilities", "|".join(DANGEROUS_CAPABILITIES)))),
+    EventFlag("privileged_workload", "pod_privileged, pod_host_namespaces, pod_sensitive_host_paths, pod_dangerous_capabilities",
+              "privileged, host namespaces, sensitive hostPath or dangerous capabilities (features.writes' lists): node takeover",
+              lambda d: _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _node_takeover(d)),
     EventFlag("persistence_workload", "objectRef.resource, verb", "CronJobs and DaemonSets run code again and everywhere",
               lambda d: _isin(d, "resource", ("cronjobs", "daemonsets")) & _eq(d, "verb", "create")),
     EventFlag("nodeport_service", "requestObject.spec.type", "exposing a service on every node's address",
@@ -269,6 +265,60 @@ FLAGS: tuple[EventFlag, ...] = (
     EventFlag("node_registered_by_other", "objectRef.resource, objectRef.name, verb, user.username",
               "a Node object created by anyone but that node's own kubelet (system:node:<name>): a machine added to the cluster",
               _node_registered_by_other),
+    # --- issue 17: the request decoders' facts (features.commands, features.writes, features.csr)
+    EventFlag("exec_reverse_shell", "exec_intents", "a command wiring a shell to the network: interactive control from outside",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)reverse_shell:")),
+    EventFlag("exec_credential_read", "exec_intents", "a command reading tokens, keys, kubeconfigs, process environments or AWS credentials",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)credential_read:(?!env_dump)")),
+    EventFlag("exec_env_dump", "exec_intents", "a command printing the whole environment: weak alone, engineers do it to debug",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)credential_read:env_dump")),
+    EventFlag("exec_metadata_endpoint", "exec_intents", "a command reaching the instance metadata or pod credential endpoints",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)metadata_endpoint:")),
+    EventFlag("exec_payload", "exec_intents", "download-and-run or decoded execution: code the audit log does not show",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)(?:download_exec|encoded_exec):")),
+    EventFlag("exec_copy_out", "exec_intents", "tar cf - in a container: kubectl cp copying files out",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)archive_copy:from_pod")),
+    EventFlag("exec_tooling", "exec_intents", "package installs, history or log clearing, obfuscated command lines",
+              lambda d: _contains(d, "exec_intents", r"(?:^|,)(?:package_install|history_clear|obfuscation):")),
+    EventFlag("kubelet_execution", "proxy_resource, proxy_class (requestURI nodes/{name}/proxy/run|exec|attach|portForward|cri)",
+              "commands in any pod of a node through the kubelet API, with no pods/exec record",
+              lambda d: _eq(d, "proxy_resource", "nodes") & _eq(d, "proxy_class", "execution")),
+    EventFlag("kubelet_read", "proxy_resource, proxy_class (requestURI nodes/{name}/proxy/pods|logs|configz|debug|checkpoint|...)",
+              "reading every pod spec, log, profile or memory dump of a node through the kubelet API",
+              lambda d: _eq(d, "proxy_resource", "nodes") & _isin(d, "proxy_class", ("read", "other"))),
+    EventFlag("service_proxy", "proxy_resource, proxy_class (requestURI pods|services/{name}/proxy/...)",
+              "reaching a pod's or service's own HTTP endpoints through the API server",
+              lambda d: _isin(d, "proxy_resource", ("pods", "services")) & _eq(d, "proxy_class", "application")),
+    EventFlag("ephemeral_privileged", "objectRef.subresource, pod_privileged_containers",
+              "kubectl debug adding a privileged or capability-laden debug container",
+              lambda d: _eq(d, "subresource", "ephemeralcontainers") & _contains(d, "pod_privileged_containers", r"(?:^|,)ephemeralContainers/")),
+    EventFlag("host_escape_workload", "pod_privileged, pod_host_namespaces, pod_sensitive_host_paths, pod_dangerous_capabilities, "
+              "pod_proc_mount_unmasked, workload_owner",
+              "a workload written by its author (not a controller's copy) that can take its node over",
+              lambda d: _written_template(d) & _node_takeover(d)),
+    EventFlag("weakened_workload", "pod_runs_as_root, pod_privilege_escalation, pod_unconfined, pod_host_ports, workload_owner",
+              "a written workload that drops a hardening (root, escalation, unconfined profiles, host ports)",
+              lambda d: _written_template(d) & (_true(d, "pod_runs_as_root") | _true(d, "pod_privilege_escalation")
+                                                | ~_isna(d, "pod_unconfined") | ~_isna(d, "pod_host_ports"))),
+    EventFlag("system_namespace_workload_identity", "namespace, pod_service_account, pod_host_namespaces, workload_owner",
+              "a kube-system workload written that names a service account or joins the host network: persistence among the add-ons",
+              lambda d: _written_template(d) & _eq(d, "namespace", "kube-system")
+              & (~_isna(d, "pod_service_account") | _contains(d, "pod_host_namespaces", "hostNetwork"))),
+    EventFlag("internet_facing_service", "service_lb_scheme, service_type, service_external_ips",
+              "a Service written to be reachable from the internet, on every node, or on claimed external addresses",
+              lambda d: _eq(d, "resource", "services") & _isin(d, "verb", ("create", "update", "patch")) & (
+                  _eq(d, "service_lb_scheme", "internet-facing") | _eq(d, "service_type", "NodePort") | ~_isna(d, "service_external_ips"))),
+    EventFlag("ingress_without_tls", "ingress_tls", "an Ingress written that serves in clear text",
+              lambda d: _eq(d, "resource", "ingresses") & _isin(d, "verb", ("create", "update", "patch")) & _eq(d, "ingress_tls", False)),
+    EventFlag("role_dangerous_grant", "role_dangerous_grants", "a Role or ClusterRole written that grants an escalation path",
+              lambda d: _isin(d, "resource", ("roles", "clusterroles")) & _isin(d, "verb", ("create", "update", "patch"))
+              & ~_isna(d, "role_dangerous_grants")),
+    EventFlag("csr_risky", "csr_risks", "a CertificateSigningRequest for an unrevocable API-server client certificate or a privileged identity",
+              lambda d: _eq(d, "resource", "certificatesigningrequests") & _eq(d, "verb", "create") & ~_isna(d, "csr_risks")),
+    EventFlag("csr_client_approved", "csr_decision, csr_approved_signer, csr_risks",
+              "approving a client certificate for the API server, or a request with a risky subject: a credential minted",
+              lambda d: _eq(d, "csr_decision", "Approved") & (_eq(d, "csr_approved_signer", "kubernetes.io/kube-apiserver-client")
+                                                              | ~_isna(d, "csr_risks"))),
 )
 FLAG_NAMES = tuple(f.name for f in FLAGS)
 FLAG_BY_NAME = {f.name: f for f in FLAGS}

@@ -41,16 +41,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
+
+from features.commands import command_facts
+from features.events import COMMAND_COLUMNS, COMMAND_SUBRESOURCES, EVENT_COLUMNS
 
 SAMPLE_DAYS = 4
 EVENTS_PER_SCALE_DAY = 116_000
 NAIVE_CHUNK_LINES = 100_000
 BODY_FLAGS = ("configmap_credentials", "admin_binding", "anonymous_binding", "default_sa_binding", "dangerous_role",
-              "privileged_workload", "nodeport_service", "webhook_external_url", "webhook_weakened")
+              "privileged_workload", "nodeport_service", "webhook_external_url", "webhook_weakened", "ephemeral_privileged",
+              "host_escape_workload", "weakened_workload", "system_namespace_workload_identity", "internet_facing_service",
+              "ingress_without_tls", "role_dangerous_grant", "csr_risky", "csr_client_approved")
 
 
 # --------------------------------------------------------------------------- the naive version
@@ -127,15 +131,20 @@ def _naive_events(frame: pd.DataFrame) -> pd.DataFrame:
         "audit_id": column("auditID"), "stage": column("stage"), "user": column("user.username"),
         "impersonated_user": column("impersonatedUser.username"),
         "source_ip": ips.str[-1], "user_agent": column("userAgent"), "verb": column("verb"),
-        "resource": column("objectRef.resource"), "subresource": subresource, "namespace": column("objectRef.namespace"),
-        "name": column("objectRef.name"), "code": column("responseStatus.code").astype("Int32"),
+        "resource": column("objectRef.resource"), "subresource": subresource,
+        # a create's objectRef completed from its body's metadata, as features.events does
+        "namespace": column("objectRef.namespace").where(column("objectRef.namespace").fillna("") != "",
+                                                          column("requestObject.metadata.namespace").where(column("verb") == "create")),
+        "name": column("objectRef.name").where(column("objectRef.name").fillna("") != "",
+                                                column("requestObject.metadata.name").where(column("verb") == "create")), "code": column("responseStatus.code").astype("Int32"),
         "decision": column("annotations.authorization.k8s.io/decision"), "request_uri": uri,
-        "exec_command": [" ".join(parse_qs(urlsplit(u).query).get("command", [])) or None if s in ("exec", "attach") else None
-                         for u, s in zip(uri.fillna(""), subresource)],
     })
-    for name in ("configmap_credentials", "role_ref", "subjects", "role_verbs", "role_resources", "pod_privileged",
-                 "pod_host_namespaces", "pod_host_paths", "pod_capabilities", "service_type", "webhook_targets", "webhook_weakened",
-                 "salvage"):  # every line of the bench's data decodes whole, so nothing is salvaged
+    # exec/attach argv and proxy targets: the archive's decoder (features.commands) on the same rare rows
+    decoded = [command_facts(u) if s in COMMAND_SUBRESOURCES else {} for u, s in zip(uri.fillna(""), subresource)]
+    for name in COMMAND_COLUMNS:
+        events[name] = [facts.get(name) for facts in decoded]
+    # body facts are not read (BODY_FLAGS are not compared); every line of the bench's data decodes whole, so nothing is salvaged
+    for name in [c.name for c in EVENT_COLUMNS if c.read == "body"] + ["salvage"]:
         events[name] = None
     return events
 
@@ -171,7 +180,7 @@ DUCKDB_COLUMNS = {
     "auditID": "VARCHAR", "stage": "VARCHAR", "verb": "VARCHAR", "requestURI": "VARCHAR", "userAgent": "VARCHAR",
     "user": "STRUCT(username VARCHAR)", "sourceIPs": "VARCHAR[]", "stageTimestamp": "TIMESTAMPTZ",
     "requestReceivedTimestamp": "TIMESTAMPTZ",
-    "objectRef": "STRUCT(resource VARCHAR, subresource VARCHAR, namespace VARCHAR, name VARCHAR)",
+    "objectRef": "STRUCT(resource VARCHAR, subresource VARCHAR, namespace VARCHAR, name VARCHAR)", "requestObject": "JSON",
 }
 
 
@@ -222,8 +231,13 @@ def duckdb_partials(paths: list[str], window_minutes: int = 60, entity_types=("u
                time_bucket({window}, requestReceivedTimestamp, {origin}) AS received_window,
                auditID AS audit_id, stage, nullif("user".username, '') AS user, nullif(sourceIPs[-1], '') AS source_ip,
                nullif(userAgent, '') AS user_agent, nullif(verb, '') AS verb, nullif(objectRef.resource, '') AS resource,
-               nullif(objectRef.subresource, '') AS subresource, nullif(objectRef.namespace, '') AS namespace,
-               nullif(objectRef.name, '') AS name, nullif(requestURI, '') AS request_uri
+               nullif(objectRef.subresource, '') AS subresource,
+               -- a create's objectRef is completed from its body's metadata, as features.events does (and kube-apiserver)
+               coalesce(nullif(objectRef.namespace, ''), CASE WHEN verb = 'create'
+                        THEN nullif(json_extract_string(requestObject, '$.metadata.namespace'), '') END) AS namespace,
+               coalesce(nullif(objectRef.name, ''), CASE WHEN verb = 'create'
+                        THEN nullif(json_extract_string(requestObject, '$.metadata.name'), '') END) AS name,
+               nullif(requestURI, '') AS request_uri
         FROM read_json({files}, format = 'newline_delimited', compression = 'gzip', columns = {columns})
     ), requests AS (
         SELECT *, CASE WHEN name IS NOT NULL THEN coalesce(resource, '') || '/' || coalesce(namespace, '') || '/' || name END AS object_key,

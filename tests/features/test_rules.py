@@ -180,12 +180,9 @@ def test_panther_fixtures_trigger_the_equivalent_rules():
 NOT_SURFACED = {
     "anonymous_api_access__02_Anonymous_API_Access_Web_Scanner_Allowed.json": "anonymous GET /version: public by design, health paths are left out",
     "anonymous_api_access__06_ELB_Health_Check_from_Public_IP.json": "anonymous GET /healthz from a public address: a health probe",
-    "k8s_ingress_without_tls__00_EKS_Ingress_without_TLS.json": "needs the ingress_tls decoder (issue 17, planned ingress_without_tls)",
     "k8s_ioc_activity__00_EKS_Activity_from_Tor_Exit_Node.json": "fires only when the address is on the operator's threat list (no bundled feed)",
     "k8s_multiple_403_public_ip__00_EKS_403_from_Public_IP.json": "a threshold rule: one 403 is below public_403_burst's 10",
     "k8s_pod_created_in_system_namespace__03_EKS_pod_created_in_kube_node_lease.json": "kube-node-lease holds only Leases; a pod there is refused by no admission here and is not listed",
-    "k8s_privileged_pod_created__03_Run_As_Root_Pod_Created.json": "runAsUser 0 is not a decoded pod fact yet (issue 17 item 9)",
-    "k8s_privileged_pod_created__04_Pod_with_runAsUser_0_root.json": "runAsUser 0 is not a decoded pod fact yet (issue 17 item 9)",
     "k8s_secret_access_denied__01_EKS_failed_secret_get_404_Not_Found.json": "a 404 is a guessed name, not a refusal; counted for the model",
     "k8s_secret_enumeration__00_User_Gets_a_Secret.json": "a threshold rule: one read is below secrets_sweep's 15",
     "k8s_secret_enumeration__01_User_Lists_Secrets.json": "a threshold rule: one list is below secrets_sweep's 15",

@@ -15,13 +15,14 @@ import orjson
 import pytest
 
 from pipeline.sample import generate_sample
-from pipeline.sample.attacks import CATEGORIES
+from pipeline.sample.attacks import CATEGORIES, EVALUATE_SEEDS, categories
 from pipeline.sample.emit import api_path
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 SEED, DAYS, SCALE = 7, 3, 0.1
-COVERAGE_SEEDS = (0, 1, 2)
+COVERAGE_SEEDS = (1, 2, 3, 4, 5)
+NEW_FAMILIES = CATEGORIES[14:]
 
 
 def read(path):
@@ -47,7 +48,7 @@ def coverage(tmp_path_factory):
         d = tmp_path_factory.mktemp(f"cov{seed}")
         generate_sample(d, days=1, seed=seed, scale=0.02)
         events = read(next(d.glob("audit-*.jsonl.gz")))
-        out[seed] = (json.loads((d / "labels.json").read_text()), events)
+        out[seed] = (json.loads((d / "labels.json").read_text()), events, d)
     return out
 
 
@@ -102,9 +103,10 @@ def test_every_line_is_an_eks_audit_event(sample):
             ref = e.get("objectRef")
             path = urlsplit(e["requestURI"]).path
             if ref:
-                assert path == api_path(ref["resource"], ref.get("namespace", "") if ref["resource"] != "namespaces" else "",
-                                        ref.get("name", ""), ref.get("subresource", ""), ref.get("apiGroup", ""),
-                                        ref["apiVersion"])
+                want = api_path(ref["resource"], ref.get("namespace", "") if ref["resource"] != "namespaces" else "",
+                                ref.get("name", ""), ref.get("subresource", ""), ref.get("apiGroup", ""), ref["apiVersion"])
+                # a proxy request's path continues past the subresource (the kubelet's own path)
+                assert path == want or (ref.get("subresource") == "proxy" and path.startswith(want + "/"))
                 if e["verb"] == "watch":
                     assert parse_qs(urlsplit(e["requestURI"]).query)["watch"] == ["true"]
             else:
@@ -219,7 +221,7 @@ def test_labels_name_last_day_events_only(sample):
 
 def test_every_category_appears_with_its_signature(coverage):
     seen = set()
-    for labels, events in coverage.values():
+    for labels, events, _ in coverage.values():
         by_id = collections.defaultdict(list)
         for e in events:
             by_id[e["auditID"]].append(e)
@@ -269,3 +271,175 @@ SIGNATURES = {
     "webhook_tampering": lambda evs, s: any(_res(e) in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
                                             and e["verb"] in ("create", "patch") for e in evs),
 }
+
+
+def _sub(e):
+    return (e.get("objectRef") or {}).get("subresource")
+
+
+def _exec_argv(e):
+    return parse_qs(urlsplit(e["requestURI"]).query).get("command", [])
+
+
+def _privileged_stored(e):
+    spec = e["responseObject"]["spec"]["template"]["spec"]
+    return any((c.get("securityContext") or {}).get("privileged") for c in spec["containers"])
+
+
+SIGNATURES.update({
+    # A JSON-patch list as the request, the privileged Deployment as stored as the response, then new pods.
+    "workload_json_patch": lambda evs, s: any(e["verb"] == "patch" and _res(e) == "deployments"
+                                              and isinstance(e["requestObject"], list) and _privileged_stored(e)
+                                              for e in evs)
+    and any(_res(e) == "replicasets" and e["verb"] == "create" for e in evs),
+    "privileged_debug_container": lambda evs, s: any(
+        _sub(e) == "ephemeralcontainers" and e["verb"] == "patch"
+        and e["requestObject"]["spec"]["ephemeralContainers"][0]["securityContext"]["privileged"]
+        and e["responseObject"]["spec"]["ephemeralContainers"] for e in evs)
+    and any(_sub(e) == "attach" and e["responseStatus"]["code"] == 101 for e in evs),
+    "exec_payload": lambda evs, s: any(
+        re.search(r"mkfifo|/dev/tcp|/proc/1/environ|serviceaccount/token|2852039166|0xa9fea9fe|\| sh$", " ".join(_exec_argv(e)))
+        for e in evs if _sub(e) == "exec"),
+    "nodes_proxy_exec": lambda evs, s: any(_res(e) == "nodes" and _sub(e) == "proxy" and "/proxy/exec/" in e["requestURI"]
+                                           and e["responseStatus"]["code"] == 101 for e in evs)
+    and any(e["requestURI"].endswith("/proxy/pods") for e in evs),
+    "dns_hijack": lambda evs, s: any(_res(e) == "configmaps" and e["objectRef"].get("name") == "coredns"
+                                     and e["objectRef"]["namespace"] == "kube-system" and e["verb"] in ("update", "patch")
+                                     and e["level"] == "Metadata" for e in evs),
+    "service_exposure": lambda evs, s: any(
+        (_res(e) == "services" and e["verb"] == "create" and e["responseObject"]["spec"]["type"] == "LoadBalancer"
+         and e["requestObject"]["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internet-facing")
+        or (_res(e) == "services" and e["verb"] == "patch" and e["responseObject"]["spec"]["type"] == "NodePort")
+        or (_res(e) == "ingresses" and e["verb"] == "create" and "tls" not in e["requestObject"]["spec"]) for e in evs),
+    "client_certificate": lambda evs, s: any(_res(e) == "certificatesigningrequests" and _sub(e) == "approval" for e in evs)
+    and any(_csr_subject(e)[1] == ["system:masters"] and e["requestObject"]["spec"]["signerName"]
+            == "kubernetes.io/kube-apiserver-client" for e in evs if _res(e) == "certificatesigningrequests" and e["verb"] == "create")
+    and any(e["user"].get("groups", [None])[0] == "system:masters" and "extra" not in e["user"] for e in evs),
+    "kube_system_persistence": lambda evs, s: any(_res(e) == "serviceaccounts" and e["verb"] == "create" and not _sub(e) for e in evs)
+    and any(_sub(e) == "token" for e in evs)
+    and any(_res(e) == "daemonsets" and e["verb"] == "create" and e["objectRef"]["namespace"] == "kube-system"
+            and e["requestObject"]["spec"]["template"]["spec"]["hostNetwork"] for e in evs),
+    "system_identity_abuse": lambda evs, s: s["user"].startswith("system:serviceaccount:kube-system:")
+    and not _public(s["source_ip"])
+    and any(_res(e) == "clusterrolebindings" and e["requestObject"]["roleRef"]["name"] == "cluster-admin" for e in evs)
+    and any(_sub(e) == "exec" for e in evs),
+    "quiet_secret_theft": lambda evs, s: 1 <= len(evs) <= 3 and all(_res(e) == "secrets" and e["verb"] == "get"
+                                                                   and e["userAgent"].startswith(("curl/", "python-requests/"))
+                                                                   for e in evs),
+})
+
+
+def _csr_subject(e):
+    """(CN, [O...]) of the PKCS#10 request a CSR event carries, decoded as an API server would."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    req = x509.load_pem_x509_csr(base64.b64decode(e["requestObject"]["spec"]["request"]))
+    assert req.is_signature_valid
+    cn = req.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return cn, [a.value for a in req.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+
+
+def test_every_category_is_on_two_of_the_evaluated_seeds():
+    """`make evaluate` and the measured-quality table must see every family more than once."""
+    counts = collections.Counter(c for seed in EVALUATE_SEEDS for c in categories(seed))
+    assert {c: counts[c] for c in CATEGORIES if counts[c] < 2} == {}
+    assert all(9 <= len(categories(seed)) <= 11 for seed in EVALUATE_SEEDS)
+
+
+def test_new_families_are_labelled_and_read_cleanly_by_the_archive(coverage):
+    """Every event of the new families is labelled, in the day's file, decodes through the
+    archive's reader without quarantine and normalises to the identity and address labelled."""
+    from features.events import normalize_event
+    from pipeline.readers import Quarantine, read_events, resolve_inputs
+
+    seen = set()
+    for labels, _, d in coverage.values():
+        quarantine = Quarantine()
+        decoded = {v["auditID"]: v for ref in resolve_inputs([str(d)]) for v, _ in read_events(ref, quarantine)}
+        assert quarantine.total == 0
+        for s in labels["scenarios"]:
+            if s["category"] not in NEW_FAMILIES:
+                continue
+            seen.add(s["category"])
+            rows = [normalize_event(decoded[a]) for a in s["audit_ids"]]
+            assert any(r["source_ip"] == s["source_ip"] for r in rows), s["id"]
+            assert any(r["user"] == s["user"] for r in rows), s["id"]
+    assert seen == set(NEW_FAMILIES)
+
+
+def test_writes_log_the_object_as_stored(sample):
+    """EKS logs writes to the built-in groups at RequestResponse: every successful create, update
+    or patch (streaming upgrades aside) carries the responseObject a real API server returns."""
+    bare = collections.Counter()
+    for day in sample["days"]:
+        for e in day:
+            if e["level"] == "RequestResponse" and e["verb"] in ("create", "update", "patch") \
+                    and e["responseStatus"]["code"] in (200, 201) and "responseObject" not in e:
+                bare[(e["verb"], _res(e), _sub(e))] += 1
+    assert bare == {}
+    patches = [e for d in sample["days"] for e in d if e["verb"] == "patch" and _res(e) == "deployments"
+               and e["level"] == "RequestResponse" and not _sub(e)]
+    assert patches and all(e["responseObject"]["kind"] == "Deployment"
+                           and e["responseObject"]["spec"]["template"]["spec"]["containers"] for e in patches)
+
+
+def test_look_alikes_are_on_every_day(sample):
+    """The benign twins of the new families appear every day (training and scored), so the false
+    flags they cause are measured on every seed."""
+    def kinds(day):
+        found = set()
+        for e in day:
+            u, res, sub, verb = username(e), _res(e), _sub(e), e["verb"]
+            body = e.get("requestObject")
+            if verb == "patch" and res == "deployments" and u.endswith("argocd-application-controller"):
+                found.add("argocd-json" if isinstance(body, list) else "argocd-merge")
+            if verb == "patch" and res == "deployments" and u.endswith("@corp.example") and body is not None:
+                found.add("engineer-json" if isinstance(body, list) else "engineer-merge")
+            if sub == "ephemeralcontainers" and "securityContext" not in body["spec"]["ephemeralContainers"][0]:
+                found.add("debug")
+            if res == "services" and verb == "create" and (body["metadata"].get("annotations") or {}).get(
+                    "service.beta.kubernetes.io/aws-load-balancer-scheme") == "internal":
+                found.add("internal-lb")
+            if res == "certificatesigningrequests" and verb == "create" and u.startswith("system:node:"):
+                assert body["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                assert _csr_subject(e) == (u, ["system:nodes"])
+                found.add("serving-csr")
+            if sub == "approval" and u == "eks:certificate-controller":
+                found.add("csr-approval")
+            if sub == "proxy" and u == "system:serviceaccount:monitoring:prometheus":
+                found.add("scrape-" + e["requestURI"].rsplit("/proxy", 1)[1])
+            if res == "configmaps" and e["objectRef"].get("namespace") == "kube-system" and "coredns" in e["requestURI"] \
+                    and u.startswith("system:node:"):
+                found.add("coredns-config-read")
+            if sub == "exec" and u.endswith("@corp.example") and re.match(r"(ls|cat /etc/hosts|sh -c env \| grep)",
+                                                                          " ".join(_exec_argv(e))):
+                found.add("harmless-exec")
+        return found
+    want = {"argocd-json", "argocd-merge", "engineer-json", "engineer-merge", "debug", "internal-lb", "serving-csr",
+            "csr-approval", "scrape-/metrics", "scrape-/metrics/cadvisor", "coredns-config-read", "harmless-exec"}
+    for day in sample["days"]:
+        assert want - kinds(day) == set()
+    scrapes = [e for e in sample["days"][0] if _sub(e) == "proxy" and username(e).endswith(":prometheus")]
+    assert all(e["responseStatus"]["code"] == 200 and e["verb"] == "get" for e in scrapes)
+
+
+def test_controller_copies_name_their_controller_and_approvals_carry_the_csr(sample):
+    """A controller's Jobs, Pods and ReplicaSets carry metadata.ownerReferences (controller: true), as the
+    cronjob, job and deployment controllers write them, so write rules judge the template's author and not
+    the copies; an approval is the whole CSR (kubectl certificate approve puts back what it read)."""
+    controllers = {"cronjob-controller": "CronJob", "job-controller": "Job", "deployment-controller": "Deployment",
+                   "replicaset-controller": "ReplicaSet"}
+    made = collections.Counter()
+    for day in sample["days"]:
+        for e in day:
+            kind = controllers.get(username(e).rsplit(":", 1)[-1])
+            if kind and e["verb"] == "create" and not _sub(e) and _res(e) in ("jobs", "pods", "replicasets"):
+                owners = e["requestObject"]["metadata"].get("ownerReferences") or []
+                assert [o["kind"] for o in owners if o.get("controller")] == [kind], (username(e), _res(e))
+                made[_res(e)] += 1
+            if _res(e) == "certificatesigningrequests" and _sub(e) == "approval":
+                spec = e["requestObject"]["spec"]
+                assert spec["request"] and spec["signerName"] and spec["username"]
+    assert made["jobs"] and made["pods"] and made["replicasets"]

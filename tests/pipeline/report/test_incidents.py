@@ -238,9 +238,6 @@ def test_incidents_csv_goes_through_safe_cell_and_the_record_keeps_raw_values():
 
 # --------------------------------------------------------------------------- quality on a real sample run
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the sample's CronJob create has no objectRef.name and the archive does not take the name "
-                   "from requestObject.metadata.name (kube-apiserver fills it), so the creator-to-kubelet link cannot be made: "
-                   "the privileged-workload scenario is 5 incidents until features/events.py fills `name` on creates")
 def test_each_scenarios_flagged_findings_fall_in_one_incident(full_run, sample_2d, record_property):  # noqa: F811
     """The sample run's labelled attacks: a scenario's flagged findings are one incident (two where two actors)."""
     from tools.evaluate import scenario_matches
