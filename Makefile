@@ -54,7 +54,7 @@ test: $(STAMP) browser nodetools
 # Developer tools (tools/, not in the wheel) run from the checkout as python -m tools.X.
 # The whole daily run at 0.25M and 1M events against the floor, the naive version (0.25M only) and DuckDB; bench-full
 # adds 4M events and the issue's profiles: a busy day (3.6M events in its peak hour) and identity sprays of 75k, 150k
-# and 300k identities in an hour. How long each took, and what they measured: docs/performance.md, "Whole run".
+# and 300k identities in an hour. How they measure, and the latest figures: docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench --sizes $(BENCH_SIZES) --naive-max 300000 --out bench-out
 
