@@ -78,9 +78,13 @@ def test_anomalies_jsonl_follows_the_contract(run):
 
 
 def test_planted_attacks_rank_at_the_top_and_few_benign_records_are_flagged(run):
-    outcome = evaluate_findings(run["findings"], run["labels"])
-    missed = [(s["id"], s["best_rank"]) for s in outcome["scenarios"] if not s["in_top_k"]]
-    assert not missed, f"scenarios outside the top 20: {missed}"
+    """Every planted attack is flagged and near the top. The bar grows with the attacks planted: this 5%-scale day
+    carries about eleven, each with an identity and an address window and often several hours, so more than twenty
+    windows are attacks (make evaluate judges the full-size seeds against the top 20)."""
+    top_k = max(20, 2 * len(run["labels"]["scenarios"]) + 5)
+    outcome = evaluate_findings(run["findings"], run["labels"], top_k=top_k)
+    missed = [(s["id"], s["best_rank"]) for s in outcome["scenarios"] if not s["in_top_k"] or not s["flagged"]]
+    assert not missed, f"scenarios unflagged or outside the top {top_k}: {missed}"
     assert outcome["non_scenario_flagged"] <= 10, outcome["non_scenario_flagged_examples"]
 
 
