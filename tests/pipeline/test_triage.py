@@ -86,7 +86,7 @@ def invoke(ctx, *args):
 def test_triage_command_records_a_verdict_by_id_or_prefix(workdir):
     ctx, findings = workdir
     code, output = invoke(ctx, findings[0]["finding_id"][:10], "--verdict", "benign", "--note", "exercise", "--suppress-similar",
-                          "--reviewer", "sam")
+                          "--reviewer", "sam", "--yes")
     assert code == 0, output
     assert f"recorded benign on finding {findings[0]['finding_id']}" in output
     assert printable(findings[0]["entity"]) in output  # printed literally, never read as markup; its line break as \n
