@@ -91,7 +91,7 @@ def record_incident_verdict(storage: Storage, cluster: str, incident: dict, memb
 
     Returns the incident record; ``findings`` holds the member records as written."""
     check_verdict(verdict, suppress_similar)
-    written = [record_verdict(storage, cluster, finding, verdict, note, suppress_similar and can_suppress(finding), reviewer, expires,
+    written = [record_verdict(storage, cluster, finding, verdict, note, suppress_similar and suppressible(finding), reviewer, expires,
                               incident["incident_id"]) for finding in members]
     record = {
         "time": now_iso(), "finding_id": None, "incident_id": incident["incident_id"], "cluster": cluster,
@@ -118,6 +118,12 @@ def _append(storage: Storage, cluster: str, record: dict) -> None:
 def can_suppress(finding: dict) -> bool:
     """A finding has a shape to suppress by: rule hits or reasons (a window with neither gives no scope)."""
     return bool(finding["rule_hits"] or finding["reasons"])
+
+
+def suppressible(finding: dict) -> bool:
+    """An incident member a benign --suppress-similar verdict adds a suppression for: flagged (or already suppressed)
+    and with a shape; quiet members are in the incident for context, their shape is not what was reviewed."""
+    return bool(finding["flagged"] or finding.get("suppressed")) and can_suppress(finding)
 
 
 def similar_suppression(finding: dict, note: str, reviewer: str | None = None, expires: str | None = None) -> Suppression:

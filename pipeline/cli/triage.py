@@ -17,7 +17,6 @@ from pipeline.text import printable
 from pipeline.triage import (
     INCIDENT_PREFIX,
     VERDICTS,
-    can_suppress,
     check_verdict,
     find_finding,
     find_incident,
@@ -30,6 +29,7 @@ from pipeline.triage import (
     record_verdict,
     remove_suppression,
     similar_suppression,
+    suppressible,
 )
 
 PREVIEW_ROWS = 10
@@ -62,8 +62,8 @@ def triage_command(target_id, workdir, config_path, cluster, verdict, note, supp
     else:
         incident, members = None, [find_finding(ctx, target_id)]
     if suppress_similar:
-        scoped = [f for f in members if can_suppress(f)]
-        suppressions = [similar_suppression(f, note, reviewer, until) for f in (scoped if incident else members)]
+        scoped = [f for f in members if suppressible(f)] if incident else members
+        suppressions = [similar_suppression(f, note, reviewer, until) for f in scoped]
         hidden = preview_suppressions(latest_findings(ctx)[1], suppressions)
         print_preview(suppressions, hidden, members, applied=yes)
         if not yes:
@@ -101,7 +101,7 @@ def print_preview(suppressions: list[Suppression], hidden: list[dict], members: 
     """What the suppressions would hide in the latest scores: the count, then the first rows."""
     unscoped = len(members) - len(suppressions)
     say(f"--suppress-similar: {len(suppressions)} suppression(s) would hide {len(hidden)} flagged window(s) of the latest scores"
-        + (f" ({unscoped} finding(s) with neither rule hits nor reasons get none)" if unscoped else ""))
+        + (f" ({unscoped} quiet member(s), or with neither rule hits nor reasons, get none)" if unscoped else ""))
     for s in suppressions:
         ranges = ", ".join(f"{name} <= {high:g}" for name, (_, high) in s.ranges.items())
         say(f"  scope {s.id}: {s.entity_type} {printable(s.entity or '')} (literal); rules {', '.join(s.rules) or 'none'}; "

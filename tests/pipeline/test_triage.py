@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import LocalStorage
 from pipeline.stages.score import load_suppressions, suppression_for
 from pipeline.text import printable
-from pipeline.triage import precision, read_verdicts, record_verdict, similar_suppression, triage_key
+from pipeline.triage import precision, read_verdicts, record_incident_verdict, record_verdict, similar_suppression, triage_key
 from tests.report_factory import make_context
 
 CLUSTER = "demo"
@@ -161,3 +161,19 @@ def test_an_ambiguous_prefix_lists_the_candidates(workdir):
     assert code == 2
     assert output.splitlines()[0] == ("error: finding id prefix 'abcdef0123' matches 2 findings in run 20261105T061500Z-a1b2c3: "
                                       "abcdef0123456789aaaa, abcdef0123456789bbbb")
+
+
+def test_a_benign_incident_suppresses_the_shapes_of_its_flagged_members_only(workdir):
+    ctx, findings = workdir
+    members = [findings[0], findings[4]]  # a flagged finding and a quiet one in the same story
+    incident = {"incident_id": "inc-0123456789abcdef0123", "title": "secrets read by a new client", "finding_ids": [f["finding_id"] for f in members]}
+    record = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "benign", "red team", suppress_similar=True, reviewer="sam")
+    assert [r["suppression"] for r in record["findings"]] == [f"triage-{findings[0]['finding_id']}", None]
+    assert [s.id for s in load_suppressions(ctx)] == [f"triage-{findings[0]['finding_id']}"]
+    records, _ = read_verdicts(ctx.storage, CLUSTER)
+    assert [(r["finding_id"], r["incident_id"]) for r in records] == [(f["finding_id"], incident["incident_id"]) for f in members] + [
+        (None, incident["incident_id"])]
+    assert precision(ctx.storage, CLUSTER)["benign"] == 2
+    again = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "malicious", "not the red team after all")
+    assert again["replaces"]["verdict"] == "benign" and again["findings"][1]["replaces"]["reviewer"] == "sam"
+    assert precision(ctx.storage, CLUSTER) == {"reviewed": 2, "benign": 0, "malicious": 2, "unsure": 0, "precision": 1.0, "unreadable": 0}
