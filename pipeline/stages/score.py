@@ -11,8 +11,8 @@ Rank formula (docs/detection.md):
     combined   = scoring.model_weight * model_part + rule_part.
 A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it that
 is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions
-(``pipeline.triage.suppression_for``) clear a flagged record's
-``flagged`` but keep the record, marked ``suppressed``.
+(``pipeline.triage.suppression_for``) clear a flagged record's ``flagged`` but keep the record, marked ``suppressed``;
+a quiet record is never marked.
 
 Events are processed hour by hour so memory stays bounded by an hour of events. The records written out
 (findings.json, and the report stage's files made from it) are every flagged one, suppressed or not, and the best
