@@ -184,8 +184,9 @@ def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppressio
 
 
 def preview_suppressions(findings: list[dict], suppressions: list[Suppression]) -> list[dict]:
-    """The findings of the latest scores (flagged before any suppression) that ``suppressions`` would hide, in rank order."""
-    return [f for f in findings if (f["flagged"] or f.get("suppressed")) and suppression_for(f, suppressions) is not None]
+    """The findings of the latest scores that ``suppressions`` would mark suppressed (flagged or quiet, as the score stage
+    does), in rank order."""
+    return [f for f in findings if suppression_for(f, suppressions) is not None]
 
 
 def read_suppressions(storage: Storage, cluster: str) -> list[Suppression]:

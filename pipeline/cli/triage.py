@@ -100,7 +100,9 @@ def replaced(record: dict) -> str:
 def print_preview(suppressions: list[Suppression], hidden: list[dict], members: list[dict], applied: bool) -> None:
     """What the suppressions would hide in the latest scores: the count, then the first rows."""
     unscoped = len(members) - len(suppressions)
-    say(f"--suppress-similar: {len(suppressions)} suppression(s) would hide {len(hidden)} flagged window(s) of the latest scores"
+    flagged = sum(bool(f["flagged"] or f.get("suppressed")) for f in hidden)
+    say(f"--suppress-similar: {len(suppressions)} suppression(s) would hide {len(hidden)} window(s) of the latest scores "
+        f"({flagged} flagged)"
         + (f" ({unscoped} quiet member(s), or with neither rule hits nor reasons, get none)" if unscoped else ""))
     for s in suppressions:
         ranges = ", ".join(f"{name} <= {high:g}" for name, (_, high) in s.ranges.items())

@@ -11,8 +11,7 @@ Rank formula (docs/detection.md):
     combined   = scoring.model_weight * model_part + rule_part.
 A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it that
 is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions
-(``pipeline.triage.suppression_for``) clear a flagged record's ``flagged`` but keep the record, marked ``suppressed``;
-a quiet record is never marked.
+(``pipeline.triage.suppression_for``) clear ``flagged`` but keep the record, marked ``suppressed``.
 
 Events are processed hour by hour so memory stays bounded by an hour of events. The records written out
 (findings.json, and the report stage's files made from it) are every flagged one, suppressed or not, and the best
@@ -144,7 +143,7 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
                 "suppressed": False,
                 "repeats": None if row.repeats is None else finding_id(ctx.cluster, *row.repeats),
             }
-            match = suppression_for(record, suppressions) if suppressions and record["flagged"] else None
+            match = suppression_for(record, suppressions) if suppressions else None
             if match is not None:
                 record.update(suppressed=True, flagged=False, suppressed_by=match.id or match.note or "suppression")
             if row.repeats is not None:

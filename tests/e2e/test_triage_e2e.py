@@ -92,7 +92,7 @@ def test_suppress_similar_previews_then_applies_with_yes_and_the_rescore_hides_o
     target = next(f for f in work["findings"] if f["flagged"] and f["reasons"])
     code, output = triage(work, target["finding_id"], "--verdict", "benign", "--suppress-similar")
     assert code == 0, output
-    assert "would hide 1 flagged window(s)" in output and f"would hide #{target['rank']} {target['finding_id']}" in output
+    assert "would hide 1 window(s) of the latest scores (1 flagged)" in output and f"would hide #{target['rank']} {target['finding_id']}" in output
     assert "preview only: nothing recorded" in output
     assert not verdicts(work) and not list(work["workdir"].glob("triage/*/suppressions.json"))
     code, output = triage(work, target["finding_id"], "--verdict", "benign", "--suppress-similar", "--yes", "--reviewer", "sam")
