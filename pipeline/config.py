@@ -165,7 +165,10 @@ class Suppression(Section):
     It always names an entity (or a glob pattern). ``rules`` and ``reasons`` narrow it: a
     finding matches when its rule hits and top reasons are among them. Empty means "any"
     unless ``exact`` (what triage writes): then empty means "none", so a later finding with
-    a new rule or a new kind of deviation is never hidden.
+    a new rule or a new kind of deviation is never hidden, and a finding with neither rule
+    hits nor reasons (nothing to compare) is never hidden. ``ranges`` bound the values of the
+    reasons it names; ``expires`` ends it for windows starting at or after that time.
+    Matching: ``pipeline.triage.suppression_for``.
     """
 
     id: str | None = None
@@ -174,8 +177,15 @@ class Suppression(Section):
     entity_type: Literal["user", "source_ip"] | None = None
     rules: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    ranges: dict[str, tuple[float, float]] = Field({}, description=(
+        "feature -> [low, high]: a finding whose reason on that feature has a value outside it is not suppressed "
+        "(triage writes 0 up to twice the reviewed finding's value)"))
     exact: bool = False
     note: str = ""
+    created: str | None = Field(None, description="when it was added (UTC, ISO 8601); triage sets it")
+    reviewer: str | None = Field(None, description="who added it; triage sets it from --reviewer")
+    expires: str | None = Field(None, description=(
+        "UTC ISO 8601 time: windows starting at or after it are not suppressed (by window time, so a rerun is reproducible)"))
 
 
 class ReportConfig(Section):

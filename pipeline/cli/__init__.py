@@ -2,7 +2,7 @@
 
 Thin commands over the stage functions (``pipeline.stages``), one module per command group:
 ``stages`` (run, archive, features, train, score, report), ``sample``, ``catalog``, ``locks`` (unlock),
-``triage``, ``deploy``, ``export``, ``container`` (the scheduled run's container steps) and ``cron``.
+``triage``, ``suppressions``, ``deploy``, ``export``, ``container`` (the scheduled run's container steps) and ``cron``.
 Every command is wrapped in the one error boundary (``boundary``) and takes the shared options
 declared once in ``options``. Exit codes: docs/operations.md.
 """
@@ -19,7 +19,7 @@ from pipeline.cli.export import export_command
 from pipeline.cli.locks import unlock
 from pipeline.cli.options import LOG_LEVELS, configure_logging
 from pipeline.cli.sample import sample
-from pipeline.cli.triage import triage_command
+from pipeline.cli.triage import suppressions_group, triage_command
 
 # These set up logging themselves (their own --log-level, default INFO: their stderr is a scheduled run's log).
 OWN_LOGGING = ("cron", "container")
@@ -43,7 +43,7 @@ def main(ctx: click.Context, log_level: str, debug: bool) -> None:
         configure_logging(log_level)
 
 
-for command in (sample, *stages.COMMANDS, unlock, catalog, triage_command, deploy_command, export_command, container, cron_command):
+for command in (sample, *stages.COMMANDS, unlock, catalog, triage_command, suppressions_group, deploy_command, export_command, container, cron_command):
     main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,8 +10,8 @@ Rank formula (docs/detection.md):
                  entity triggers routinely in training weighs a quarter: see ``rule_parts``);
     combined   = scoring.model_weight * model_part + rule_part.
 A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it that
-is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions clear
-``flagged`` but keep the record, marked ``suppressed``.
+is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions
+(``pipeline.triage.suppression_for``) clear ``flagged`` but keep the record, marked ``suppressed``.
 
 Events are processed hour by hour so memory stays bounded by an hour of events. The records written out
 (findings.json, and the report stage's files made from it) are every flagged one, suppressed or not, and the best
@@ -20,7 +20,6 @@ among all scored records, and the summary counts what was left out.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import heapq
 import logging
@@ -60,6 +59,7 @@ from pipeline.stages.features import (
 )
 from pipeline.stages.ranges import overlaps
 from pipeline.stages.train import load_model
+from pipeline.triage import read_suppressions, suppression_for
 
 log = logging.getLogger(__name__)
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
@@ -76,29 +76,7 @@ TOP_REASONS = 5
 
 def load_suppressions(ctx: RunContext) -> list[Suppression]:
     """Suppressions from the config plus those recorded by `auditsift triage --suppress-similar`."""
-    recorded = ctx.storage.read_json_or(f"{ctx.cluster_key('triage')}/suppressions.json", [])
-    return list(ctx.config.suppressions) + [Suppression.model_validate(item) for item in recorded]
-
-
-def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppression | None:
-    """The first suppression matching the record's entity AND its rules AND its top reasons (scoped, not blanket)."""
-    rules = {hit["rule"] for hit in record["rule_hits"]}
-    reasons = {reason["feature"] for reason in record["reasons"][:3]}
-    for item in suppressions:
-        if item.entity_type and item.entity_type != record["entity_type"]:
-            continue
-        if item.entity and item.entity != record["entity"]:
-            continue
-        if item.entity_pattern and not fnmatch.fnmatchcase(record["entity"], item.entity_pattern):
-            continue
-        if not (item.entity or item.entity_pattern):
-            continue
-        if (item.rules or item.exact) and not rules <= set(item.rules):
-            continue
-        if (item.reasons or item.exact) and not reasons <= set(item.reasons):
-            continue
-        return item
-    return None
+    return list(ctx.config.suppressions) + read_suppressions(ctx.storage, ctx.cluster)
 
 
 def run_score(ctx: RunContext, fitted=None) -> dict:

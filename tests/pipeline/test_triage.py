@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import LocalStorage
 from pipeline.stages.score import load_suppressions, suppression_for
 from pipeline.text import printable
-from pipeline.triage import precision, read_verdicts, record_verdict, triage_key
+from pipeline.triage import precision, read_verdicts, record_incident_verdict, record_verdict, similar_suppression, triage_key
 from tests.report_factory import make_context
 
 CLUSTER = "demo"
@@ -86,7 +86,7 @@ def invoke(ctx, *args):
 def test_triage_command_records_a_verdict_by_id_or_prefix(workdir):
     ctx, findings = workdir
     code, output = invoke(ctx, findings[0]["finding_id"][:10], "--verdict", "benign", "--note", "exercise", "--suppress-similar",
-                          "--reviewer", "sam")
+                          "--reviewer", "sam", "--yes")
     assert code == 0, output
     assert f"recorded benign on finding {findings[0]['finding_id']}" in output
     assert printable(findings[0]["entity"]) in output  # printed literally, never read as markup; its line break as \n
@@ -114,3 +114,66 @@ def test_triage_command_fails_in_one_line_with_a_hint(workdir, args, message):
 def test_triage_command_has_help():
     result = CliRunner().invoke(triage_command, ["--help"])
     assert result.exit_code == 0 and "--suppress-similar" in result.output and "Record a verdict" in result.output
+
+
+def test_a_triage_suppression_never_hides_a_window_with_neither_rules_nor_reasons(workdir):
+    ctx, findings = workdir
+    target = findings[0]
+    suppression = similar_suppression(target, "red-team exercise")
+    bare = {**target, "window_start": "2026-11-05T15:00:00Z", "rule_hits": [], "reasons": []}
+    assert suppression_for(bare, [suppression]) is None
+    assert suppression_for({**bare, "reasons": target["reasons"][:1]}, [suppression]) == suppression
+
+
+def test_a_triage_suppression_hides_up_to_twice_the_reviewed_values_only(workdir):
+    ctx, findings = workdir
+    target = findings[0]
+    suppression = similar_suppression(target, "")
+    first = target["reasons"][0]
+    more = {**target, "reasons": [{**first, "value": first["value"] * 2}] + target["reasons"][1:]}
+    much_more = {**target, "reasons": [{**first, "value": first["value"] * 2 + 1}] + target["reasons"][1:]}
+    assert suppression_for(more, [suppression]) == suppression
+    assert suppression_for(much_more, [suppression]) is None
+
+
+@pytest.mark.parametrize("entity, other", [("dev-*", "dev-alice"), ("a.*", "ab"), ("[ab]ob", "bob"), ("x|y", "x")])
+def test_an_entity_with_glob_or_regex_characters_is_matched_literally(workdir, entity, other):
+    ctx, findings = workdir
+    target = {**findings[0], "entity": entity}
+    suppression = similar_suppression(target, "")
+    assert suppression_for(target, [suppression]) == suppression
+    assert suppression_for({**target, "entity": other}, [suppression]) is None
+
+
+def test_an_expired_suppression_hides_windows_before_its_expiry_only(workdir):
+    ctx, findings = workdir
+    target = {**findings[0], "window_start": "2026-11-05T06:00:00Z"}
+    suppression = similar_suppression(target, "", expires="2026-11-05T07:00:00Z")
+    assert suppression_for(target, [suppression]) == suppression
+    assert suppression_for({**target, "window_start": "2026-11-05T07:00:00Z"}, [suppression]) is None
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(workdir):
+    ctx, findings = workdir
+    twins = [{**findings[0], "finding_id": "abcdef0123456789aaaa"}, {**findings[1], "finding_id": "abcdef0123456789bbbb"}]
+    ctx.storage.write_json(f"{ctx.read_state()['score']['key']}/findings.json", twins + findings[2:])
+    code, output = invoke(ctx, "abcdef0123", "--verdict", "benign")
+    assert code == 2
+    assert output.splitlines()[0] == ("error: finding id prefix 'abcdef0123' matches 2 findings in run 20261105T061500Z-a1b2c3: "
+                                      "abcdef0123456789aaaa, abcdef0123456789bbbb")
+
+
+def test_a_benign_incident_suppresses_the_shapes_of_its_flagged_members_only(workdir):
+    ctx, findings = workdir
+    members = [findings[0], findings[4]]  # a flagged finding and a quiet one in the same story
+    incident = {"incident_id": "inc-0123456789abcdef0123", "title": "secrets read by a new client", "finding_ids": [f["finding_id"] for f in members]}
+    record = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "benign", "red team", suppress_similar=True, reviewer="sam")
+    assert [r["suppression"] for r in record["findings"]] == [f"triage-{findings[0]['finding_id']}", None]
+    assert [s.id for s in load_suppressions(ctx)] == [f"triage-{findings[0]['finding_id']}"]
+    records, _ = read_verdicts(ctx.storage, CLUSTER)
+    assert [(r["finding_id"], r["incident_id"]) for r in records] == [(f["finding_id"], incident["incident_id"]) for f in members] + [
+        (None, incident["incident_id"])]
+    assert precision(ctx.storage, CLUSTER)["benign"] == 2
+    again = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "malicious", "not the red team after all")
+    assert again["replaces"]["verdict"] == "benign" and again["findings"][1]["replaces"]["reviewer"] == "sam"
+    assert precision(ctx.storage, CLUSTER) == {"reviewed": 2, "benign": 0, "malicious": 2, "unsure": 0, "precision": 1.0, "unreadable": 0}
