@@ -391,13 +391,18 @@ def csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def render_markdown(context: dict) -> str:
+def render_markdown(context: dict, incidents: list[dict] | None = None) -> str:
+    """report.md from the report context; ``incidents``: the run's incident records (``incidents.json``), in the
+    template context as ``incidents`` (None when not given)."""
+    context = {**context, "incidents": incidents}
     env = _environment(autoescape=False)
     return env.get_template("report.md.j2").render(**context, view=build_view(context), md_detail_top=MD_DETAIL_TOP,
                                                    md_table_top=MD_TABLE_TOP, md_evidence_top=MD_EVIDENCE_TOP)
 
 
-def render_html(context: dict) -> str:
+def render_html(context: dict, incidents: list[dict] | None = None) -> str:
+    """report.html from the report context; ``incidents`` as for ``render_markdown``."""
+    context = {**context, "incidents": incidents}
     env = _environment(autoescape=True)
     script, style = _asset(env, "report.js"), _asset(env, "report.css")
     csp = (f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "
