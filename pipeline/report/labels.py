@@ -42,7 +42,7 @@ def order_notes(findings: Sequence[Mapping]) -> dict[str, str]:
             flagged_below = True
         elif flagged_below:
             reason = f"suppressed ({f.get('suppressed_by')})" if f.get("suppressed") else \
-                "quiet: scored high but neither model part above 1 nor a high-severity rule"
+                "quiet: no high-severity rule, model part at most 1"
             notes[f["finding_id"]] = f"{reason}; ranked above flagged rows by score"
     return notes
 
