@@ -165,7 +165,6 @@ def _description(finding: dict) -> str:
 def asff_finding(finding: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
                  run_result: dict) -> dict:
     """One auditsift finding in the AWS Security Finding Format."""
-    arn_partition = partition(region)
     hits = finding.get("rule_hits", [])
     severity = {"Label": severity_label(finding), "Original": f"{finding['score']:.3f}"}
     types = finding_types(finding)
@@ -180,21 +179,34 @@ def asff_finding(finding: dict, *, cluster: str, region: str, account: str, prod
         "auditsift/run_id": str(run_result.get("run_id", "")),
         "auditsift/report": str(run_result.get("report") or ""),
     }
-    return {
+    return _asff(f"{cluster}/{finding['finding_id']}", f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model", types, severity,
+                 (finding["window_start"], finding["window_end"], finding["window_end"]),
+                 f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", _description(finding),
+                 fields, cluster=cluster, region=region, account=account, product=product, updated_at=updated_at)
+
+
+def _asff(finding_id: str, generator: str, types: list[str], severity: dict, times: tuple[str, str, str], title: str,
+          description: str, fields: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
+          related: list[dict] | None = None) -> dict:
+    """The ASFF record: ``times`` are (first observed, last observed, created); text cut to ASFF's limits; Severity,
+    Types (and RelatedFindings when given) also in FindingProviderFields."""
+    arn_partition = partition(region)
+    first, last, created = times
+    record = {
         "SchemaVersion": SCHEMA_VERSION,
-        "Id": f"{cluster}/{finding['finding_id']}",
+        "Id": finding_id,
         "ProductArn": product,
-        "GeneratorId": f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model",
+        "GeneratorId": generator,
         "AwsAccountId": account,
         "Types": types,
-        "CreatedAt": finding["window_end"],
+        "CreatedAt": created,
         "UpdatedAt": updated_at,
-        "FirstObservedAt": finding["window_start"],
-        "LastObservedAt": finding["window_end"],
+        "FirstObservedAt": first,
+        "LastObservedAt": last,
         "Severity": severity,
-        "FindingProviderFields": {"Severity": severity, "Types": types},
-        "Title": clean(f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", TITLE_MAX),
-        "Description": _description(finding),
+        "FindingProviderFields": {"Severity": severity, "Types": types, **({"RelatedFindings": related} if related else {})},
+        "Title": clean(title, TITLE_MAX),
+        "Description": clean(description, DESCRIPTION_MAX),
         "ProductFields": {key: clean(value, FIELD_MAX) for key, value in fields.items() if value},
         "Resources": [{
             "Type": "AwsEksCluster",
@@ -205,6 +217,9 @@ def asff_finding(finding: dict, *, cluster: str, region: str, account: str, prod
         }],
         "RecordState": "ACTIVE",
     }
+    if related:
+        record["RelatedFindings"] = related
+    return record
 
 
 def exportable_incidents(incidents: list[dict], findings: list[dict], min_score: float) -> list[dict]:
@@ -227,7 +242,6 @@ def tactic_types(tactics: list[str]) -> list[str]:
 def incident_asff(incident: dict, members: list[dict], *, cluster: str, region: str, account: str, product: str,
                   updated_at: str, run_result: dict) -> dict:
     """One incident in the AWS Security Finding Format; ``members``: its findings (records of findings.json)."""
-    arn_partition = partition(region)
     types = tactic_types(incident.get("tactics") or [])
     if not types:
         types = list(dict.fromkeys(kind for f in members for kind in finding_types(f)))
@@ -244,32 +258,10 @@ def incident_asff(incident: dict, members: list[dict], *, cluster: str, region: 
         "auditsift/run_id": str(run_result.get("run_id", "")),
         "auditsift/report": str(run_result.get("report") or ""),
     }
-    return {
-        "SchemaVersion": SCHEMA_VERSION,
-        "Id": f"{cluster}/{incident['incident_id']}",
-        "ProductArn": product,
-        "GeneratorId": f"auditsift/{rules[0]}" if rules else "auditsift/model",
-        "AwsAccountId": account,
-        "Types": types,
-        "CreatedAt": incident["first_seen"],
-        "UpdatedAt": updated_at,
-        "FirstObservedAt": incident["first_seen"],
-        "LastObservedAt": incident["last_seen"],
-        "Severity": severity,
-        "FindingProviderFields": {"Severity": severity, "Types": types, "RelatedFindings": related},
-        "RelatedFindings": related,
-        "Title": clean(f"auditsift: {incident['title']}", TITLE_MAX),
-        "Description": clean(incident["summary"], DESCRIPTION_MAX),
-        "ProductFields": {key: clean(value, FIELD_MAX) for key, value in fields.items() if value},
-        "Resources": [{
-            "Type": "AwsEksCluster",
-            "Id": f"arn:{arn_partition}:eks:{region}:{account}:cluster/{cluster}",
-            "Partition": arn_partition,
-            "Region": region,
-            "Details": {"AwsEksCluster": {"Name": cluster}},
-        }],
-        "RecordState": "ACTIVE",
-    }
+    return _asff(f"{cluster}/{incident['incident_id']}", f"auditsift/{rules[0]}" if rules else "auditsift/model", types, severity,
+                 (incident["first_seen"], incident["last_seen"], incident["first_seen"]), f"auditsift: {incident['title']}",
+                 incident["summary"], fields, cluster=cluster, region=region, account=account, product=product,
+                 updated_at=updated_at, related=related)
 
 
 def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10,
