@@ -64,11 +64,6 @@ def terminal(width: int | None = None) -> Console:
     return Console(width=width, highlight=False)
 
 
-def _cut(text: str, width: int) -> str:
-    """``text`` in ``width`` characters: a longer one ends in an ellipsis (never wrapped, so no name splits over lines)."""
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
 def print_report(findings: list[dict], incidents: list[dict], rule_titles: dict, top: int, width: int | None = None) -> None:
     """Incidents first (rank, id, severity, first and last seen, then the title on its own line), then the top findings
     that are in no incident (rank, id, severity, score, window, entity, then title and notes), each line cut to the
@@ -77,7 +72,10 @@ def print_report(findings: list[dict], incidents: list[dict], rule_titles: dict,
     out = terminal(width)
 
     def line(text: str, style: str | None = None) -> None:
-        out.print(Text(_cut(printable(text), out.width), style=style or ""), markup=False, highlight=False, no_wrap=True, crop=True)
+        """One line cut to the width (in terminal cells) with an ellipsis: never wrapped, so no name splits over lines."""
+        shown = Text(printable(text), style=style or "")
+        shown.truncate(out.width, overflow="ellipsis")
+        out.print(shown, markup=False, highlight=False, no_wrap=True, crop=True)
 
     if incidents:
         shown = incidents[:top]

@@ -22,7 +22,7 @@ def title(finding: Mapping, rule_titles: Mapping[str, str]) -> str:
     "unusual activity for <entity>"."""
     hits = [h for h in finding.get("rule_hits", ()) if not h.get("routine")] or list(finding.get("rule_hits", ()))
     if hits:
-        top = max(hits, key=lambda h: (h.get("weight", 0), -len(h["rule"]), h["rule"]))
+        top = max(hits, key=lambda h: h.get("weight", 0))  # the first listed among equally heavy hits
         return rule_titles.get(top["rule"]) or top["rule"].replace("_", " ")
     return f"unusual activity for {finding['entity']}"
 
