@@ -4,7 +4,10 @@ For each seed: ``auditsift sample`` data (attacks on the last day), ``auditsift 
 then for every injected scenario its best rank among the scored day's records, and the
 number of flagged records that belong to no scenario. A record belongs to a scenario
 when it is the scenario's identity or source address in a window that overlaps the
-scenario's time span, or when its evidence includes one of the scenario's events.
+scenario's time span, or when its evidence includes one of the scenario's events. Incidents
+(issue 18): each scenario's best incident rank (an incident holding one of its records or
+events), how many incidents its flagged records fall in, and the flagged incidents that match no
+scenario.
 
     python -m tools.evaluate --seeds 1 2 3 --backend iforest rcf-local --out docs/evaluation.json
 """
@@ -24,6 +27,7 @@ from pipeline.io.storage import LocalStorage
 from pipeline.stages.run import run_pipeline
 
 TOP_K = 20
+TOP_INCIDENTS = 10  # issue 18: every scenario in the top 10 incidents
 
 
 def scenario_matches(finding: dict, scenario: dict) -> bool:
@@ -62,6 +66,33 @@ def evaluate_findings(findings: list[dict], labels: dict, top_k: int = TOP_K) ->
     }
 
 
+def evaluate_incidents(incidents: list[dict], findings: list[dict], labels: dict, top: int = TOP_INCIDENTS) -> dict:
+    """Per scenario: the best rank of an incident holding one of its findings (or events), whether that is in the top
+    ``top`` incidents, and how many incidents its flagged findings fall in; and the flagged incidents matching no scenario."""
+    scenarios = [{**s, "_ids": set(s["audit_ids"])} for s in labels["scenarios"]]
+    by_id = {f["finding_id"]: f for f in findings}
+    owned = [False] * len(incidents)
+    per_scenario = []
+    for scenario in scenarios:
+        mine = {f["finding_id"] for f in findings if scenario_matches(f, scenario)}
+        holding = [n for n, i in enumerate(incidents) if mine.intersection(i["finding_ids"]) or scenario["_ids"].intersection(i["audit_ids"])]
+        for n in holding:
+            owned[n] = True
+        flagged_in = {n for n in holding if any(by_id[f]["flagged"] for f in incidents[n]["finding_ids"] if f in mine and f in by_id)}
+        best = incidents[holding[0]]["rank"] if holding else None
+        per_scenario.append({"id": scenario["id"], "best_incident_rank": best, "in_top": bool(best and best <= top),
+                             "incidents_of_flagged": len(flagged_in)})
+    stray = [i for i, mine in zip(incidents, owned) if i["flagged"] and not mine]
+    return {
+        "incidents": len(incidents), "flagged_incidents": sum(i["flagged"] for i in incidents),
+        "scenarios_in_top_incidents": sum(s["in_top"] for s in per_scenario),
+        "scenarios_in_one_incident": sum(s["incidents_of_flagged"] == 1 for s in per_scenario),
+        "non_scenario_flagged_incidents": len(stray),
+        "non_scenario_incident_examples": [(i["rank"], i["title"]) for i in stray[:10]],
+        "incident_scenarios": per_scenario,
+    }
+
+
 def rerun_from_archive(ctx: RunContext, now) -> dict:
     """Features, train and score on an already archived workdir (for quick iterations on detection)."""
     from pipeline.stages.features import run_features
@@ -88,10 +119,12 @@ def evaluate_seed(seed: int, backend: str, days: int, scale: float, workroot: Pa
         result = rerun_from_archive(ctx, now)
     else:
         result = run_pipeline(ctx, [str(sample_dir)], now=now)
-    findings = ctx.storage.read_json(f"{ctx.read_state()['score']['key']}/findings.json")
+    key = ctx.read_state()["score"]["key"]
+    findings = ctx.storage.read_json(f"{key}/findings.json")
+    incidents = ctx.storage.read_json(f"{key}/incidents.json")
     labels = orjson.loads((sample_dir / "labels.json").read_bytes())
     return {"seed": seed, "backend": backend, "timings": dict(ctx.timings), "flagged": result["flagged"],
-            **evaluate_findings(findings, labels)}
+            **evaluate_findings(findings, labels), **evaluate_incidents(incidents, findings, labels)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{backend:10s} seed {seed}: {outcome['scenarios_in_top_k']}/{outcome['scenario_count']} scenarios in top {TOP_K}, "
                       f"{outcome['scenarios_flagged']} flagged, {outcome['non_scenario_flagged']} non-scenario flagged"
                       f"{'; missed ' + ', '.join(misses) if misses else ''}", flush=True)
+                far = [f"{s['id']}@{s['best_incident_rank']}" for s in outcome["incident_scenarios"] if not s["in_top"]]
+                print(f"{'':10s} incidents: {outcome['flagged_incidents']} flagged of {outcome['incidents']}; "
+                      f"{outcome['scenarios_in_top_incidents']}/{outcome['scenario_count']} scenarios in the top {TOP_INCIDENTS}, "
+                      f"{outcome['scenarios_in_one_incident']} with their flagged findings in one incident, "
+                      f"{outcome['non_scenario_flagged_incidents']} flagged incidents matching no scenario"
+                      f"{'; not in top: ' + ', '.join(far) if far else ''}", flush=True)
         summary = summarise(results)
         for backend, row in summary.items():
             print(f"{backend}: {row}")
@@ -135,6 +174,8 @@ def summarise(results: list[dict]) -> dict:
             "scenarios_flagged": f"{sum(r['scenarios_flagged'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
             "max_non_scenario_flagged": max(r["non_scenario_flagged"] for r in rows),
             "mean_non_scenario_flagged": round(statistics.mean(r["non_scenario_flagged"] for r in rows), 1),
+            "scenarios_in_top_incidents": f"{sum(r['scenarios_in_top_incidents'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
+            "max_non_scenario_flagged_incidents": max(r["non_scenario_flagged_incidents"] for r in rows),
         }
     return summary
 

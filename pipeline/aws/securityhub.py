@@ -1,4 +1,4 @@
-"""AWS Security Hub: the flagged findings as ASFF (``pipeline.report.asff``) through BatchImportFindings.
+"""AWS Security Hub: the flagged incidents as ASFF (``pipeline.report.asff``) through BatchImportFindings.
 
 Any rejected finding raises one ``AwsCallError`` naming the call and the first FailedFindings
 reason, after every batch has been sent.
@@ -13,7 +13,7 @@ from features.rules import Rule
 from pipeline.aws import session as aws
 from pipeline.config import Config
 from pipeline.errors import AwsCallError
-from pipeline.report.asff import BATCH_SIZE, asff_finding, clean, product_arn
+from pipeline.report.asff import BATCH_SIZE, clean, incident_asff, product_arn
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +27,18 @@ def caller_account(config: Config) -> str:
     return aws.call(sts.get_caller_identity)["Account"]
 
 
-def import_to_security_hub(config: Config, findings: list[dict], run_result: dict, rules: Mapping[str, Rule],
-                           now: datetime | None = None) -> dict:
-    """BatchImportFindings in batches of 100 (``rules``: the rule pack by id, for the finding types); every batch
-    is sent before rejections are raised."""
+def import_to_security_hub(config: Config, incidents: list[dict], findings: list[dict], run_result: dict,
+                           rules: Mapping[str, Rule], now: datetime | None = None) -> dict:
+    """One ASFF finding per incident (``findings``: the run's findings, its members are looked up there; ``rules``: the
+    rule pack by id, for the types), BatchImportFindings in batches of 100; every batch is sent before rejections are raised."""
     client = aws.client("securityhub", config)
     region = client.meta.region_name
     account = caller_account(config)
     product = product_arn(config, region, account)
     updated_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    items = [asff_finding(f, rules=rules, cluster=config.cluster, region=region, account=account, product=product,
-                          updated_at=updated_at, run_result=run_result) for f in findings]
+    by_id = {f["finding_id"]: f for f in findings}
+    items = [incident_asff(i, [by_id[f] for f in i["finding_ids"] if f in by_id], rules=rules, cluster=config.cluster, region=region,
+                           account=account, product=product, updated_at=updated_at, run_result=run_result) for i in incidents]
     imported, failed = 0, []
     for start in range(0, len(items), BATCH_SIZE):
         batch = items[start:start + BATCH_SIZE]
@@ -51,5 +52,5 @@ def import_to_security_hub(config: Config, findings: list[dict], run_result: dic
             f"{first.get('ErrorCode', 'Unknown')}: {clean(first.get('ErrorMessage', ''), 300)} (Id {first.get('Id')})",
             hint="the other findings were imported; fix the reported field and rerun (Ids are stable, nothing duplicates)",
         )
-    log.info("imported %d findings into Security Hub (%s)", imported, product)
+    log.info("imported %d incidents into Security Hub (%s)", imported, product)
     return {"imported": imported, "batches": -(-len(items) // BATCH_SIZE), "product_arn": product}

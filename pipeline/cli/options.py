@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
 from pipeline.cli.output import console, make_progress
 from pipeline.config import load_config
 from pipeline.context import RunContext, new_run_id
-from pipeline.io.storage import open_storage
+from pipeline.errors import ConfigError, InputError
+from pipeline.io.storage import open_storage, resolve_local_inputs
 from pipeline.stages.clock import parse_iso
 from pipeline.text import printable
 
@@ -53,6 +55,20 @@ def range_options(fn):
 
 def parse_time_option(value: str | None, flag: str):
     return parse_iso(value, flag) if value else None
+
+
+def require_workdir(workdir: str) -> None:
+    """A command that only reads a workdir stops on a local one that does not exist, before anything creates it."""
+    if "://" not in workdir and not Path(workdir).is_dir():
+        raise ConfigError(f"no such workdir: {workdir}", hint="give the --workdir an earlier `auditsift run` wrote")
+
+
+def check_local_inputs(specs: list[str]) -> None:
+    """Every local ``--input`` names something readable before a workdir or lock is created (s3:// inputs are listed by
+    the archive stage, with the configuration's credentials)."""
+    for spec in specs:
+        if not spec.startswith("s3://") and not resolve_local_inputs(spec):
+            raise InputError(f"no input files found in {spec}", hint="pass files, directories or globs of audit logs")
 
 
 def open_context(workdir: str, config_path: str | None, cluster: str | None, backend: str | None = None,

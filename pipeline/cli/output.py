@@ -1,12 +1,13 @@
-"""What the commands print: the rich console on stderr, progress bars, and the findings table."""
+"""What the commands print: the rich console on stderr, progress bars, and the incidents and findings tables."""
 from __future__ import annotations
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from pipeline.context import ProgressHandle, RunContext
+from pipeline.report.labels import finding_rows
 from pipeline.text import printable
 
 console = Console(stderr=True)
@@ -54,17 +55,49 @@ class live:
         return False
 
 
-def print_findings(findings: list[dict], top: int) -> None:
-    """The top findings as a terminal table: log-derived text printed literally, never as markup, with control
-    characters and bidirectional overrides shown as escapes (``pipeline.text.printable``)."""
-    table = Table(title=f"top {min(top, len(findings))} of {len(findings)} entity windows", show_lines=False)
-    for column in ("rank", "score", "flag", "entity", "window (UTC)", "what happened", "top reason"):
-        table.add_column(column, overflow="fold")
-    for f in findings[:top]:
-        rules = f.get("headline") or ", ".join(f"{h['rule']}×{h['count']}" for h in f["rule_hits"][:3])
-        reason = f["reasons"][0] if f["reasons"] else None
-        reason_text = f"{reason['feature']}={reason['value']} (usual {reason['baseline']})" if reason else ""
-        flag = "FLAG" if f["flagged"] else ("supp" if f.get("suppressed") else "")
-        table.add_row(str(f["rank"]), f"{f['score']:.2f}", flag, Text(printable(f"{f['entity_type']}: {f['entity']}")),
-                      f["window_start"][5:16].replace("T", " "), Text(printable(rules)), Text(printable(reason_text)))
-    Console().print(table)
+ID_CHARS = 10  # of a finding id shown: more than triage's minimum prefix (pipeline.triage.MIN_ID_PREFIX)
+INCIDENT_ID_CHARS = 12  # "inc-" and 8 hex digits
+
+
+def terminal(width: int | None = None) -> Console:
+    """The stdout console: ``width`` columns if given, else the terminal's, else ``COLUMNS``, else 80 (rich's rule)."""
+    return Console(width=width, highlight=False)
+
+
+def print_report(findings: list[dict], incidents: list[dict], rule_titles: dict, top: int, width: int | None = None) -> None:
+    """Incidents first (rank, id, severity, first and last seen, then the title on its own line), then the top findings
+    that are in no incident (rank, id, severity, score, window, entity, then title and notes), each line cut to the
+    width with an ellipsis. Log-derived text is printed literally, never as markup, with control characters and
+    bidirectional overrides shown as escapes (``pipeline.text.printable``)."""
+    out = terminal(width)
+
+    def line(text: str, style: str | None = None) -> None:
+        """One line cut to the width (in terminal cells) with an ellipsis: never wrapped, so no name splits over lines."""
+        shown = Text(printable(text), style=style or "")
+        shown.truncate(out.width, overflow="ellipsis")
+        out.print(shown, markup=False, highlight=False, no_wrap=True, crop=True)
+
+    if incidents:
+        shown = incidents[:top]
+        line(f"Incidents: top {len(shown)} of {len(incidents)} ({sum(i['flagged'] for i in incidents)} flagged)", "bold")
+        line(f"{'#':>4}  {'incident':<{INCIDENT_ID_CHARS}}  {'severity':<10}{'first seen (UTC)':<18}{'last':<7}{'findings':>8}", "dim")
+        for i in shown:
+            line(f"{i['rank']:>4}  {i['incident_id'][:INCIDENT_ID_CHARS]:<{INCIDENT_ID_CHARS}}  {i['severity']:<10}"
+                 f"{i['first_seen'][:16].replace('T', ' '):<18}{i['last_seen'][11:16]:<7}{len(i['finding_ids']):>8}")
+            line(f"      {i['title']}")
+        line("")
+    alone = [f for f in finding_rows(findings, incidents, rule_titles) if not f["incident_id"]]
+    shown = alone[:top]
+    line(f"Findings in no incident: top {len(shown)} of {len(alone)} ({len(findings)} entity windows)", "bold")
+    line(f"{'rank':>4}  {'finding':<{ID_CHARS}}  {'severity':<10}{'score':>6}  {'window (UTC)':<18}entity", "dim")
+    for f in shown:
+        note = "; ".join(n for n in (f["repeat"], f["order_note"]) if n)
+        line(f"{f['rank']:>4}  {f['finding_id'][:ID_CHARS]:<{ID_CHARS}}  {f['severity']:<10}{f['score']:>6.2f}  "
+             f"{f['window_start'][:16].replace('T', ' '):<18}{f['entity_type']}: {f['entity']}")
+        line(f"      {f['title']}" + (f" ({note})" if note else ""))
+
+
+def report_json(findings: list[dict], incidents: list[dict], rule_titles: dict) -> bytes:
+    """``report --format json``: {"incidents": [...], "findings": [...]} with each finding's labels (raw values: JSON
+    escapes what a terminal would obey)."""
+    return orjson.dumps({"incidents": incidents, "findings": finding_rows(findings, incidents, rule_titles)})

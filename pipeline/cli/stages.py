@@ -8,9 +8,11 @@ import sys
 import click
 import orjson
 
+from pipeline.catalog import load_rule_pack
 from pipeline.cli.boundary import boundary
 from pipeline.cli.options import (
     backend_option,
+    check_local_inputs,
     cluster_option,
     config_option,
     from_cloudwatch_option,
@@ -20,16 +22,17 @@ from pipeline.cli.options import (
     quiet_option,
     range_options,
     report_dir_option,
+    require_workdir,
     wait_option,
     workdir_option,
 )
-from pipeline.cli.output import console, live, print_findings
+from pipeline.cli.output import console, live, print_report, report_json
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.stages.archive import archive_cloudwatch, run_archive
 from pipeline.stages.features import run_features
 from pipeline.stages.ranges import resolve_ranges
-from pipeline.stages.report import run_report
+from pipeline.stages.report import latest_incidents, run_report
 from pipeline.stages.run import run_pipeline
 from pipeline.stages.score import run_score
 from pipeline.stages.train import run_train
@@ -56,6 +59,7 @@ def run(inputs, workdir, config_path, cluster, train_from, train_to, score_from,
     """Archive, features, train, score and report in one go: the day ending at --now (default: now)."""
     times = {k: parse_time_option(v, f"--{k.replace('_', '-')}") for k, v in
              dict(train_from=train_from, train_to=train_to, score_from=score_from, score_to=score_to, now=now).items()}
+    check_local_inputs(list(inputs))
     ctx = open_context(workdir, config_path, cluster, backend, quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         result = run_pipeline(ctx, list(inputs), report_dir=report_dir, **times)
@@ -80,6 +84,7 @@ def archive(inputs, log_group, start, end, now, workdir, config_path, cluster, a
     if bool(inputs) == bool(log_group):
         raise ConfigError("give either --input or --from-cloudwatch", hint="e.g. --input logs/ or --from-cloudwatch /aws/eks/prod/cluster")
     clock = parse_time_option(now, "--now")
+    check_local_inputs(list(inputs))
     ctx = open_context(workdir, config_path, cluster, quiet=quiet)
     with live(ctx), ctx.storage.lock(wait_seconds=wait_lock):
         if log_group:
@@ -156,36 +161,50 @@ def score(workdir, config_path, cluster, quiet, wait_lock) -> None:
 @config_option
 @cluster_option
 @report_dir_option
-@click.option("--top", "top", default=None, type=click.IntRange(1, 1000), help="Print this many findings (default: report.terminal_top).")
-@click.option("--no-write", is_flag=True, help="Only print the latest report's findings; write nothing.")
+@click.option("--top", "top", default=None, type=click.IntRange(1, 1000),
+              help="Print this many incidents and findings (default: report.terminal_top).")
+@click.option("--no-write", is_flag=True, help="Only print the latest report's incidents and findings; write nothing.")
+@click.option("--width", default=None, type=click.IntRange(40, 1000),
+              help="Table width in columns (default: the terminal's, else COLUMNS, else 80).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: every incident and finding as {incidents, findings} on stdout.")
 @quiet_option
 @wait_option
 @boundary
-def report(workdir, config_path, cluster, report_dir, top, no_write, quiet, wait_lock) -> None:
-    """Write the report files for the latest scores and print the top findings."""
-    ctx = open_context(workdir, config_path, cluster, quiet=quiet)
+def report(workdir, config_path, cluster, report_dir, top, no_write, width, fmt, quiet, wait_lock) -> None:
+    """Write the report files for the latest scores and print the top incidents, then the findings in none."""
     if no_write:
-        findings = latest_findings(ctx)
-        print_findings(findings, top or ctx.config.report.terminal_top)
-        return
-    with ctx.storage.lock(wait_seconds=wait_lock):
-        run = run_report(ctx, report_dir)
-    print_findings(latest_findings(ctx), top or ctx.config.report.terminal_top)
-    console.print(f"report: {run['report']['html']}", markup=False, highlight=False)
+        require_workdir(workdir)
+    ctx = open_context(workdir, config_path, cluster, quiet=quiet)
+    run = None
+    if not no_write:
+        with ctx.storage.lock(wait_seconds=wait_lock):
+            run = run_report(ctx, report_dir)
+    show(ctx, top or ctx.config.report.terminal_top, width, fmt)
+    if run:
+        console.print(f"report: {run['report']['html']}", markup=False, highlight=False)
 
 
-def latest_findings(ctx: RunContext) -> list[dict]:
+def show(ctx: RunContext, top: int, width: int | None = None, fmt: str = "table") -> None:
+    """The latest scores' incidents and findings on stdout: tables, or JSON."""
     score_state = ctx.read_state().get("score")
     if not score_state:
         raise StageError("nothing scored yet in this workdir", hint="run `auditsift run` or `auditsift score` first")
-    return ctx.storage.read_json(f"{score_state['key']}/findings.json")
+    findings = ctx.storage.read_json(f"{score_state['key']}/findings.json")
+    incidents = latest_incidents(ctx.storage, score_state)
+    titles = {r.id: r.title for r in load_rule_pack(ctx.config).rules}
+    if fmt == "json":
+        sys.stdout.buffer.write(report_json(findings, incidents, titles) + b"\n")
+        sys.stdout.flush()
+    else:
+        print_report(findings, incidents, titles, top, width)
 
 
 def finish(ctx: RunContext, result: dict, as_json: bool, fail_on_flagged: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
-        print_findings(latest_findings(ctx), ctx.config.report.terminal_top)
+        show(ctx, ctx.config.report.terminal_top)
         console.print(f"{result['flagged']} flagged of {result['records']} entity windows; "
                       f"report: {result['report']}", markup=False, highlight=False)
     if fail_on_flagged and result["flagged"]:

@@ -1,11 +1,15 @@
-"""Flagged findings out of the workdir: AWS Security Hub (ASFF, BatchImportFindings) and an SNS summary.
+"""Flagged incidents out of the workdir: AWS Security Hub (ASFF, BatchImportFindings) and an SNS summary.
 
 Both are optional (``findings.securityhub.enabled``, ``findings.sns.enabled``). Security Hub
-gets one finding per flagged, unsuppressed (entity, window) record scoring at least
-``findings.securityhub.min_score``; its ``Id`` is ``<cluster>/<finding_id>`` and finding_id is
-stable per (cluster, entity, window), so rerunning a day updates the same findings instead
-of adding copies. Severity and Types also go in ``FindingProviderFields``, the only place
-Security Hub accepts provider updates to them after a finding exists.
+gets one finding per flagged incident (``pipeline.report.incidents``) holding a flagged,
+unsuppressed finding that scores at least ``findings.securityhub.min_score``; its ``Id`` is
+``<cluster>/<incident_id>`` and incident_id is stable across reruns (it is derived from the
+incident's earliest core finding), so rerunning a day updates the same findings instead of
+adding copies. The incident's member findings are its ``RelatedFindings`` (``<cluster>/<finding_id>``,
+at most ``MAX_RELATED``, best-ranked first; every id is in ``ProductFields``), its ``Types`` are its
+ATT&CK tactics when its rules carry them, else its findings' types, and its severity is the
+incident's. Severity, Types and RelatedFindings also go in ``FindingProviderFields``, the only
+place Security Hub accepts provider updates to them after a finding exists.
 
 Log-derived text (entity names, reasons) is data: control characters are removed and it
 is cut to ASFF's limits (Title 256, Description 1024, ProductFields values 2048), never
@@ -23,6 +27,14 @@ from pipeline.config import Config
 BATCH_SIZE = 100
 SCHEMA_VERSION = "2018-10-08"
 TITLE_MAX, DESCRIPTION_MAX, FIELD_MAX, SUBJECT_MAX = 256, 1024, 2048, 100
+MAX_RELATED = 10  # RelatedFindings kept per finding: the best-ranked members (the rest are listed in ProductFields)
+INCIDENT_SEVERITY = {"critical": "CRITICAL", "high": "HIGH", "medium": "MEDIUM", "low": "LOW"}
+# ATT&CK tactics (by id or name) as ASFF "TTPs/<category>" types; a tactic ASFF has no category for maps to none
+TACTIC_TYPES = {
+    "TA0001": "Initial Access", "TA0002": "Execution", "TA0003": "Persistence", "TA0004": "Privilege Escalation",
+    "TA0005": "Defense Evasion", "TA0006": "Credential Access", "TA0007": "Discovery", "TA0008": "Lateral Movement",
+    "TA0009": "Collection", "TA0010": "Exfiltration", "TA0011": "Command and Control", "TA0040": "Impact",
+}
 SEVERITY_ORDER = ("INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 RULE_SEVERITY = {"info": "INFORMATIONAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "critical": "CRITICAL"}
 ENTITY_TYPES = {"user": "Unusual Behaviors/User", "source_ip": "Unusual Behaviors/IP address"}
@@ -93,7 +105,6 @@ def _description(finding: dict) -> str:
 def asff_finding(finding: dict, *, rules: Mapping[str, Rule], cluster: str, region: str, account: str, product: str, updated_at: str,
                  run_result: dict) -> dict:
     """One auditsift finding in the AWS Security Finding Format; ``rules`` is the rule pack by id (``RulePack.by_id``)."""
-    arn_partition = partition(region)
     hits = finding.get("rule_hits", [])
     severity = {"Label": severity_label(finding), "Original": f"{finding['score']:.3f}"}
     types = finding_types(finding, rules)
@@ -108,21 +119,34 @@ def asff_finding(finding: dict, *, rules: Mapping[str, Rule], cluster: str, regi
         "auditsift/run_id": str(run_result.get("run_id", "")),
         "auditsift/report": str(run_result.get("report") or ""),
     }
-    return {
+    return _asff(f"{cluster}/{finding['finding_id']}", f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model", types, severity,
+                 (finding["window_start"], finding["window_end"], finding["window_end"]),
+                 f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", _description(finding),
+                 fields, cluster=cluster, region=region, account=account, product=product, updated_at=updated_at)
+
+
+def _asff(finding_id: str, generator: str, types: list[str], severity: dict, times: tuple[str, str, str], title: str,
+          description: str, fields: dict, *, cluster: str, region: str, account: str, product: str, updated_at: str,
+          related: list[dict] | None = None) -> dict:
+    """The ASFF record: ``times`` are (first observed, last observed, created); text cut to ASFF's limits; Severity,
+    Types (and RelatedFindings when given) also in FindingProviderFields."""
+    arn_partition = partition(region)
+    first, last, created = times
+    record = {
         "SchemaVersion": SCHEMA_VERSION,
-        "Id": f"{cluster}/{finding['finding_id']}",
+        "Id": finding_id,
         "ProductArn": product,
-        "GeneratorId": f"auditsift/{hits[0]['rule']}" if hits else "auditsift/model",
+        "GeneratorId": generator,
         "AwsAccountId": account,
         "Types": types,
-        "CreatedAt": finding["window_end"],
+        "CreatedAt": created,
         "UpdatedAt": updated_at,
-        "FirstObservedAt": finding["window_start"],
-        "LastObservedAt": finding["window_end"],
+        "FirstObservedAt": first,
+        "LastObservedAt": last,
         "Severity": severity,
-        "FindingProviderFields": {"Severity": severity, "Types": types},
-        "Title": clean(f"auditsift: unusual Kubernetes API activity by {finding['entity_type']} {finding['entity']}", TITLE_MAX),
-        "Description": _description(finding),
+        "FindingProviderFields": {"Severity": severity, "Types": types, **({"RelatedFindings": related} if related else {})},
+        "Title": clean(title, TITLE_MAX),
+        "Description": clean(description, DESCRIPTION_MAX),
         "ProductFields": {key: clean(value, FIELD_MAX) for key, value in fields.items() if value},
         "Resources": [{
             "Type": "AwsEksCluster",
@@ -133,12 +157,62 @@ def asff_finding(finding: dict, *, rules: Mapping[str, Rule], cluster: str, regi
         }],
         "RecordState": "ACTIVE",
     }
+    if related:
+        record["RelatedFindings"] = related
+    return record
 
 
-def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10) -> tuple[str, str]:
-    """(Subject, Message) of the run summary: counts, the report's location and the top flagged entities."""
+def exportable_incidents(incidents: list[dict], findings: list[dict], min_score: float) -> list[dict]:
+    """Flagged incidents holding at least one exportable finding (``exportable``), in rank order."""
+    wanted = {f["finding_id"] for f in exportable(findings, min_score)}
+    return [i for i in incidents if i.get("flagged") and wanted.intersection(i["finding_ids"])]
+
+
+def tactic_types(tactics: list[str]) -> list[str]:
+    """ASFF ``TTPs/<category>`` types of ATT&CK tactics given by id (TA0004) or name (privilege-escalation)."""
+    names = {name.lower().replace(" ", "-"): name for name in TACTIC_TYPES.values()}
+    types = []
+    for tactic in tactics:
+        name = TACTIC_TYPES.get(str(tactic).upper()) or names.get(str(tactic).lower().replace(" ", "-").replace("_", "-"))
+        if name and f"TTPs/{name}" not in types:
+            types.append(f"TTPs/{name}")
+    return types
+
+
+def incident_asff(incident: dict, members: list[dict], *, rules: Mapping[str, Rule], cluster: str, region: str, account: str,
+                  product: str, updated_at: str, run_result: dict) -> dict:
+    """One incident in the AWS Security Finding Format; ``members``: its findings (records of findings.json), whose
+    types (``finding_types``: each rule's finding type and ATT&CK tactic/technique) follow the incident's tactics."""
+    types = list(dict.fromkeys([*tactic_types(incident.get("tactics") or []),
+                                *(kind for f in members for kind in finding_types(f, rules))]))
+    severity = {"Label": INCIDENT_SEVERITY.get(incident["severity"], "INFORMATIONAL"), "Original": incident["severity"]}
+    related = [{"ProductArn": product, "Id": f"{cluster}/{finding_id}"} for finding_id in incident["finding_ids"][:MAX_RELATED]]
+    rules = list(dict.fromkeys(hit["rule"] for f in members for hit in f.get("rule_hits", []) if not hit.get("routine")))
+    fields = {
+        "auditsift/incident_id": incident["incident_id"],
+        "auditsift/rank": str(incident.get("rank", "")),
+        "auditsift/finding_ids": ",".join(incident["finding_ids"]),
+        "auditsift/entities": ",".join(f"{e['entity_type']}:{e['entity']}" for e in incident["entities"]),
+        "auditsift/tactics": ",".join(incident.get("tactics") or []),
+        "auditsift/rules": ",".join(rules),
+        "auditsift/run_id": str(run_result.get("run_id", "")),
+        "auditsift/report": str(run_result.get("report") or ""),
+    }
+    return _asff(f"{cluster}/{incident['incident_id']}", f"auditsift/{rules[0]}" if rules else "auditsift/model", types, severity,
+                 (incident["first_seen"], incident["last_seen"], incident["first_seen"]), f"auditsift: {incident['title']}",
+                 incident["summary"], fields, cluster=cluster, region=region, account=account, product=product,
+                 updated_at=updated_at, related=related)
+
+
+def summary_message(config: Config, findings: list[dict], run_result: dict, top: int = 10,
+                    incidents: list[dict] | None = None) -> tuple[str, str]:
+    """(Subject, Message) of the run summary: counts, the report's location, the top flagged incidents and the top
+    flagged entities."""
     flagged = [f for f in findings if f.get("flagged")]
-    subject = clean(f"auditsift {config.cluster}: {len(flagged)} flagged of {len(findings)} entity windows", SUBJECT_MAX)
+    stories = [i for i in incidents or () if i.get("flagged")]
+    subject = clean(f"auditsift {config.cluster}: {len(stories)} flagged incidents, {len(flagged)} flagged of {len(findings)} "
+                    "entity windows" if incidents is not None else
+                    f"auditsift {config.cluster}: {len(flagged)} flagged of {len(findings)} entity windows", SUBJECT_MAX)
     ranges = run_result.get("ranges") or {}
     lines = [
         f"auditsift run {run_result.get('run_id', '?')} for cluster {config.cluster}",
@@ -147,6 +221,10 @@ def summary_message(config: Config, findings: list[dict], run_result: dict, top:
         f"report: {run_result.get('report') or 'not written'}",
         "",
     ]
+    for incident in stories[:top]:
+        lines.append(clean(f"incident #{incident['rank']} {incident['severity']} {incident['incident_id']}: {incident['title']}", 400))
+    if stories:
+        lines.append("")
     for f in flagged[:top]:
         rules = ",".join(hit["rule"] for hit in f.get("rule_hits", [])) or "model"
         lines.append(clean(f"#{f.get('rank')} {f['score']:.2f} {f['entity_type']} {f['entity']} "

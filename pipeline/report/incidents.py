@@ -39,7 +39,10 @@ The record keeps raw log values (user names, object names) in ``title``, ``summa
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -516,24 +519,23 @@ def _clock(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def incidents_jsonl(incidents: Sequence[Incident]) -> bytes:
-    """incidents.jsonl: one record per incident, in rank order (raw values; renderers escape)."""
-    import json
-
-    return "".join(json.dumps(i.to_record(), ensure_ascii=False) + "\n" for i in incidents).encode("utf-8", "surrogatepass")
+def _record(incident: Incident | Mapping) -> Mapping:
+    return incident.to_record() if isinstance(incident, Incident) else incident
 
 
-def incidents_csv(incidents: Sequence[Incident]) -> str:
+def incidents_jsonl(incidents: Sequence[Incident | Mapping]) -> bytes:
+    """incidents.jsonl: one record per incident (an ``Incident`` or its ``to_record()``), in rank order (raw values;
+    renderers escape)."""
+    return "".join(json.dumps(_record(i), ensure_ascii=False) + "\n" for i in incidents).encode("utf-8", "surrogatepass")
+
+
+def incidents_csv(incidents: Sequence[Incident | Mapping]) -> str:
     """incidents.csv: ids, severity, title, tactics and finding ids, cells formula- and escape-safe (``safe_cell``)."""
-    import csv
-    import io
-
-
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_FIELDS)
-    for incident in incidents:
-        row = {**incident.to_record(), "tactics": ";".join(incident.tactics), "finding_ids": ";".join(incident.finding_ids),
-               "entities": ";".join(f"{e['entity_type']}:{e['entity']}" for e in incident.entities)}
+    for incident in map(_record, incidents):
+        row = {**incident, "tactics": ";".join(incident["tactics"]), "finding_ids": ";".join(incident["finding_ids"]),
+               "entities": ";".join(f"{e['entity_type']}:{e['entity']}" for e in incident["entities"])}
         writer.writerow([safe_cell(row[name]) for name in CSV_FIELDS])
     return out.getvalue()

@@ -437,9 +437,10 @@ def _with_incidents(context: dict, incidents) -> dict:
     return context if incidents is None else {**context, "incidents": incidents}
 
 
-def render_markdown(context: dict, incidents=None) -> str:
-    """report.md: a ticket-sized summary (under ``MD_BUDGET`` characters): run facts, incidents, the flagged findings in no
-    incident, and where report.html is for the rest. Incidents that do not fit are counted, never cut mid-record."""
+def render_markdown(context: dict, incidents: list[dict] | None = None) -> str:
+    """report.md: a ticket-sized summary (under ``MD_BUDGET`` characters): run facts, incidents (``incidents``: the run's
+    incident records, ``incidents.json``), the flagged findings in no incident, and where report.html is for the rest.
+    Incidents that do not fit are counted, never cut mid-record."""
     context = _with_incidents(context, incidents)
     env = _environment(autoescape=False)
     view = build_view(context)
@@ -453,7 +454,8 @@ def render_markdown(context: dict, incidents=None) -> str:
         shown //= 2
 
 
-def render_html(context: dict, incidents=None) -> str:
+def render_html(context: dict, incidents: list[dict] | None = None) -> str:
+    """report.html from the report context; ``incidents`` as for ``render_markdown``."""
     context = _with_incidents(context, incidents)
     env = _environment(autoescape=True)
     script, style = _asset(env, "report.js"), _asset(env, "report.css")

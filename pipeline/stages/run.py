@@ -13,7 +13,7 @@ from pipeline.stages.archive import archive_cloudwatch, run_archive
 from pipeline.stages.export import export_findings
 from pipeline.stages.features import flag_context, run_features
 from pipeline.stages.ranges import resolve_ranges
-from pipeline.stages.report import run_report
+from pipeline.stages.report import latest_incidents, run_report
 from pipeline.stages.scaleout import plan_key, plan_run
 from pipeline.stages.score import run_score
 from pipeline.stages.train import fit_model, run_train
@@ -73,7 +73,8 @@ def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, m
 
 def finish_run(ctx: RunContext, result: dict, summary: dict) -> dict:
     """Export the flagged findings (Security Hub / SNS, when enabled) and add what was exported to the result."""
-    result["exported"] = export_findings(ctx.config, ctx.storage.read_json(f"{summary['key']}/findings.json"), result)
+    result["exported"] = export_findings(ctx.config, ctx.storage.read_json(f"{summary['key']}/findings.json"),
+                                         latest_incidents(ctx.storage, summary), result)
     return result
 
 

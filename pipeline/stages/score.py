@@ -44,6 +44,7 @@ from pipeline.config import Suppression
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
 from pipeline.io.storage import safe_segment
+from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import EVIDENCE_COLUMNS
 from pipeline.stages.archive import list_archive_hours
 from pipeline.stages.clock import iso
@@ -65,6 +66,12 @@ log = logging.getLogger(__name__)
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
+# What the incidents' events index reads beside the evidence columns: a binding's subjects (cause and effect across identities)
+INDEX_EXTRA = ("subjects",)
+# Quiet findings whose evidence the incidents' events index holds, best-ranked first (every flagged or suppressed finding's is
+# always in): reading evidence rows back from the archive is the index's cost (9 s for 1,984 windows on the seed-7 sample), so a
+# day of 20,000 written windows reads at most this many quiet ones; a quiet window below it joins an incident by adjacency only
+INDEX_QUIET_MAX = 2_000
 # What tells the requests of evidence events apart: REQUEST_IDENTITY among the evidence columns (the receive time is not one)
 REQUEST_KEY = tuple(name for name in REQUEST_IDENTITY if name in EVIDENCE_COLUMNS)
 MAX_AUDIT_IDS = 50
@@ -151,11 +158,18 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
             findings.append(record)
         out = f"{ctx.cluster_key('scores')}/{safe_segment(ctx.run_id)}"
         reported = findings[: ctx.config.report.top_n]
-        detail = evidence.rows({_key_of(f) for f in reported})
+        # the evidence frame (every written finding's evidence events, INDEX_QUIET_MAX quiet ones at most) is the incidents' index
+        core = [f["flagged"] or f["suppressed"] for f in findings]
+        indexed = [f for f, c in zip(findings, core) if c] + [f for f, c in zip(findings, core) if not c][:INDEX_QUIET_MAX]
+        detail = evidence.rows({_key_of(f) for f in indexed + reported}, extra=INDEX_EXTRA)
+        ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: [{k: v for k, v in row.items() if k not in INDEX_EXTRA}
+                                                                          for row in detail.get(_key_of(f), [])] for f in reported})
         for f in findings:
             f["headline"] = pack.headline(f["rule_hits"], detail.get(_key_of(f), []))
         ctx.storage.write_json(f"{out}/findings.json", findings)
-        ctx.storage.write_json(f"{out}/evidence.json", {f["finding_id"]: detail.get(_key_of(f), []) for f in reported})
+        incidents = group_incidents(findings, events_index(indexed, detail), tactics=rule_tactics(pack),
+                                    rule_titles={r.id: r.title for r in pack.rules}, window_minutes=ctx.config.features.window_minutes)
+        ctx.storage.write_json(f"{out}/incidents.json", [incident.to_record() for incident in incidents])
         ctx.storage.write_json(f"{out}/events.json", events_pass["top_events"])
         ctx.storage.write_json(f"{out}/timelines.json", timelines(table, findings[: ctx.config.report.top_n]))
         per_type = records.groupby("entity_type")["entity"].agg(["size", "nunique"])
@@ -164,6 +178,7 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
             "suppressed": sum(f["suppressed"] for f in findings), "events_scored": events_pass["events"],
             "rule_hits": dict(events_pass["rule_totals"]), "model_id": model["id"], "ranges": ranges.as_dict(),
             "written": len(findings), "quiet_left_out": left_out,
+            "incidents": len(incidents), "flagged_incidents": sum(i.flagged for i in incidents),
             "by_entity_type": {t: {"windows": int(n), "entities": int(e)} for t, (n, e) in per_type.iterrows()},
         }
         ctx.update_state("score", summary)
@@ -227,6 +242,21 @@ def own_max_scores(records: pd.DataFrame, baselines: pd.DataFrame) -> np.ndarray
     known = baselines.dropna(subset=["entity"]).set_index(["entity_type", "entity"])["max_score"]
     keys = pd.MultiIndex.from_arrays([records["entity_type"], records["entity"]])
     return known.reindex(keys).to_numpy(dtype=float)
+
+
+def events_index(findings: list[dict], detail: dict[tuple, list]) -> list[dict]:
+    """The incidents' events index (``pipeline.report.incidents.INDEX_COLUMNS``): each evidence event of each written
+    finding with the finding's key (entity_type, entity, window_start)."""
+    index = []
+    for f in findings:
+        for row in detail.get(_key_of(f), ()):
+            index.append({**row, "entity_type": f["entity_type"], "entity": f["entity"], "window_start": f["window_start"]})
+    return index
+
+
+def rule_tactics(pack: RulePack) -> dict[str, list[str]]:
+    """rule id -> its ATT&CK tactics, for the rules that carry one (``tactic``); empty while the rule pack has none."""
+    return {r.id: [tactic] for r in pack.rules if (tactic := getattr(r, "tactic", None))}
 
 
 def _key_of(finding: dict) -> tuple:
@@ -397,8 +427,9 @@ class EventScores:
                          "event_score": pa.array(score[rows]), "number": pa.array(numbers[rows]),
                          "why": pa.FixedSizeBinaryArray.from_buffers(pa.binary(bits.shape[1]), len(rows), [None, pa.py_buffer(bits.tobytes())])})
 
-    def rows(self, kept: pa.Table) -> list[dict]:
-        """Kept events as plain JSON-ready dicts (``evidence_rows``), their columns read again from the archive."""
+    def rows(self, kept: pa.Table, extra: tuple[str, ...] = ()) -> list[dict]:
+        """Kept events as plain JSON-ready dicts (``evidence_rows``), their columns (and the ``extra`` ones) read again
+        from the archive."""
         if len(kept) == 0:
             return []
         numbers = kept["number"].to_numpy()
@@ -410,13 +441,13 @@ class EventScores:
             # the batches' events in the scoring range from their times alone; the evidence columns of those holding wanted rows
             ends = np.cumsum([np.count_nonzero(self._within(times)) for times in hour_batches(data, ["time"], self.batch_rows)])
             holding = sorted(set(np.searchsorted(ends, wanted, side="right").tolist()))
-            for number, batch in zip(holding, hour_batches(data, list(EVIDENCE_COLUMNS), self.batch_rows, set(holding))):
+            for number, batch in zip(holding, hour_batches(data, [*EVIDENCE_COLUMNS, *extra], self.batch_rows, set(holding))):
                 offset = int(ends[number - 1]) if number else 0
                 batch = batch.filter(self._within(batch))
                 inside = wanted[(wanted >= offset) & (wanted < offset + len(batch))] - offset
-                pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in EVIDENCE_COLUMNS}))
+                pieces.append(pa.table({name: _plain(batch[name].take(pa.array(inside))) for name in (*EVIDENCE_COLUMNS, *extra)}))
         read = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
-        return evidence_rows(read, kept["event_score"].to_pylist(), kept["why"].to_pylist(), self.why)
+        return evidence_rows(read, kept["event_score"].to_pylist(), kept["why"].to_pylist(), self.why, extra)
 
     def result(self) -> dict:
         """What run_score reads: rule hits per record, evidence, top events, rule totals and events scored."""
@@ -475,12 +506,13 @@ class Evidence:
         ids = self.table["audit_id"].to_pylist()
         return {key: ids[start:start + count] for key, (start, count) in self.groups.items()}
 
-    def rows(self, keys: set) -> dict[tuple, list]:
-        """Evidence event dicts of each of ``keys``, most relevant first."""
+    def rows(self, keys: set, extra: tuple[str, ...] = ()) -> dict[tuple, list]:
+        """Evidence event dicts of each of ``keys``, most relevant first (with the ``extra`` event columns)."""
         spans = sorted(((key, self.groups[key]) for key in keys if key in self.groups), key=lambda item: item[1][0])
         if not spans:
             return {}
-        rows = self.scores.rows(self.table.take(pa.array(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans]))))
+        rows = self.scores.rows(self.table.take(pa.array(np.concatenate([np.arange(start, start + count) for _, (start, count) in spans]))),
+                                extra)
         result, position = {}, 0
         for key, (_, count) in spans:
             result[key] = rows[position:position + count]
@@ -512,14 +544,14 @@ def score_columns(pack: RulePack, entity_types) -> list[str]:
     return [name for name in COLUMN_NAMES if name in wanted]
 
 
-def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], why: list[str]) -> list[dict]:
+def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], why: list[str], extra: tuple[str, ...] = ()) -> list[dict]:
     """Events (their ``EVIDENCE_COLUMNS``, score and why bits, a bit per ``why`` name) as plain JSON-ready dicts
     (times in ISO 8601 UTC)."""
-    columns = {name: table[name].to_pylist() for name in EVIDENCE_COLUMNS}
+    columns = {name: table[name].to_pylist() for name in (*EVIDENCE_COLUMNS, *extra)}
     bits = np.unpackbits(np.frombuffer(b"".join(why_bits), dtype=np.uint8).reshape(len(table), -1), axis=1)
     rows = []
     for index, score in enumerate(scores):
-        record = {name: columns[name][index] for name in EVIDENCE_COLUMNS}
+        record = {name: columns[name][index] for name in (*EVIDENCE_COLUMNS, *extra)}
         record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         record["why"] = [why[j] for j in np.flatnonzero(bits[index][: len(why)]).tolist()]
         record["score"] = round(float(score), 4)

@@ -2,6 +2,8 @@
 output contract, for quality (planted attacks rank at the top) and for reproducibility."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.sample import sample_clock
-from tools.evaluate import evaluate_findings
+from tools.evaluate import evaluate_findings, evaluate_incidents
 
 SEED = 11
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -121,3 +123,67 @@ def test_rerunning_on_the_same_input_archives_nothing_new(sample, run):
     output = invoke("archive", "--input", str(sample), "--workdir", str(run["workdir"]), "--json", "--quiet")
     counts = json.loads(output[output.index("{"):])
     assert counts["events_added"] == 0 and counts["duplicates"] == run["result"]["counts"]["events"]
+
+
+INCIDENT_FIELDS = {"incident_id", "rank", "title", "summary", "severity", "tactics", "first_seen", "last_seen", "entities",
+                   "finding_ids", "audit_ids", "flagged"}
+
+
+def test_incidents_jsonl_has_the_issue_fields_and_a_planted_attack_is_one_incident_in_the_top_3(run):
+    incidents = [json.loads(line) for line in (run["dir"] / "incidents.jsonl").read_text().splitlines()]
+    findings = {f["finding_id"]: f for f in run["findings"]}
+    assert incidents and [i["rank"] for i in incidents] == list(range(1, len(incidents) + 1))
+    for incident in incidents:
+        assert set(incident) >= INCIDENT_FIELDS
+        assert incident["first_seen"] <= incident["last_seen"] and len(incident["audit_ids"]) <= 200
+        assert set(incident["finding_ids"]) <= set(findings)
+        assert {(e["entity_type"], e["entity"]) for e in incident["entities"]} == \
+            {(findings[f]["entity_type"], findings[f]["entity"]) for f in incident["finding_ids"]}
+    assert not any(a["flagged"] < b["flagged"] for a, b in zip(incidents, incidents[1:])), "a quiet incident never above a flagged one"
+    outcome = evaluate_incidents(incidents, run["findings"], run["labels"])
+    assert any(s["incidents_of_flagged"] == 1 and s["best_incident_rank"] <= 3 for s in outcome["incident_scenarios"]), outcome
+    rows = list(csv.DictReader(io.StringIO((run["dir"] / "incidents.csv").read_text())))
+    assert [r["incident_id"] for r in rows] == [i["incident_id"] for i in incidents]
+
+
+def test_findings_csv_names_each_finding_and_its_incident(run):
+    rows = list(csv.DictReader(io.StringIO((run["dir"] / "findings.csv").read_text())))
+    incidents = [json.loads(line) for line in (run["dir"] / "incidents.jsonl").read_text().splitlines()]
+    holder = {f: i["incident_id"] for i in incidents for f in i["finding_ids"]}
+    assert [r["finding_id"] for r in rows] == [f["finding_id"] for f in run["findings"]]
+    for row, finding in zip(rows, run["findings"]):
+        assert row["incident_id"] == holder.get(finding["finding_id"], "")
+        assert row["severity"] in ("critical", "high", "medium", "suppressed", "quiet") and row["title"]
+        assert row["repeat"] == (f"mostly the same requests as #{finding['repeats_rank']}" if finding["repeats"] else "")
+    flagged_ranks = [int(r["rank"]) for r in rows if r["flagged"] == "True"]
+    for row in rows:
+        if row["flagged"] != "True" and flagged_ranks and int(row["rank"]) < max(flagged_ranks):
+            assert "ranked above flagged rows" in row["order_note"], row
+
+
+def test_report_in_the_terminal_fits_80_columns_without_splitting_a_name(run):
+    result = CliRunner().invoke(main, ["report", "--no-write", "--workdir", str(run["workdir"]), "--top", "20"],
+                                env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80
+    assert lines[0].startswith("Incidents: ") and any(line.startswith("Findings in no incident") for line in lines)
+    for finding in run["findings"]:
+        row = next((line for line in lines if f" {finding['finding_id'][:10]} " in line), None)
+        if row is None:
+            continue
+        name = row[row.index(finding["window_start"][:16].replace("T", " ")) + 18:]
+        whole = f"{finding['entity_type']}: {finding['entity']}"
+        assert name == whole or (name.endswith("…") and whole.startswith(name[:-1])), (name, whole)
+    wide = CliRunner().invoke(main, ["report", "--no-write", "--workdir", str(run["workdir"]), "--width", "200"])
+    assert max(len(line) for line in wide.stdout.splitlines()) > 80
+
+
+def test_report_format_json_prints_incidents_and_findings(run):
+    result = CliRunner().invoke(main, ["report", "--no-write", "--workdir", str(run["workdir"]), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert [i["incident_id"] for i in printed["incidents"]] == \
+        [json.loads(line)["incident_id"] for line in (run["dir"] / "incidents.jsonl").read_text().splitlines()]
+    assert [f["finding_id"] for f in printed["findings"]] == [f["finding_id"] for f in run["findings"]]
+    assert all({"severity", "title", "incident_id", "repeat"} <= set(f) for f in printed["findings"])

@@ -1,4 +1,5 @@
-"""Flagged findings reach Security Hub as valid ASFF (idempotently) and SNS as a short summary, against moto."""
+"""Flagged incidents reach Security Hub as valid ASFF, one per incident with its findings related (idempotently), and
+SNS as a short summary, against moto."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,17 @@ from pipeline.cli.export import export_command
 from pipeline.config import load_config
 from pipeline.errors import AwsCallError
 from pipeline.io.storage import LocalStorage
-from pipeline.report.asff import DESCRIPTION_MAX, TITLE_MAX, asff_finding, exportable, severity_label
+from pipeline.report.asff import (
+    DESCRIPTION_MAX,
+    MAX_RELATED,
+    TITLE_MAX,
+    asff_finding,
+    exportable,
+    exportable_incidents,
+    incident_asff,
+    severity_label,
+)
+from pipeline.report.incidents import group_incidents
 from pipeline.stages.export import export_findings
 from tests.aws.conftest import ACCOUNT, REGION, client_events, hermetic_aws, make_config, moto_url  # noqa: F401
 
@@ -47,6 +58,12 @@ def run_findings() -> list[dict]:
     return records
 
 
+def run_incidents(findings: list[dict] | None = None) -> list[dict]:
+    """The incidents the score stage would write for ``findings`` (default ``run_findings()``), without an events index:
+    one per flagged or suppressed finding here, each user being its only window."""
+    return [incident.to_record() for incident in group_incidents(findings or run_findings())]
+
+
 def hub_config(make_config, **extra):
     return make_config(findings={"securityhub": {"enabled": True, **extra}})
 
@@ -61,8 +78,8 @@ def test_flagged_findings_are_imported_in_batches_of_100_and_a_rerun_updates_the
     batches = []
     client_events("before-parameter-build.securityhub.BatchImportFindings", lambda params, **_: batches.append(params["Findings"]))
 
-    first = export_findings(config, run_findings(), RUN)
-    second = export_findings(config, run_findings(), RUN)
+    first = export_findings(config, run_findings(), run_incidents(), RUN)
+    second = export_findings(config, run_findings(), run_incidents(), RUN)
 
     assert [len(batch) for batch in batches] == [100, 50, 100, 50]
     assert first["securityhub"] == second["securityhub"] == {
@@ -70,7 +87,8 @@ def test_flagged_findings_are_imported_in_batches_of_100_and_a_rerun_updates_the
         "product_arn": f"arn:aws:securityhub:{REGION}:{ACCOUNT}:product/{ACCOUNT}/default"}
     stored = all_hub_findings(config)
     assert len(stored) == 150
-    assert {f["Id"] for f in stored} == {f"demo/{rank:020x}" for rank in range(1, 151)}
+    assert {f["Id"] for f in stored} == {f"demo/{i['incident_id']}" for i in run_incidents() if i["flagged"]}
+    assert {r["Id"] for f in stored for r in f["RelatedFindings"]} == {f"demo/{rank:020x}" for rank in range(1, 151)}
     assert {f["AwsAccountId"] for f in stored} == {ACCOUNT}
     assert batches[0][0]["Id"] == batches[2][0]["Id"] and batches[0][0]["UpdatedAt"] <= batches[2][0]["UpdatedAt"]
 
@@ -139,7 +157,7 @@ def test_rejected_findings_raise_one_line_naming_the_call_after_all_batches_are_
 
     client_events("after-call.securityhub.BatchImportFindings", reject_first)
     with pytest.raises(AwsCallError) as raised:
-        export_findings(config, run_findings(), RUN)
+        export_findings(config, run_findings(), run_incidents(), RUN)
     message = str(raised.value)
     assert message == ("SecurityHub.BatchImportFindings rejected 1 of 150 findings: InvalidInput: "
                        "Finding does not adhere to ASFF (Id demo/0000000000000000001)")
@@ -158,7 +176,7 @@ def sns_queue(config):
 def test_sns_summary_has_a_short_subject_counts_and_the_report_location(make_config):
     topic, sqs, queue = sns_queue(make_config())
     config = make_config(cluster="production-eu-west-1-" + "x" * 80, findings={"sns": {"enabled": True, "topic_arn": topic}})
-    result = export_findings(config, run_findings(), RUN)
+    result = export_findings(config, run_findings(), run_incidents(), RUN)
 
     assert result["securityhub"] is None and result["sns"]["topic_arn"] == topic
     body = json.loads(sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"][0]["Body"])
@@ -171,17 +189,18 @@ def test_publishing_to_a_missing_topic_is_one_aws_error(make_config):
     topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:nowhere"
     config = make_config(findings={"sns": {"enabled": True, "topic_arn": topic}})
     with pytest.raises(AwsCallError, match=r"^SNS\.Publish failed \(arn:aws:sns:.*:nowhere\): NotFound"):
-        export_findings(config, run_findings(), RUN)
+        export_findings(config, run_findings(), run_incidents(), RUN)
 
 
 def test_nothing_is_called_when_both_exports_are_disabled(make_config, monkeypatch):
     monkeypatch.setattr(aws_session, "client", lambda *a, **k: pytest.fail("no AWS client expected"))
-    assert export_findings(make_config(), run_findings(), RUN) == {"securityhub": None, "sns": None}
+    assert export_findings(make_config(), run_findings(), run_incidents(), RUN) == {"securityhub": None, "sns": None}
 
 
 def test_export_command_sends_the_workdir_latest_findings(make_config, tmp_path):
     storage = LocalStorage(tmp_path / "work")
     storage.write_json("scores/cluster=demo/r1/findings.json", run_findings()[:3])
+    storage.write_json("scores/cluster=demo/r1/incidents.json", run_incidents(run_findings()[:3]))
     storage.write_json("state/cluster=demo/latest.json", {
         "score": {"run_id": "r1", "key": "scores/cluster=demo/r1", "records": 3, "flagged": 3, "suppressed": 0,
                   "ranges": RUN["ranges"]},
@@ -195,3 +214,47 @@ def test_export_command_sends_the_workdir_latest_findings(make_config, tmp_path)
     assert json.loads(result.stdout)["securityhub"]["imported"] == 3
     stored = all_hub_findings(make_config())
     assert {f["ProductFields"]["auditsift/report"] for f in stored} == {"/reports/r2/report.html"}
+
+
+def test_an_incident_is_one_asff_finding_with_its_findings_related_and_its_tactics_as_types():
+    members = [finding(rank, entity="mallory@corp.example", hits=[("secrets_sweep", "high")]) for rank in range(1, 15)]
+    incident = run_incidents(members)[0]
+    hostile = {**incident, "title": "evil\n\x1b[31m" + "x" * 400, "summary": "y" * 2000, "tactics": ["TA0006", "discovery", "TA9999"]}
+    asff = incident_asff(hostile, members, rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="arn:aws:securityhub:x",
+                         updated_at="2026-11-08T06:20:00.000000Z", run_result=RUN)
+
+    model = botocore.session.get_session().get_service_model("securityhub").shape_for("AwsSecurityFinding")
+    assert set(model.required_members) <= set(asff) <= set(model.members)
+    assert len(incident["finding_ids"]) == 14, "one user's adjacent windows are one incident"
+    assert asff["Id"] == f"demo/{incident['incident_id']}"
+    assert asff["RelatedFindings"] == asff["FindingProviderFields"]["RelatedFindings"]
+    assert [r["Id"] for r in asff["RelatedFindings"]] == [f"demo/{rank:020x}" for rank in range(1, MAX_RELATED + 1)]
+    assert asff["ProductFields"]["auditsift/finding_ids"].split(",") == incident["finding_ids"]
+    assert asff["Types"] == asff["FindingProviderFields"]["Types"]
+    assert asff["Types"][:2] == ["TTPs/Credential Access", "TTPs/Discovery"], "the incident's tactics first, then its findings' types"
+    assert set(asff_finding(members[0], rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="x", updated_at="x",
+                            run_result=RUN)["Types"]) <= set(asff["Types"])
+    assert asff["Severity"]["Label"] == incident["severity"].upper()
+    assert len(asff["Title"]) <= TITLE_MAX and len(asff["Description"]) <= DESCRIPTION_MAX and "\x1b" not in asff["Title"]
+    assert (asff["FirstObservedAt"], asff["LastObservedAt"]) == (incident["first_seen"], incident["last_seen"])
+
+
+def test_an_incident_carries_its_findings_types_and_only_flagged_incidents_are_exported():
+    members = [finding(1, entity="mallory@corp.example", hits=[("secrets_sweep", "high")])]
+    incident = run_incidents(members)[0]
+    asff = incident_asff(incident, members, rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="arn:aws:securityhub:x",
+                         updated_at="2026-11-08T06:20:00.000000Z", run_result=RUN)
+    assert set(asff_finding(members[0], rules=PACK, cluster="demo", region=REGION, account=ACCOUNT, product="x",
+                            updated_at="x", run_result=RUN)["Types"]) <= set(asff["Types"])
+    incidents = run_incidents()
+    assert len(exportable_incidents(incidents, run_findings(), 0.0)) == 150
+    assert not any(set(i["finding_ids"]) & {f"{rank:020x}" for rank in range(151, 161)} for i in exportable_incidents(incidents, run_findings(), 0.0))
+
+
+def test_export_with_nothing_enabled_says_so_and_exits_2(tmp_path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"cluster": "demo"}))
+    result = CliRunner().invoke(export_command, ["--workdir", str(tmp_path / "work"), "--config", str(config_path)])
+    assert result.exit_code == 2
+    assert "nothing to export" in result.output
+    assert not (tmp_path / "work").exists()

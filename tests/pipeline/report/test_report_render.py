@@ -19,6 +19,7 @@ from features.events import COLUMN_NAMES
 from pipeline.config import parse_config
 from pipeline.context import RunContext
 from pipeline.io.storage import LocalStorage, resolve_inputs
+from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import ATHENA_COLUMNS, insights_query, pivot_queries, sql_string, sql_table
 from pipeline.report.render import (
     MD_BUDGET,
@@ -322,6 +323,7 @@ def test_report_stage_writes_escaped_report_files(tmp_path):
     key = "scores/cluster=demo/20261105T061500Z-a1b2c3"
     for name in ("findings", "evidence", "events", "timelines"):
         ctx.storage.write_json(f"{key}/{name}.json", built[name])
+    ctx.storage.write_json(f"{key}/incidents.json", [i.to_record() for i in group_incidents(built["findings"])])
     ctx.update_state("score", {**built["run"]["counts"]["score"], "key": key, "run_id": ctx.run_id})
     ctx.update_state("model", built["run"]["model"])
     run = run_report(ctx)
