@@ -77,6 +77,7 @@ def test_a_verdict_on_an_incident_is_one_per_member_plus_the_incident(work):
 
 
 def test_an_incident_id_in_a_report_without_incidents_says_so_in_one_line(work):
+    (work["report_dir"] / "incidents.jsonl").unlink()  # a report written before incidents existed
     code, output = triage(work, "inc-0123456789abcdef0123", "--verdict", "benign")
     assert code == 2
     assert output.splitlines()[0].startswith("error: the report of run ") and "has no incidents.jsonl" in output.splitlines()[0]

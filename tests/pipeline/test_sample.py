@@ -352,7 +352,8 @@ def test_new_families_are_labelled_and_read_cleanly_by_the_archive(coverage):
     """Every event of the new families is labelled, in the day's file, decodes through the
     archive's reader without quarantine and normalises to the identity and address labelled."""
     from features.events import normalize_event
-    from pipeline.readers import Quarantine, read_events, resolve_inputs
+    from pipeline.io.readers import Quarantine, read_events
+    from pipeline.io.storage import resolve_inputs
 
     seen = set()
     for labels, _, d in coverage.values():

@@ -48,6 +48,9 @@ from pipeline.stages.workers import ordered_map
 from tests.factory import SHARED_FIXTURES, T0, event, events, write_jsonl
 from tests.features.test_rules import CONTEXT, PACK, expand, flagged_frame
 
+# the metadata every rule carries (features.rules): a test rule borrows a real rule's
+ATTACK = {"finding_type": "TTPs/Discovery", "tactic": "TA0007", "technique": "T1613", "title_template": "{user} {acted} {resource}"}
+
 
 # --------------------------------------------------------------------------- shared sample
 @pytest.fixture(scope="module")
@@ -146,7 +149,7 @@ REFERENCE_ONLY = ["allowed & read", "code == 101 | allowed", "time > '2026-10-31
 
 @pytest.mark.parametrize("condition", COMPILED_CORNERS)
 def test_compiled_corner_conditions_equal_dataframe_eval(condition):
-    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition,
+    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, **ATTACK,
                 tests=[{"event": {}}])
     compiled = compile_condition(condition)
     assert compiled is not None
@@ -182,7 +185,7 @@ def test_compiled_conditions_on_arrow_columns_equal_dataframe_eval(condition, di
                           for name, column in zip(table.column_names, table.columns)})
     inputs = FlagInputs(table)
     inputs.flags.update({"allowed": CORNER_FRAME["allowed"].to_numpy(), "read": CORNER_FRAME["read"].to_numpy()})
-    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, tests=[{"event": {}}])
+    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, **ATTACK, tests=[{"event": {}}])
     compiled = compile_condition(condition)
     assert compiled is not None
     reference = _reference_condition(rule, CORNER_FRAME)
@@ -194,7 +197,7 @@ def test_compiled_conditions_on_arrow_columns_equal_dataframe_eval(condition, di
 
 @pytest.mark.parametrize("condition", REFERENCE_ONLY)
 def test_conditions_outside_the_compiled_subset_are_left_to_pandas(condition):
-    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, tests=[{"event": {}}])
+    rule = Rule(id="corner_case", title="t", severity="low", rationale="r", condition=condition, **ATTACK, tests=[{"event": {}}])
     compiled = compile_condition(condition)
     try:
         reference = _reference_condition(rule, CORNER_FRAME)
@@ -206,7 +209,7 @@ def test_conditions_outside_the_compiled_subset_are_left_to_pandas(condition):
 
 
 def test_a_broken_condition_still_raises_the_rule_error():
-    rule = Rule(id="broken_one", title="t", severity="low", rationale="r", condition="allowed and no_such_flag", tests=[{"event": {}}])
+    rule = Rule(id="broken_one", title="t", severity="low", rationale="r", condition="allowed and no_such_flag", **ATTACK, tests=[{"event": {}}])
     with pytest.raises(RuleError, match="broken_one"):
         _condition(rule, CORNER_FRAME, compile_condition(rule.condition))
 
