@@ -2,7 +2,6 @@
 machine-readable result."""
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from datetime import datetime
@@ -17,7 +16,7 @@ from pipeline.stages.report import latest_incidents, run_report
 from pipeline.stages.scaleout import plan_key, plan_run
 from pipeline.stages.score import run_score
 from pipeline.stages.train import fit_model, run_train
-from training.registry import DETECTORS
+from training.registry import detector_class
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
     load_rule_pack(ctx.config)
     flag_context(ctx)
     if ctx.config.model.backend != "sagemaker-rcf":
-        import_meanwhile(DETECTORS[ctx.config.model.backend].partition(":")[0])
+        import_meanwhile(ctx.config.model.backend)
     archive_counts = run_archive(ctx, inputs, now)
     ranges = resolve_ranges(ctx, train_from, train_to, score_from, score_to, now)
     feature_counts = run_features(ctx, ranges)
@@ -41,11 +40,11 @@ def run_pipeline(ctx: RunContext, inputs: list[str], report_dir: str | None = No
     return finish_run(ctx, result_object(ctx, archive_counts, feature_counts, model, summary, run, ranges), summary)
 
 
-def import_meanwhile(module: str) -> None:
-    """Import ``module`` in a thread while the archive runs: the train stage's scikit-learn and scipy take about a
-    second of CPU to import, and the archive's own process mostly waits for its workers. A failed import is
-    printed by the thread and raised again where the train stage imports the module."""
-    threading.Thread(target=importlib.import_module, args=(module,), name="auditsift-import", daemon=True).start()
+def import_meanwhile(detector: str) -> None:
+    """Import the ``detector``'s module (``training.registry.detector_class``) in a thread while the archive runs: the
+    train stage's scikit-learn and scipy take about a second of CPU to import, and the archive's own process mostly
+    waits for its workers. A failure is printed by the thread and raised again where the train stage builds it."""
+    threading.Thread(target=detector_class, args=(detector,), name="auditsift-import", daemon=True).start()
 
 
 def result_object(ctx: RunContext, archive_counts: dict, feature_counts: dict, model: dict, summary: dict, run: dict,
