@@ -827,16 +827,19 @@ def _native_rows(lines: list[bytes], cw_ids: list | None, repairs: dict | None) 
 
 
 def _command_columns(subresources: pa.Array, uris: pa.Array, count: int) -> dict[str, pa.Array]:
-    """COMMAND_COLUMNS of a block, decoded (features.commands) only on its rare exec, attach and proxy rows."""
+    """COMMAND_COLUMNS of a block, decoded (features.commands) only on its rare exec, attach and proxy rows,
+    each distinct URI once: a scraper reading nodes/{node}/proxy/metrics sends the same URI all day."""
     rows = np.flatnonzero(pc.is_in(subresources, value_set=pa.array(COMMAND_SUBRESOURCES)).to_numpy(zero_copy_only=False))
-    decoded = commands.command_columns(uris[int(i)].as_py() for i in rows)
-    out = {}
-    for name in COMMAND_COLUMNS:
-        values = [None] * count
-        for index, value in zip(rows.tolist(), decoded[name]):
-            values[index] = value
-        out[name] = pa.array(values, type=pa.string())
-    return out
+    if not len(rows):
+        return {name: pa.nulls(count, pa.string()) for name in COMMAND_COLUMNS}
+    encoded = uris.take(pa.array(rows)).dictionary_encode()
+    decoded = commands.command_columns(encoded.dictionary.to_pylist())
+    index = np.zeros(count, dtype=np.int32)
+    absent = np.ones(count, dtype=np.bool_)
+    index[rows] = encoded.indices.fill_null(0).to_numpy()
+    absent[rows] = encoded.indices.is_null().to_numpy(zero_copy_only=False)
+    at = pa.array(index, mask=absent)
+    return {name: pa.array(decoded[name], type=pa.string()).take(at) for name in COMMAND_COLUMNS}
 
 
 def _string_array(count: int, validity: bytes, offsets: bytes, data: bytes, nulls: int) -> pa.Array:

@@ -42,6 +42,10 @@ from features.events import EVENT_IDENTITY, EVENT_SCHEMA, conform_events
 from pipeline.io.storage import PARQUET_OPTIONS
 
 MERGE_ROWS = 32_768
+# Hour files keep min/max statistics for the event times only: Athena and DuckDB skip files and row groups by
+# time, while the min and max of strings (usernames, URIs) span the alphabet in any busy hour and cost a third
+# of the write (8 of 26 ms for an 11,000-event hour).
+ARCHIVE_PARQUET_OPTIONS = {**PARQUET_OPTIONS, "write_statistics": ["time", "received_time"]}
 RUN_BATCH_ROWS = 1_024  # rows a sorted run is read back in: the merge holds one such batch per run
 # Equal times are ordered by the rest of the event's identity, audit_id and stage first.
 TIE_COLUMNS = ("audit_id", "stage") + tuple(name for name in EVENT_IDENTITY if name not in ("audit_id", "stage", "time"))
@@ -122,7 +126,7 @@ def merge_in_memory(existing: bytes | None, incoming: Iterable[pa.Table]) -> Mer
     before = shared_keys(lambda: tables)
     merged = dedupe_sorted(pa.concat_tables(tables + [table.cast(EVENT_SCHEMA) for table in incoming]))
     sink = io.BytesIO()
-    pq.write_table(merged.combine_chunks(), sink, **PARQUET_OPTIONS)  # one layout however the parts were buffered
+    pq.write_table(merged.combine_chunks(), sink, **ARCHIVE_PARQUET_OPTIONS)  # one layout however the parts were buffered
     if not len(merged):
         return MergedHour(sink, 0, None, None)
     return MergedHour(sink, len(merged), _time_at(merged, 0), _time_at(merged, -1), shared_keys(lambda: [merged]), before)
@@ -141,7 +145,7 @@ def merge_runs(existing: bytes | None, runs: list[Iterable[pa.Table]], merge_row
         runs = [(conform_events(pa.Table.from_batches([batch])) for batch in existing_file.iter_batches(RUN_BATCH_ROWS))] + runs
     sink = tempfile.TemporaryFile(prefix="auditsift-hour-")  # the file, too, grows with the hour
     try:
-        groups = _RowGroups(pq.ParquetWriter(sink, EVENT_SCHEMA, **PARQUET_OPTIONS), merge_rows)
+        groups = _RowGroups(pq.ParquetWriter(sink, EVENT_SCHEMA, **ARCHIVE_PARQUET_OPTIONS), merge_rows)
         for table in _merged(runs, merge_rows):
             groups.add(table)
         groups.close()

@@ -546,14 +546,18 @@ def score_columns(pack: RulePack, entity_types) -> list[str]:
 
 def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], why: list[str], extra: tuple[str, ...] = ()) -> list[dict]:
     """Events (their ``EVIDENCE_COLUMNS``, score and why bits, a bit per ``why`` name) as plain JSON-ready dicts
-    (times in ISO 8601 UTC)."""
-    columns = {name: table[name].to_pylist() for name in (*EVIDENCE_COLUMNS, *extra)}
-    bits = np.unpackbits(np.frombuffer(b"".join(why_bits), dtype=np.uint8).reshape(len(table), -1), axis=1)
+    (times in ISO 8601 UTC, microseconds: Arrow's ``%S`` of a microsecond timestamp carries them)."""
+    names = (*EVIDENCE_COLUMNS, *extra)
+    columns = [pc.strftime(table[name], format="%Y-%m-%dT%H:%M:%SZ").to_pylist() if name == "time" else table[name].to_pylist()
+               for name in names]
+    reasons: dict[bytes, list[str]] = {}  # rows share a handful of why patterns
     rows = []
-    for index, score in enumerate(scores):
-        record = {name: columns[name][index] for name in (*EVIDENCE_COLUMNS, *extra)}
-        record["time"] = record["time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        record["why"] = [why[j] for j in np.flatnonzero(bits[index][: len(why)]).tolist()]
+    for values, score, pattern in zip(zip(*columns), scores, why_bits):
+        record = dict(zip(names, values))
+        if (named := reasons.get(pattern)) is None:
+            bits = np.unpackbits(np.frombuffer(pattern, dtype=np.uint8))[: len(why)]
+            named = reasons[pattern] = [why[j] for j in np.flatnonzero(bits).tolist()]
+        record["why"] = list(named)
         record["score"] = round(float(score), 4)
         rows.append(record)
     return rows
