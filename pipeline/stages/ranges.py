@@ -53,8 +53,7 @@ def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=N
     if train_to is None:
         train_to = score_from
     if train_from is None:
-        retained = score_from - timedelta(days=ctx.config.schedule.train_days)
-        train_from = _floor(_earliest_since(ctx, hours, retained) or retained, window)
+        train_from = training_start(ctx, score_from, hours)
     if score_from < score_to and not any(overlaps(date, hour, score_from, score_to) for date, hour, _ in hours):
         raise StageError(f"no archived events in the scored range {iso(score_from)}..{iso(score_to)}",
                          hint=_clock_hint(ctx, hours, score_to, window))
@@ -65,6 +64,16 @@ def resolve_ranges(ctx: RunContext, train_from=None, train_to=None, score_from=N
             hint="need --train-from < --train-to <= --score-from < --score-to, with data before the scored day",
         )
     return ranges
+
+
+def training_start(ctx: RunContext, score_from: datetime, hours: list[tuple[str, int, str]] | None = None) -> datetime:
+    """Where training starts for a scored range beginning at ``score_from``: the window of the first archived event
+    in the ``schedule.train_days`` before it (a young archive trains, and warms up, from its first day), else the
+    start of those days. ``auditsift run`` and a scheduled plan (``scaleout.plan_run``) both start here."""
+    window = timedelta(minutes=ctx.config.features.window_minutes)
+    retained = score_from - timedelta(days=ctx.config.schedule.train_days)
+    hours = list_archive_hours(ctx.storage, ctx.cluster) if hours is None else hours
+    return _floor(_earliest_since(ctx, hours, retained) or retained, window)
 
 
 def _earliest_since(ctx: RunContext, hours: list[tuple[str, int, str]], start: datetime) -> datetime | None:

@@ -60,7 +60,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.io.storage import LocalStorage, safe_segment
 from pipeline.stages.clock import iso
 from pipeline.stages.features import RULES_SUFFIX, features_fingerprint, flag_context, hour_partials, load_features, partials_frame
-from pipeline.stages.ranges import Ranges
+from pipeline.stages.ranges import Ranges, training_start
 from pipeline.stages.score import run_score
 from pipeline.stages.train import build_detector, load_model, run_train, training_rows
 
@@ -167,8 +167,9 @@ def plan_run(ctx: RunContext, now: datetime) -> tuple:
     """The ranges and retrain decision of a scheduled run at ``now``.
 
     Scores the 24 hours of whole windows ending ``archive.grace_minutes`` before ``now``
-    (late CloudWatch delivery) and trains on the ``schedule.train_days`` before that.
-    Ranges come from the clock, not from the data, so a run whose log delivery stalled
+    (late CloudWatch delivery) and trains on the ``schedule.train_days`` before that, from the first archived
+    event in them (``ranges.training_start``, as ``auditsift run``). The scored range comes from the clock, not
+    from the data, so a run whose log delivery stalled
     finds nothing to score and fails loudly instead of rescoring yesterday.
     Returns ``(Ranges, plan dict)``.
     """
@@ -178,7 +179,7 @@ def plan_run(ctx: RunContext, now: datetime) -> tuple:
     settled = now.astimezone(UTC) - timedelta(minutes=config.archive.grace_minutes)
     score_to = EPOCH + (settled - EPOCH) // window * window
     score_from = score_to - timedelta(hours=24)
-    ranges = Ranges(score_from - timedelta(days=config.schedule.train_days), score_from, score_from, score_to)
+    ranges = Ranges(training_start(ctx, score_from), score_from, score_from, score_to)
     retrain, reason = retrain_due(ctx.read_state().get("model"), config, now)
     return ranges, {"now": iso(now), "retrain": retrain, "reason": reason, "ranges": ranges.as_dict()}
 

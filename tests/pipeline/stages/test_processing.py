@@ -33,9 +33,9 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.stages.archive import archive_inputs, list_archive_hours
 from pipeline.stages.features import events_frame, features_fingerprint, flag_context, run_features
-from pipeline.stages.ranges import Ranges
+from pipeline.stages.ranges import Ranges, resolve_ranges
 from pipeline.stages.scaleout import map_shard, model_trained_at, partials_root, plan_run, reduce_shards, retrain_due
-from tests.factory import T0, event, write_jsonl
+from tests.factory import T0, event, events, write_jsonl
 
 CLUSTER = "demo"
 PEOPLE = [
@@ -264,6 +264,19 @@ def test_plan_scores_the_day_before_now_minus_grace_and_trains_on_train_days_bef
     assert plan["ranges"] == {"train_from": "2026-10-24T05:00:00Z", "train_to": "2026-11-07T05:00:00Z",
                               "score_from": "2026-11-07T05:00:00Z", "score_to": "2026-11-08T05:00:00Z"}
     assert plan["retrain"] is True and ranges.as_dict() == plan["ranges"]
+
+
+def test_a_scheduled_plan_on_a_young_archive_trains_from_its_first_event_as_auditsift_run_does(tmp_path):
+    """Three days archived, 14 training days configured: the plan's training range starts at the first archived
+    event's window (so the warm-up day is the archive's first day), the range ``auditsift run`` resolves too."""
+    source = write_jsonl(tmp_path / "audit.jsonl", events(72, start=datetime(2026, 11, 5, 6, 7, tzinfo=UTC), step=timedelta(hours=1)))
+    storage = LocalStorage(tmp_path / "work")
+    archive_inputs(storage, resolve_inputs([str(source)]), CLUSTER, "archive-run")
+    ctx = RunContext(storage, _config(archive={"grace_minutes": 15}, schedule={"train_days": 14}), "plan-run")
+    now = datetime(2026, 11, 8, 6, 10, 30, tzinfo=UTC)
+    ranges, plan = plan_run(ctx, now)
+    assert plan["ranges"]["train_from"] == "2026-11-05T06:00:00Z"
+    assert ranges == resolve_ranges(ctx, score_from=ranges.score_from, score_to=ranges.score_to)
 
 
 def test_plan_entry_point_writes_the_plan_file_step_functions_reads(tmp_path):
