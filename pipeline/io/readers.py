@@ -712,14 +712,25 @@ def _salvage(text: bytes, source: str, line_no: int, quarantine: Quarantine, log
         quarantine.add(reason, source, line_no, text)
         return
     event = SalvagedEvent(fields.values, fields.damaged, cut or not fields.complete, log_time, reason, text)
-    try:
-        event.check_usable()
-    except BadEvent:
-        quarantine.add(reason, source, line_no, text)
-        return
-    yield event, event_id
+    if not event.cut and fields.regular and event.marker(_resource(fields.values)) is None:
+        # Only fields the archive never reads are damaged (a body of 1e400 where no body fact is read): the
+        # event is what the block decoders, which skip those fields, read whole, and is decided as they decide it.
+        yield dict(fields.values), event_id
+    else:
+        try:
+            event.check_usable()
+        except BadEvent:
+            quarantine.add(reason, source, line_no, text)
+            return
+        yield event, event_id
     if fields.complete and (rest := body[fields.end:]).strip():
         quarantine.add(_classify_json_error(rest), source, line_no, rest)
+
+
+def _resource(values: dict):
+    """The resource a whole decode of ``values`` reads (objectRef.resource), for ``SalvagedEvent.marker``."""
+    resource = values["objectRef"].get("resource") if isinstance(values.get("objectRef"), dict) else None
+    return resource if isinstance(resource, str) else None
 
 
 def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[LineBlock | Event]:
