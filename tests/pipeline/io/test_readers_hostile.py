@@ -375,6 +375,12 @@ def test_a_duplicated_key_and_a_number_beyond_a_double_in_an_unread_field_change
     (rows, counts), _, _ = results[0]
     record_property("result", f"{len(rows)} rows, quarantined {counts} through each path, with and without the duplicate")
     assert all(result == results[0][0] for result in (*results[0], *results[1]))
+    firehose = tmp_path / "firehose.gz"  # as S3 holds it: the lines as the messages of a gzip envelope
+    firehose.write_bytes(gzip.compress(json.dumps(envelope([line.decode() for line in doubled])).encode()))
+    into = Quarantine()
+    ref = InputRef(str(firehose), lambda: open(firehose, "rb"), firehose.stat().st_size)
+    from_s3 = pa.concat_tables(t for t, _ in normalise_blocks(read_blocks(ref, into), into, "s3", 1000)).drop_columns("cw_event_id")
+    assert from_s3.to_pylist() == [{k: v for k, v in row.items() if k != "cw_event_id"} for row in rows] and into.counts == counts
     assert {row["audit_id"]: (row["verb"], row["user"], row["salvage"]) for row in rows} == {
         "no-verb": (None, "alice@corp.example", None), "no-verb-negative": (None, "alice@corp.example", None),
         "with-verb": ("list", "alice@corp.example", None), "aws-auth": ("patch", "mallory@corp.example", "body_unreadable")}
