@@ -136,13 +136,16 @@ def split_values(data: bytes) -> Values:
 class Fields:
     """The top-level fields of an object read one by one: ``values`` decoded, ``damaged`` the names
     whose value is complete but does not decode, ``complete`` whether the object's closing brace was
-    reached (False: the text ends, or its structure breaks, before it) and ``end`` where reading stopped
-    (just past that brace)."""
+    reached (False: the text ends, or its structure breaks, before it), ``end`` where reading stopped
+    (just past that brace) and ``regular`` whether every comma between fields was where JSON puts one
+    (False: a comma missing, doubled, leading or trailing). A duplicated name keeps its last value, as
+    orjson, msgspec and Go's encoding/json do."""
 
     values: dict = field(default_factory=dict)
     damaged: list[str] = field(default_factory=list)
     complete: bool = False
     end: int = 0
+    regular: bool = True
 
 
 def object_fields(data: bytes) -> Fields | None:
@@ -158,6 +161,7 @@ def object_fields(data: bytes) -> Fields | None:
     blanked = blank_escapes(data)
     pos += 1
     size = len(data)
+    after_value = after_comma = False
     while True:
         pos = fields.end = skip_space(data, pos)
         if pos >= size:
@@ -165,12 +169,17 @@ def object_fields(data: bytes) -> Fields | None:
         byte = data[pos]
         if byte == _CLOSE:
             fields.complete, fields.end = True, pos + 1
+            fields.regular = fields.regular and not after_comma
             return fields
         if byte == _COMMA:
+            fields.regular = fields.regular and after_value
+            after_value, after_comma = False, True
             pos += 1
             continue
         if byte != _QUOTE:
             return fields
+        fields.regular = fields.regular and not after_value
+        after_value, after_comma = True, False
         key_end = _string_end(blanked, pos)
         if key_end < 0:
             return fields

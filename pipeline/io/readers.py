@@ -676,8 +676,8 @@ def _decode_record(text: bytes, source: str, line_no: int, quarantine: Quarantin
     itself (always, when not ``expand``: a CloudWatch message is one event).
 
     Text that does not decode whole is either several values glued together (Firehose without
-    newlines; never in a message), each decoded on its own, or one damaged record: salvaged field by
-    field when it is a usable event (``_salvage``), quarantined under its decode reason otherwise.
+    newlines; never in a message), each decoded on its own, or one damaged record, read field by field
+    (``_salvage``).
     """
     try:
         value = orjson.loads(text)
@@ -699,10 +699,11 @@ def _decode_record(text: bytes, source: str, line_no: int, quarantine: Quarantin
 
 def _salvage(text: bytes, source: str, line_no: int, quarantine: Quarantine, log_time: str | None,
              event_id: str | None) -> Iterator[Event]:
-    """A record that does not decode whole, read field by field (``jsonscan.object_fields``): a
-    ``SalvagedEvent`` when it holds SALVAGE_REQUIRED and a time, else quarantined under its decode
-    reason (``cloudwatch_truncated``, ``not_utf8``, ``invalid_json``). Text after the event's closing
-    brace is a record of its own, quarantined."""
+    """A record that does not decode whole, read field by field (``jsonscan.object_fields``): an intact
+    object whose damage lies only in fields the archive never reads is the event a whole decode gives
+    (a plain dict); otherwise a ``SalvagedEvent`` when it holds SALVAGE_REQUIRED and a time, else
+    quarantined under its decode reason (``cloudwatch_truncated``, ``not_utf8``, ``invalid_json``). Text
+    after the event's closing brace is a record of its own, quarantined."""
     reason = _classify_json_error(text)
     body = text.rstrip()
     cut = body.endswith(TRUNCATED_MARK)
@@ -712,14 +713,24 @@ def _salvage(text: bytes, source: str, line_no: int, quarantine: Quarantine, log
         quarantine.add(reason, source, line_no, text)
         return
     event = SalvagedEvent(fields.values, fields.damaged, cut or not fields.complete, log_time, reason, text)
-    try:
-        event.check_usable()
-    except BadEvent:
-        quarantine.add(reason, source, line_no, text)
-        return
-    yield event, event_id
+    if not event.cut and fields.regular and event.marker(_resource(fields.values)) is None:
+        # The block decoders skip these fields and decide the whole line; so does normalize_event with this dict.
+        yield dict(fields.values), event_id
+    else:
+        try:
+            event.check_usable()
+        except BadEvent:
+            quarantine.add(reason, source, line_no, text)
+            return
+        yield event, event_id
     if fields.complete and (rest := body[fields.end:]).strip():
         quarantine.add(_classify_json_error(rest), source, line_no, rest)
+
+
+def _resource(values: dict):
+    """The resource a whole decode of ``values`` reads (objectRef.resource), for ``SalvagedEvent.marker``."""
+    resource = values["objectRef"].get("resource") if isinstance(values.get("objectRef"), dict) else None
+    return resource if isinstance(resource, str) else None
 
 
 def _expand_line(stripped: bytes, source: str, line_no: int, quarantine: Quarantine) -> Iterator[LineBlock | Event]:

@@ -42,6 +42,16 @@ def test_a_status_code_beyond_64_bits_next_to_a_number_beyond_a_double_is_archiv
     assert (row["audit_id"], row["code"], row["salvage"]) == (raw["auditID"], None, None)
 
 
+def test_the_line_seed_1000_found_is_archived_alike(tmp_path):
+    """``python -m tests.features.native_fuzz --count 100000 --seed 1000``, block 90,000, line 2,195: a shared EKS
+    fixture (no verb) with its auditID duplicated and ``"n": -1e400`` appended. msgspec's block path took it; the C
+    decoder left it over the duplicate, and the per-line path (orjson refuses the infinity; salvage needs a verb)
+    quarantined it as invalid_json. Only an unread field is damaged, so it is now archived as a whole line is."""
+    line = mutated_lines(5000, 91000)[2195]
+    assert line.count(b'"auditID"') == 2 and b"1e400" in line and b'"verb"' not in line
+    assert differential([line], native(), tmp_path) == 0
+
+
 def test_well_formed_lines_are_all_taken_and_their_arrays_validate(tmp_path):
     lines = seed_lines()
     assert differential(lines, native(), tmp_path) >= 12  # the factory's lines; many fixtures carry bodies rules read

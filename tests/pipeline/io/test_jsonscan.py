@@ -52,7 +52,7 @@ def test_an_object_cut_anywhere_keeps_exactly_its_complete_fields(fields, data):
     read = object_fields(text[:cut])
     assert read is not None or cut == 0
     if cut == len(text):
-        assert read.values == fields and read.complete
+        assert read.values == fields and read.complete and read.regular
         return
     if read is None:
         return
@@ -71,3 +71,13 @@ def test_a_value_that_does_not_decode_is_skipped_and_reading_goes_on():
     assert read.values == {"a": 1, "b": "}{"}
     assert read.damaged == ["deep", "inf", "s", "raw", "big"]
     assert not read.complete, "the text ends in c's number: it may have been longer"
+
+
+def test_a_duplicated_name_keeps_its_last_value_and_a_misplaced_comma_is_irregular():
+    """Last wins, as orjson, msgspec and Go's encoding/json decide; a last value that does not decode leaves the
+    field damaged rather than falling back to the earlier one."""
+    read = object_fields(b'{"user": {"username": "decoy"}, "n": 1e400, "user": {"username": "alice"}, "v": 1, "v": 1e400}')
+    assert read.values == {"user": {"username": "alice"}} and read.damaged == ["n", "v"] and read.complete and read.regular
+    for text in (b'{"a": 1,, "b": 2}', b'{, "a": 1}', b'{"a": 1,}', b'{"a": 1 "b": 2}'):
+        read = object_fields(text)
+        assert read.complete and not read.regular, text

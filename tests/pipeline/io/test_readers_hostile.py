@@ -307,28 +307,84 @@ HOSTILE_LINES = [apiserver_line(event(T0 + timedelta(seconds=i), audit_id=f"host
 ]
 
 
+def three_ways(lines: list[bytes], tmp_path: Path, name: str = "lines") -> tuple[tuple[list[dict], dict], ...]:
+    """(rows, quarantine counts) of ``lines`` read from a file by the block path (the decoder ``block_decoder``
+    chose, per-line fallback), by the per-line path, and as FilterLogEvents messages with a log time."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    ref = InputRef(str(path), lambda: open(path, "rb"), path.stat().st_size)
+    blocks, per_line, messages = Quarantine(), Quarantine(), Quarantine()
+    decoded = (value for line in lines for value in readers.parse_cloudwatch_message(line.decode("utf-8", "surrogatepass"), None, "cw",
+                                                                                        messages, 1_793_524_200_000))
+    tables = (list(normalise_blocks(read_blocks(ref, blocks), blocks, "f", 1000)), list(normalise_stream(read_events(ref, per_line), per_line, "f", 1000)),
+              list(normalise_stream(decoded, messages, "cw", 1000)))
+    return tuple((pa.concat_tables(t for t, _ in found).to_pylist() if found else [], dict(into.counts))
+                 for found, into in zip(tables, (blocks, per_line, messages)))
+
+
 def test_block_path_cloudwatch_messages_and_per_line_path_give_the_same_rows(block_decoder, tmp_path, record_property):
     """The same bytes, the same rows: each hostile line read from a file by the block path (native or
     msgspec decoder, per-line fallback), by the per-line path, and as a FilterLogEvents message
     (``parse_cloudwatch_message``, used to quarantine what files archived, such as 1e400 in a body no
     fact is read from)."""
-    path = tmp_path / "hostile.jsonl"
-    path.write_bytes(b"".join(line + b"\n" for line in HOSTILE_LINES))
-    ref = InputRef(str(path), lambda: open(path, "rb"), path.stat().st_size)
-    blocks, lines, messages = Quarantine(), Quarantine(), Quarantine()
-    by_block = pa.concat_tables(t for t, _ in normalise_blocks(read_blocks(ref, blocks), blocks, "f", 1000))
-    by_line = pa.concat_tables(t for t, _ in normalise_stream(read_events(ref, lines), lines, "f", 1000))
-    decoded = (value for line in HOSTILE_LINES for value in readers.parse_cloudwatch_message(line.decode("utf-8", "surrogatepass"), None, "cw",
-                                                                                             messages, 1_793_524_200_000))
-    by_message = pa.concat_tables(t for t, _ in normalise_stream(decoded, messages, "cw", 1000)).to_pylist()
-    record_property("result", f"{len(HOSTILE_LINES)} lines: {by_block.num_rows} rows by block, {by_line.num_rows} per line, "
+    (by_block, blocks), (by_line, lines), (by_message, messages) = three_ways(HOSTILE_LINES, tmp_path)
+    record_property("result", f"{len(HOSTILE_LINES)} lines: {len(by_block)} rows by block, {len(by_line)} per line, "
                               f"{len(by_message)} as messages (the cut one dated by its log event)")
-    assert by_block.to_pylist() == by_line.to_pylist() == [row for row in by_message if row["audit_id"] != "cut"]
+    assert by_block == by_line == [row for row in by_message if row["audit_id"] != "cut"]
     salvage = {row["audit_id"]: row["salvage"] for row in by_message}
     assert salvage == {**{f"hostile-{i}": "body_unreadable" for i in range(len(UNREADABLE_BODIES))}, "crd-1e400": None,
                        "agent-surrogate": "value_unreadable", "cut": "truncated"}
-    assert blocks.counts == lines.counts == {"cloudwatch_truncated": 1}, "a cut line in a file has no log time"
-    assert messages.counts == {} and by_message[-1]["time"].isoformat() == "2026-11-01T09:10:00+00:00"
+    assert blocks == lines == {"cloudwatch_truncated": 1}, "a cut line in a file has no log time"
+    assert messages == {} and by_message[-1]["time"].isoformat() == "2026-11-01T09:10:00+00:00"
+
+
+def without_verb(**override) -> dict:
+    raw = event(T0, **override)
+    del raw["verb"]
+    return raw
+
+
+# Lines whose only damage is a number beyond a double, each also holding a duplicated key the archive reads (an
+# earlier decoy value, then the real one), and the same lines without the decoy. The C decoder leaves a
+# duplicated key to the per-line path; orjson refuses 1e400 there, so the line is read field by field.
+UNREAD_1E400 = [
+    apiserver_line(without_verb(audit_id="no-verb"))[:-1] + b',"n":1e400}',  # as the shared EKS fixtures (exports without a verb)
+    apiserver_line(without_verb(audit_id="no-verb-negative"))[:-1] + b',"n":-1e400}',
+    apiserver_line(event(T0, audit_id="with-verb"))[:-1] + b',"n":1e400}',
+    apiserver_line(event(T0, audit_id="aws-auth", **AWS_AUTH_PATCH), GRANT_MASTERS + b',"x":1e400}'),
+    apiserver_line({key: value for key, value in without_verb(audit_id="no-time").items() if not key.endswith("Timestamp")})[:-1]
+    + b',"n":1e400}',
+    # Broken structure is damage kube-apiserver never writes: read field by field, and quarantined without a verb.
+    apiserver_line(without_verb(audit_id="doubled-comma"))[:-1] + b',,"n":1e400}',
+]
+DECOYS = {"user": b'{"username":"decoy"}', "auditID": b'"decoy"'}
+
+
+@pytest.mark.parametrize("key", sorted(DECOYS))
+def test_a_duplicated_key_and_a_number_beyond_a_double_in_an_unread_field_change_nothing(key, block_decoder, tmp_path,
+                                                                                      record_property):
+    """Found by ``python -m tests.features.native_fuzz --count 100000 --seed 1000``: a line without a verb holding
+    a duplicated key and 1e400 was archived by msgspec's block path and quarantined as invalid_json after the C
+    decoder, the per-line path and CloudWatch (salvage needs a verb). A line whose damage is confined to fields
+    the archive never reads is now decided as a whole one: the same rows and the same quarantine reason as the
+    line without the duplicate, through every decoder and source, and the last value of a duplicated key wins
+    (as in orjson, msgspec and Go's encoding/json)."""
+    field = b'"' + key.encode() + b'":'
+    doubled = [line.replace(field, field + DECOYS[key] + b"," + field, 1) for line in UNREAD_1E400]
+    results = three_ways(doubled, tmp_path, "doubled"), three_ways(UNREAD_1E400, tmp_path, "single")
+    (rows, counts), _, _ = results[0]
+    record_property("result", f"{len(rows)} rows, quarantined {counts} through each path, with and without the duplicate")
+    assert all(result == results[0][0] for result in (*results[0], *results[1]))
+    firehose = tmp_path / "firehose.gz"  # as S3 holds it: the lines as the messages of a gzip envelope
+    firehose.write_bytes(gzip.compress(json.dumps(envelope([line.decode() for line in doubled])).encode()))
+    into = Quarantine()
+    ref = InputRef(str(firehose), lambda: open(firehose, "rb"), firehose.stat().st_size)
+    from_s3 = pa.concat_tables(t for t, _ in normalise_blocks(read_blocks(ref, into), into, "s3", 1000)).drop_columns("cw_event_id")
+    assert from_s3.to_pylist() == [{k: v for k, v in row.items() if k != "cw_event_id"} for row in rows] and into.counts == counts
+    assert {row["audit_id"]: (row["verb"], row["user"], row["salvage"]) for row in rows} == {
+        "no-verb": (None, "alice@corp.example", None), "no-verb-negative": (None, "alice@corp.example", None),
+        "with-verb": ("list", "alice@corp.example", None), "aws-auth": ("patch", "mallory@corp.example", "body_unreadable")}
+    assert counts == {"missing_timestamp": 1, "invalid_json": 1}
 
 
 @pytest.mark.slow
