@@ -33,3 +33,10 @@ def test_the_check_sees_a_moved_module_and_skips_workdir_paths():
     text = "see `pipeline/stages/score.py` and `pipeline/scoring.py`, and `W/features/cluster=C/runs/` in the workdir."
     assert named_paths(text) == {"pipeline/stages/score.py", "pipeline/scoring.py"}
     assert missing_paths(text) == ["pipeline/scoring.py"]
+
+
+def test_no_page_names_a_temporary_path():
+    """Every figure is rerun with a command in the repo: a page that names /tmp (a private run's workdir, a test's
+    basetemp) describes a run no reader has."""
+    pages = sorted(p for p in ROOT.glob("*.md")) + sorted((ROOT / "docs").rglob("*.md"))
+    assert [str(p.relative_to(ROOT)) for p in pages if "/tmp/" in p.read_text()] == []

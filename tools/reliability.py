@@ -59,8 +59,12 @@ def summary(docstring: str | None) -> str:
     return match.group(1) if match else text
 
 
+# A test's temporary directory (pytest's basetemp) in a recorded result: the page must rerun anywhere.
+_PYTEST_TMP = re.compile(r"\S*/pytest-of-[^/\s]+/pytest-\d+/(?:popen-gw\d+/)?")
+
+
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _PYTEST_TMP.sub("TMP/", text).replace("|", "\\|").replace("\n", " ")
 
 
 def table(cases: dict[str, dict]) -> str:
