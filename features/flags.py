@@ -114,11 +114,18 @@ def _node_takeover(d: FlagInputs) -> np.ndarray:
             | ~_isna(d, "pod_dangerous_capabilities") | _true(d, "pod_proc_mount_unmasked"))
 
 
+# Who writes a controller's copies: a service account (kube-controller-manager's per-controller accounts, as EKS
+# runs it, and the operators' own) or the controller manager itself. ownerReferences are part of the body the client
+# sends, so an owner on a workload a person's credentials wrote is not a copy: it is a way around these flags.
+_CONTROLLER_WRITER = r"^(?:system:serviceaccount:|system:kube-controller-manager$)"
+
+
 def _written_template(d: FlagInputs) -> np.ndarray:
-    """A workload created, updated or patched by its author, not a controller's copy of a template (workload_owner);
-    subresources are left out (a pods/ephemeralcontainers response is the whole pod: ephemeral_privileged judges it)."""
-    return (_isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource")
-            & _isna(d, "workload_owner"))
+    """A workload created, updated or patched by its author, not a controller's copy of a template (an owner
+    (workload_owner) and a controller identity writing it); subresources are left out (a pods/ephemeralcontainers
+    response is the whole pod: ephemeral_privileged judges it)."""
+    copy = ~_isna(d, "workload_owner") & _contains(d, "user", _CONTROLLER_WRITER)
+    return _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource") & ~copy
 
 
 def _f(d: FlagInputs, name: str) -> np.ndarray:
@@ -293,14 +300,14 @@ FLAGS: tuple[EventFlag, ...] = (
               "kubectl debug adding a privileged or capability-laden debug container",
               lambda d: _eq(d, "subresource", "ephemeralcontainers") & _contains(d, "pod_privileged_containers", r"(?:^|,)ephemeralContainers/")),
     EventFlag("host_escape_workload", "pod_privileged, pod_host_namespaces, pod_sensitive_host_paths, pod_dangerous_capabilities, "
-              "pod_proc_mount_unmasked, workload_owner",
+              "pod_proc_mount_unmasked, workload_owner, user",
               "a workload written by its author (not a controller's copy) that can take its node over",
               lambda d: _written_template(d) & _node_takeover(d)),
-    EventFlag("weakened_workload", "pod_runs_as_root, pod_privilege_escalation, pod_unconfined, pod_host_ports, workload_owner",
+    EventFlag("weakened_workload", "pod_runs_as_root, pod_privilege_escalation, pod_unconfined, pod_host_ports, workload_owner, user",
               "a written workload that drops a hardening (root, escalation, unconfined profiles, host ports)",
               lambda d: _written_template(d) & (_true(d, "pod_runs_as_root") | _true(d, "pod_privilege_escalation")
                                                 | ~_isna(d, "pod_unconfined") | ~_isna(d, "pod_host_ports"))),
-    EventFlag("system_namespace_workload_identity", "namespace, pod_service_account, pod_host_namespaces, workload_owner",
+    EventFlag("system_namespace_workload_identity", "namespace, pod_service_account, pod_host_namespaces, workload_owner, user",
               "a kube-system workload written that names a service account or joins the host network: persistence among the add-ons",
               lambda d: _written_template(d) & _eq(d, "namespace", "kube-system")
               & (~_isna(d, "pod_service_account") | _contains(d, "pod_host_namespaces", "hostNetwork"))),

@@ -67,6 +67,7 @@ def test_a_json_patch_is_judged_from_the_stored_object_and_a_controller_copy_is_
                     requestObject=[{"op": "add", "path": "/spec/template/spec/containers/0/securityContext", "value": {"privileged": True}}],
                     responseObject={"kind": "Deployment", "metadata": {"name": "api"}, "spec": {"template": {"spec": PRIVILEGED}}})
     copy = event(T0, verb="create", objectRef={"resource": "pods", "namespace": "checkout"},
+                 user={"username": "system:serviceaccount:kube-system:replicaset-controller"},
                  requestObject={"kind": "Pod", "metadata": {"name": "api-x", "ownerReferences": [
                      {"kind": "ReplicaSet", "name": "api-7d9c", "controller": True}]}, "spec": PRIVILEGED})
     row = normalize_event(patched)

@@ -72,6 +72,7 @@ def csr(signer: str, subresource: str | None = None, verb: str = "create", **ext
 
 APPROVED = {"status": {"conditions": [{"type": "Approved", "status": "True"}]}}
 OWNED_BY_JOB = {"ownerReferences": [{"kind": "Job", "name": "j", "controller": True}]}
+JOB_CONTROLLER = "system:serviceaccount:kube-system:job-controller"
 
 
 ANONYMOUS = {"user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]}}
@@ -179,7 +180,7 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
                              [on("pods", "patch", name="web-1", subresource="ephemeralcontainers", body={"spec": {"ephemeralContainers": [
                                  {"name": "dbg", "image": "busybox"}]}})]),
     "host_escape_workload": ([pod({"volumes": [{"name": "pki", "hostPath": {"path": "/etc/kubernetes/pki"}}]})],
-                             [on("pods", "create", "web", "p", body={"metadata": OWNED_BY_JOB, "spec": {
+                             [on("pods", "create", "web", "p", user={"username": JOB_CONTROLLER}, body={"metadata": OWNED_BY_JOB, "spec": {
                                  "containers": [{"name": "c", "image": "alpine", "securityContext": {"privileged": True}}]}})]),
     "weakened_workload": ([pod({"securityContext": {"runAsUser": 0}})], [pod({"securityContext": {"runAsUser": 1000}})]),
     "system_namespace_workload_identity": (
@@ -217,6 +218,19 @@ def test_aws_auth_patch_granting_system_masters_is_a_write_that_grants_masters()
     table = event_table([patch])
     assert flag_events(table, CONTEXT).flags["aws_auth_write"][0]
     assert table["grants_masters"][0].as_py() is True
+
+
+def test_an_owner_reference_hides_a_workload_only_when_a_controller_wrote_it():
+    """ownerReferences are in the body the client sends: a person's privileged pod claiming a Job as its owner is
+    still the author's write; the job controller's copy of a Job's template is not."""
+    privileged = {"metadata": OWNED_BY_JOB, "spec": {"containers": [{"name": "c", "image": "alpine", "securityContext": {"privileged": True}},
+                                                                      {"name": "d", "image": "alpine", "securityContext": {"runAsUser": 0}}]}}
+    writers = ["kubernetes-admin", "arn:aws:iam::444455556666:user/mallory", JOB_CONTROLLER, "system:kube-controller-manager"]
+    table = event_table([on("pods", "create", "web", f"p{i}", user={"username": who}, body=privileged) for i, who in enumerate(writers)])
+    flags = flag_events(table, CONTEXT).flags
+    assert flags["host_escape_workload"].tolist() == [True, True, False, False]
+    assert flags["weakened_workload"].tolist() == [True, True, False, False]
+    assert flags["privileged_workload"].tolist() == [True] * 4
 
 
 def test_a_privileged_pod_is_flagged_for_each_way_to_take_the_node():
