@@ -487,8 +487,12 @@ def _rows_by_finding(findings, events_index) -> list[list[dict]]:
     for event in events_index:
         index = position.get((event["entity_type"], event["entity"], _iso_seconds(event["window_start"])))
         if index is not None:
-            rows[index].append({**event, "time": _iso_micro(event["time"])})
+            time = event["time"]  # the score stage's rows carry it written already: kept as they are, not copied
+            rows[index].append(event if isinstance(time, str) and _ISO_MICRO.fullmatch(time) else {**event, "time": _iso_micro(time)})
     return rows
+
+
+_ISO_MICRO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
 _REQUEST_TIMES = tuple(i for i, name in enumerate(REQUEST_IDENTITY) if name.endswith("time"))
