@@ -250,7 +250,8 @@ _ROLES = ("clusterroles", "roles")
 _WEBHOOKS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
 # Resources whose written object ``_request_facts`` and features.writes read; every other body is dropped unread.
 BODY_RESOURCES = frozenset(
-    writes.WORKLOADS + _BINDINGS + _ROLES + _WEBHOOKS + ("services", "certificatesigningrequests", "configmaps", "ingresses")
+    writes.WORKLOADS + _BINDINGS + _ROLES + _WEBHOOKS + ("services", "certificatesigningrequests", "configmaps", "ingresses",
+                                                         "selfsubjectaccessreviews")
 )
 
 

@@ -114,6 +114,11 @@ def _node_takeover(d: FlagInputs) -> np.ndarray:
             | ~_isna(d, "pod_dangerous_capabilities") | _true(d, "pod_proc_mount_unmasked"))
 
 
+# The features.writes GRANTS whose mere check is worth a rule: each hands over the cluster, where reading secrets or
+# exec in one's own namespace is what an engineer's can-i asks every day.
+ESCALATION_GRANTS = ("rbac_write", "escalate_or_bind", "impersonate", "token_create", "nodes_proxy", "webhook_write", "csr_approve")
+
+
 # Who writes a controller's copies: a service account (kube-controller-manager's per-controller accounts, as EKS
 # runs it, and the operators' own) or the controller manager itself. ownerReferences are part of the body the client
 # sends, so an owner on a workload a person's credentials wrote is not a copy: it is a way around these flags.
@@ -250,6 +255,10 @@ FLAGS: tuple[EventFlag, ...] = (
               lambda d: _eq(d, "resource", "services") & _eq(d, "verb", "create") & _eq(d, "service_type", "NodePort")),
     EventFlag("permission_review", "objectRef.resource", "kubectl auth can-i: checking what stolen credentials can do",
               lambda d: _isin(d, "resource", ("selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews"))),
+    EventFlag("escalation_rights_check", "access_review_grants",
+              "kubectl auth can-i about a right that takes the cluster (ESCALATION_GRANTS): RBAC writes, escalate/bind, "
+              "impersonation, minting tokens, the kubelet API, webhooks, CSR approval",
+              lambda d: _contains(d, "access_review_grants", rf"(?:^|,)(?:{'|'.join(ESCALATION_GRANTS)})(?:,|$)")),
     EventFlag("anonymous_allowed", "user.username, decision, requestURI", "an unauthenticated request that succeeded (health checks excluded)",
               lambda d: _f(d, "anonymous") & _f(d, "allowed") & ~_f(d, "health_check")),
     EventFlag("events_delete", "objectRef.resource, verb", "deleting Events erases the cluster's own record",

@@ -148,6 +148,12 @@ COLUMNS: tuple[DerivedColumn, ...] = (
                   "internet-facing or internal for an ALB Ingress (the AWS Load Balancer Controller's default is internal)"),
     DerivedColumn("role_dangerous_grants", pa.string(), "rules[*] verbs x apiGroups x resources of a Role/ClusterRole",
                   "the GRANTS a written role makes, each judged per rule with RBAC's matching (wildcards, */subresource)"),
+    # Permission checks (kubectl auth can-i).
+    DerivedColumn("access_review_grants", pa.string(), "spec.resourceAttributes verb, group, resource, subresource of a "
+                  "SelfSubjectAccessReview", "the GRANTS the caller asked whether it holds: can-i impersonate, escalate or mint "
+                  "tokens is someone learning what stolen credentials can take, where can-i get pods is an engineer's routine"),
+    DerivedColumn("access_review_allowed", pa.bool_(), "status.allowed of the SelfSubjectAccessReview as answered",
+                  "whether the API server said yes: the answer the prober got"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 # Columns events.py declares today that COLUMNS takes over (same name, type and meaning, more complete).
@@ -609,6 +615,22 @@ def role_facts(obj) -> dict:
     return {"role_dangerous_grants": joined(found)}
 
 
+def access_review_facts(obj) -> dict:
+    """The GRANTS one SelfSubjectAccessReview asks about, matched as RBAC would match a rule made of the check
+    (its '*' verb, group or resource matches every grant), and the answer; {} without resourceAttributes
+    (a nonResourceAttributes check asks about a URL path, never a grant)."""
+    attrs = _get(obj, "spec", "resourceAttributes")
+    if not isinstance(attrs, dict):
+        return {}
+    verb, group, resource, sub = (value if isinstance(value := attrs.get(key), str) else "" for key in ("verb", "group", "resource", "subresource"))
+    target = [f"{resource}/{sub}" if sub else resource]
+    found = {grant.name for grant in GRANTS
+             if (group == "*" or group in grant.groups) and any(_resource_matches(target, r) for r in grant.resources)
+             and (verb == "*" or grant.verbs == ANY_VERB or verb in grant.verbs) and verb}
+    allowed = _get(obj, "status", "allowed")
+    return {"access_review_grants": joined(found), "access_review_allowed": allowed if isinstance(allowed, bool) else None}
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -628,6 +650,8 @@ def body_facts(resource: str | None, subresource: str | None, obj, requester: st
         return ingress_facts(obj)
     if subresource is None and resource in ("roles", "clusterroles"):
         return role_facts(obj)
+    if subresource is None and resource == "selfsubjectaccessreviews":
+        return access_review_facts(obj)
     if resource == "certificatesigningrequests" and subresource in (None, "approval"):
         return csr.csr_facts(obj, requester, requester_groups, approval=subresource == "approval")
     return {}

@@ -54,7 +54,7 @@ NAIVE_CHUNK_LINES = 100_000
 BODY_FLAGS = ("configmap_credentials", "admin_binding", "anonymous_binding", "default_sa_binding", "dangerous_role",
               "privileged_workload", "nodeport_service", "webhook_external_url", "webhook_weakened", "ephemeral_privileged",
               "host_escape_workload", "weakened_workload", "system_namespace_workload_identity", "internet_facing_service",
-              "ingress_without_tls", "role_dangerous_grant", "csr_risky", "csr_client_approved")
+              "ingress_without_tls", "role_dangerous_grant", "csr_risky", "csr_client_approved", "escalation_rights_check")
 
 
 # --------------------------------------------------------------------------- the naive version

@@ -225,6 +225,8 @@ class Attacks:
             resource, _, sub = res.partition("/")
             allowed = a.authorize(verb, resource, sub, ns, "", "") is not None
             attrs = {"namespace": ns, "verb": verb, "resource": resource}
+            if resource in ("clusterrolebindings", "clusterroles"):
+                attrs["group"] = "rbac.authorization.k8s.io"  # kubectl resolves the group by discovery
             if sub:
                 attrs["subresource"] = sub
             body = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",

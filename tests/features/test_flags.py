@@ -70,6 +70,14 @@ def csr(signer: str, subresource: str | None = None, verb: str = "create", **ext
     return on("certificatesigningrequests", verb, None, "c", subresource, body=body)
 
 
+def can_i(verb: str, resource: str, subresource: str | None = None, namespace: str | None = None, allowed: bool = False) -> dict:
+    """``kubectl auth can-i VERB RESOURCE``: a SelfSubjectAccessReview and its answer, as the API server logs it."""
+    attrs = {k: v for k, v in (("namespace", namespace), ("verb", verb), ("resource", resource), ("subresource", subresource)) if v}
+    body = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "spec": {"resourceAttributes": attrs}}
+    return on("selfsubjectaccessreviews", "create", None, body=body, responseObject={**body, "status": {"allowed": allowed}},
+              responseStatus={"code": 201})
+
+
 APPROVED = {"status": {"conditions": [{"type": "Approved", "status": "True"}]}}
 OWNED_BY_JOB = {"ownerReferences": [{"kind": "Job", "name": "j", "controller": True}]}
 JOB_CONTROLLER = "system:serviceaccount:kube-system:job-controller"
@@ -193,6 +201,7 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
     "ingress_without_tls": ([on("ingresses", "create", name="admin", body={"spec": {"rules": [{"host": "admin.corp.example"}]}})],
                             [on("ingresses", "create", name="admin", body={"spec": {"tls": [{"hosts": ["admin.corp.example"]}],
                                                                                     "rules": [{"host": "admin.corp.example"}]}})]),
+    "escalation_rights_check": ([can_i("impersonate", "users")], [can_i("get", "secrets", namespace="web")]),
     "role_dangerous_grant": ([role(["get"], ["nodes/proxy"])], [role(["get", "list"], ["nodes"])]),
     "csr_risky": ([csr("kubernetes.io/kube-apiserver-client")], [csr("kubernetes.io/kubelet-serving", user={"username": NODE})]),
     "csr_client_approved": ([csr("kubernetes.io/kube-apiserver-client", "approval", "update", **APPROVED)],

@@ -316,6 +316,25 @@ def test_role_grants_are_judged_per_rule(rules, grants):
     assert facts_of(raw)["role_dangerous_grants"] == grants
 
 
+@pytest.mark.parametrize("attrs, grants", [
+    ({"verb": "impersonate", "resource": "users"}, "impersonate"),
+    ({"verb": "create", "resource": "serviceaccounts", "subresource": "token", "namespace": "kube-system"}, "token_create"),
+    ({"verb": "escalate", "group": "rbac.authorization.k8s.io", "resource": "clusterroles"}, "escalate_or_bind"),
+    ({"verb": "get", "resource": "nodes", "subresource": "proxy"}, "nodes_proxy"),
+    ({"verb": "*", "group": "*", "resource": "*"}, ",".join(sorted(g.name for g in GRANTS))),  # can-i '*' '*': cluster-admin?
+    ({"verb": "get", "resource": "secrets", "namespace": "web"}, "secrets_read"),
+    ({"verb": "create", "group": "apps", "resource": "deployments", "namespace": "web"}, None),  # an engineer's routine check
+    ({"verb": "create", "resource": "clusterrolebindings"}, None),  # the core group: no RBAC object lives there
+    ({"verb": "", "resource": "users"}, None),
+])
+def test_a_permission_check_names_the_grant_it_asks_about_and_keeps_the_answer(attrs, grants):
+    body = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "spec": {"resourceAttributes": attrs}}
+    raw = write_event("create", "selfsubjectaccessreviews", None, None, body, {**body, "status": {"allowed": True}}, code=201,
+                      group="authorization.k8s.io")
+    facts = facts_of(raw)
+    assert facts["access_review_grants"] == grants and facts["access_review_allowed"] is True
+
+
 def test_declarations():
     assert len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) and set(REPLACES_EVENT_COLUMNS) <= set(COLUMN_NAMES)
     assert len({g.name for g in GRANTS}) == len(GRANTS)
