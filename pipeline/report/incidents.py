@@ -17,7 +17,7 @@ Links between two findings (``LINK_KINDS``):
   the controllers and kubelets acting on its pods, jobs and replica sets; a ServiceAccount or
   token minted and the first window of that service account acting afterwards; a (Cluster)Role
   Binding and the first window of a subject it names; a CSR and its approval by another identity,
-  and the certificate's user when the index carries its common name).
+  and the first window of the certificate's user: the approved request's subject CN).
 
 Grouping is bounded so what an attacker controls cannot merge or split stories at will:
 - the core of incidents is the findings that are flagged (or were, before a suppression); core
@@ -62,11 +62,11 @@ ADJACENT_WINDOWS = 2
 LINK_KINDS = ("same_request", "adjacent", "cause_effect")
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "suppressed", "quiet")
 INDEX_COLUMNS = ("entity_type", "entity", "window_start", "time", "audit_id", "received_time", "user", "source_ip", "user_agent",
-                 "verb", "request_uri", "resource", "subresource", "namespace", "name", "code", "subjects", "why")
+                 "verb", "request_uri", "resource", "subresource", "namespace", "name", "code", "subjects", "csr_subject_cn", "why")
 """What the score stage passes per evidence event of a written finding (its rows of the evidence frame): the finding's key,
 the event's request identity and object, ``subjects`` (a binding's, ``features.events``) and ``why`` (its rule hits as
-``rule:<id>``, for tactics in time order). An optional ``csr_common_name`` (the CN of an approved CSR's request) links the
-certificate's user; the archive does not extract it yet, so that link waits for the column."""
+``rule:<id>``, for tactics in time order). ``csr_subject_cn`` (the subject CN of the request a CSR approval approves,
+``features.csr``) links the certificate's user."""
 WRITE_VERBS = ("create", "update", "patch")
 NODE_PREFIX = "system:node:"
 SA_PREFIX = "system:serviceaccount:"
@@ -231,8 +231,8 @@ def _effects_of(event: dict, findings, users, objects, cause: int) -> list[tuple
             for other, time, user, index, sub, other_verb in objects.get((resource, ""), ()):
                 if other == name and user != actor and sub == "approval" and time >= at:
                     found.append((index, f"{_short(user)} approved CSR {name} that {_short(actor)} created"))
-        if subresource == "approval" and event.get("csr_common_name"):
-            found += _first_use(event["csr_common_name"], at, findings, users, f"{_short(actor)} approved CSR {name} for")
+        if subresource == "approval" and event.get("csr_subject_cn"):
+            found += _first_use(event["csr_subject_cn"], at, findings, users, f"{_short(actor)} approved CSR {name} for")
         return found
     return []
 

@@ -66,8 +66,9 @@ log = logging.getLogger(__name__)
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
                      "aws_auth_write", "webhook_write", "privileged_workload", "permission_review", "anonymous_allowed",
                      "events_delete", "impersonation", "portforward", "secret_list_cluster_wide")
-# What the incidents' events index reads beside the evidence columns: a binding's subjects (cause and effect across identities)
-INDEX_EXTRA = ("subjects",)
+# What the incidents' events index reads beside the evidence columns: a binding's subjects and the subject CN of the request a CSR
+# approval approves (cause and effect across identities)
+INDEX_EXTRA = ("subjects", "csr_subject_cn")
 # Quiet findings whose evidence the incidents' events index holds, best-ranked first (every flagged or suppressed finding's is
 # always in): reading evidence rows back from the archive is the index's cost (9 s for 1,984 windows on the seed-7 sample), so a
 # day of 20,000 written windows reads at most this many quiet ones; a quiet window below it joins an incident by adjacency only

@@ -134,11 +134,11 @@ def test_a_csr_and_its_approval_by_another_identity_are_one_incident():
     assert [i.finding_ids for i in incidents] == [[requester["finding_id"], approver["finding_id"]]]
 
 
-def test_an_approved_csrs_common_name_acting_joins_when_the_index_carries_it():
+def test_the_user_of_an_approved_csrs_certificate_acting_joins_the_approval():
     approver = finding("frank@corp.example", 20, 1, rules=["csr_approved"])
     admin = finding("system:admin", 21, 2, flagged=False)
     index = [event(approver, 24, "r2", "frank@corp.example", "95.216.153.249", "update", "certificatesigningrequests", "",
-                   "csr-x1", "approval", csr_common_name="system:admin")]
+                   "csr-x1", "approval", csr_subject_cn="system:admin")]
     assert [i.finding_ids for i in group_incidents([approver, admin], index)] == [[approver["finding_id"], admin["finding_id"]]]
 
 
