@@ -9,6 +9,7 @@ need (a pod's privileges, a binding's role and subjects, a ConfigMap's key names
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -660,6 +661,17 @@ if msgspec is not None:
     _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 else:  # pragma: no cover - msgspec is a declared dependency; without it every line takes the per-line path
     _DECODE, _DECODE_ERRORS = None, ()
+
+
+NATIVE_SOURCES = ("fastnorm.c", "yyjson.c")  # in features/_native/, in the order setup.py digests them
+
+
+def native_build_matches(module, sources: list[bytes] | None) -> bool:
+    """Whether ``module`` (features._fastnorm) was compiled from ``sources`` (the NATIVE_SOURCES' bytes): true where
+    there are none to compare (an installed wheel) or the module carries no digest (a build outside setup.py, such as
+    ``make fuzz``'s). pipeline.stages.archive refuses a checkout's stale build with it."""
+    built = getattr(module, "SOURCE_SHA256", "")
+    return not built or sources is None or hashlib.sha256(b"".join(sources)).hexdigest() == built
 
 
 try:

@@ -426,7 +426,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "features._fastnorm", NULL, -1, methods};
 
+/* setup.py passes the SHA-256 of the sources it compiled; features.events refuses a module built from other ones. */
+#ifndef FASTNORM_SOURCE_SHA256
+#define FASTNORM_SOURCE_SHA256 ""
+#endif
+
 PyMODINIT_FUNC PyInit__fastnorm(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", FASTNORM_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

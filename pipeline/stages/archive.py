@@ -28,12 +28,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import features.events as events_module
 from features.events import (
+    NATIVE_SOURCES,
     BadEvent,
     EventTableBuilder,
     SalvagedEvent,
     canonical_json,
     conform_events,
+    native_build_matches,
     normalize_event,
     normalize_json_lines,
     rows_table,
@@ -682,9 +685,21 @@ def read_archive(storage: Storage, cluster: str, start: datetime | None = None, 
 
 
 # --------------------------------------------------------------------------- the archive stage
+def check_native_build() -> None:
+    """Refuse a checkout whose C decoder was built from other sources than its features/_native/ (fastnorm.c changed
+    since `make install`): it would archive by the old decoding rules."""
+    folder = os.path.join(os.path.dirname(events_module.__file__), "_native")
+    paths = [os.path.join(folder, name) for name in NATIVE_SOURCES]
+    sources = [open(path, "rb").read() for path in paths] if all(os.path.exists(path) for path in paths) else None
+    if events_module._fastnorm is not None and not native_build_matches(events_module._fastnorm, sources):
+        raise StageError("features._fastnorm was built from other sources than features/_native/",
+                         hint="run `make install` to rebuild it, or set AUDITSIFT_NO_NATIVE=1 to archive with the msgspec decoder")
+
+
 def run_archive(ctx: RunContext, inputs: list[str], now: datetime | None = None) -> dict:
     """Archive every event of ``inputs`` into the workdir; returns the counts for run.json. Events stamped
     after the run's clock (``now``, default the wall clock) plus the skew are quarantined (``future_limit``)."""
+    check_native_build()
     with ctx.timed("archive"):
         refs = resolve_inputs(inputs, ctx.config)
         if not refs:

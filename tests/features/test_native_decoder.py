@@ -2,12 +2,15 @@
 Arrow arrays validated in full; ``make fuzz`` runs the same check far longer on a sanitizer build."""
 from __future__ import annotations
 
+import hashlib
 import json
+import types
+from pathlib import Path
 
 import pytest
 
 import features.events as events_module
-from features.events import BadEvent, normalize_event, synthetic_audit_id
+from features.events import NATIVE_SOURCES, BadEvent, native_build_matches, normalize_event, synthetic_audit_id
 from tests.factory import event
 from tests.features.native_fuzz import differential, mutated_lines, seed_lines
 
@@ -16,6 +19,18 @@ def native():
     if events_module._fastnorm is None:
         pytest.fail("features._fastnorm is not built: install with a C compiler (setup.py)")
     return events_module._fastnorm
+
+
+def test_the_built_decoder_is_the_checkout_s_and_a_build_from_other_sources_is_refused():
+    """A checkout whose fastnorm.c changed after `make install` keeps the old .so: it would decode by yesterday's rules, so
+    the archive stage refuses it (the digest setup.py compiles in, against the sources beside it)."""
+    folder = Path(events_module.__file__).parent / "_native"
+    assert native_build_matches(native(), [(folder / name).read_bytes() for name in NATIVE_SOURCES]), "run make install"
+    built = types.SimpleNamespace(SOURCE_SHA256=hashlib.sha256(b"int version = 1;").hexdigest())
+    assert native_build_matches(built, [b"int version = 1;", b""])
+    assert not native_build_matches(built, [b"int version = 2;", b""])
+    assert native_build_matches(types.SimpleNamespace(), [b"int version = 2;"]), "a build outside setup.py (make fuzz) has no digest"
+    assert native_build_matches(built, None), "an installed wheel has no sources to compare"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

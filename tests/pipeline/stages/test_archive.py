@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import types
 from datetime import timedelta
 
 import pyarrow as pa
 import pytest
 
+import features.events as events_module
 from features.events import normalize_event
+from pipeline.errors import StageError
 from pipeline.io.storage import LocalStorage, resolve_inputs
-from pipeline.stages.archive import archive_inputs, list_archive_hours, read_archive
+from pipeline.stages.archive import archive_inputs, check_native_build, list_archive_hours, read_archive
 from tests.factory import CONTROL_MESSAGE, SHARED_FIXTURES, T0, envelope, event, events, write_jsonl
 
 
@@ -205,3 +208,12 @@ def test_real_shaped_fixtures_all_decode_and_normalise():
     assert len(normalised) == sum(1 for v in decoded if isinstance(v.get("user"), dict))
     exec_rows = [r for r in normalised if r["subresource"] == "exec"]
     assert exec_rows and all(r["verb"] == "create" for r in exec_rows)
+
+
+def test_a_decoder_built_from_other_sources_stops_the_archive_with_a_hint(monkeypatch):
+    """fastnorm.c changed since `make install`: archiving with the old build would decode by the old rules."""
+    check_native_build()  # this checkout's build, or none
+    monkeypatch.setattr(events_module, "_fastnorm", types.SimpleNamespace(SOURCE_SHA256="0" * 64))
+    with pytest.raises(StageError, match="built from other sources") as caught:
+        check_native_build()
+    assert "make install" in caught.value.hint
