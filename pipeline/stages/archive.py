@@ -20,6 +20,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
@@ -688,9 +689,8 @@ def read_archive(storage: Storage, cluster: str, start: datetime | None = None, 
 def check_native_build() -> None:
     """Refuse a checkout whose C decoder was built from other sources than its features/_native/ (fastnorm.c changed
     since `make install`): it would archive by the old decoding rules."""
-    folder = os.path.join(os.path.dirname(events_module.__file__), "_native")
-    paths = [os.path.join(folder, name) for name in NATIVE_SOURCES]
-    sources = [open(path, "rb").read() for path in paths] if all(os.path.exists(path) for path in paths) else None
+    paths = [Path(events_module.__file__).parent / "_native" / name for name in NATIVE_SOURCES]
+    sources = [path.read_bytes() for path in paths] if all(path.exists() for path in paths) else None
     if events_module._fastnorm is not None and not native_build_matches(events_module._fastnorm, sources):
         raise StageError("features._fastnorm was built from other sources than features/_native/",
                          hint="run `make install` to rebuild it, or set AUDITSIFT_NO_NATIVE=1 to archive with the msgspec decoder")
