@@ -18,6 +18,7 @@ import pyarrow as pa
 from features.addresses import AddressBook, user_agent_family
 from features.columns import EventColumns
 from features.events import EVENT_SCHEMA
+from features.writes import GRANTS
 
 READ_VERBS = ("get", "list", "watch")
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
@@ -114,22 +115,17 @@ def _node_takeover(d: FlagInputs) -> np.ndarray:
             | ~_isna(d, "pod_dangerous_capabilities") | _true(d, "pod_proc_mount_unmasked"))
 
 
-# The features.writes GRANTS whose mere check is worth a rule: each hands over the cluster, where reading secrets or
-# exec in one's own namespace is what an engineer's can-i asks every day.
-ESCALATION_GRANTS = ("rbac_write", "escalate_or_bind", "impersonate", "token_create", "nodes_proxy", "webhook_write", "csr_approve")
-
-
-# Who writes a controller's copies: a service account (kube-controller-manager's per-controller accounts, as EKS
-# runs it, and the operators' own) or the controller manager itself. ownerReferences are part of the body the client
-# sends, so an owner on a workload a person's credentials wrote is not a copy: it is a way around these flags.
-_CONTROLLER_WRITER = r"^(?:system:serviceaccount:|system:kube-controller-manager$)"
+# The features.writes GRANTS whose mere check is worth a rule (Grant.takes_cluster).
+ESCALATION_GRANTS = tuple(grant.name for grant in GRANTS if grant.takes_cluster)
 
 
 def _written_template(d: FlagInputs) -> np.ndarray:
     """A workload created, updated or patched by its author, not a controller's copy of a template (an owner
-    (workload_owner) and a controller identity writing it); subresources are left out (a pods/ephemeralcontainers
-    response is the whole pod: ephemeral_privileged judges it)."""
-    copy = ~_isna(d, "workload_owner") & _contains(d, "user", _CONTROLLER_WRITER)
+    (workload_owner) and a controller identity writing it: a service account, as kube-controller-manager's
+    per-controller accounts and the operators' own are, or the controller manager itself); subresources are left out
+    (a pods/ephemeralcontainers response is the whole pod: ephemeral_privileged judges it). ownerReferences are in the
+    body the client sends, so an owner on a workload a person's credentials wrote is not a copy."""
+    copy = ~_isna(d, "workload_owner") & (_f(d, "service_account") | _eq(d, "user", "system:kube-controller-manager"))
     return _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource") & ~copy
 
 

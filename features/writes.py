@@ -564,6 +564,9 @@ class Grant:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]  # ANY_VERB: any verb at all grants it
     why: str
+    # Whether merely asking about it (kubectl auth can-i) is worth a flag (features.flags.escalation_rights_check): it
+    # hands over the cluster, where reading secrets or exec in one's own namespace is what engineers check every day.
+    takes_cluster: bool = True
 
 
 _RBAC = "rbac.authorization.k8s.io"
@@ -577,8 +580,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant("token_create", ("",), ("serviceaccounts/token",), ("create",), "minting tokens for any service account in scope"),
     Grant("nodes_proxy", ("",), ("nodes/proxy",), ANY_VERB,
           "the kubelet API of every node: exec in any pod without a pods/exec record (GET is enough for a websocket)"),
-    Grant("pods_exec", ("",), ("pods/exec", "pods/attach"), ("create", "get"), "a shell in any pod in scope"),
-    Grant("secrets_read", ("",), ("secrets",), ("get", "list", "watch"), "every credential stored in scope"),
+    Grant("pods_exec", ("",), ("pods/exec", "pods/attach"), ("create", "get"), "a shell in any pod in scope", takes_cluster=False),
+    Grant("secrets_read", ("",), ("secrets",), ("get", "list", "watch"), "every credential stored in scope", takes_cluster=False),
     Grant("webhook_write", ("admissionregistration.k8s.io",), ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"),
           ("create", "update", "patch"), "an admission webhook sees and can change every object written"),
     Grant("csr_approve", ("certificates.k8s.io",), ("certificatesigningrequests/approval",), ("update", "patch"),
