@@ -117,19 +117,26 @@ class HourBuffer:
     Each hour's part of a table is sorted on arrival (``sort_events``), so that it is a run a
     busy hour's merge can read back a batch at a time (``runs``); ``take`` returns an hour's
     parts whole, in key order, which is the order one process reads them in.
-    Staged parts are Arrow IPC files in batches of ``RUN_BATCH_ROWS``: LZ4 on a local disk (a
-    quarter of Parquet's cost to write and read back, at 1.7 times zstd's size), zstd on S3,
-    where bytes cost more than CPU. Staging is deleted at the end of the run.
+    Staged parts are Arrow IPC files: LZ4 on a local disk (a quarter of Parquet's cost to write and
+    read back, at 1.7 times zstd's size), zstd on S3, where bytes cost more than CPU. A part is written
+    as one batch while this buffer has staged at most ``whole_rows`` rows of its hour (the in-memory
+    merge's ``merge_rows``: such an hour is usually read back whole), and in batches of ``RUN_BATCH_ROWS``
+    after that, which a busy hour's merge reads one at a time. Arrow compresses every buffer of every
+    batch on its own: staging the 1M bench data in 1,024-row batches and reading it back took 2.14 CPU
+    seconds in one process, whole parts 0.81 (docs/performance.md). If a busy hour's merge does meet whole parts, they hold at most ``whole_rows``
+    rows per buffer that staged them. Staging is deleted at the end of the run.
     """
 
-    def __init__(self, storage: Storage, staging: str, spill_rows: int):
+    def __init__(self, storage: Storage, staging: str, spill_rows: int, whole_rows: int = MERGE_ROWS):
         self.storage = storage
         self.staging = staging
         self.spill_rows = spill_rows
+        self.whole_rows = whole_rows
         self.compression = "lz4" if storage.local_path(staging) is not None else "zstd"
         self.tables: dict[tuple[str, int], list[tuple[tuple, pa.Table]]] = defaultdict(list)
         self.rows_held = 0
         self.spilled: dict[tuple[str, int], list[tuple[str, list[StagedPart]]]] = defaultdict(list)
+        self._staged_rows: dict[tuple[str, int], int] = defaultdict(int)
         self._added = 0
 
     def add(self, table: pa.Table, order: tuple | None = None) -> None:
@@ -145,7 +152,11 @@ class HourBuffer:
         for (date, hour), parts in self.tables.items():
             index = len(self.spilled[(date, hour)])
             key = f"{self.staging}/date={date}/hour={hour:02d}/chunk-{index:05d}.arrow"
-            data, layout = _staged_file(parts, self.compression)
+            batches = []
+            for _, part in parts:
+                self._staged_rows[(date, hour)] += len(part)
+                batches.append(max(len(part), 1) if self._staged_rows[(date, hour)] <= self.whole_rows else RUN_BATCH_ROWS)
+            data, layout = _staged_file(parts, batches, self.compression)
             _write_staged(self.storage, key, data)
             self.spilled[(date, hour)].append((key, layout))
         self.tables.clear()
@@ -210,14 +221,14 @@ class StagedPart:
     batches: int
 
 
-def _staged_file(parts: list[tuple[tuple, pa.Table]], compression: str) -> tuple[bytes, list[StagedPart]]:
-    """Parts as one Arrow IPC file, each in batches of ``RUN_BATCH_ROWS``, and where each part is."""
+def _staged_file(parts: list[tuple[tuple, pa.Table]], batch_rows: list[int], compression: str) -> tuple[bytes, list[StagedPart]]:
+    """Parts as one Arrow IPC file, each in batches of its ``batch_rows``, and where each part is."""
     sink, layout = pa.BufferOutputStream(), []
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_file(sink, parts[0][1].schema, options=options) as writer:
-        for order, part in parts:
+        for (order, part), rows in zip(parts, batch_rows):
             first = writer.stats.num_record_batches
-            writer.write_table(part, max_chunksize=RUN_BATCH_ROWS)
+            writer.write_table(part, max_chunksize=rows)
             layout.append(StagedPart(order, len(part), first, writer.stats.num_record_batches - first))
     return sink.getvalue().to_pybytes(), layout
 
@@ -353,7 +364,7 @@ def archive_tables(
     """Merge normalised event tables into the archive, hour by hour, exactly once."""
     staging = f"staging/{safe_segment(run_id)}"
     storage.delete_prefix("staging/")
-    buffer = HourBuffer(storage, staging, spill_rows)
+    buffer = HourBuffer(storage, staging, spill_rows, merge_rows)
     for item in tables:
         order, table = item if isinstance(item, tuple) else (None, item)
         if len(table):
@@ -624,7 +635,7 @@ def _archive_worker(storage: Storage, refs: list[InputRef], cluster: str, stagin
 def _stage_files(storage: Storage, refs: list[InputRef], cluster: str, staging: str, spill_rows: int, next_file, hours_queue,
                  results, chunk_rows: int, max_line_bytes: int, merge_rows: int, not_after: datetime | None = None,
                  max_ratio: float | None = None) -> None:
-    buffer = HourBuffer(storage, staging, spill_rows)
+    buffer = HourBuffer(storage, staging, spill_rows, merge_rows)
     while True:
         with next_file.get_lock():
             index = next_file.value

@@ -106,6 +106,22 @@ def test_runs_merge_of_an_hour_under_merge_rows_is_byte_identical_to_in_memory()
     assert _bytes(merge_runs(None, _runs(parts, 9), merge_rows=100_000)) == _bytes(merge_in_memory(None, parts))
 
 
+def test_staged_parts_are_whole_until_the_hour_passes_merge_rows_then_in_run_batches(tmp_path, monkeypatch):
+    """A buffer stages a part as one batch while it has staged at most ``whole_rows`` rows of the part's hour
+    (that hour is usually merged whole), and in ``RUN_BATCH_ROWS`` batches after; a busy hour's merge reads
+    both kinds of run and keeps exactly the in-memory merge's rows."""
+    monkeypatch.setattr(archive, "RUN_BATCH_ROWS", 16)
+    parts = busy_hour_parts(3, parts=6, rows=120)
+    buffer = archive.HourBuffer(LocalStorage(tmp_path), "staging/t", spill_rows=1, whole_rows=250)
+    for part in parts:
+        buffer.add(part)
+    (hour, staged), = buffer.spilled.items()
+    layout = [part for _, layout in staged for part in layout]
+    assert [part.batches for part in layout] == [1, 1, 8, 8, 8, 8]  # 120 and 240 rows whole, then 120-row parts in 16s
+    merged = merge_runs(None, buffer.runs(hour), merge_rows=50)
+    assert _read(merged).equals(_read(merge_in_memory(None, parts)))
+
+
 def _write_inputs(path, seed: int) -> None:
     """Two days of CloudWatch-shaped deliveries with re-delivered envelopes and a plain-JSON copy."""
     rng = random.Random(seed)
