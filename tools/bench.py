@@ -47,6 +47,7 @@ import pandas as pd
 
 from features.commands import command_facts
 from features.events import COMMAND_COLUMNS, COMMAND_SUBRESOURCES, EVENT_COLUMNS
+from pipeline.stages.workers import stop_fork_server
 
 SAMPLE_DAYS = 4
 EVENTS_PER_SCALE_DAY = 116_000
@@ -470,17 +471,19 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
         for module in STAGE_MODULES:
             importlib.import_module(module)
         startup = round(time.perf_counter() - started, 2)
-    peak = {"tree": 0}
+    peak = {"tree": 0, "tree_rss": 0}
     stop = threading.Event()
 
     def sample() -> None:
         me = psutil.Process()
         while not stop.wait(0.1):
             try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+                tree = [me, *me.children(recursive=True)]
+                pss = sum(process.memory_full_info().pss for process in tree)
+                rss = sum(process.memory_info().rss for process in tree)
             except psutil.Error:
                 continue
-            peak["tree"] = max(peak["tree"], rss)
+            peak["tree"], peak["tree_rss"] = max(peak["tree"], pss), max(peak["tree_rss"], rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -489,10 +492,12 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
     seconds, cpu = round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
     stop.set()
     sampler.join()
+    stop_fork_server()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = _own_peak_mb()
     measured = {**result, "seconds": seconds, "cpu_seconds": cpu, "worker_cpu_seconds": round(children.ru_utime + children.ru_stime, 2),
-                "peak_rss_mb": own, "peak_rss_with_workers_mb": max(own, round(peak["tree"] / 2**20))}
+                "peak_rss_mb": own, "peak_rss_with_workers_mb": max(own, round(peak["tree"] / 2**20)),
+                "peak_rss_sum_with_workers_mb": round(peak["tree_rss"] / 2**20)}
     return measured if startup is None else {**measured, "startup_seconds": startup}
 
 

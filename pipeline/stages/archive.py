@@ -48,7 +48,7 @@ from pipeline.io.readers import Event, LineBlock, Quarantine, parse_cloudwatch_m
 from pipeline.io.storage import InputRef, Storage, resolve_inputs, safe_segment
 from pipeline.stages.clock import future_limit
 from pipeline.stages.hour_merge import MERGE_ROWS, RUN_BATCH_ROWS, merge_in_memory, merge_runs, sort_events
-from pipeline.stages.workers import exit_with_parent, picklable, receive, spawn_context, start, stop, usable_cores
+from pipeline.stages.workers import exit_with_parent, picklable, receive, start, stop, usable_cores, worker_context
 
 log = logging.getLogger(__name__)
 ARCHIVE_ROOT = "archive"
@@ -548,7 +548,7 @@ def archive_in_workers(storage: Storage, refs: list[InputRef], cluster: str, run
     """
     staging = f"staging/{safe_segment(run_id)}"
     storage.delete_prefix("staging/")
-    context = spawn_context()
+    context = worker_context()
     next_file = context.Value("i", 0)
     hours_queue, results = context.Queue(), context.Queue()
     processes = [context.Process(target=_archive_worker, name=f"auditsift-archive-{n}", daemon=True,
