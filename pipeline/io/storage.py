@@ -108,11 +108,10 @@ def check_key(key: str) -> str:
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "use_dictionary": True}
 
 
-def parquet_bytes(table: pa.Table, dictionary: bool = True) -> bytes:
-    """A table as the Parquet file ``Storage.write_parquet`` writes (``PARQUET_OPTIONS``); ``dictionary=False``
-    stores values plainly, for small tables of many columns where dictionary pages cost more than they save."""
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the Parquet file ``Storage.write_parquet`` writes (``PARQUET_OPTIONS``)."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, **{**PARQUET_OPTIONS, "use_dictionary": dictionary})
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
     return sink.getvalue()
 
 

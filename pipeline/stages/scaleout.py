@@ -59,7 +59,16 @@ from pipeline.context import RunContext
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.storage import LocalStorage, safe_segment
 from pipeline.stages.clock import iso
-from pipeline.stages.features import RULES_SUFFIX, features_fingerprint, flag_context, hour_partials, load_features, partials_frame
+from pipeline.stages.features import (
+    PARTIALS_SUFFIX,
+    RULES_SUFFIX,
+    features_fingerprint,
+    flag_context,
+    hour_partials,
+    load_features,
+    partials_frame,
+    read_cache,
+)
 from pipeline.stages.ranges import Ranges, training_start
 from pipeline.stages.score import run_score
 from pipeline.stages.train import build_detector, load_model, run_train, training_rows
@@ -70,10 +79,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 
 
-def parquet_files(directory: Path) -> list[Path]:
-    """Every Parquet file below ``directory`` in path order; dot-files and dot-directories are skipped."""
+def files_below(directory: Path, suffix: str = ".parquet") -> list[Path]:
+    """Every file named ``*suffix`` below ``directory`` in path order; dot-files and dot-directories are skipped."""
     return sorted(
-        path for path in directory.rglob("*.parquet")
+        path for path in directory.rglob(f"*{suffix}")
         if not any(part.startswith(".") for part in path.relative_to(directory).parts)
     )
 
@@ -95,11 +104,11 @@ def map_shard(input_dir: Path, output_dir: Path, config: Config) -> dict:
     fingerprint = features_fingerprint(ctx)
     flags, pack = flag_context(ctx), load_rule_pack(config)
     counts = {"files": 0, "events": 0, "partial_rows": 0, "fingerprint": fingerprint}
-    for path in parquet_files(input_dir):
+    for path in files_below(input_dir):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         directory = "/".join(part for part in (output_dir.relative_to(root).as_posix(), fingerprint,
                                                path.parent.relative_to(input_dir).as_posix()) if part not in ("", "."))
-        partial, _ = hour_partials(ctx, flags, pack, path.relative_to(root).as_posix(), f"{directory}/{digest}.parquet")
+        partial, _ = hour_partials(ctx, flags, pack, path.relative_to(root).as_posix(), f"{directory}/{digest}{PARTIALS_SUFFIX}")
         counts["files"] += 1
         counts["events"] += pq.read_metadata(path).num_rows
         counts["partial_rows"] += partial.num_rows
@@ -129,8 +138,8 @@ def reduce_shards(partials_dir: Path, output: Path, config: Config) -> dict:
         raise InputError(f"--partials-dir {partials_dir} is not a directory", hint="point it at the map step's output")
     target = LocalStorage(output.parent)
     fingerprint = features_fingerprint(RunContext(target, config, "reduce"))
-    files = [path for path in parquet_files(partials_root(partials_dir, fingerprint)) if not path.name.endswith(RULES_SUFFIX)]
-    merged = reduce_partials([partials_frame(pq.read_table(path) for path in files)])
+    files = [path for path in files_below(partials_root(partials_dir, fingerprint), PARTIALS_SUFFIX) if not path.name.endswith(RULES_SUFFIX)]
+    merged = reduce_partials([partials_frame(read_cache(path.read_bytes()) for path in files)])
     table = finalise(merged, config.features.window_minutes).drop(columns=list(SET_NAMES))
     target.write_parquet(output.name, pa.Table.from_pandas(table, preserve_index=False))
     return {"files": len(files), "rows": int(len(table)), "fingerprint": fingerprint}

@@ -133,7 +133,7 @@ def test_archive_killed_anywhere_then_rerun_equals_an_uninterrupted_archive(writ
 
 # --------------------------------------------------------------------------- run
 def partial_files(workdir: Path) -> int:
-    return len(list((workdir / "features").glob("cluster=*/partials/*/date=*/hour=*/*.parquet")))
+    return len(list((workdir / "features").glob("cluster=*/partials/*/date=*/hour=*/*.arrow")))
 
 
 def model_saved(workdir: Path) -> bool:
