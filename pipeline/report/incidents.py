@@ -123,8 +123,9 @@ def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping]
     findings = sorted(findings, key=lambda f: f["rank"])
     rows = _rows_by_finding(findings, events_index)
     core = [bool(f["flagged"] or f.get("suppressed")) for f in findings]
-    links = candidate_links(findings, rows, core, window_minutes)
-    groups, overflow, used = _group(findings, core, links, [len({_request(e) for e in events}) for events in rows])
+    requests = [[_request(event) for event in events] for events in rows]
+    links = candidate_links(findings, rows, core, window_minutes, requests)
+    groups, overflow, used = _group(findings, core, links, [len(set(keys)) for keys in requests])
     incidents = [_incident(findings, members, rows, overflow.get(root, []), used.get(root, []), tactics or {}, rule_titles or {})
                  for root, members in groups.items()]
     incidents.sort(key=_rank_key)
@@ -134,18 +135,19 @@ def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping]
 
 
 # --------------------------------------------------------------------------- links
-def candidate_links(findings: Sequence[Mapping], rows: list[list[dict]], core: list[bool], window_minutes: int) -> list[tuple]:
+def candidate_links(findings: Sequence[Mapping], rows: list[list[dict]], core: list[bool], window_minutes: int,
+                    requests: list[list[tuple]]) -> list[tuple]:
     """(kind, a, b, why, shared requests or None) for every pair of findings (positions in rank order) the rules of the module docstring link; a cause
-    comes first in a cause_effect link."""
-    links = _same_request(findings, rows) + _adjacent(findings, window_minutes)
+    comes first in a cause_effect link. ``requests``: each row's ``_request`` key."""
+    links = _same_request(findings, requests) + _adjacent(findings, window_minutes)
     links += _cause_effect(findings, rows, core)
     return links
 
 
-def _same_request(findings, rows) -> list[tuple]:
+def _same_request(findings, requests) -> list[tuple]:
     holders: dict[tuple, list[int]] = defaultdict(list)
-    for index, events in enumerate(rows):
-        for request in dict.fromkeys(_request(event) for event in events):
+    for index, keys in enumerate(requests):
+        for request in dict.fromkeys(keys):
             holders[request].append(index)
     pairs: dict[tuple, int] = defaultdict(int)
     for members in holders.values():

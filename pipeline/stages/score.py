@@ -247,11 +247,14 @@ def own_max_scores(records: pd.DataFrame, baselines: pd.DataFrame) -> np.ndarray
 
 def events_index(findings: list[dict], detail: dict[tuple, list]) -> list[dict]:
     """The incidents' events index (``pipeline.report.incidents.INDEX_COLUMNS``): each evidence event of each written
-    finding with the finding's key (entity_type, entity, window_start)."""
+    finding with the finding's key (entity_type, entity, window_start). The key is written into ``detail``'s rows
+    themselves, each of which is one finding's (``Evidence.rows``), so call this after they are written out: a copy of
+    every row cost 0.22 of the score stage's seconds at 1M events (125,000 rows)."""
     index = []
     for f in findings:
         for row in detail.get(_key_of(f), ()):
-            index.append({**row, "entity_type": f["entity_type"], "entity": f["entity"], "window_start": f["window_start"]})
+            row.update(entity_type=f["entity_type"], entity=f["entity"], window_start=f["window_start"])
+            index.append(row)
     return index
 
 
