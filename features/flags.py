@@ -63,6 +63,7 @@ class FlagInputs(EventColumns):
         self.helpers: dict[str, np.ndarray] = {}
         self.flags: dict[str, np.ndarray] = {}
         self.hour = hour or {}  # for a batch of an hour: flags judged over the whole hour (features.aggregate.hour_requests)
+        self.flags_read: set[str] = set()  # the earlier flags read (``_f``), as ``read`` names the columns
 
 
 def _isin(d: FlagInputs, column: str, values) -> np.ndarray:
@@ -132,7 +133,10 @@ def _written_template(d: FlagInputs) -> np.ndarray:
 def _f(d: FlagInputs, name: str) -> np.ndarray:
     """A flag computed earlier in the registry, or a boolean helper column of ``prepare``."""
     flag = d.flags.get(name)
-    return flag if flag is not None else d.helpers[name]
+    if flag is None:
+        return d.helpers[name]
+    d.flags_read.add(name)
+    return flag
 
 
 def _audit_id_reused(d: FlagInputs) -> np.ndarray:
@@ -365,6 +369,24 @@ def flag_columns() -> frozenset[str]:
     A flag combines its tests with &, | and ~, never ``and``/``or``, so it reads all its columns whatever
     the values; the features stage reads only these from the archive, with the aggregates' and rules' own."""
     return frozenset(flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook())).read)
+
+
+@cache
+def flag_reads() -> dict[str, frozenset[str]]:
+    """The event columns each flag's value depends on, traced over no events: those it reads, and those of the earlier
+    flags it reads (``_f``). Each flag is traced on inputs of its own after ``prepare`` (a column registers as read
+    once per ``FlagInputs``), so the columns the helpers read (``prepare``: source_ip, user_agent, user) are not
+    listed under a flag that reads them too."""
+    computed = flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook())).flags
+    reads: dict[str, frozenset[str]] = {}
+    for flag in FLAGS:
+        inputs = FlagInputs(EVENT_SCHEMA.empty_table())
+        prepare(inputs, FlagContext(AddressBook()))
+        inputs.flags = dict(computed)
+        before = set(inputs.read)
+        flag.compute(inputs)
+        reads[flag.name] = frozenset(inputs.read - before).union(*(reads[name] for name in inputs.flags_read))
+    return reads
 
 
 def frame_with_flags(inputs: FlagInputs) -> pd.DataFrame:

@@ -47,15 +47,14 @@ import pandas as pd
 
 from features.commands import command_facts
 from features.events import COMMAND_COLUMNS, COMMAND_SUBRESOURCES, EVENT_COLUMNS
+from features.flags import flag_reads
 from pipeline.stages.workers import stop_fork_server
 
 SAMPLE_DAYS = 4
 EVENTS_PER_SCALE_DAY = 116_000
 NAIVE_CHUNK_LINES = 100_000
-BODY_FLAGS = ("configmap_credentials", "admin_binding", "anonymous_binding", "default_sa_binding", "dangerous_role",
-              "privileged_workload", "nodeport_service", "webhook_external_url", "webhook_weakened", "ephemeral_privileged",
-              "host_escape_workload", "weakened_workload", "system_namespace_workload_identity", "internet_facing_service",
-              "ingress_without_tls", "role_dangerous_grant", "csr_risky", "csr_client_approved", "escalation_rights_check")
+# the flags whose value depends on a written object's body, which the naive version does not reduce to facts
+BODY_FLAGS = tuple(name for name, columns in flag_reads().items() if columns & {c.name for c in EVENT_COLUMNS if c.read == "body"})
 
 
 # --------------------------------------------------------------------------- the naive version

@@ -257,3 +257,19 @@ def test_health_probes_from_anonymous_are_noise_but_other_anonymous_successes_ar
     reads = [event(**ANONYMOUS, verb="get", requestURI="/api/v1/secrets", objectRef={"resource": "secrets"})]
     flags = flag_events(event_table(probes + reads), CONTEXT).flags["anonymous_allowed"]
     assert flags.tolist() == [False] * len(probes) + [True]
+
+
+def test_flag_reads_traces_the_columns_each_flag_depends_on_through_the_flags_it_reads():
+    """What the bench leaves out of its naive comparison (the flags that read a written object's body) comes from
+    this trace, not from a list kept by hand."""
+    from features.events import EVENT_COLUMNS
+    from features.flags import flag_reads
+
+    reads = flag_reads()
+    assert set(reads) == set(FLAG_NAMES)
+    assert reads["allowed"] == {"decision", "code"}
+    assert {"decision", "code", "request_uri"} <= reads["anonymous_allowed"]  # through allowed and health_check
+    assert {"resource", "verb", "pod_privileged", "pod_sensitive_host_paths"} <= reads["privileged_workload"]
+    body = {c.name for c in EVENT_COLUMNS if c.read == "body"}
+    assert reads["privileged_workload"] & body and reads["admin_binding"] & body and reads["anonymous_binding"] & body
+    assert not reads["allowed"] & body and not reads["anonymous_allowed"] & body
