@@ -458,7 +458,8 @@ STAGE_MODULES = ("pipeline.stages.run",)
 
 def run_phase(name: str, data: str, work: str, args) -> dict:
     """Run one phase in this process and measure it: wall and CPU seconds (its own, and its worker
-    processes'), its peak RSS, and the peak of the summed RSS of it and its workers (sampled)."""
+    processes'), its peak RSS, and the peak memory of it and its workers together, sampled: their PSS summed (pages
+    they share, such as the fork server's imports, counted once), and their RSS summed beside it."""
     import importlib
     import threading
 
@@ -616,7 +617,7 @@ def targets(report: dict) -> list[dict]:
             out.append(_target("archive + features within 1.5x the floor", r["label"], s["archive_plus_features_over_floor"],
                                ARCHIVE_FEATURES_OVER_FLOOR))
         if r.get("kind") == "busy_day" and s.get("peak_rss_mb") is not None:
-            out.append(_target("peak RSS under 2 GB on the busy day", r["label"], s["peak_rss_mb"], BUSY_DAY_PEAK_RSS_MB, "MB"))
+            out.append(_target("peak memory (PSS, with workers) under 2 GB on the busy day", r["label"], s["peak_rss_mb"], BUSY_DAY_PEAK_RSS_MB, "MB"))
     for fit in report["fits"]:
         if fit["extrapolation_ratio"] is not None:
             out.append(_target(f"{fit['measure']} linear in {fit['against']}", fit["series"], fit["extrapolation_ratio"],
@@ -637,7 +638,7 @@ def linear_fits(report: dict) -> list[dict]:
         "identity spray": ("identities", [r for r in report["data"] if r["kind"] == "spray"], lambda r: r["identities"]),
     }
     measures = {"whole-run seconds": lambda s: s.get("whole_run_seconds"), "whole-run CPU seconds": lambda s: s.get("whole_run_cpu_seconds"),
-                "peak RSS MB": lambda s: s.get("peak_rss_mb")}
+                "peak memory MB": lambda s: s.get("peak_rss_mb")}
     fits = []
     for name, (against, rows, x_of) in series.items():
         for measure, y_of in measures.items():
@@ -706,7 +707,7 @@ def markdown(report: dict) -> str:
     targets, the linear fits and the detectors, every figure from bench.json."""
     rows = [f"Command: `{report['command']}`", "",
             "| data | events | floor s (ev/s) | whole run s (/ floor) | archive + features s (/ floor) | five stages alone s "
-            "| naive s (/ auditsift) | DuckDB s (auditsift / DuckDB) | checks: naive, DuckDB | peak RSS MB |",
+            "| naive s (/ auditsift) | DuckDB s (auditsift / DuckDB) | checks: naive, DuckDB | peak memory MB (PSS, with workers) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["data"]:
         s = r["summary"]
@@ -728,8 +729,8 @@ def markdown(report: dict) -> str:
         run = f"{s['whole_run_cpu_seconds']} ({_cell(s.get('whole_run_cpu_over_floor'))})" if "whole_run_cpu_seconds" in s else "-"
         load = ", ".join(str(r.get(k, "-")) for k in ("load_at_start", "load_at_end"))
         rows.append(f"| {r['label']} | {_cell(r.get('floor', {}).get('cpu_seconds'))} | {run} | {both} | {load} |")
-    rows += ["", "Each stage alone (its own process, same workdir in order): wall s / CPU s (process + workers) / peak RSS MB "
-             "(process + workers); the whole run's own stage times in brackets:", "",
+    rows += ["", "Each stage alone (its own process, same workdir in order): wall s / CPU s (process + workers) / peak memory MB "
+             "(process + workers, PSS); the whole run's own stage times in brackets:", "",
              "| data | " + " | ".join(STAGES) + " |", "|---|" + "---:|" * len(STAGES)]
     for r in report["data"]:
         cells = []
