@@ -174,6 +174,20 @@ def test_html_details_cover_top_findings_with_charts_evidence_and_pivots(html, c
     assert "triage-deployer &lt;script&gt;" in html
 
 
+def test_a_quiet_findings_details_are_folded_under_its_header_and_a_flagged_ones_are_open(html, context):
+    """At 390 px the sample's report was 165,655 px tall, 31 of its 50 detailed findings quiet: their charts,
+    evidence and queries now wait behind a summary line, still in the page for find-in-page and links."""
+    def article(finding):
+        start = html.index(f'id="f-{finding["finding_id"]}"')
+        return html[start: html.index("</article>", start)]
+    flagged = next(f for f in context["findings"] if f["flagged"])
+    quiet = next(f for f in context["findings"] if not f["flagged"] and not f["suppressed"])
+    assert 'class="quiet-body"' not in article(flagged) and article(flagged).count("<svg") == 2
+    folded = article(quiet)
+    assert '<details class="quiet-body"><summary>' in folded and folded.index('class="quiet-body"') < folded.index("<svg")
+    assert folded.count("<svg") == 2 and "evidence" in folded
+
+
 def test_svg_charts_are_well_formed_with_labels_escaped():
     bars = svg_bars([{"feature": f"x{SCRIPT}&", "value": 12.0, "baseline": 0.5}, {"feature": "new_peers", "value": 1, "baseline": None},
                      {"feature": "requests_vs_baseline", "value": 7.8, "baseline": 0.0}])
