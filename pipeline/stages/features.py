@@ -285,7 +285,7 @@ MIN_ROWS_PER_WORKER = 100_000  # a worker costs 1-2 s of CPU to start (imports);
 def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tuple[str, str]]) -> Iterator[tuple[pa.Table, pa.Table]]:
     """``hour_partials`` for every (archive key, cache key), in order. Hours not cached yet are mapped
     by ``features.workers`` processes when they hold enough events (``MIN_ROWS_PER_WORKER`` per
-    worker, from the hour manifests); the workers read the hours (``_hour_file_source``), this process
+    worker, from the hour manifests); the workers read the hours (``hour_file_source``), this process
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
     todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
@@ -298,7 +298,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
             yield hour_partials(ctx, flags, pack, archive_key, cache_key)
         return
     pending = {cache_key for _, cache_key in todo}
-    computed = ordered_map(_map_hour_bytes, (_hour_file_source(ctx, a) for a, c in keys if c in pending), workers,
+    computed = ordered_map(_map_hour_bytes, (hour_file_source(ctx, a) for a, c in keys if c in pending), workers,
                            setup=_map_hour_setup, setup_args=(flags, pack, cfg.window_minutes, tuple(cfg.entity_types), cfg.batch_rows),
                            name="auditsift-features")
     try:
@@ -317,7 +317,7 @@ def _map_hour_setup(flags: FlagContext, pack: RulePack, window_minutes: int, ent
     return flags, pack, window_minutes, entity_types, batch_rows
 
 
-def _hour_file_source(ctx: RunContext, archive_key: str) -> str | bytes:
+def hour_file_source(ctx: RunContext, archive_key: str) -> str | bytes:
     """What a worker maps an archived hour from: the file's path when the workdir is local (the worker reads it, so
     a busy hour's file is neither held here nor pickled through the queue: 150 MB for 3.85M events), else its bytes."""
     path = ctx.storage.local_path(archive_key)
@@ -325,7 +325,7 @@ def _hour_file_source(ctx: RunContext, archive_key: str) -> str | bytes:
 
 
 def _map_hour_bytes(state: tuple, source: str | bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
-    """Worker side of ``map_hours``: an archived hour file (its path or bytes, ``_hour_file_source``) to its
+    """Worker side of ``map_hours``: an archived hour file (its path or bytes, ``hour_file_source``) to its
     (partials, rule hits) tables, as Arrow IPC streams, and their cache files' bytes. An hour's tables cost 1.9 ms
     to pickle and 1.2 ms to unpickle (seventy-odd columns, each its own pickled arrays); as IPC streams 0.2 and 0.3 ms."""
     tables = map_hour_file(Path(source).read_bytes() if isinstance(source, str) else source, *state)

@@ -24,7 +24,10 @@ import hashlib
 import heapq
 import logging
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -46,13 +49,15 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import safe_segment
 from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import EVIDENCE_COLUMNS
-from pipeline.stages.archive import list_archive_hours
+from pipeline.stages.archive import list_archive_hours, manifest_key
 from pipeline.stages.clock import iso
 from pipeline.stages.features import (
+    MIN_ROWS_PER_WORKER,
     BusyHour,
     busy_hour,
     flag_context,
     hour_batches,
+    hour_file_source,
     load_features,
     load_rule_history,
     map_columns,
@@ -60,6 +65,7 @@ from pipeline.stages.features import (
 )
 from pipeline.stages.ranges import overlaps
 from pipeline.stages.train import load_model
+from pipeline.stages.workers import ordered_map, usable_cores
 from pipeline.triage import read_suppressions, suppression_for
 
 log = logging.getLogger(__name__)
@@ -286,12 +292,54 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     distinct value once) and never become a DataFrame. An hour of more than ``features.batch_rows`` events is read
     in batches of that many (its rule thresholds counted over the whole hour first), so memory is bounded by a
     batch, whatever the hour; of each event kept as evidence or as a top event only its key, score, audit id and
-    why are held, and its columns are read again from the archive for the few that are written."""
+    why are held, and its columns are read again from the archive for the few that are written.
+
+    The hours are scored by ``features.workers`` processes when they hold enough events (``MIN_ROWS_PER_WORKER``
+    per worker, from the hour manifests), each worker with a copy of the pass (``EventScores.worker_copy``); what
+    each hour kept is merged here in hour order (``EventScores.merge``), so the outputs are one process's."""
     scored = EventScores(ctx, pack, records, history, ranges, weights)
-    for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster)):
-        if overlaps(date, hour, ranges.score_from, ranges.score_to):
+    hours = [(index, key) for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
+             if overlaps(date, hour, ranges.score_from, ranges.score_to)]
+    workers = min(ctx.config.features.workers, usable_cores(), len(hours))
+    if workers > 1:
+        rows = sum(ctx.storage.read_json_or(manifest_key(key), {}).get("rows", MIN_ROWS_PER_WORKER) for _, key in hours)
+        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+    if workers < 2:
+        for index, key in hours:
             scored.add_hour(index, key)
+        return scored.result()
+    sources = ((index, hour_file_source(ctx, key)) for index, key in hours)
+    results = ordered_map(_score_hour, sources, workers, setup=_score_setup, setup_args=(scored.worker_copy(),), name="auditsift-score")
+    try:
+        for (index, key), part in zip(hours, results):
+            scored.merge(index, key, part)
+    finally:
+        results.close()
     return scored.result()
+
+
+def _score_setup(scorer: "EventScores") -> "EventScores":
+    return scorer
+
+
+def _score_hour(scorer: "EventScores", item: tuple[int, str | bytes]) -> "HourScore":
+    """Worker side of ``score_events``: one archived hour (its path or bytes) scored by a copy of the run's
+    ``EventScores`` whose accumulators start empty; what it kept comes back to be merged in hour order."""
+    index, source = item
+    scorer.clear()
+    best = scorer.score_hour(index, Path(source).read_bytes() if isinstance(source, str) else source)
+    return HourScore(scorer.total, scorer.rule_totals, dict(scorer.record_hits), scorer.candidates, best)
+
+
+@dataclass
+class HourScore:
+    """What ``EventScores.score_hour`` keeps of one hour, as a worker returns it."""
+
+    total: int
+    rule_totals: Counter
+    record_hits: dict
+    candidates: list
+    best: "pa.Table | None"
 
 
 class EventScores:
@@ -313,7 +361,8 @@ class EventScores:
         self.low, self.high = (int(pd.Timestamp(moment).value // 1000) for moment in (ranges.score_from, ranges.score_to))
         starts = records["window_start"].to_numpy(dtype="datetime64[us]").view(np.int64).tolist()
         self.model_part = dict(zip(zip(records["entity_type"].tolist(), records["entity"].tolist(), starts), records["model_part"].tolist()))
-        self.seen = {(r.entity_type, r.entity): r for r in history.itertuples(index=False)} if len(history) else {}
+        # plain namespaces, not itertuples' namedtuples (a class made per call): workers receive a pickled copy
+        self.seen = {(r.entity_type, r.entity): SimpleNamespace(**r._asdict()) for r in history.itertuples(index=False)} if len(history) else {}
         self.why = [f"rule:{rule.id}" for rule in pack.active] + list(INTERESTING_FLAGS) + list(HISTORY_FLAG_NAMES)
         self.record_hits: dict[tuple, Counter] = defaultdict(Counter)
         self.rule_totals: Counter = Counter()
@@ -337,7 +386,33 @@ class EventScores:
     def add_hour(self, index: int, key: str) -> None:
         """Score one archived hour's events within the scoring range (a busy hour in batches, ``BusyHour``)."""
         self.hours[index] = key
-        data = self.storage.read_bytes(key)
+        self._offer(self.score_hour(index, self.storage.read_bytes(key)))
+
+    def clear(self) -> None:
+        """Empty the accumulators (a worker's copy, before each hour)."""
+        self.record_hits, self.rule_totals, self.candidates, self.total = defaultdict(Counter), Counter(), [], 0
+
+    def worker_copy(self) -> "EventScores":
+        """This pass without its accumulators, to be pickled to workers (``_score_hour``)."""
+        copy = object.__new__(EventScores)
+        copy.__dict__.update(self.__dict__)
+        copy.clear()
+        copy.top_events, copy.hours, copy.storage = [], {}, None  # a worker is given each hour's file, not the workdir
+        return copy
+
+    def merge(self, index: int, key: str, part: HourScore) -> None:
+        """Add one hour scored elsewhere (``_score_hour``), in hour order, as ``add_hour`` would have."""
+        self.hours[index] = key
+        self.total += part.total
+        self.rule_totals.update(part.rule_totals)
+        for record, counts in part.record_hits.items():
+            self.record_hits[record].update(counts)
+        self.candidates += part.candidates
+        self._offer(part.best)
+
+    def score_hour(self, index: int, data: bytes) -> pa.Table | None:
+        """Score one archived hour (its file's bytes) into the accumulators; returns its ``events_top`` best events,
+        best first, or None when none of its events is in the scoring range."""
         hour = busy_hour(data, self.window_minutes, self.batch_rows)
         groups = None
         if hour is not None:
@@ -352,10 +427,15 @@ class EventScores:
                 best.append(self._add(batch, judged, (index << 32) + offset, groups))
                 offset += len(batch)
         if not best:
-            return
-        # the hour's best events as DataFrame.nlargest(keep="first") picks them, then kept over all hours by rounded score
+            return None
+        # the hour's best events as DataFrame.nlargest(keep="first") picks them
         best = pa.concat_tables(best)
-        best = best.take(pc.sort_indices(best, sort_keys=[("event_score", "descending"), ("number", "ascending")])[: self.events_top])
+        return best.take(pc.sort_indices(best, sort_keys=[("event_score", "descending"), ("number", "ascending")])[: self.events_top])
+
+    def _offer(self, best: pa.Table | None) -> None:
+        """An hour's best events into the top events over all hours, kept by rounded score."""
+        if best is None:
+            return
         # (score, audit_id, stage, time, -n for the pass's n-th candidate, row): ties (events that share an auditID and
         # stage) go to the earlier candidate, and two rows are never compared
         times = best["time"].cast(pa.int64()).to_pylist()

@@ -33,7 +33,7 @@ import types
 from typing import Callable, Iterable, Iterator
 
 # Where the workers' targets live: imported once by the fork server, before any worker is forked.
-PRELOAD = ["pipeline.stages.archive", "pipeline.stages.features"]
+PRELOAD = ["pipeline.stages.archive", "pipeline.stages.features", "pipeline.stages.score"]
 
 
 def usable_cores() -> int:

@@ -15,6 +15,7 @@ import pytest
 
 import pipeline.stages.archive
 import pipeline.stages.features
+import pipeline.stages.score
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.io.storage import LocalStorage
@@ -44,10 +45,11 @@ def context(workdir: Path, workers: int = 1, merge_rows: int | None = None) -> R
 
 
 def outputs(ctx: RunContext, result: dict) -> dict:
-    """What a run hands analysts and machines: every scored record, the top events, the counts."""
+    """What a run hands analysts and machines: every scored record, the top events, the incidents, the counts."""
     score = ctx.read_state()["score"]
     findings = ctx.storage.read_json(f"{score['key']}/findings.json")
     return {"findings": findings, "events": ctx.storage.read_json(f"{score['key']}/events.json"),
+            "incidents": ctx.storage.read_json(f"{score['key']}/incidents.json"),
             "flagged": sorted(f["finding_id"] for f in findings if f["flagged"]),
             "counts": {k: result[k] for k in ("records", "flagged", "suppressed")}}
 
@@ -78,6 +80,7 @@ def assert_same_run(run: dict, plain: dict) -> None:
         [(f["rank"], f["finding_id"], f["score"], f["rank_score"]) for f in plain["findings"]]
     assert run["findings"] == plain["findings"]
     assert run["events"] == plain["events"]
+    assert run["incidents"] == plain["incidents"]
 
 
 def test_hours_larger_than_merge_rows_give_the_findings_of_the_in_memory_merge(sample, plain, tmp_path, record_property):
@@ -111,7 +114,8 @@ def test_hours_rewritten_by_a_later_run_read_back_in_row_groups_give_the_same_fi
 
 def test_one_and_two_worker_processes_give_the_same_findings(sample, plain, tmp_path, monkeypatch, record_property):
     """archive.workers and features.workers at 2, with the size thresholds that keep small runs in one process
-    lowered so that both stages really start their workers on this data (and on a one-core machine)."""
+    lowered so that the archive, the features map and the score stage's pass over the events really start their
+    workers on this data (and on a one-core machine)."""
     started = []
 
     def spy(function, name):
@@ -126,8 +130,11 @@ def test_one_and_two_worker_processes_give_the_same_findings(sample, plain, tmp_
     monkeypatch.setattr(pipeline.stages.features, "MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(pipeline.stages.features, "usable_cores", lambda: 2)
     monkeypatch.setattr(pipeline.stages.features, "ordered_map", spy(pipeline.stages.features.ordered_map, "features"))
+    monkeypatch.setattr(pipeline.stages.score, "MIN_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(pipeline.stages.score, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pipeline.stages.score, "ordered_map", spy(pipeline.stages.score.ordered_map, "score"))
     ctx = context(tmp_path, workers=2)
     result = run_pipeline(ctx, [str(sample["dir"])], score_to=sample["end"])
-    assert started == ["archive", "features"]
+    assert started == ["archive", "features", "score"]
     assert_same_run(outputs(ctx, result), plain)
-    record_property("result", f"archive and features in 2 worker processes: {plain['counts']['records']} records identical")
+    record_property("result", f"archive, features and score in 2 worker processes: {plain['counts']['records']} records identical")
