@@ -318,11 +318,11 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     return scored.result()
 
 
-def _score_setup(scorer: "EventScores") -> "EventScores":
+def _score_setup(scorer: EventScores) -> EventScores:
     return scorer
 
 
-def _score_hour(scorer: "EventScores", item: tuple[int, str | bytes]) -> "HourScore":
+def _score_hour(scorer: EventScores, item: tuple[int, str | bytes]) -> HourScore:
     """Worker side of ``score_events``: one archived hour (its path or bytes) scored by a copy of the run's
     ``EventScores`` whose accumulators start empty; what it kept comes back to be merged in hour order."""
     index, source = item
@@ -339,7 +339,7 @@ class HourScore:
     rule_totals: Counter
     record_hits: dict
     candidates: list
-    best: "pa.Table | None"
+    best: pa.Table | None
 
 
 class EventScores:

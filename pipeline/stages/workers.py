@@ -7,7 +7,7 @@ than one core busy. The helpers here make that safe for a scheduled job:
   which imports the stages' modules (``PRELOAD``) and then forks a worker per request. Nothing is
   inherited from the run's threads, locks or AWS clients, as with spawned interpreters, but the
   imports are paid once per run instead of once per worker: a spawned archive worker took 0.45 s to
-  import its stage and a features worker 0.7 s (pandas), four of them in every ``auditsift run``.
+  import its stage and a features worker 0.7 s (pandas), two of each in a large ``auditsift run``.
   ``start`` keeps workers from re-running the caller's ``__main__``;
 - a worker dies with the run (``exit_with_parent``), so a killed run leaves none behind;
 - an error in a worker is raised in the parent, in input order, as a sequential loop would;
