@@ -123,8 +123,8 @@ class HourBuffer:
     merge's ``merge_rows``: such an hour is usually read back whole), and in batches of ``RUN_BATCH_ROWS``
     after that, which a busy hour's merge reads one at a time. Arrow compresses every buffer of every
     batch on its own: staging the 1M bench data in 1,024-row batches and reading it back took 2.14 CPU
-    seconds in one process, whole parts 0.81 (docs/performance.md). If a busy hour's merge does meet whole parts, they hold at most ``whole_rows``
-    rows per buffer that staged them. Staging is deleted at the end of the run.
+    seconds in one process, whole parts 0.81. If a busy hour's merge does meet whole parts, they hold at
+    most ``whole_rows`` rows per buffer that staged them. Staging is deleted at the end of the run.
     """
 
     def __init__(self, storage: Storage, staging: str, spill_rows: int, whole_rows: int = MERGE_ROWS):
