@@ -29,6 +29,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import types
 from typing import Callable, Iterable, Iterator
 
@@ -86,8 +87,8 @@ def exit_with_parent(parent: int) -> None:
 
     A forked worker's parent process is the fork server, which outlives the run while any worker holds
     it, so the worker watches the run itself: a thread waits on a pidfd of the run (Linux 5.3; PID reuse
-    cannot fool it) and exits when it is readable. ``PR_SET_PDEATHSIG`` covers a spawned worker, whose
-    parent is the run."""
+    cannot fool it) and exits when it is readable; without pidfds (macOS) it checks every second that the
+    run's process exists. ``PR_SET_PDEATHSIG`` (Linux) also covers a spawned worker, whose parent is the run."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - not Linux
@@ -96,11 +97,11 @@ def exit_with_parent(parent: int) -> None:
         watched = os.pidfd_open(parent)
     except ProcessLookupError:
         os._exit(1)
-    except (OSError, AttributeError):  # pragma: no cover - before Linux 5.3: the parent death signal only
-        if os.getppid() != parent:
-            os._exit(1)
-        return
-    threading.Thread(target=_exit_when_readable, args=(watched,), name="auditsift-watch-run", daemon=True).start()
+    except (OSError, AttributeError):  # no pidfds: macOS, Linux before 5.3
+        watch, argument = _exit_when_gone, parent
+    else:
+        watch, argument = _exit_when_readable, watched
+    threading.Thread(target=watch, args=(argument,), name="auditsift-watch-run", daemon=True).start()
 
 
 def _exit_when_readable(fd: int) -> None:
@@ -108,6 +109,17 @@ def _exit_when_readable(fd: int) -> None:
     poller.register(fd, select.POLLIN)
     poller.poll()
     os._exit(1)
+
+
+def _exit_when_gone(pid: int, every: float = 1.0) -> None:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # pragma: no cover - another user's process has the number now: the run is gone
+            os._exit(1)
+        time.sleep(every)
 
 
 def picklable(error: BaseException) -> BaseException:
