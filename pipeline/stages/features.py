@@ -279,7 +279,19 @@ def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) 
     ctx.storage.write_bytes(cache_key, partial_bytes)
 
 
-MIN_ROWS_PER_WORKER = 100_000  # a worker costs 1-2 s of CPU to start (imports); an hour costs 30-90 ms to map and encode
+# the run's first worker waits for the fork server's imports (0.7 s); an hour costs 30-90 ms to map and encode
+MIN_ROWS_PER_WORKER = 100_000
+
+
+def hour_workers(ctx: RunContext, archive_keys: list[str]) -> int:
+    """How many worker processes to read these archived hours with (features map, score pass): ``features.workers``,
+    at most one per usable core and per hour, and one per ``MIN_ROWS_PER_WORKER`` events (from the hour manifests;
+    an hour without one counts as that many). Below 2, the caller works alone."""
+    workers = min(ctx.config.features.workers, usable_cores(), len(archive_keys))
+    if workers > 1:
+        rows = sum(ctx.storage.read_json_or(manifest_key(key), {}).get("rows", MIN_ROWS_PER_WORKER) for key in archive_keys)
+        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+    return workers
 
 
 def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tuple[str, str]]) -> Iterator[tuple[pa.Table, pa.Table]]:
@@ -289,10 +301,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
     todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
-    workers = min(cfg.workers, usable_cores(), len(todo))
-    if workers > 1:
-        rows = sum(ctx.storage.read_json_or(manifest_key(archive_key), {}).get("rows", 100_000) for archive_key, _ in todo)
-        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+    workers = hour_workers(ctx, [archive_key for archive_key, _ in todo])
     if workers < 2:
         for archive_key, cache_key in keys:
             yield hour_partials(ctx, flags, pack, archive_key, cache_key)

@@ -49,15 +49,15 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import safe_segment
 from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import EVIDENCE_COLUMNS
-from pipeline.stages.archive import list_archive_hours, manifest_key
+from pipeline.stages.archive import list_archive_hours
 from pipeline.stages.clock import iso
 from pipeline.stages.features import (
-    MIN_ROWS_PER_WORKER,
     BusyHour,
     busy_hour,
     flag_context,
     hour_batches,
     hour_file_source,
+    hour_workers,
     load_features,
     load_rule_history,
     map_columns,
@@ -65,7 +65,7 @@ from pipeline.stages.features import (
 )
 from pipeline.stages.ranges import overlaps
 from pipeline.stages.train import load_model
-from pipeline.stages.workers import ordered_map, usable_cores
+from pipeline.stages.workers import ordered_map
 from pipeline.triage import read_suppressions, suppression_for
 
 log = logging.getLogger(__name__)
@@ -294,16 +294,13 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     batch, whatever the hour; of each event kept as evidence or as a top event only its key, score, audit id and
     why are held, and its columns are read again from the archive for the few that are written.
 
-    The hours are scored by ``features.workers`` processes when they hold enough events (``MIN_ROWS_PER_WORKER``
-    per worker, from the hour manifests), each worker with a copy of the pass (``EventScores.worker_copy``); what
-    each hour kept is merged here in hour order (``EventScores.merge``), so the outputs are one process's."""
+    The hours are scored by worker processes when they hold enough events (``features.hour_workers``), each worker
+    with a copy of the pass (``EventScores.worker_copy``); what each hour kept is merged here in hour order
+    (``EventScores.merge``), so the outputs are one process's."""
     scored = EventScores(ctx, pack, records, history, ranges, weights)
     hours = [(index, key) for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
              if overlaps(date, hour, ranges.score_from, ranges.score_to)]
-    workers = min(ctx.config.features.workers, usable_cores(), len(hours))
-    if workers > 1:
-        rows = sum(ctx.storage.read_json_or(manifest_key(key), {}).get("rows", MIN_ROWS_PER_WORKER) for _, key in hours)
-        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+    workers = hour_workers(ctx, [key for _, key in hours])
     if workers < 2:
         for index, key in hours:
             scored.add_hour(index, key)

@@ -130,8 +130,6 @@ def test_one_and_two_worker_processes_give_the_same_findings(sample, plain, tmp_
     monkeypatch.setattr(pipeline.stages.features, "MIN_ROWS_PER_WORKER", 1)
     monkeypatch.setattr(pipeline.stages.features, "usable_cores", lambda: 2)
     monkeypatch.setattr(pipeline.stages.features, "ordered_map", spy(pipeline.stages.features.ordered_map, "features"))
-    monkeypatch.setattr(pipeline.stages.score, "MIN_ROWS_PER_WORKER", 1)
-    monkeypatch.setattr(pipeline.stages.score, "usable_cores", lambda: 2)
     monkeypatch.setattr(pipeline.stages.score, "ordered_map", spy(pipeline.stages.score.ordered_map, "score"))
     ctx = context(tmp_path, workers=2)
     result = run_pipeline(ctx, [str(sample["dir"])], score_to=sample["end"])
