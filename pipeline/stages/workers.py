@@ -115,9 +115,7 @@ def _exit_when_gone(pid: int, every: float = 1.0) -> None:
     while True:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # pragma: no cover - another user's process has the number now: the run is gone
+        except (ProcessLookupError, PermissionError):  # gone, or another user's process has its number now
             os._exit(1)
         time.sleep(every)
 
