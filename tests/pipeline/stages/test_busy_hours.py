@@ -331,8 +331,12 @@ def reference_rows(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("batch_rows", [262_144, 1_000, 700])
-def test_score_pass_equals_the_pandas_pass_it_replaced(hour, batch_rows):
+@pytest.mark.parametrize(("batch_rows", "workers"), [(262_144, 1), (1_000, 1), (700, 1), (700, 2)])
+def test_score_pass_equals_the_pandas_pass_it_replaced(hour, batch_rows, workers, monkeypatch):
+    """Also with the pass in worker processes (``workers`` 2: the hour scored by a worker's copy and merged back)."""
+    import pipeline.stages.score as score_stage
+
+    monkeypatch.setattr(score_stage, "hour_workers", lambda ctx, keys: workers)
     storage, _, _ = hour
     records, history = records_and_history(storage)
     weights = load_config().scoring.severity_weights
