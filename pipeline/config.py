@@ -76,9 +76,9 @@ class FeaturesConfig(Section):
         "rows of an archived hour the features map and the score stage hold at once: a busier hour is read in batches "
         "of this many rows, its rule thresholds counted over the whole hour first; the results are the same for any value"))
     workers: int = Field(2, ge=1, le=64, description=(
-        "processes that map archived hours to window partials and rule hits in parallel (at most one per core, and only "
-        "with at least 100,000 uncached events each; 1 maps them in the features process); the feature table is identical "
-        "for any value"))
+        "processes that map archived hours to window partials and rule hits, and score the scored day's events, in "
+        "parallel (at most one per core, and only with at least 100,000 events each, uncached ones for the map; 1 does it "
+        "in the stage's own process); the feature table and the findings are identical for any value"))
 
     @field_validator("window_minutes")
     @classmethod
