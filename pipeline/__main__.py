@@ -1,4 +1,4 @@
-"""``python -m pipeline`` runs the auditsift CLI."""
-from pipeline.cli import main
+"""``python -m pipeline`` runs the auditsift CLI, as the ``auditsift`` executable does."""
+from pipeline.launch import main
 
 main()

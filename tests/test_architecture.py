@@ -5,7 +5,7 @@ still counts).
 Layers, top to bottom; a module may import its own layer and any layer below it, never one above:
 
     tools      developer tooling (bench, evaluate, reliability): may use everything, shipped in no wheel
-    cli        pipeline.cli: the only package that imports click or rich
+    cli        pipeline.cli: the only package that imports click or rich; pipeline.launch, the executable
     deploy     pipeline.deploy: pure builders of the deployment artefacts (they name what the stages cache)
     stages     pipeline.stages: archive, features, train, score, report, export, the run, scale-out
     adapters   pipeline.report (render, pivots, ASFF), pipeline.aws (every boto3 call), pipeline.triage, pipeline.sample
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "features", "training", "tools")
 LAYERS = [
     ("tools", ("tools",)),
-    ("cli", ("pipeline.cli", "pipeline.__main__")),
+    ("cli", ("pipeline.cli", "pipeline.__main__", "pipeline.launch")),
     ("deploy", ("pipeline.deploy",)),
     ("stages", ("pipeline.stages",)),
     ("adapters", ("pipeline.report", "pipeline.aws", "pipeline.triage", "pipeline.sample")),

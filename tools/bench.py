@@ -48,7 +48,8 @@ import pandas as pd
 from features.commands import command_facts
 from features.events import COMMAND_COLUMNS, COMMAND_SUBRESOURCES, EVENT_COLUMNS
 from features.flags import flag_reads
-from pipeline.stages.workers import stop_fork_server
+from pipeline.launch import WORKER_COMMANDS
+from pipeline.stages.workers import start_fork_server, stop_fork_server
 
 SAMPLE_DAYS = 4
 EVENTS_PER_SCALE_DAY = 116_000
@@ -468,6 +469,8 @@ def run_phase(name: str, data: str, work: str, args) -> dict:
     startup = None
     if name in (*STAGES, "run"):
         started = time.perf_counter()
+        if name in WORKER_COMMANDS:  # as the `auditsift` executable does for the command of the same name
+            start_fork_server()
         for module in STAGE_MODULES:
             importlib.import_module(module)
         startup = round(time.perf_counter() - started, 2)
