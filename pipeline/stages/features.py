@@ -89,9 +89,10 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=pandas_types)
 
 
-# An hour's cache files are Arrow IPC files, zstd-compressed: some seventy columns of a few hundred rows each,
-# which Parquet took 1.13 CPU s to write and read back for the 192 files of the 1M bench data, IPC 0.36 s, at the
-# same size (4.6 MB). Only auditsift reads them.
+# An hour's cache files are Arrow IPC files, LZ4-compressed: some hundred columns of a few hundred rows each, so a
+# cost per compressed buffer dominates. For the 192 files of the 0.25M bench data, writing and reading back took
+# 0.21 CPU s with LZ4 (6.6 MB), 0.87 s with zstd (5.3 MB) and 0.03 s uncompressed (13.6 MB); Parquet took longer
+# than zstd IPC. Files written with another codec read the same. Only auditsift reads them.
 PARTIALS_SUFFIX = ".arrow"
 RULES_SUFFIX = ".rules.arrow"
 
@@ -104,7 +105,7 @@ def rules_cache_key(cache_key: str) -> str:
 def cache_bytes(table: pa.Table) -> bytes:
     """A cache file's bytes (``PARTIALS_SUFFIX``)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
