@@ -120,14 +120,20 @@ def _node_takeover(d: FlagInputs) -> np.ndarray:
 ESCALATION_GRANTS = tuple(grant.name for grant in GRANTS if grant.takes_cluster)
 
 
+def controller_copy(d: FlagInputs) -> np.ndarray:
+    """A controller's copy of a template: an owner (workload_owner) and a controller identity writing it (a service
+    account, as kube-controller-manager's per-controller accounts and the operators' own are, or the controller
+    manager itself). ownerReferences are in the body the client sends, so an owner on a workload a person's
+    credentials wrote is not a copy. Reads the ``service_account`` flag: events ``flag_events`` has flagged."""
+    return ~_isna(d, "workload_owner") & (_f(d, "service_account") | _eq(d, "user", "system:kube-controller-manager"))
+
+
 def _written_template(d: FlagInputs) -> np.ndarray:
-    """A workload created, updated or patched by its author, not a controller's copy of a template (an owner
-    (workload_owner) and a controller identity writing it: a service account, as kube-controller-manager's
-    per-controller accounts and the operators' own are, or the controller manager itself); subresources are left out
-    (a pods/ephemeralcontainers response is the whole pod: ephemeral_privileged judges it). ownerReferences are in the
-    body the client sends, so an owner on a workload a person's credentials wrote is not a copy."""
-    copy = ~_isna(d, "workload_owner") & (_f(d, "service_account") | _eq(d, "user", "system:kube-controller-manager"))
-    return _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource") & ~copy
+    """A workload created, updated or patched by its author, not a controller's copy of a template
+    (``controller_copy``); subresources are left out (a pods/ephemeralcontainers response is the whole pod:
+    ephemeral_privileged judges it)."""
+    return (_isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource")
+            & ~controller_copy(d))
 
 
 def _f(d: FlagInputs, name: str) -> np.ndarray:

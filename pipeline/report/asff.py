@@ -23,6 +23,7 @@ from typing import Mapping
 from features.rules import TTP_CATEGORIES, Rule
 from pipeline.aws.arn import partition
 from pipeline.config import Config
+from pipeline.report.render import weighs_in_full
 
 BATCH_SIZE = 100
 SCHEMA_VERSION = "2018-10-08"
@@ -60,12 +61,13 @@ def exportable(findings: list[dict], min_score: float) -> list[dict]:
 def severity_label(finding: dict) -> str:
     """The most severe of its rule hits and the model's verdict.
 
-    Rule hits map by their declared severity, except hits scoring marked ``routine`` (a rule
-    the entity triggers in most of its training windows), which cannot raise the severity.
+    Rule hits map by their declared severity, except hits marked ``routine`` (a rule the entity triggers in most
+    of its training windows) or ``copy_of`` (a controller's copy of a template written in the same run), which
+    cannot raise the severity.
     The model alone gives MEDIUM past its calibrated threshold (model_part > 1) and HIGH at
     three times that distance.
     """
-    labels = [RULE_SEVERITY.get(hit["severity"], "LOW") for hit in finding.get("rule_hits", []) if not hit.get("routine")]
+    labels = [RULE_SEVERITY.get(hit["severity"], "LOW") for hit in finding.get("rule_hits", []) if weighs_in_full(hit)]
     model_part = finding.get("model_part", 0.0)
     if model_part > 3:
         labels.append("HIGH")
@@ -187,7 +189,7 @@ def incident_asff(incident: dict, members: list[dict], *, rules: Mapping[str, Ru
                                 *(kind for f in members for kind in finding_types(f, rules))]))
     severity = {"Label": INCIDENT_SEVERITY.get(incident["severity"], "INFORMATIONAL"), "Original": incident["severity"]}
     related = [{"ProductArn": product, "Id": f"{cluster}/{finding_id}"} for finding_id in incident["finding_ids"][:MAX_RELATED]]
-    rules = list(dict.fromkeys(hit["rule"] for f in members for hit in f.get("rule_hits", []) if not hit.get("routine")))
+    rules = list(dict.fromkeys(hit["rule"] for f in members for hit in f.get("rule_hits", []) if weighs_in_full(hit)))
     fields = {
         "auditsift/incident_id": incident["incident_id"],
         "auditsift/rank": str(incident.get("rank", "")),

@@ -51,7 +51,7 @@ from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
 from features.events import REQUEST_IDENTITY
-from pipeline.report.render import finding_level
+from pipeline.report.render import finding_level, weighs_in_full
 from pipeline.text import safe_cell
 
 MAX_MEMBERS = 100
@@ -342,7 +342,7 @@ def _group(findings, core, links, requests: list[int]) -> tuple[dict[int, list[i
 
 
 def _has_own_rule_hit(finding: Mapping) -> bool:
-    return any(not hit.get("routine") and hit.get("weight", 0) > 0 for hit in finding.get("rule_hits", ()))
+    return any(weighs_in_full(hit) and hit.get("weight", 0) > 0 for hit in finding.get("rule_hits", ()))
 
 
 # --------------------------------------------------------------------------- telling
@@ -436,7 +436,7 @@ def _summary(facts: dict) -> str:
 
 
 def _top_rule(parts) -> str | None:
-    hits = [(h.get("weight", 0), f["rank"], h["rule"]) for f in parts for h in f.get("rule_hits", ()) if not h.get("routine")]
+    hits = [(h.get("weight", 0), f["rank"], h["rule"]) for f in parts for h in f.get("rule_hits", ()) if weighs_in_full(h)]
     hits = [h for h in hits if h[0] > 0] or hits
     return min(hits, key=lambda h: (-h[0], h[1], h[2]))[2] if hits else None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from pipeline.report.render import finding_level
+from pipeline.report.render import finding_level, weighs_in_full
 
 
 def severity(finding: Mapping) -> str:
@@ -22,7 +22,7 @@ def title(finding: Mapping, rule_titles: Mapping[str, str]) -> str:
     else the title of its heaviest rule hit that is not the entity's routine, else "unusual activity for <entity>"."""
     if finding.get("headline"):
         return finding["headline"]
-    hits = [h for h in finding.get("rule_hits", ()) if not h.get("routine")] or list(finding.get("rule_hits", ()))
+    hits = [h for h in finding.get("rule_hits", ()) if weighs_in_full(h)] or list(finding.get("rule_hits", ()))
     if hits:
         top = max(hits, key=lambda h: h.get("weight", 0))  # the first listed among equally heavy hits
         return rule_titles.get(top["rule"]) or top["rule"].replace("_", " ")

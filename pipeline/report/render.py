@@ -19,6 +19,7 @@ import math
 import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from typing import Mapping
 
 from jinja2 import Environment, PackageLoader, Undefined
 from markupsafe import Markup
@@ -124,6 +125,12 @@ def time_span(first: str | None, last: str | None) -> str:
     start, end = parse_time(first), parse_time(last)
     tail = f"{end:%H:%M}" if start.date() == end.date() else f"{end:%Y-%m-%d %H:%M}"
     return f"{start:%Y-%m-%d %H:%M}–{tail} UTC"
+
+
+def weighs_in_full(hit: Mapping) -> bool:
+    """A rule hit that is neither the entity's routine nor a controller's copy of a template written in the same run
+    (``pipeline.stages.score.rule_parts``): the hits a finding is named and grouped by."""
+    return not hit.get("routine") and not hit.get("copy_of")
 
 
 def finding_level(finding: dict) -> str:

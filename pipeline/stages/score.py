@@ -37,10 +37,11 @@ import pyarrow.compute as pc
 
 from features.aggregate import hit_counts
 from features.columns import MICROS, combinations, combine
+from features.copies import WorkloadWrite, template_copies
 from features.events import COLUMN_NAMES, REQUEST_IDENTITY
-from features.flags import flag_events
+from features.flags import WORKLOAD_RESOURCES, controller_copy, flag_events
 from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
-from features.rules import AggregateGroups, RulePack
+from features.rules import SEVERITIES, AggregateGroups, RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
 from pipeline.catalog import load_rule_pack
 from pipeline.config import Suppression
@@ -110,7 +111,7 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
                                             model["calibration"], own_max_scores(records, baselines))
         weights = ctx.config.scoring.severity_weights
         events_pass = score_events(ctx, pack, records, history, ranges, weights)
-        rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx))
+        rule_part, hits = rule_parts(records, events_pass["record_hits"], pack, weights, load_rule_history(ctx), events_pass["copied_hits"])
         records["rule_part"] = rule_part
         records["combined"] = ctx.config.scoring.model_weight * records["model_part"] + records["rule_part"]
         order = ["combined", "model_score", "entity_type", "entity", "window_start"]
@@ -325,7 +326,7 @@ def _score_hour(scorer: EventScores, item: tuple[int, str | bytes]) -> HourScore
     index, source = item
     scorer.clear()
     best = scorer.score_hour(index, Path(source).read_bytes() if isinstance(source, str) else source)
-    return HourScore(scorer.total, scorer.rule_totals, dict(scorer.record_hits), scorer.candidates, best)
+    return HourScore(scorer.total, scorer.rule_totals, dict(scorer.record_hits), scorer.candidates, best, scorer.workload_writes)
 
 
 @dataclass
@@ -337,6 +338,7 @@ class HourScore:
     record_hits: dict
     candidates: list
     best: pa.Table | None
+    workload_writes: list
 
 
 class EventScores:
@@ -364,6 +366,7 @@ class EventScores:
         self.record_hits: dict[tuple, Counter] = defaultdict(Counter)
         self.rule_totals: Counter = Counter()
         self.candidates: list[pa.Table] = []
+        self.workload_writes: list[WorkloadWrite] = []  # the workload writes rules fired on (``template_copies``)
         self.top_events: list = []
         self.hours: dict[int, str] = {}
         self.total = self.offered = 0
@@ -388,6 +391,7 @@ class EventScores:
     def clear(self) -> None:
         """Empty the accumulators (a worker's copy, before each hour)."""
         self.record_hits, self.rule_totals, self.candidates, self.total = defaultdict(Counter), Counter(), [], 0
+        self.workload_writes = []
 
     def worker_copy(self) -> "EventScores":
         """This pass without its accumulators, to be pickled to workers (``_score_hour``)."""
@@ -405,6 +409,7 @@ class EventScores:
         for record, counts in part.record_hits.items():
             self.record_hits[record].update(counts)
         self.candidates += part.candidates
+        self.workload_writes += part.workload_writes
         self._offer(part.best)
 
     def score_hour(self, index: int, data: bytes) -> pa.Table | None:
@@ -472,6 +477,8 @@ class EventScores:
         why = [hits[rule.id] for rule in self.pack.active] + [inputs.flags[name] for name in INTERESTING_FLAGS] \
             + [novelty[name] for name in HISTORY_FLAG_NAMES]
         starts = [pd.Timestamp(int(start), unit="us", tz="UTC") for start in windows]
+        if fired:
+            self._note_workload_writes(inputs, hits, fired, numbers, window_codes, starts)
         for entity_type in self.entity_types:
             codes, entities = inputs.ranked(entity_type)
             present = np.flatnonzero(codes >= 0)
@@ -490,6 +497,38 @@ class EventScores:
                 "entity": pa.array(entities[codes[chosen]], pa.string()),
                 "window_start": pa.array(windows[window_codes[chosen]], MICROS)}, REQUEST_KEY[1:]))
         return self._kept(table, np.argsort(-score, kind="stable")[: self.events_top], score, numbers, why, {}, ("stage",))
+
+    def _note_workload_writes(self, inputs, hits: dict, fired: list, numbers: np.ndarray, window_codes: np.ndarray, starts: list) -> None:
+        """Keep the workload writes (create, update, patch) any rule fired on, for ``template_copies``: a few a day."""
+        fired_on = np.column_stack([hits[rule] for rule in fired])
+        rows = np.flatnonzero(fired_on.any(axis=1) & inputs.where("resource", lambda v: v in WORKLOAD_RESOURCES, ("in", "workloads"))
+                              & inputs.where("verb", lambda v: v in ("create", "update", "patch"), ("in", "writes")))
+        if not len(rows):
+            return
+        copy, micros = controller_copy(inputs), inputs.micros("time")
+        values = {name: inputs.encoded(name) for name in ("resource", "namespace", "name", "workload_owner")}
+        entities = {entity_type: inputs.ranked(entity_type) for entity_type in self.entity_types}
+        for row in rows.tolist():
+            value = {name: column[1][column[0][row]] for name, column in values.items()}
+            records = tuple((entity_type, ranked[1][ranked[0][row]], starts[window_codes[row]])
+                            for entity_type, ranked in entities.items() if ranked[0][row] >= 0)
+            self.workload_writes.append(WorkloadWrite(
+                (int(micros[row]), int(numbers[row])), value["resource"], value["namespace"] or "", value["name"] or "",
+                value["workload_owner"], bool(copy[row]), frozenset(rule for rule, on in zip(fired, fired_on[row]) if on), records))
+
+    def copied_hits(self) -> dict[tuple, dict[str, tuple[int, str]]]:
+        """Move the hits that only repeat a template's (``features.copies``) out of ``record_hits``: per record, rule ->
+        (hits moved, the template they copy). Called once, after every hour."""
+        copied: dict[tuple, dict[str, tuple[int, str]]] = defaultdict(dict)
+        for write, rules, template in template_copies(self.workload_writes, lambda rule: SEVERITIES.index(self.pack.severity(rule))):
+            for record in write.records:
+                for rule in rules:
+                    self.record_hits[record][rule] -= 1
+                    if not self.record_hits[record][rule]:
+                        del self.record_hits[record][rule]
+                    count, first = copied[record].get(rule, (0, template))
+                    copied[record][rule] = (count + 1, first)
+        return copied
 
     def _count_hits(self, entity_type: str, hits: dict, fired: list, present: np.ndarray, group: np.ndarray, entities, starts) -> None:
         """Rule hit counts per (entity, window) of this entity type, added to ``record_hits``."""
@@ -535,7 +574,8 @@ class EventScores:
         ordered = sorted(self.top_events, key=lambda i: (-i[0], i[1], i[2], i[3], -i[4]))
         ordered_top = self.rows(pa.concat_tables([item[5] for item in ordered])) if ordered else []
         evidence, self.candidates = Evidence(self.candidates, self), []
-        return {"record_hits": self.record_hits, "evidence": evidence, "top_events": ordered_top,
+        copied = self.copied_hits()
+        return {"record_hits": self.record_hits, "copied_hits": copied, "evidence": evidence, "top_events": ordered_top,
                 "rule_totals": self.rule_totals, "events": self.total}
 
 
@@ -645,23 +685,32 @@ def evidence_rows(table: pa.Table, scores: list[float], why_bits: list[bytes], w
 
 
 def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights: dict,
-               routine: dict[tuple[str, str, str], int]) -> tuple[np.ndarray, dict]:
-    """Each record's rule part and its hit list. A rule this entity triggered in ROUTINE_WINDOWS or
-    more training windows is its routine (the GitOps controller writing RBAC): it still shows,
-    marked ``routine``, but weighs ROUTINE_FACTOR of its severity and cannot flag alone."""
+               routine: dict[tuple[str, str, str], int], copied: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Each record's rule part and its hit list. Two kinds of hit still show but weigh ROUTINE_FACTOR of their
+    severity and cannot flag alone: a rule this entity triggered in ROUTINE_WINDOWS or more training windows, its
+    routine (the GitOps controller writing RBAC), marked ``routine``; and a controller's copies of a template whose
+    own write fired the rule in this pass (``copied``: record -> rule -> (hits, template); ``features.copies``),
+    marked ``copy_of`` (``copies`` counts them). A rule with any other hit in the record weighs in full."""
     parts = np.zeros(len(records))
     hits_by_key: dict[tuple, list] = {}
+    copied = copied or {}
     keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
     for index, key in enumerate(keys):
-        counter = record_hits.get(key)
-        if not counter:
+        counter, copies = record_hits.get(key) or {}, copied.get(key, {})
+        if not counter and not copies:
             continue
         hit_list = []
-        for rule, count in counter.items():
+        for rule in [*counter, *(rule for rule in copies if rule not in counter)]:
+            own, (copy_count, template) = counter.get(rule, 0), copies.get(rule, (0, None))
             seen = routine.get((key[0], key[1], rule), 0)
-            weight = weights.get(pack.severity(rule), 0.0) * (ROUTINE_FACTOR if seen >= ROUTINE_WINDOWS else 1.0)
-            hit_list.append({"rule": rule, "severity": pack.severity(rule), "count": count,
-                             "routine": seen >= ROUTINE_WINDOWS, "weight": round(weight, 4)})
+            damped = seen >= ROUTINE_WINDOWS or not own
+            hit = {"rule": rule, "severity": pack.severity(rule), "count": own + copy_count, "routine": seen >= ROUTINE_WINDOWS,
+                   "weight": round(weights.get(pack.severity(rule), 0.0) * (ROUTINE_FACTOR if damped else 1.0), 4)}
+            if copy_count:
+                hit["copies"] = copy_count
+            if not own:
+                hit["copy_of"] = template
+            hit_list.append(hit)
         hit_list.sort(key=lambda h: (-h["weight"], h["rule"]))
         hits_by_key[key] = hit_list
         parts[index] = hit_list[0]["weight"] + 0.25 * sum(1 for h in hit_list[1:] if h["weight"] >= weights.get("low", 0.25))

@@ -1,8 +1,14 @@
-"""Rank order: a record that shows the same requests as a higher-ranked one is listed lower."""
+"""Rank order: a record that shows the same requests as a higher-ranked one is listed lower, and so is a controller's copy
+of a template whose own write is a finding."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
+from pipeline.config import load_config
+from pipeline.context import RunContext
+from pipeline.io.storage import LocalStorage
+from pipeline.stages.run import run_pipeline
 from pipeline.stages.score import repeat_of
 
 WINDOW = pd.Timestamp("2026-11-04T05:00:00Z")
@@ -35,3 +41,32 @@ def test_a_tie_between_two_holders_goes_to_the_higher_ranked_one_in_every_proces
     for shared in (["x", "y"], ["y", "x"]):
         audit_ids = {first: ["x"], second: ["y"], both: shared}
         assert repeat_of([first, second, both], audit_ids)[2] == first
+
+
+@pytest.fixture(scope="module")
+def cronjob_run(tmp_path_factory) -> list[dict]:
+    """Seed 3's sample (two days, scale 0.05): ci-deployer, from an address it never used, creates CronJob
+    default/log-rotate running a privileged container every hour; the controllers then create its Jobs and Pods."""
+    from pipeline.sample import generate_sample, sample_clock
+
+    root = tmp_path_factory.mktemp("cronjob")
+    generate_sample(root / "data", days=2, seed=3, scale=0.05)
+    ctx = RunContext(LocalStorage(str(root / "work")), load_config(), "copies")
+    run_pipeline(ctx, [str(root / "data")], now=sample_clock(root / "data"))
+    return ctx.storage.read_json(f"{ctx.read_state()['score']['key']}/findings.json")
+
+
+def test_the_controllers_copies_of_a_privileged_cronjob_count_a_quarter_and_its_authors_write_in_full(cronjob_run):
+    def privileged(finding):
+        return next((h for h in finding["rule_hits"] if h["rule"] == "privileged_workload_created"), None)
+
+    author = next(f for f in cronjob_run if f["entity"] == "ci-deployer" and privileged(f))
+    assert author["flagged"] and privileged(author)["weight"] == 1.0 and "copy_of" not in privileged(author)
+    controllers = {f"system:serviceaccount:kube-system:{name}" for name in ("cronjob-controller", "job-controller")}
+    copies = [f for f in cronjob_run if f["entity"] in controllers and privileged(f)]
+    assert {f["entity"] for f in copies} == controllers
+    assert len(copies) >= 10  # every hour after the CronJob was written
+    for finding in copies:
+        hit = privileged(finding)
+        assert hit["copy_of"] == "cronjobs default/log-rotate" and hit["copies"] == hit["count"] and hit["weight"] == 0.25
+        assert finding["rank"] > author["rank"]
