@@ -17,7 +17,9 @@ Links between two findings (``LINK_KINDS``):
   the controllers and kubelets acting on its pods, jobs and replica sets; a ServiceAccount or
   token minted and the first window of that service account acting afterwards; a (Cluster)Role
   Binding and the first window of a subject it names; a CSR and its approval by another identity,
-  and the first window of the certificate's user: the approved request's subject CN).
+  and the first window of the certificate's user: the approved request's subject CN; a finding whose
+  rule hits are a controller's copies of a template (``copy_of``, ``features.copies``) and the
+  finding whose evidence wrote that template, whatever the verb: a patched Deployment's rollout).
 
 Grouping is bounded so what an attacker controls cannot merge or split stories at will:
 - the core of incidents is the findings that are flagged (or were, before a suppression); core
@@ -195,11 +197,14 @@ def _cause_effect(findings, rows, core) -> list[tuple]:
         for event in events:
             if not _succeeded(event) or event.get("verb") not in WRITE_VERBS or not event.get("user"):
                 continue
-            found = _effects_of(event, findings, users, objects, cause)
+            found = _effects_of(event, findings, users, objects, cause, rows)
             grant = bool(found) and _is_grant(event)
             for effect, why in found[:MAX_EFFECTS_PER_CAUSE]:
                 if effect != cause and (core[cause] or (grant and core[effect])):
                     effects[effect].append((cause, why))
+    for effect, cause, why in _copies_of_templates(findings, rows):
+        if core[cause]:
+            effects[effect].append((cause, why))
     links = []
     for effect, causes in effects.items():
         cause, why = min(causes, key=lambda item: item[0])  # the best-ranked cause only
@@ -207,7 +212,26 @@ def _cause_effect(findings, rows, core) -> list[tuple]:
     return links
 
 
-def _effects_of(event: dict, findings, users, objects, cause: int) -> list[tuple[int, str]]:
+def _copies_of_templates(findings, rows) -> list[tuple[int, int, str]]:
+    """(effect, cause, why): each finding with a controller's copies of a template (a rule hit's ``copy_of``, "resource
+    namespace/name") and each other finding whose evidence holds a successful write of that template."""
+    writers: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+    for index, events in enumerate(rows):
+        for event in events:
+            if event.get("verb") in WRITE_VERBS and not event.get("subresource") and event.get("name") and _succeeded(event):
+                writers[(event.get("resource"), event.get("namespace") or "", event["name"])].append((index, event.get("user") or ""))
+    found = []
+    for effect, finding in enumerate(findings):
+        for template in dict.fromkeys(hit["copy_of"] for hit in finding.get("rule_hits", ()) if hit.get("copy_of")):
+            resource, _, where = template.partition(" ")
+            namespace, _, name = where.rpartition("/")
+            for cause, writer in dict.fromkeys(writers.get((resource, namespace, name), ())):
+                if cause != effect:
+                    found.append((effect, cause, f"{_short(finding['entity'])} made copies of {template}, which {_short(writer)} wrote"))
+    return found
+
+
+def _effects_of(event: dict, findings, users, objects, cause: int, rows) -> list[tuple[int, str]]:
     resource, verb, subresource = event.get("resource"), event.get("verb"), event.get("subresource")
     namespace, name, actor, at = event.get("namespace") or "", event.get("name"), event["user"], event["time"]
     if resource in RUNS and verb == "create" and not subresource and name:
@@ -221,11 +245,11 @@ def _effects_of(event: dict, findings, users, objects, cause: int) -> list[tuple
         return list(dict.fromkeys(found))
     if resource == "serviceaccounts" and verb == "create" and name and not actor.startswith(NODE_PREFIX):
         what = "a token for" if subresource == "token" else "the ServiceAccount"
-        return _first_use(f"{SA_PREFIX}{namespace}:{name}", at, findings, users, f"{_short(actor)} minted {what}")
+        return _first_use(f"{SA_PREFIX}{namespace}:{name}", at, findings, users, f"{_short(actor)} minted {what}", rows)
     if resource in ("rolebindings", "clusterrolebindings") and event.get("subjects"):
         found = []
         for subject in _subjects(event["subjects"]):
-            found += _first_use(subject, at, findings, users, f"{_short(actor)} bound {resource[:-1]} {name or '(unnamed)'} to")
+            found += _first_use(subject, at, findings, users, f"{_short(actor)} bound {resource[:-1]} {name or '(unnamed)'} to", rows)
         return found
     if resource == "certificatesigningrequests" and name:
         found = []
@@ -234,15 +258,20 @@ def _effects_of(event: dict, findings, users, objects, cause: int) -> list[tuple
                 if other == name and user != actor and sub == "approval" and time >= at:
                     found.append((index, f"{_short(user)} approved CSR {name} that {_short(actor)} created"))
         if subresource == "approval" and event.get("csr_subject_cn"):
-            found += _first_use(event["csr_subject_cn"], at, findings, users, f"{_short(actor)} approved CSR {name} for")
+            found += _first_use(event["csr_subject_cn"], at, findings, users, f"{_short(actor)} approved CSR {name} for", rows)
         return found
     return []
 
 
-def _first_use(subject: str, at: str, findings, users, why: str) -> list[tuple[int, str]]:
-    """The subject's first window ending after ``at``: its first use, not every hour it ever acts."""
+def _first_use(subject: str, at: str, findings, users, why: str, rows) -> list[tuple[int, str]]:
+    """The subject's first window ending after ``at`` in which it acted: not every hour it ever acts, and not a window whose
+    evidence after ``at`` is only refusals (system:anonymous is every scanner's identity: its refused probes before the
+    grant took effect are not its use). A window without evidence rows counts as acting."""
     for index in users.get(subject, ()):
-        if _iso_micro(findings[index]["window_end"]) > at:
+        if _iso_micro(findings[index]["window_end"]) <= at:
+            continue
+        after = [event for event in rows[index] if event["time"] >= at]
+        if not after or any(_succeeded(event) for event in after):
             return [(index, f"{why} {_short(subject)}, which then acted")]
     return []
 

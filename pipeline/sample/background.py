@@ -532,12 +532,12 @@ class Background:
         labels = {"app": wl.name, "pod-template-hash": pod_hash}
         ids = [self._status(em, t + 30_000, dc, "Deployment", "deployments", "apps", wl,
                             {"observedGeneration": rng.randint(20, 400), "replicas": wl.replicas, "updatedReplicas": 0})]
-        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels,
+        spec = spec or self.template_spec(wl)
+        rs_body = o.replica_set(rs, wl.ns, wl.replicas, labels, spec,
                                 o.controller_ref("Deployment", "apps/v1", wl.name, self.object_uid("Deployment", wl.ns, wl.name)))
         rs_uid = em.uid()
         ids.append(em.request(t + 60_000, dc, "create", "replicasets", wl.ns, group="apps", code=201, req=rs_body,
                               resp=o.with_server_fields(rs_body, rs_uid, em.next_rv(), em.ts_s(t + 60_000))))
-        spec = spec or self.template_spec(wl)
         owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": rs_uid, "controller": True,
                  "blockOwnerDeletion": True}
         t += 100_000

@@ -136,10 +136,12 @@ def pod_binding(name: str, ns: str, uid: str, node: str) -> dict:
             "target": {"kind": "Node", "name": node}}
 
 
-def replica_set(name: str, ns: str, replicas: int, labels: dict, owner: dict | None = None) -> dict:
+def replica_set(name: str, ns: str, replicas: int, labels: dict, template_spec: dict, owner: dict | None = None) -> dict:
+    """The ReplicaSet a Deployment's controller writes: the Deployment's pod template, copied."""
     m = meta(name, ns, labels=labels, **({"ownerReferences": [owner]} if owner else {}))
     return {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": m,
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": template_spec}}}
 
 
 def controller_ref(kind: str, group_version: str, name: str, uid: str) -> dict:

@@ -444,3 +444,21 @@ def test_controller_copies_name_their_controller_and_approvals_carry_the_csr(sam
                 spec = e["requestObject"]["spec"]
                 assert spec["request"] and spec["signerName"] and spec["username"]
     assert made["jobs"] and made["pods"] and made["replicasets"]
+
+
+def test_a_deployments_replica_sets_carry_the_pod_template_their_pods_run(sample):
+    """As the deployment controller writes them: a ReplicaSet is a copy of its Deployment's pod template, so a
+    privileged template shows in the ReplicaSet and in the pods made from it (features.copies follows the chain)."""
+    events = [e for day in sample["days"] for e in day if e["stage"] == "ResponseComplete" and e["verb"] == "create"]
+    replica_sets = {e["requestObject"]["metadata"]["name"]: e["requestObject"] for e in events
+                    if e["objectRef"]["resource"] == "replicasets"}
+    assert replica_sets
+    pods = [e["requestObject"] for e in events
+            if e["objectRef"]["resource"] == "pods" and not e["objectRef"].get("subresource") and "requestObject" in e]
+    checked = 0
+    for pod in pods:
+        owner = next((o for o in pod["metadata"].get("ownerReferences", []) if o["kind"] == "ReplicaSet"), None)
+        if owner and owner["name"] in replica_sets:
+            assert replica_sets[owner["name"]]["spec"]["template"]["spec"] == pod["spec"]
+            checked += 1
+    assert checked >= len(replica_sets)

@@ -94,6 +94,28 @@ def test_a_cronjob_and_the_kubelet_that_runs_its_pods_are_one_incident():
     assert "cronjobs default/metrics-push" in incidents[0].summary
 
 
+def test_a_patched_deployment_and_the_controllers_copies_of_its_template_are_one_incident():
+    """sara@ JSON-patches deployment web/web-bff to run privileged; the deployment and replicaset controllers' copies are
+    quiet (each hit ``copy_of`` the template, counted a quarter) and join her incident by the template they copy, not by
+    name patterns (a patch is no create, and the pods' names are generated)."""
+    sara = finding("sara@corp.example", 17, 1, rules=["privileged_workload_created"])
+    copies = [finding(f"system:serviceaccount:kube-system:{name}", 17, rank, flagged=False, score=0.9) for rank, name
+              in ((2, "deployment-controller"), (3, "replicaset-controller"))]
+    for copy in copies:
+        copy["rule_hits"] = [{"rule": "privileged_workload_created", "severity": "high", "count": 1, "copies": 1, "routine": False,
+                              "weight": 0.25, "copy_of": "deployments web/web-bff"}]
+    elsewhere = finding("system:serviceaccount:kube-system:daemon-set-controller", 17, 4, flagged=False, score=0.9)
+    elsewhere["rule_hits"] = [{**copies[0]["rule_hits"][0], "copy_of": "daemonsets kube-system/aws-node"}]
+    index = [event(sara, 26, "p1", "sara@corp.example", "203.0.113.66", "patch", "deployments", "web", "web-bff"),
+             event(copies[0], 26, "r1", copies[0]["entity"], "172.16.183.88", "create", "replicasets", "web", "web-bff-khlgl27wsm", code=201),
+             event(copies[1], 27, "q1", copies[1]["entity"], "172.16.183.88", "create", "pods", "web", None, code=201)]
+    incidents = group_incidents([sara, *copies, elsewhere], index)
+    assert len(incidents) == 1
+    assert incidents[0].finding_ids == [sara["finding_id"], *(copy["finding_id"] for copy in copies)]
+    whys = [link["why"] for link in incidents[0].links if link["kind"] == "cause_effect"]
+    assert any("made copies of deployments web/web-bff, which sara@corp.example wrote" in why for why in whys)
+
+
 def test_a_binding_joins_its_subjects_first_use_and_not_every_later_hour():
     frank = finding("frank@corp.example", 11, 1, rules=["anonymous_binding_created"])
     anonymous = [finding("system:anonymous", hour, rank, flagged=False, score=0.5) for rank, hour in ((2, 11), (3, 18))]
@@ -103,6 +125,21 @@ def test_a_binding_joins_its_subjects_first_use_and_not_every_later_hour():
     incidents = group_incidents([frank, *anonymous], index)
     assert [i.finding_ids for i in incidents] == [[frank["finding_id"], anonymous[0]["finding_id"]]]
     assert "bound clusterrolebinding anonymous-metrics to system:anonymous" in incidents[0].links[0]["why"]
+
+
+def test_a_subjects_first_use_is_its_first_window_that_succeeds_after_the_grant_not_one_of_refused_probes():
+    """system:anonymous is every scanner's identity: in the hour of the binding it was only refused (before the grant
+    took effect), and its use is the next hour, when the anonymous requests succeed."""
+    oscar = finding("oscar@corp.example", 10, 1, rules=["anonymous_binding_created"])
+    refused, allowed = (finding("system:anonymous", hour, rank, flagged=flagged) for hour, rank, flagged in ((10, 3, False), (11, 2, True)))
+    index = [event(oscar, 20, "b1", "oscar@corp.example", "198.51.100.11", "create", "clusterrolebindings", "", "k8s-dashboard-anon",
+                   code=201, subjects="User:/system:anonymous"),
+             event(refused, 5, "r1", "system:anonymous", "91.92.66.187", "list", "secrets", code=403),
+             event(refused, 40, "r2", "system:anonymous", "91.92.66.187", "list", "secrets", code=403),
+             event(allowed, 3, "a1", "system:anonymous", "91.92.66.187", "list", "pods", code=200)]
+    incidents = group_incidents([oscar, allowed, refused], index)
+    assert incidents[0].finding_ids == [oscar["finding_id"], allowed["finding_id"]]
+    assert any("k8s-dashboard-anon to system:anonymous" in link["why"] for link in incidents[0].links)
 
 
 def test_a_minted_token_joins_the_service_accounts_first_window_acting_afterwards():
