@@ -10,10 +10,12 @@ events), how many incidents its flagged records fall in, and the flagged inciden
 scenario.
 
     python -m tools.evaluate --seeds 1 2 3 --backend iforest rcf-local --out docs/evaluation.json
+    python -m tools.evaluate --render docs/evaluation-seeds1-8.json     # the tables of docs/detection.md
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import sys
 import tempfile
@@ -137,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="Reuse samples and workdirs here (default: a temporary directory).")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     parser.add_argument("--reuse-archive", action="store_true", help="With --workdir: skip archiving where a workdir exists.")
+    parser.add_argument("--render", default=None, metavar="JSON", help="Print the Markdown tables of a results file (--out) and exit.")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render_markdown(orjson.loads(Path(args.render).read_bytes())))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -176,8 +182,54 @@ def summarise(results: list[dict]) -> dict:
             "mean_non_scenario_flagged": round(statistics.mean(r["non_scenario_flagged"] for r in rows), 1),
             "scenarios_in_top_incidents": f"{sum(r['scenarios_in_top_incidents'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
             "max_non_scenario_flagged_incidents": max(r["non_scenario_flagged_incidents"] for r in rows),
+            "scenarios_in_one_incident": f"{sum(r['scenarios_in_one_incident'] for r in rows)}/{sum(r['scenario_count'] for r in rows)}",
         }
     return summary
+
+
+def render_markdown(report: dict) -> str:
+    """docs/detection.md's tables of a results file: per seed, per backend over the seeds, and the misses per scenario family."""
+    rows = ["| backend | seed | scenarios in top 20 | worst scenario rank | scenarios flagged | non-scenario flagged | "
+            "scenarios in top 10 incidents | scenarios in one incident | missed or unflagged (best rank) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    misses: dict[str, dict[str, list[str]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    seeds_of: dict[str, set[int]] = collections.defaultdict(set)
+    for run in report["runs"]:
+        missed = []
+        for scenario in run["scenarios"]:
+            category = scenario["category"]
+            seeds_of[category].add(run["seed"])
+            if scenario["flagged"] and scenario["in_top_k"]:
+                continue
+            missed.append(f"{category} {scenario['best_rank']}{'' if scenario['flagged'] else ' unflagged'}"
+                          f"{'' if scenario['in_top_k'] else f' (not in top {TOP_K})'}")
+            misses[category][run["backend"]].append(f"seed {run['seed']}: rank {scenario['best_rank']}{'' if scenario['flagged'] else ' unflagged'}")
+        count = run["scenario_count"]
+        worst = max((s["best_rank"] or 0 for s in run["scenarios"]), default=0)
+        rows.append(f"| {run['backend']} | {run['seed']} | {run['scenarios_in_top_k']}/{count} | {worst} | {run['scenarios_flagged']}/{count} "
+                    f"| {run['non_scenario_flagged']} | {run['scenarios_in_top_incidents']}/{count} | {run['scenarios_in_one_incident']}/{count} "
+                    f"| {'; '.join(missed) or '-'} |")
+    rows += ["", "| backend | seeds | in top 20 | flagged | max non-scenario flags | mean | in top 10 incidents | in one incident "
+             "| max non-scenario flagged incidents |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for backend, summary in report["summary"].items():
+        rows.append(f"| {backend} | {summary['seeds'][0]}-{summary['seeds'][-1]} | {summary['scenarios_in_top_k']} | {summary['scenarios_flagged']} "
+                    f"| {summary['max_non_scenario_flagged']} | {summary['mean_non_scenario_flagged']} | {summary['scenarios_in_top_incidents']} "
+                    f"| {summary.get('scenarios_in_one_incident', '-')} | {summary['max_non_scenario_flagged_incidents']} |")
+    backends = list(report["summary"])
+    rows += ["", f"| scenario family | seeds | {' | '.join(f'{backend} misses' for backend in backends)} |",
+             f"|---|---|{'---|' * len(backends)}"]
+    for category in sorted(seeds_of):
+        cells = " | ".join("; ".join(misses[category][backend]) or "-" for backend in backends)
+        rows.append(f"| {category.replace('_', ' ')} | {', '.join(map(str, sorted(seeds_of[category])))} | {cells} |")
+    rows += ["", f"Incidents ({backends[0]}, docs/report.md):", "",
+             "| seed | incidents (flagged) | scenarios in the top 10 incidents | scenarios whose flagged findings are one incident "
+             "| flagged incidents matching no scenario |", "|---|---|---|---|---|"]
+    for run in (run for run in report["runs"] if run["backend"] == backends[0]):
+        stray = "; ".join(title for _, title in run["non_scenario_incident_examples"])
+        rows.append(f"| {run['seed']} | {run['incidents']} ({run['flagged_incidents']}) | {run['scenarios_in_top_incidents']} of "
+                    f"{run['scenario_count']} | {run['scenarios_in_one_incident']} of {run['scenario_count']} "
+                    f"| {run['non_scenario_flagged_incidents']}{f' ({stray})' if stray else ''} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
