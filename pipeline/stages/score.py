@@ -5,9 +5,10 @@ Rank formula (docs/detection.md):
                  training scores of the record's peer group (features.entities: humans, nodes,
                  service accounts, public addresses, ...), the threshold raised to the entity's own
                  highest training score; 0 is typical for its kind, 1 is exactly at the threshold;
-    rule_part  = weight of the heaviest rule hit + 0.25 per further rule hit of at least low weight
-                 (weights from config scoring.severity_weights; info rules weigh 0; a rule the
-                 entity triggers routinely in training weighs a quarter: see ``rule_parts``);
+    rule_part  = weight of the heaviest rule hit + 0.25 per further rule hit of at least low weight that is
+                 neither routine nor a copy (weights from config scoring.severity_weights; info rules weigh 0;
+                 a rule the entity triggers routinely in training, or a controller's copy of a template written
+                 in the run, weighs a quarter: see ``rule_parts``);
     combined   = scoring.model_weight * model_part + rule_part.
 A record is flagged when model_part > 1 (the model alone) or a high/critical rule hit it that
 is not the entity's routine (the rules alone); neither can hide the other because they add. Suppressions
@@ -50,6 +51,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import safe_segment
 from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import EVIDENCE_COLUMNS
+from pipeline.report.render import weighs_in_full
 from pipeline.stages.archive import list_archive_hours
 from pipeline.stages.clock import iso
 from pipeline.stages.features import (
@@ -690,7 +692,9 @@ def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights
     severity and cannot flag alone: a rule this entity triggered in ROUTINE_WINDOWS or more training windows, its
     routine (the GitOps controller writing RBAC), marked ``routine``; and a controller's copies of a template whose
     own write fired the rule in this pass (``copied``: record -> rule -> (hits, template); ``features.copies``),
-    marked ``copy_of`` (``copies`` counts them). A rule with any other hit in the record weighs in full."""
+    marked ``copy_of`` (``copies`` counts them). A rule with any other hit in the record weighs in full. The rule part is
+    the heaviest hit's weight plus 0.25 for each other hit of at least low weight that weighs in full: a damped hit
+    adds nothing beyond its own weight, or three routine highs would add as much as one high."""
     parts = np.zeros(len(records))
     hits_by_key: dict[tuple, list] = {}
     copied = copied or {}
@@ -713,7 +717,8 @@ def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights
             hit_list.append(hit)
         hit_list.sort(key=lambda h: (-h["weight"], h["rule"]))
         hits_by_key[key] = hit_list
-        parts[index] = hit_list[0]["weight"] + 0.25 * sum(1 for h in hit_list[1:] if h["weight"] >= weights.get("low", 0.25))
+        low = weights.get("low", 0.25)
+        parts[index] = hit_list[0]["weight"] + 0.25 * sum(1 for h in hit_list[1:] if h["weight"] >= low and weighs_in_full(h))
     return parts, hits_by_key
 
 

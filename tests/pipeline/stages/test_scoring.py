@@ -70,3 +70,26 @@ def test_the_controllers_copies_of_a_privileged_cronjob_count_a_quarter_and_its_
         hit = privileged(finding)
         assert hit["copy_of"] == "cronjobs default/log-rotate" and hit["copies"] == hit["count"] and hit["weight"] == 0.25
         assert finding["rank"] > min(author["rank"], author.get("repeats_rank") or author["rank"])  # its user or address record
+
+
+def test_hits_damped_as_routine_or_copies_add_nothing_beyond_their_own_weight():
+    """Seed 4's CI address re-applying the aws-node DaemonSet (three rules, each its routine) against a developer's one
+    Service patched to NodePort (service_exposed, high): the routine hits weigh a quarter each and earn no bonus for
+    being several, so the new exposure outranks the routine at the same model part."""
+    from collections import Counter
+
+    from pipeline.catalog import load_rule_pack
+    from pipeline.stages.score import rule_parts
+
+    config = load_config()
+    ci, raj = ("source_ip", "35.163.210.205", WINDOW), ("user", "raj@corp.example", WINDOW)
+    records = pd.DataFrame({"entity_type": [ci[0], raj[0]], "entity": [ci[1], raj[1]], "window_start": [WINDOW, WINDOW]})
+    routine_rules = ("host_escape_workload_written", "privileged_workload_created", "kube_system_workload_identity")
+    record_hits = {ci: Counter({rule: 3 for rule in routine_rules}), raj: Counter({"service_exposed": 1})}
+    routine = {(ci[0], ci[1], rule): 5 for rule in routine_rules}
+    parts, hits = rule_parts(records, record_hits, load_rule_pack(config), config.scoring.severity_weights, routine)
+    assert parts.tolist() == [0.25, 1.0]
+    assert all(hit["routine"] for hit in hits[ci]) and not hits[raj][0]["routine"]
+    copied = {ci: {"privileged_workload_created": (3, "daemonsets kube-system/aws-node")}}
+    parts, hits = rule_parts(records, {raj: record_hits[raj]}, load_rule_pack(config), config.scoring.severity_weights, {}, copied)
+    assert parts.tolist() == [0.25, 1.0] and hits[ci][0]["copy_of"] == "daemonsets kube-system/aws-node"
