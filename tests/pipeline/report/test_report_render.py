@@ -9,6 +9,7 @@ import io
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
+from html import escape
 from html.parser import HTMLParser
 
 import duckdb
@@ -375,6 +376,24 @@ def test_a_findings_headline_and_its_rules_tactics_show_escaped_in_html():
     html = render_html(context)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; patched deployments web/api" in html and SCRIPT not in html
     assert f">{rule['tactic']}</span>" in html and rule["technique"] in html
+
+
+def test_a_findings_rule_rationales_wait_behind_one_fold_and_routine_or_copied_hits_say_so():
+    """At 390 px a flagged finding's rule list with every rationale inline was 1,457 px of the sample's first finding;
+    the rationales now wait in one fold under the list, each rule's title still on its line."""
+    context = with_extras(make_context())
+    finding = next(f for f in context["findings"] if len(f["rule_hits"]) > 1 and f["finding_id"] in context["evidence"])
+    finding["rule_hits"][0].update(copy_of="cronjobs default/log-rotate", copies=2, weight=0.25)
+    finding["rule_hits"][1]["routine"] = True
+    html = render_html(context)
+    start = html.index(f'id="f-{finding["finding_id"]}"')
+    article = html[start: html.index("</article>", start)]
+    hits = article[article.index("<h4>Rule hits</h4>"): article.index("</ul>", article.index("<h4>Rule hits</h4>"))]
+    fold = article[article.index('<details class="rule-why">'): article.index("</details>", article.index('<details class="rule-why">'))]
+    for hit in finding["rule_hits"]:
+        rule = context["rules"][hit["rule"]]
+        assert escape(rule["title"]) in hits and escape(rule["rationale"]) not in hits and escape(rule["rationale"]) in fold
+    assert "a controller's copies of cronjobs default/log-rotate" in hits and "<b>routine</b> for this identity" in hits
 
 
 # --------------------------------------------------------------------------- incidents lead (issue 18)
