@@ -496,3 +496,20 @@ def test_report_md_of_a_sample_run_is_a_ticket_naming_every_flagged_incident(ful
     assert len(markdown) < MD_BUDGET
     flagged = [i for i in incidents if i["flagged"]]
     assert flagged and all(md_escape(i["incident_id"]) in markdown for i in flagged[:25])
+
+
+def test_tables_show_a_findings_three_heaviest_rule_hits_and_count_the_rest():
+    """The findings and incident tables carry the headline and the three heaviest hits; the details list them all."""
+    context = with_extras(make_context())
+    finding = next(f for f in context["findings"] if f["rule_hits"] and f["finding_id"] in context["evidence"])
+    extra = [{"rule": rule, "severity": "low", "count": 1, "routine": False, "weight": 0.25}
+             for rule in ("exec_into_pod", "rbac_object_changed", "secret_written", "refused_create")]
+    finding["rule_hits"] = finding["rule_hits"][:1] + extra
+    html = render_html(context)
+    table = html[html.index('<table id="findings-table">'): html.index("</table>", html.index('<table id="findings-table">'))]
+    row = table[table.index(f'href="#f-{finding["finding_id"]}"'):]
+    row = row[: row.index("</tr>")]
+    assert row.count('class="tag rule"') == 3 and "+2 more" in row
+    start = html.index(f'id="f-{finding["finding_id"]}"')
+    details = html[start: html.index("</article>", start)]
+    assert all(f">{hit['rule']}</span>" in details for hit in finding["rule_hits"])
