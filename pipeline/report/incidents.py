@@ -266,7 +266,8 @@ def _effects_of(event: dict, findings, users, objects, cause: int, rows) -> list
 def _first_use(subject: str, at: str, findings, users, why: str, rows) -> list[tuple[int, str]]:
     """The subject's first window ending after ``at`` in which it acted: not every hour it ever acts, and not a window whose
     evidence after ``at`` is only refusals (system:anonymous is every scanner's identity: its refused probes before the
-    grant took effect are not its use). A window without evidence rows counts as acting."""
+    grant took effect are not its use). A window whose evidence (its most relevant events, not all) holds nothing after
+    ``at`` counts as acting."""
     for index in users.get(subject, ()):
         if _iso_micro(findings[index]["window_end"]) <= at:
             continue
