@@ -378,9 +378,10 @@ def test_a_findings_headline_and_its_rules_tactics_show_escaped_in_html():
     assert f">{rule['tactic']}</span>" in html and rule["technique"] in html
 
 
-def test_a_findings_rule_rationales_wait_behind_one_fold_and_routine_or_copied_hits_say_so():
+def test_a_findings_rule_rationales_and_feature_table_wait_in_folds_and_routine_or_copied_hits_say_so():
     """At 390 px a flagged finding's rule list with every rationale inline was 1,457 px of the sample's first finding;
-    the rationales now wait in one fold under the list, each rule's title still on its line."""
+    the rationales now wait in one fold under the list, each rule's title still on its line, and the table of what each
+    feature reads in one under the charts."""
     context = with_extras(make_context())
     finding = next(f for f in context["findings"] if len(f["rule_hits"]) > 1 and f["finding_id"] in context["evidence"])
     finding["rule_hits"][0].update(copy_of="cronjobs default/log-rotate", copies=2, weight=0.25)
@@ -394,6 +395,8 @@ def test_a_findings_rule_rationales_wait_behind_one_fold_and_routine_or_copied_h
         rule = context["rules"][hit["rule"]]
         assert escape(rule["title"]) in hits and escape(rule["rationale"]) not in hits and escape(rule["rationale"]) in fold
     assert "a controller's copies of cronjobs default/log-rotate" in hits and "<b>routine</b> for this identity" in hits
+    features = article[article.index('<details class="feature-why">'):]  # the feature table waits in a fold under the charts
+    assert finding["reasons"] and finding["reasons"][0]["feature"] in features[: features.index("</details>")]
 
 
 # --------------------------------------------------------------------------- incidents lead (issue 18)
