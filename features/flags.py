@@ -128,12 +128,16 @@ def controller_copy(d: FlagInputs) -> np.ndarray:
     return ~_isna(d, "workload_owner") & (_f(d, "service_account") | _eq(d, "user", "system:kube-controller-manager"))
 
 
+def workload_write(d: FlagInputs) -> np.ndarray:
+    """A workload created, updated or patched, its subresources included."""
+    return _isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch"))
+
+
 def _written_template(d: FlagInputs) -> np.ndarray:
     """A workload created, updated or patched by its author, not a controller's copy of a template
     (``controller_copy``); subresources are left out (a pods/ephemeralcontainers response is the whole pod:
     ephemeral_privileged judges it)."""
-    return (_isin(d, "resource", WORKLOAD_RESOURCES) & _isin(d, "verb", ("create", "update", "patch")) & _isna(d, "subresource")
-            & ~controller_copy(d))
+    return workload_write(d) & _isna(d, "subresource") & ~controller_copy(d)
 
 
 def _f(d: FlagInputs, name: str) -> np.ndarray:

@@ -280,7 +280,8 @@ def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) 
     ctx.storage.write_bytes(cache_key, partial_bytes)
 
 
-# the run's first worker waits for the fork server's imports (0.7 s); an hour costs 30-90 ms to map and encode
+# workers need the fork server's imports (0.65 s, overlapping the CLI's when `auditsift` started it: pipeline.launch);
+# an hour costs 30-90 ms to map and encode
 MIN_ROWS_PER_WORKER = 100_000
 
 

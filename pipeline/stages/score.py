@@ -40,7 +40,7 @@ from features.aggregate import hit_counts
 from features.columns import MICROS, combinations, combine
 from features.copies import WorkloadWrite, template_copies
 from features.events import COLUMN_NAMES, REQUEST_IDENTITY
-from features.flags import WORKLOAD_RESOURCES, controller_copy, flag_events
+from features.flags import controller_copy, flag_events, workload_write
 from features.novelty import HISTORY_FLAG_NAMES, HISTORY_FLAGS, history_flags
 from features.rules import SEVERITIES, AggregateGroups, RulePack
 from features.windows import FEATURE_BY_NAME, FEATURE_NAMES, feature_matrix
@@ -503,8 +503,7 @@ class EventScores:
     def _note_workload_writes(self, inputs, hits: dict, fired: list, numbers: np.ndarray, window_codes: np.ndarray, starts: list) -> None:
         """Keep the workload writes (create, update, patch) any rule fired on, for ``template_copies``: a few a day."""
         fired_on = np.column_stack([hits[rule] for rule in fired])
-        rows = np.flatnonzero(fired_on.any(axis=1) & inputs.where("resource", lambda v: v in WORKLOAD_RESOURCES, ("in", "workloads"))
-                              & inputs.where("verb", lambda v: v in ("create", "update", "patch"), ("in", "writes")))
+        rows = np.flatnonzero(fired_on.any(axis=1) & workload_write(inputs))
         if not len(rows):
             return
         copy, micros = controller_copy(inputs), inputs.micros("time")
@@ -706,14 +705,13 @@ def rule_parts(records: pd.DataFrame, record_hits: dict, pack: RulePack, weights
         hit_list = []
         for rule in [*counter, *(rule for rule in copies if rule not in counter)]:
             own, (copy_count, template) = counter.get(rule, 0), copies.get(rule, (0, None))
-            seen = routine.get((key[0], key[1], rule), 0)
-            damped = seen >= ROUTINE_WINDOWS or not own
-            hit = {"rule": rule, "severity": pack.severity(rule), "count": own + copy_count, "routine": seen >= ROUTINE_WINDOWS,
-                   "weight": round(weights.get(pack.severity(rule), 0.0) * (ROUTINE_FACTOR if damped else 1.0), 4)}
+            hit = {"rule": rule, "severity": pack.severity(rule), "count": own + copy_count,
+                   "routine": routine.get((key[0], key[1], rule), 0) >= ROUTINE_WINDOWS}
             if copy_count:
                 hit["copies"] = copy_count
             if not own:
                 hit["copy_of"] = template
+            hit["weight"] = round(weights.get(hit["severity"], 0.0) * (1.0 if weighs_in_full(hit) else ROUTINE_FACTOR), 4)
             hit_list.append(hit)
         hit_list.sort(key=lambda h: (-h["weight"], h["rule"]))
         hits_by_key[key] = hit_list

@@ -57,10 +57,8 @@ def start_fork_server() -> None:
     """Start the fork server now, without waiting for it: its imports (0.65 s) then run on another core while the
     caller imports its own, instead of after them when the first worker is asked for (``pipeline.launch`` calls this
     before the CLI's imports). A server nothing uses costs that one core's 0.65 s and exits with this process."""
-    if usable_cores() < 2 or "forkserver" not in multiprocessing.get_all_start_methods():
-        return
-    worker_context()
-    multiprocessing.forkserver.ensure_running()
+    if usable_cores() > 1 and worker_context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
 
 
 def stop_fork_server() -> None:
