@@ -34,7 +34,7 @@ LAYERS = [
     ("adapters", ("pipeline.report", "pipeline.aws", "pipeline.triage", "pipeline.sample")),
     ("context", ("pipeline.context",)),
     ("io", ("pipeline.io",)),
-    ("shared", ("pipeline.config", "pipeline.errors", "pipeline.text", "pipeline.catalog", "pipeline")),
+    ("shared", ("pipeline.config", "pipeline.errors", "pipeline.text", "pipeline.catalog", "pipeline.sources", "pipeline")),
     ("pure", ("features", "training")),
 ]
 ONLY_IN = {  # third-party packages and the one place that may import them

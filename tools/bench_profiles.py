@@ -20,10 +20,13 @@ on the last day built from that day's own requests, re-emitted as fresh requests
   addresses: an hour of token spraying, or of a CI system creating a service account per job.
 
 The hour is written as ``parts`` files of consecutive minutes (as Firehose or an export delivers an hour
-in several objects), beside hard links to the sample's day files. Same arguments, same bytes.
+in several objects), beside hard links to the sample's day files. Same arguments and same generator code, same
+bytes: a data directory is reused by name while its summary records the generator it was made with
+(``generator_digest``), and made again when the generator has changed.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -35,8 +38,10 @@ from pathlib import Path
 
 import orjson
 
+import pipeline.sample
 from pipeline.sample.emit import DAY, HOUR, Emitter
 from pipeline.sample.generate import EPOCH, DayWriter, generate_sample
+from pipeline.sources import source_digest
 
 PEAK_HOUR = 14  # the hour of the last day the profiles fill (UTC); its sample traffic stays in it too
 SPRAY_ADDRESSES = 4096
@@ -45,16 +50,28 @@ _NODE = re.compile(r"^system:node:ip-10-(\d+)-")
 _MARKS = {"auditID": "@@audit@@", "requestReceivedTimestamp": "@@received@@", "stageTimestamp": "@@stage@@"}
 
 
+@functools.cache
+def generator_digest() -> str:
+    """``source_digest`` (first 16 hex digits) of the code that writes the bench's data: the sample generator and
+    this module."""
+    return source_digest(Path(pipeline.sample.__file__).parent, Path(__file__))[:16]
+
+
+def _made(summary_path: Path) -> bool:
+    """Whether the data beside ``summary_path`` was made by this generator (``generator_digest``): reused if so."""
+    return summary_path.exists() and json.loads(summary_path.read_text()).get("generator") == generator_digest()
+
+
 def base_sample(out: Path, events: int, seed: int, days: int, events_per_scale_day: int) -> tuple[Path, dict]:
-    """Four days of sample logs of about ``events`` events, generated once per size and seed."""
+    """Four days of sample logs of about ``events`` events, generated once per size, seed and generator."""
     target = out / f"data-{events}-seed{seed}"
     summary_path = _summary_path(target)
-    if not summary_path.exists():
+    if not _made(summary_path):
         shutil.rmtree(target, ignore_errors=True)
         scale = max(events / (days * events_per_scale_day), 0.05)
         summary = generate_sample(target, days=days, seed=seed, scale=scale)
         summary_path.write_text(json.dumps({"scale": scale, "total_events": summary["total_events"],
-                                            "start": summary["start"], "end": summary["end"]}))
+                                            "start": summary["start"], "end": summary["end"], "generator": generator_digest()}))
     return target, json.loads(summary_path.read_text())
 
 
@@ -81,7 +98,7 @@ def _summary_path(data: Path) -> Path:
 
 def _profile(target: Path, base: Path, plan, about: dict, seed: int, parts: int) -> tuple[Path, dict]:
     summary_path = _summary_path(target)
-    if not summary_path.exists():
+    if not _made(summary_path):
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         sample = json.loads(_summary_path(base).read_text())
@@ -97,7 +114,7 @@ def _profile(target: Path, base: Path, plan, about: dict, seed: int, parts: int)
         written = _write_hour(target, hour_start, plan(requests, rng), Emitter(seed), parts)
         summary = {**about, "base": base.name, "base_events": sample["total_events"], "hour_start": _iso(hour_start),
                    **written, "total_events": sample["total_events"] + written["hour_events"],
-                   "start": sample["start"], "end": sample["end"]}
+                   "start": sample["start"], "end": sample["end"], "generator": generator_digest()}
         summary_path.write_text(json.dumps(summary))
     return target, json.loads(summary_path.read_text())
 

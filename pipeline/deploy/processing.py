@@ -85,7 +85,7 @@ def map_request(config: Config, prefix: str) -> dict:
 
 
 def features_fingerprint(config: Config) -> str:
-
+    """The fingerprint this release's map step files its partials under, for this configuration."""
     return fingerprint(RunContext(None, config, "deploy"))
 
 

@@ -2,6 +2,7 @@
 window feature table, the entities' histories and the rule hits."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import features
 from features.addresses import AddressBook, load_ip_ranges, load_threat_list
 from features.aggregate import (
     AGGREGATE_COLUMNS,
@@ -39,6 +41,7 @@ from pipeline.catalog import load_rule_pack
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError, StageError
 from pipeline.io.storage import safe_segment
+from pipeline.sources import source_digest
 from pipeline.stages.archive import hour_digest, list_archive_hours, manifest_key
 from pipeline.stages.ranges import Ranges, overlaps
 from pipeline.stages.workers import ordered_map, usable_cores
@@ -69,15 +72,28 @@ def _read_config_file(path: str, key: str) -> bytes:
 
 
 def features_fingerprint(ctx: RunContext) -> str:
-    """Partials depend on the feature code's window and the address intelligence: cache per fingerprint."""
+    """What an hour's partials depend on besides the hour's file: the window, the entities, the address
+    intelligence, the allow-list, the rule pack and the code that maps an hour (``map_code_digest``). Partials are
+    cached per fingerprint, so a change to any of them, an upgrade included, maps every hour again."""
     cfg = ctx.config.features
     material = orjson.dumps({
         "window": cfg.window_minutes, "entities": list(cfg.entity_types),
         "ip_ranges": _file_digest(cfg.ip_ranges_file), "threats": _file_digest(cfg.threat_list_file),
         "allow": sorted(ctx.config.rules.allow_identities), "rules": _file_digest(str(ctx.config.rules_pack_path())),
-        "disabled": sorted(ctx.config.rules.disabled), "schema": 5,
+        "disabled": sorted(ctx.config.rules.disabled), "code": map_code_digest(),
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
+
+
+# The source of the map step: every module of the features package, and this one (which reads the hour files).
+MAP_CODE = (Path(features.__file__).parent, Path(__file__))
+
+
+@functools.cache
+def map_code_digest() -> str:
+    """The ``MAP_CODE`` modules' ``source_digest``. Any edit to them changes the fingerprint, an upgrade's included;
+    an edit elsewhere (the report, the detectors) does not."""
+    return source_digest(*MAP_CODE)
 
 
 def _file_digest(path: str | None) -> str | None:

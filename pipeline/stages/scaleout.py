@@ -6,7 +6,7 @@ feature extraction and the run plan.
     shard of the archive's hour files into ``--input-dir`` (``ShardedByS3Key``); each
     Parquet file goes through ``pipeline.stages.features.hour_partials`` (``flag_events`` then
     ``partial_table`` and the rule pack's hits), written to
-    ``<output-dir>/<features fingerprint>/<same relative dir>/<sha256 of the input[:16]>.parquet``.
+    ``<output-dir>/<features fingerprint>/<same relative dir>/<sha256 of the input[:16]>.arrow`` (and ``.rules.arrow``).
     That is the workdir's partial cache layout (``features/cluster=<c>/partials/...``):
     uploaded there, the ordinary ``auditsift features`` stage finds every hour cached and
     only reduces and finalises.
@@ -127,7 +127,7 @@ def partials_root(partials_dir: Path, fingerprint: str) -> Path:
     if others and partials_dir.name != fingerprint:
         raise ConfigError(
             f"{partials_dir} holds partials of features configuration(s) {', '.join(others)}, not {fingerprint}",
-            hint="run the map step with the same features config, or pass --partials-dir <dir>/<fingerprint>",
+            hint="run the map step with the same features config and auditsift release, or pass --partials-dir <dir>/<fingerprint>",
         )
     return partials_dir
 

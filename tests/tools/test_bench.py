@@ -28,7 +28,7 @@ from tools.bench import (
     naive_features,
     targets,
 )
-from tools.bench_profiles import CONTROL_PLANE, PEAK_HOUR, base_sample, busy_day, identity_spray
+from tools.bench_profiles import CONTROL_PLANE, PEAK_HOUR, base_sample, busy_day, generator_digest, identity_spray
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -82,6 +82,23 @@ def test_the_spray_hour_holds_exactly_the_new_identities_asked_for(base, tmp_pat
     assert all(re.fullmatch(r"system:serviceaccount:ci-\d{4}:job-\d{6}", name) for name in identities)
     assert len(events) == len({e["auditID"] for e in events}) == about["hour_events"] == 1_400
     assert about["total_events"] == base[1]["total_events"] + 1_400
+
+
+def test_data_is_reused_by_name_only_while_its_generator_is_unchanged(base, tmp_path):
+    """A second bench run reuses a profile's directory; data another generator made (here: its recorded digest
+    differs, as after an edit to the sample generator) is made again, with the same bytes for the same code."""
+    data, about = identity_spray(tmp_path, base[0], seed=7, identities=50)
+    made = [path.read_bytes() for path in sorted(data.glob("*-part*.jsonl.gz"))]
+    assert about["generator"] == generator_digest()
+    (data / "marker").touch()
+    assert identity_spray(tmp_path, base[0], seed=7, identities=50)[1] == about
+    assert (data / "marker").exists(), "reused, not written again"
+
+    summary = data.parent / f"{data.name}.summary.json"
+    summary.write_text(orjson.dumps({**about, "generator": "an-older-one"}).decode())
+    again, remade = identity_spray(tmp_path, base[0], seed=7, identities=50)
+    assert remade == about and not (again / "marker").exists()
+    assert [path.read_bytes() for path in sorted(again.glob("*-part*.jsonl.gz"))] == made
 
 
 def test_duckdb_and_the_naive_version_compute_auditsifts_partials(base, tmp_path):

@@ -320,3 +320,39 @@ def test_rcf_spec_keys_are_per_cluster_and_run():
     ctx = RunContext(LocalStorage("/tmp"), load_config(None, {"cluster": "prod.eu"}), "r")
     assert rcf_spec_key(ctx, "3f2a-9c", "training") == "state/cluster=prod.eu/sagemaker/3f2a-9c/training.json"
     assert rcf_spec_key(ctx, "3f2a-9c", "scoring") == "state/cluster=prod.eu/sagemaker/3f2a-9c/scoring.json"
+
+
+def test_an_upgrade_of_the_map_code_maps_every_hour_again_instead_of_reading_its_partials(archived, tmp_path, monkeypatch):
+    """Partials are cached per features fingerprint. A release whose flag code differs (here: features/flags.py
+    with one line more) must not read the partials the old code cached: every hour is mapped again, under a new
+    fingerprint, and the table still equals the reference."""
+    from pipeline.stages import features as stage
+
+    work = tmp_path / "work"
+    shutil.copytree(archived["storage"].root, work)
+    ranges = Ranges(T0 - timedelta(days=1), T0 + timedelta(hours=4), T0 + timedelta(hours=4), T0 + timedelta(days=1))
+
+    def features_run(run_id: str) -> tuple[str, set[Path], pd.DataFrame]:
+        ctx = RunContext(LocalStorage(work), archived["config"], run_id)
+        run_features(ctx, ranges)
+        table = ctx.storage.read_parquet(f"{ctx.read_state()['features']['key']}/features.parquet").to_pandas()
+        cached = set((work / f"features/cluster={CLUSTER}/partials").rglob("*.arrow"))
+        return features_fingerprint(ctx), cached, table[list(archived["reference"].columns)].sort_values(KEY).reset_index(drop=True)
+
+    before, cached_before, _ = features_run("old-release")
+    assert cached_before and all(f"/{before}/" in str(path) for path in cached_before)
+    assert features_run("old-release-again")[1] == cached_before  # the same code reads its cache
+
+    release = tmp_path / "release" / "features"
+    shutil.copytree(Path(stage.MAP_CODE[0]), release, ignore=shutil.ignore_patterns("*.so", "_native", "__pycache__"))
+    (release / "flags.py").write_text((release / "flags.py").read_text() + "\n# a changed flag\n")
+    monkeypatch.setattr(stage, "MAP_CODE", (release, stage.MAP_CODE[1]))
+    stage.map_code_digest.cache_clear()
+    try:
+        after, cached_after, table = features_run("new-release")
+    finally:
+        stage.map_code_digest.cache_clear()
+    assert after != before
+    mapped_again = cached_after - cached_before
+    assert len(mapped_again) == 2 * len(archived["hours"]) and all(f"/{after}/" in str(path) for path in mapped_again)
+    pd.testing.assert_frame_equal(table, archived["reference"])
