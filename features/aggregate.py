@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.columns import MICROS, EventColumns, combine, rank_values, sorted_distinct
+from features.columns import MICROS, EventColumns, combine, in_sorted, rank_values, sorted_distinct
 from features.events import REQUEST_IDENTITY
 from features.flags import FLAG_NAMES, FlagInputs
 
@@ -141,15 +141,8 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     for name in ("request", "id"):
         keys = np.sort(np.concatenate(distinct[name]))
         shared[name] = sorted_distinct(keys[1:][keys[1:] == keys[:-1]])
-    if any(len(keys) for keys in shared.values()):
-        values: dict[tuple, tuple] = {}
-        for number, table in enumerate(batches()):
-            for name, wanted in (("request", REQUEST_IDENTITY), ("id", ("audit_id",))):
-                keys = found[name][number]
-                rows = pa.array(np.flatnonzero(np.isin(keys, shared[name])))
-                seen = zip(keys[rows.to_numpy()].tolist(), zip(*(table[column].take(rows).to_pylist() for column in wanted)))
-                if any(values.setdefault((name, key), value) != value for key, value in seen):
-                    return None
+    if any(len(keys) for keys in shared.values()) and _hashes_collide(batches, found, shared):
+        return None
     requests, ids = (np.concatenate(found.pop(name)) for name in ("request", "id"))  # the batches' arrays freed as joined
     order = np.argsort(requests, kind="stable")
     ordered = requests[order]
@@ -163,7 +156,33 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     rows = _one_per_request(group, counts[group] > 1, np.concatenate(found.pop("received")), np.concatenate(found.pop("late")), len(counts))
     # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
     owners = np.sort(ids[order[starts]])
-    return rows, np.isin(ids, sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
+    return rows, in_sorted(ids, sorted_distinct(owners[1:][owners[1:] == owners[:-1]]))
+
+
+def _hashes_collide(batches: Callable[[], Iterable[pa.Table]], found: dict[str, list], shared: dict[str, np.ndarray]) -> bool:
+    """Whether a hash in ``shared`` (found in more than one batch) stands for two different values: the rows holding
+    such a hash are read again, and their distinct (hash, values) pairs counted against their distinct hashes. Arrow
+    groups them (equal values, nulls included, are one group): a busy hour has hundreds of thousands of requests
+    whose stages straddle batches, which cost 20 s as Python tuples."""
+    pairs: dict[str, list[pa.Table]] = {"request": [], "id": []}
+    for number, table in enumerate(batches()):
+        for name, wanted in (("request", REQUEST_IDENTITY), ("id", ("audit_id",))):
+            keys = found[name][number]
+            rows = np.flatnonzero(in_sorted(keys, shared[name]))
+            if len(rows):
+                piece = table.select(list(wanted)).take(pa.array(rows))
+                pairs[name].append(pa.table([pa.array(keys[rows])] + [_decoded(column) for column in piece.columns], names=["hash", *wanted]))
+    for tables in pairs.values():
+        if tables:
+            distinct = pa.concat_tables(tables).group_by(tables[0].column_names, use_threads=False).aggregate([])
+            if distinct.num_rows != len(sorted_distinct(distinct["hash"].to_numpy())):
+                return True
+    return False
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column with its dictionary encoding undone: batches' dictionaries differ, their values compare."""
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
 def hit_counts(keys: np.ndarray, hits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.addresses import AddressBook
-from features.columns import EventColumns
+from features.columns import EventColumns, in_sorted, sorted_distinct
 from features.events import EVENT_SCHEMA, normalize_event, rows_table
 from features.flags import FlagContext, add_flags
 from pipeline.stages.features import events_frame
@@ -46,3 +46,12 @@ def test_codes_of_a_multi_chunk_column_are_those_of_the_combined_column():
     codes, values = EventColumns(frame).encoded("user")
     assert [values[c] for c in codes] == whole["user"].to_pylist()
     assert np.array_equal(EventColumns(chunked).codes("verb"), EventColumns(whole).codes("verb"))
+
+
+def test_in_sorted_is_isin_over_sorted_distinct_hashes():
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 2**63, 5_000, dtype=np.int64).view(np.uint64)
+    ordered = sorted_distinct(np.r_[values[::7], rng.integers(0, 2**63, 500, dtype=np.int64).view(np.uint64)])
+    assert np.array_equal(in_sorted(values, ordered), np.isin(values, ordered)) and in_sorted(values, ordered).sum() >= 5_000 // 7
+    assert not in_sorted(values, ordered[:0]).any() and len(in_sorted(values[:0], ordered)) == 0
+    assert in_sorted(np.array([ordered[-1] + np.uint64(1)]), ordered).tolist() == [False], "past the last value"

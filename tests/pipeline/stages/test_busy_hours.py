@@ -183,6 +183,16 @@ def test_requests_sharing_a_hash_are_found_within_and_across_batches(monkeypatch
     assert list(rows) == [0, 1, 3] and not reused.any(), "one request's rows in two batches count once"
 
 
+def test_a_shared_hash_whose_rows_differ_only_by_a_missing_value_is_a_collision(monkeypatch):
+    """Every value hashes alike, so the request of batch 1 and that of batch 2 share every hash; they differ only in
+    that the second has no username, and must not be taken for one request's two stages."""
+    monkeypatch.setattr(aggregate, "_id_hash", lambda value: 7)
+    first, second = _batches(["a1"], ["a1"])()
+    tables = [first, second.set_column(2, "user", pa.nulls(1, pa.string()))]
+    assert hour_requests(lambda: iter(tables), 60) is None
+    assert hour_requests(_batches(["a1"], ["a1"]), 60) is not None, "the same request in two batches"
+
+
 def test_an_hour_whose_requests_share_a_hash_is_mapped_whole(hour, monkeypatch):
     _, _, data = hour
     whole = stages.map_hour_file(data, CONTEXT, PACK, 60, TYPES)
