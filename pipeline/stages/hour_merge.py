@@ -217,7 +217,12 @@ class _Run:
         self.times = np.concatenate([self.times, *map(_times, read)])
         return True
 
-    def take_before(self, boundary: int) -> pa.Table:
+    def take_before(self, boundary: int) -> pa.Table | None:
+        """The held rows earlier than ``boundary``, None when there are none. Most runs of a busy hour hold none at
+        any step (each covers its own minute or so of the hour), and slicing the 84 columns of a table that gives
+        nothing cost 0.1 ms a run a step: 23 of the 39 s a 3.5-million-event hour of 71 runs took to merge."""
+        if not len(self.times) or self.times[0] >= boundary:
+            return None
         cut = int(np.searchsorted(self.times, boundary, side="left"))
         taken, self.held, self.times = self.held.slice(0, cut), self.held.slice(cut), self.times[cut:]
         return taken
@@ -239,7 +244,7 @@ def _merged(runs: list[Iterable[pa.Table]], merge_rows: int) -> Iterator[pa.Tabl
     reading = [run for run in runs if run.read_more()]
     while reading:
         boundary = min(int(run.times[-1]) for run in reading)
-        ready = [part for part in (run.take_before(boundary) for run in runs) if len(part)]
+        ready = [part for part in (run.take_before(boundary) for run in runs) if part is not None]
         if ready:
             yield dedupe_sorted(pa.concat_tables(ready))
         reading = [run for run in reading if int(run.times[-1]) > boundary or run.read_more()]

@@ -72,6 +72,22 @@ def test_runs_merge_keeps_exactly_the_in_memory_rows_in_order(seed, batch):
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_runs_that_each_cover_their_own_minutes_merge_like_the_in_memory_hour(seed):
+    """A busy hour's runs are its input chunks, each a stretch of consecutive minutes: at any step most runs hold
+    nothing before the boundary. Adjacent stretches share a second (a tie across runs) and some copies."""
+    rng = random.Random(seed)
+    rows = []
+    for second in range(0, 3600, 9):
+        moment = T0 + timedelta(seconds=second)
+        rows += [(event(moment, audit_id=f"id-{second}-{n}", verb=rng.choice(["get", "list"])), None) for n in range(rng.randint(1, 3))]
+    stretches = [rows[start:start + 97] for start in range(0, len(rows), 97)]
+    parts = [_table(stretch + rng.sample(stretches[index - 1], 3) if index else stretch) for index, stretch in enumerate(stretches)]
+    expected = merge_in_memory(None, parts)
+    merged = merge_runs(None, _runs(parts, 16), merge_rows=64)
+    assert _read(merged).equals(_read(expected)) and expected.rows == len(rows) < sum(map(len, parts))
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_runs_merge_into_an_existing_hour_file(seed):
     earlier, later = busy_hour_parts(seed, parts=3), busy_hour_parts(seed + 100, parts=3)
     existing = _bytes(merge_in_memory(None, earlier))
