@@ -415,10 +415,10 @@ def phase_duckdb(data: str, work: str, args) -> dict:
 
 def _auditsift_partials(work: str) -> pd.DataFrame:
     from features.aggregate import reduce_partials
-    from pipeline.stages.features import PARTIALS_SUFFIX, RULES_SUFFIX, partials_frame, read_cache
+    from pipeline.stages.features import is_partials_file, partials_frame, read_cache
 
     storage = _context(work).storage
-    keys = [k for k in storage.list("features/") if "/partials/" in k and k.endswith(PARTIALS_SUFFIX) and not k.endswith(RULES_SUFFIX)]
+    keys = [k for k in storage.list("features/") if "/partials/" in k and is_partials_file(k)]
     return reduce_partials([partials_frame(read_cache(storage.read_bytes(k)) for k in keys)])
 
 

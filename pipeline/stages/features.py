@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import orjson
@@ -111,11 +111,31 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
 # than zstd IPC. Files written with another codec read the same. Only auditsift reads them.
 PARTIALS_SUFFIX = ".arrow"
 RULES_SUFFIX = ".rules.arrow"
+REQUESTS_SUFFIX = ".requests.arrow"  # a busy hour's ``BusyHour.judged``, which the score stage reads too
 
 
 def rules_cache_key(cache_key: str) -> str:
     """Where an hour's rule-hit partials are cached: beside its window partials."""
     return cache_key.removesuffix(PARTIALS_SUFFIX) + RULES_SUFFIX
+
+
+def requests_cache_key(cache_key: str) -> str:
+    """Where what is judged over a busy hour (``BusyHour.judged``) is cached: beside its window partials."""
+    return cache_key.removesuffix(PARTIALS_SUFFIX) + REQUESTS_SUFFIX
+
+
+def is_partials_file(name: str) -> bool:
+    """Whether a cache file's name is that of an hour's window partials (not its rule hits or requests)."""
+    return name.endswith(PARTIALS_SUFFIX) and not name.endswith((RULES_SUFFIX, REQUESTS_SUFFIX))
+
+
+class MappedHour(NamedTuple):
+    """``map_hour_file``'s result: an hour's window partials and rule hits, and for a busy hour what was judged
+    over it (``BusyHour.judged``), cached so that the score stage need not judge it again."""
+
+    partials: pa.Table
+    hits: pa.Table
+    requests: pa.Table | None = None
 
 
 def cache_bytes(table: pa.Table) -> bytes:
@@ -140,13 +160,13 @@ def hour_partials(ctx: RunContext, flags: FlagContext, pack: RulePack, archive_k
     if is_cached(ctx, cache_key):
         return read_cache(ctx.storage.read_bytes(cache_key)), read_cache(ctx.storage.read_bytes(rules_cache_key(cache_key)))
     cfg = ctx.config.features
-    tables = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types, cfg.batch_rows)
-    write_cached(ctx, cache_key, encode_partials(tables))
-    return tables
+    mapped = map_hour_file(ctx.storage.read_bytes(archive_key), flags, pack, cfg.window_minutes, cfg.entity_types, cfg.batch_rows)
+    write_cached(ctx, cache_key, encode_partials(mapped))
+    return mapped.partials, mapped.hits
 
 
 def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minutes: int, entity_types,
-                  batch_rows: int | None = None) -> tuple[pa.Table, pa.Table]:
+                  batch_rows: int | None = None) -> MappedHour:
     """``map_hour`` of an archived hour file's bytes, of which only the ``map_columns`` are read. An hour of more
     than ``batch_rows`` events is mapped in batches of that many to the same tables, holding one batch at a time
     (``BusyHour``); the groups of the rules with aggregate thresholds (``AggregateGroups``) are counted over every
@@ -154,7 +174,7 @@ def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minute
     columns = map_columns(pack, entity_types)
     hour = busy_hour(data, window_minutes, batch_rows)
     if hour is None:
-        return map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types)
+        return MappedHour(*map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types))
     groups = AggregateGroups(pack)
     for batch, _, judged in hour.batches(columns):
         events = flag_events(batch, flags, judged)
@@ -164,7 +184,8 @@ def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minute
         events = flag_events(batch, flags, judged)
         partials.append(partial_table(events, window_minutes, entity_types, np.flatnonzero(counted)))
         hits.append(rule_partials(pack, events, window_minutes, entity_types, groups))
-    return combine_partials(partials, entity_types), combine_rule_partials(hits, entity_types, [rule.id for rule in pack.active])
+    return MappedHour(combine_partials(partials, entity_types), combine_rule_partials(hits, entity_types, [rule.id for rule in pack.active]),
+                      hour.judged())
 
 
 @dataclass
@@ -186,13 +207,21 @@ class BusyHour:
             yield batch, self.counted[offset:end], {"audit_id_reused": self.reused[offset:end]}
             offset = end
 
+    def judged(self) -> pa.Table:
+        """What was judged over the hour, one row per event: whether it counts its request, and ``audit_id_reused``."""
+        return pa.table({"counted": self.counted, "reused": self.reused})
 
-def busy_hour(data: bytes, window_minutes: int, batch_rows: int | None) -> BusyHour | None:
+
+def busy_hour(data: bytes, window_minutes: int, batch_rows: int | None, judged: pa.Table | None = None) -> BusyHour | None:
     """The hour file ``data`` as a ``BusyHour`` when it holds more than ``batch_rows`` events; None when it does not,
-    or when two of its requests or auditIDs share a hash (``hour_requests``): then it is read at once."""
+    or when two of its requests or auditIDs share a hash (``hour_requests``): then it is read at once. ``judged``: the
+    hour's ``BusyHour.judged`` as the features map cached it (``requests_cache_key``), used when it has a row per
+    event; else the hour is judged here (10 s for 3.5 million events)."""
     rows = pq.read_metadata(pa.BufferReader(data)).num_rows
     if batch_rows is None or rows <= batch_rows:
         return None
+    if judged is not None and judged.num_rows == rows:
+        return BusyHour(data, batch_rows, *(judged[name].to_numpy(zero_copy_only=False) for name in ("counted", "reused")))
     judged = hour_requests(lambda: hour_batches(data, list(REQUEST_COLUMNS), batch_rows), window_minutes)
     if judged is None:
         return None
@@ -284,16 +313,25 @@ def map_hour(table: pa.Table, flags: FlagContext, pack: RulePack, window_minutes
     return partial_table(events, window_minutes, entity_types), rule_partials(pack, events, window_minutes, entity_types)
 
 
-def encode_partials(tables: tuple[pa.Table, pa.Table]) -> tuple[bytes, bytes]:
-    """An hour's cache files as bytes: (window partials, rule hits). Worker processes encode their
-    own hours, so this process only writes bytes."""
-    return cache_bytes(tables[0]), cache_bytes(tables[1])
+def encode_partials(mapped: MappedHour) -> tuple[bytes, bytes, bytes | None]:
+    """An hour's cache files as bytes: (window partials, rule hits, a busy hour's requests). Worker processes encode
+    their own hours, so this process only writes bytes."""
+    return cache_bytes(mapped.partials), cache_bytes(mapped.hits), cache_bytes(mapped.requests) if mapped.requests is not None else None
 
 
-def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes]) -> None:
-    partial_bytes, rules_bytes = encoded
+def write_cached(ctx: RunContext, cache_key: str, encoded: tuple[bytes, bytes, bytes | None]) -> None:
+    """The window partials last: ``is_cached`` asks for them and the rule hits, so an hour is cached only whole."""
+    partial_bytes, rules_bytes, requests_bytes = encoded
+    if requests_bytes is not None:
+        ctx.storage.write_bytes(requests_cache_key(cache_key), requests_bytes)
     ctx.storage.write_bytes(rules_cache_key(cache_key), rules_bytes)
     ctx.storage.write_bytes(cache_key, partial_bytes)
+
+
+def cached_requests(ctx: RunContext, cache_key: str) -> bytes | None:
+    """A busy hour's cached ``BusyHour.judged`` (``requests_cache_key``), None when the features map did not write one."""
+    key = requests_cache_key(cache_key)
+    return ctx.storage.read_bytes(key) if ctx.storage.exists(key) else None
 
 
 # workers need the fork server's imports (0.65 s, overlapping the CLI's when `auditsift` started it: pipeline.launch);
@@ -351,12 +389,12 @@ def hour_file_source(ctx: RunContext, archive_key: str) -> str | bytes:
     return str(path) if path is not None else ctx.storage.read_bytes(archive_key)
 
 
-def _map_hour_bytes(state: tuple, source: str | bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+def _map_hour_bytes(state: tuple, source: str | bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes, bytes | None]]:
     """Worker side of ``map_hours``: an archived hour file (its path or bytes, ``hour_file_source``) to its
     (partials, rule hits) tables, as Arrow IPC streams, and their cache files' bytes. An hour's tables cost 1.9 ms
     to pickle and 1.2 ms to unpickle (seventy-odd columns, each its own pickled arrays); as IPC streams 0.2 and 0.3 ms."""
-    tables = map_hour_file(Path(source).read_bytes() if isinstance(source, str) else source, *state)
-    return tuple(_ipc_stream(table) for table in tables), encode_partials(tables)
+    mapped = map_hour_file(Path(source).read_bytes() if isinstance(source, str) else source, *state)
+    return (_ipc_stream(mapped.partials), _ipc_stream(mapped.hits)), encode_partials(mapped)
 
 
 def _ipc_stream(table: pa.Table) -> bytes:

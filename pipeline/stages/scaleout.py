@@ -6,7 +6,8 @@ feature extraction and the run plan.
     shard of the archive's hour files into ``--input-dir`` (``ShardedByS3Key``); each
     Parquet file goes through ``pipeline.stages.features.hour_partials`` (``flag_events`` then
     ``partial_table`` and the rule pack's hits), written to
-    ``<output-dir>/<features fingerprint>/<same relative dir>/<sha256 of the input[:16]>.arrow`` (and ``.rules.arrow``).
+    ``<output-dir>/<features fingerprint>/<same relative dir>/<sha256 of the input[:16]>.arrow`` (and ``.rules.arrow``,
+    and ``.requests.arrow`` for a busy hour).
     That is the workdir's partial cache layout (``features/cluster=<c>/partials/...``):
     uploaded there, the ordinary ``auditsift features`` stage finds every hour cached and
     only reduces and finalises.
@@ -61,10 +62,10 @@ from pipeline.io.storage import LocalStorage, safe_segment
 from pipeline.stages.clock import iso
 from pipeline.stages.features import (
     PARTIALS_SUFFIX,
-    RULES_SUFFIX,
     features_fingerprint,
     flag_context,
     hour_partials,
+    is_partials_file,
     load_features,
     partials_frame,
     read_cache,
@@ -138,7 +139,7 @@ def reduce_shards(partials_dir: Path, output: Path, config: Config) -> dict:
         raise InputError(f"--partials-dir {partials_dir} is not a directory", hint="point it at the map step's output")
     target = LocalStorage(output.parent)
     fingerprint = features_fingerprint(RunContext(target, config, "reduce"))
-    files = [path for path in files_below(partials_root(partials_dir, fingerprint), PARTIALS_SUFFIX) if not path.name.endswith(RULES_SUFFIX)]
+    files = [path for path in files_below(partials_root(partials_dir, fingerprint), PARTIALS_SUFFIX) if is_partials_file(path.name)]
     merged = reduce_partials([partials_frame(read_cache(path.read_bytes()) for path in files)])
     table = finalise(merged, config.features.window_minutes).drop(columns=list(SET_NAMES))
     target.write_parquet(output.name, pa.Table.from_pandas(table, preserve_index=False))

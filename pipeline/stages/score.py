@@ -57,6 +57,8 @@ from pipeline.stages.clock import iso
 from pipeline.stages.features import (
     BusyHour,
     busy_hour,
+    cached_requests,
+    features_fingerprint,
     flag_context,
     hour_batches,
     hour_file_source,
@@ -64,6 +66,8 @@ from pipeline.stages.features import (
     load_features,
     load_rule_history,
     map_columns,
+    partial_key,
+    read_cache,
     read_hour_events,
 )
 from pipeline.stages.ranges import overlaps
@@ -301,17 +305,19 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     with a copy of the pass (``EventScores.worker_copy``); what each hour kept is merged here in hour order
     (``EventScores.merge``), so the outputs are one process's."""
     scored = EventScores(ctx, pack, records, history, ranges, weights)
-    hours = [(index, key) for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
+    fingerprint = features_fingerprint(ctx)
+    hours = [(index, key, partial_key(ctx, fingerprint, date, hour, key))
+             for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
              if overlaps(date, hour, ranges.score_from, ranges.score_to)]
-    workers = hour_workers(ctx, [key for _, key in hours])
+    workers = hour_workers(ctx, [key for _, key, _ in hours])
     if workers < 2:
-        for index, key in hours:
-            scored.add_hour(index, key)
+        for index, key, cache_key in hours:
+            scored.add_hour(index, key, cached_requests(ctx, cache_key))
         return scored.result()
-    sources = ((index, hour_file_source(ctx, key)) for index, key in hours)
+    sources = ((index, hour_file_source(ctx, key), cached_requests(ctx, cache_key)) for index, key, cache_key in hours)
     results = ordered_map(_score_hour, sources, workers, setup=_score_setup, setup_args=(scored.worker_copy(),), name="auditsift-score")
     try:
-        for (index, key), part in zip(hours, results):
+        for (index, key, _), part in zip(hours, results):
             scored.merge(index, key, part)
     finally:
         results.close()
@@ -322,12 +328,13 @@ def _score_setup(scorer: EventScores) -> EventScores:
     return scorer
 
 
-def _score_hour(scorer: EventScores, item: tuple[int, str | bytes]) -> HourScore:
-    """Worker side of ``score_events``: one archived hour (its path or bytes) scored by a copy of the run's
-    ``EventScores`` whose accumulators start empty; what it kept comes back to be merged in hour order."""
-    index, source = item
+def _score_hour(scorer: EventScores, item: tuple[int, str | bytes, bytes | None]) -> HourScore:
+    """Worker side of ``score_events``: one archived hour (its path or bytes, and its cached requests when busy)
+    scored by a copy of the run's ``EventScores`` whose accumulators start empty; what it kept comes back to be
+    merged in hour order."""
+    index, source, requests = item
     scorer.clear()
-    best = scorer.score_hour(index, Path(source).read_bytes() if isinstance(source, str) else source)
+    best = scorer.score_hour(index, Path(source).read_bytes() if isinstance(source, str) else source, requests)
     return HourScore(scorer.total, scorer.rule_totals, dict(scorer.record_hits), scorer.candidates, best, scorer.workload_writes)
 
 
@@ -385,10 +392,10 @@ class EventScores:
         micros = batch["time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
         return (micros >= self.low) & (micros < self.high)
 
-    def add_hour(self, index: int, key: str) -> None:
+    def add_hour(self, index: int, key: str, requests: bytes | None = None) -> None:
         """Score one archived hour's events within the scoring range (a busy hour in batches, ``BusyHour``)."""
         self.hours[index] = key
-        self._offer(self.score_hour(index, self.storage.read_bytes(key)))
+        self._offer(self.score_hour(index, self.storage.read_bytes(key), requests))
 
     def clear(self) -> None:
         """Empty the accumulators (a worker's copy, before each hour)."""
@@ -414,10 +421,11 @@ class EventScores:
         self.workload_writes += part.workload_writes
         self._offer(part.best)
 
-    def score_hour(self, index: int, data: bytes) -> pa.Table | None:
-        """Score one archived hour (its file's bytes) into the accumulators; returns its ``events_top`` best events,
-        best first, or None when none of its events is in the scoring range."""
-        hour = busy_hour(data, self.window_minutes, self.batch_rows)
+    def score_hour(self, index: int, data: bytes, requests: bytes | None = None) -> pa.Table | None:
+        """Score one archived hour (its file's bytes; for a busy hour, what the features map judged over it, as
+        cached: ``features.cached_requests``) into the accumulators; returns its ``events_top`` best events, best
+        first, or None when none of its events is in the scoring range."""
+        hour = busy_hour(data, self.window_minutes, self.batch_rows, read_cache(requests) if requests is not None else None)
         groups = None
         if hour is not None:
             groups = AggregateGroups(self.pack)  # thresholds count over the whole hour

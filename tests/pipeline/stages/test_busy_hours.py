@@ -360,3 +360,33 @@ def test_score_pass_equals_the_pandas_pass_it_replaced(hour, batch_rows, workers
     assert got["top_events"] == top
     assert numbered(got["evidence"].requests()) == numbered(requests), "evidence requests (an Audit-ID's two requests apart)"
     assert rule_totals["secrets_sweep"] == 32 and record_hits[("user", "mallory@corp.example", pd.Timestamp(T0))]["secrets_sweep"] == 32
+
+
+def test_the_score_pass_reads_what_the_features_map_judged_over_a_busy_hour(hour, tmp_path, monkeypatch):
+    """The features map caches a busy hour's requests (which row counts each request, reused Audit-IDs) beside its
+    partials; the score pass takes them from there instead of judging the hour again (10 s for 3.5 million
+    events), with the same results. An hour the map did not cache is judged as before."""
+    import shutil
+
+    import pipeline.stages.score as score_stage
+
+    storage, _, _ = hour
+    work = LocalStorage(tmp_path / "work")
+    shutil.copytree(storage.root, work.root, dirs_exist_ok=True)
+    ctx = context(work, 700)
+    records, history = records_and_history(work)
+    weights = load_config().scoring.severity_weights
+    judged_here = score_events(ctx, PACK, records, history, RANGES, weights)
+
+    fingerprint = stages.features_fingerprint(ctx)
+    for date, hour_of_day, key in list_archive_hours(work, "default"):
+        cache_key = stages.partial_key(ctx, fingerprint, date, hour_of_day, key)
+        stages.hour_partials(ctx, CONTEXT, PACK, key, cache_key)
+        assert stages.cached_requests(ctx, cache_key) is not None, "a busy hour's requests are cached with its partials"
+    monkeypatch.setattr(score_stage, "hour_workers", lambda ctx, keys: 1)
+    monkeypatch.setattr(stages, "hour_requests", lambda *args: pytest.fail("the busy hour was judged again"))
+    from_cache = score_events(ctx, PACK, records, history, RANGES, weights)
+    assert from_cache["record_hits"] == judged_here["record_hits"] and from_cache["top_events"] == judged_here["top_events"]
+    keys = set(zip(records["entity_type"], records["entity"], records["window_start"]))
+    assert from_cache["evidence"].rows(keys) == judged_here["evidence"].rows(keys)
+    assert numbered(from_cache["evidence"].requests()) == numbered(judged_here["evidence"].requests())
