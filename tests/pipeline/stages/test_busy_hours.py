@@ -184,8 +184,8 @@ def test_requests_sharing_a_hash_are_found_within_and_across_batches(monkeypatch
 
 
 def test_a_shared_hash_whose_rows_differ_only_by_a_missing_value_is_a_collision(monkeypatch):
-    """Every value hashes alike, so the request of batch 1 and that of batch 2 share every hash; they differ only in
-    that the second has no username, and must not be taken for one request's two stages."""
+    """Every value's first hash is alike, so the request of batch 1 and that of batch 2 share it; they differ only in
+    that the second has no username, and must not be taken for one request's two stages (the check hash tells)."""
     monkeypatch.setattr(aggregate, "_id_hash", lambda value: 7)
     first, second = _batches(["a1"], ["a1"])()
     tables = [first, second.set_column(2, "user", pa.nulls(1, pa.string()))]
