@@ -502,7 +502,8 @@ def test_report_md_of_a_sample_run_is_a_ticket_naming_every_flagged_incident(ful
 
 
 def test_tables_show_a_findings_three_heaviest_rule_hits_and_count_the_rest():
-    """The findings and incident tables carry the headline and the three heaviest hits; the details list them all."""
+    """The findings and incident tables carry the headline and the three heaviest hits; the details list them all, the
+    lighter ones in a fold (at 390 px the sample's first finding's ten hits took 625 px)."""
     context = with_extras(make_context())
     finding = next(f for f in context["findings"] if f["rule_hits"] and f["finding_id"] in context["evidence"])
     extra = [{"rule": rule, "severity": "low", "count": 1, "routine": False, "weight": 0.25}
@@ -516,3 +517,7 @@ def test_tables_show_a_findings_three_heaviest_rule_hits_and_count_the_rest():
     start = html.index(f'id="f-{finding["finding_id"]}"')
     details = html[start: html.index("</article>", start)]
     assert all(f">{hit['rule']}</span>" in details for hit in finding["rule_hits"])
+    shown = details[details.index("<h4>Rule hits</h4>"): details.index("</ul>", details.index("<h4>Rule hits</h4>"))]
+    fold = details[details.index('<details class="more-hits">'): details.index("</details>", details.index('<details class="more-hits">'))]
+    assert [hit["rule"] for hit in finding["rule_hits"] if f">{hit['rule']}</span>" in shown] == [hit["rule"] for hit in finding["rule_hits"][:3]]
+    assert "2 more rule hits" in fold and all(f">{hit['rule']}</span>" in fold for hit in finding["rule_hits"][3:])
