@@ -1,5 +1,6 @@
 """How tall report.html is in headless Chromium at given widths: the page, each section and the parts of the first
-finding's details. docs/report.md quotes these for the sample run (``make run``):
+finding's details, and how wide the page is (wider than the window means sideways scrolling). docs/report.md quotes
+these for the sample run (``make run``):
 
     .venv/bin/python -m tools.page_height work/reports/cluster=default/RUN/report.html --widths 390 1440
 
@@ -29,7 +30,8 @@ document.getElementById("report").addEventListener("load", function () {{
   var first = doc.querySelector("#details article.finding");
   var parts = first ? Array.prototype.map.call(first.children, function (e) {{
     return [(e.tagName + "." + e.className).toLowerCase(), height(e)]; }}) : [];
-  document.body.setAttribute("data-result", JSON.stringify({{height: doc.scrollingElement.scrollHeight, sections: sections, first_finding: parts}}));
+  document.body.setAttribute("data-result", JSON.stringify({{height: doc.scrollingElement.scrollHeight,
+    scroll_width: doc.scrollingElement.scrollWidth, sections: sections, first_finding: parts}}));
 }});
 </script></body></html>"""
 

@@ -182,7 +182,8 @@ document.getElementById("report").addEventListener("load", function () {{
   var result = {{scrollWidth: page.scrollWidth, innerWidth: win.innerWidth, why: why.textContent,
     whyLeft: Math.min(head.left, body.left), whyRight: Math.max(head.right, body.right), boxRight: shown.right,
     incidents: doc.getElementById("incidents").getBoundingClientRect().top, findings: doc.getElementById("findings").getBoundingClientRect().top,
-    narrowestChart: Math.min.apply(null, charts), ready: doc.body.getAttribute("data-ready")}};
+    narrowestChart: Math.min.apply(null, charts), ready: doc.body.getAttribute("data-ready"),
+    memberWho: doc.querySelector("table.members td.wrap").getBoundingClientRect().width}};
   document.body.setAttribute("data-result", JSON.stringify(result));
 }});
 </script></body></html>"""
@@ -205,3 +206,4 @@ def test_page_fits_the_width_and_the_evidence_why_column_is_in_view(report_with_
     assert data["why"] == "why" and 0 <= data["whyLeft"] and data["whyRight"] <= min(data["innerWidth"], data["boxRight"]), data
     assert data["incidents"] < data["findings"]
     assert data["narrowestChart"] >= 300, data
+    assert data["memberWho"] >= 180, "an incident's member names wrapped a few letters a line at 390 px"
