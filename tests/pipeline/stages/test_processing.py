@@ -356,3 +356,11 @@ def test_an_upgrade_of_the_map_code_maps_every_hour_again_instead_of_reading_its
     mapped_again = cached_after - cached_before
     assert len(mapped_again) == 2 * len(archived["hours"]) and all(f"/{after}/" in str(path) for path in mapped_again)
     pd.testing.assert_frame_equal(table, archived["reference"])
+
+
+def test_reduce_reads_only_window_partials_among_an_hours_cache_files():
+    """A busy hour's map step writes three files (partials, rule hits, requests); only the first are window partials."""
+    from pipeline.stages.features import is_partials_file, requests_cache_key, rules_cache_key
+
+    key = "features/cluster=demo/partials/0123456789ab/date=2026-11-01/hour=14/00ff00ff00ff00ff.arrow"
+    assert [is_partials_file(name) for name in (key, rules_cache_key(key), requests_cache_key(key))] == [True, False, False]
