@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -97,8 +97,8 @@ def _node_registered_by_other(d: FlagInputs) -> np.ndarray:
     """Node creations whose user is not system:node:<the Node's name> (each (user, name) pair judged once)."""
     rows = np.flatnonzero(_eq(d, "resource", "nodes") & _eq(d, "verb", "create") & _isna(d, "subresource"))
     result = np.zeros(d.rows, dtype=bool)
+    (user_codes, users), (name_codes, names) = d.encoded("user"), d.encoded("name")  # read whatever the rows: traced
     if rows.size:
-        (user_codes, users), (name_codes, names) = d.encoded("user"), d.encoded("name")
         pairs = {}
         for row in rows.tolist():
             key = (user_codes[row], name_codes[row])
@@ -362,33 +362,37 @@ def prepare(d: FlagInputs, context: FlagContext) -> None:
     d.helpers["allow_listed"] = d.where("user", lambda user: user is not None and user in context.allow_identities)
 
 
-def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext, hour: dict[str, np.ndarray] | None = None) -> FlagInputs:
+def flag_events(events: pa.Table | pd.DataFrame, context: FlagContext, hour: dict[str, np.ndarray] | None = None,
+                only: frozenset[str] | None = None) -> FlagInputs:
     """Every registered flag of ``events`` (an Arrow table or a DataFrame), in ``.flags`` in registry order;
     nothing is converted to pandas (``frame_with_flags`` does that where a DataFrame is wanted). ``hour``: for a
-    batch of an hour, the flags judged over the whole hour (``FlagInputs.hour``)."""
+    batch of an hour, the flags judged over the whole hour (``FlagInputs.hour``). ``only``: just these flags, which
+    must hold every flag they read (``with_needs``), as a busy hour's first pass counts its threshold groups."""
     inputs = FlagInputs(events, hour)
     prepare(inputs, context)
     for flag in FLAGS:
-        inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
+        if only is None or flag.name in only:
+            inputs.flags[flag.name] = np.asarray(flag.compute(inputs), dtype=bool)
     return inputs
 
 
 @cache
-def flag_columns() -> frozenset[str]:
-    """The event columns ``flag_events`` reads: every registered flag and helper, traced over no events.
-    A flag combines its tests with &, | and ~, never ``and``/``or``, so it reads all its columns whatever
+def flag_columns(only: frozenset[str] | None = None) -> frozenset[str]:
+    """The event columns ``flag_events`` reads: every registered flag (or those ``only`` names) and helper, traced over
+    no events. A flag combines its tests with &, | and ~, never ``and``/``or``, so it reads all its columns whatever
     the values; the features stage reads only these from the archive, with the aggregates' and rules' own."""
-    return frozenset(flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook())).read)
+    return frozenset(flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook()), only=only).read)
 
 
 @cache
-def flag_reads() -> dict[str, frozenset[str]]:
-    """The event columns each flag's value depends on, traced over no events: those it reads, and those of the earlier
-    flags it reads (``_f``). Each flag is traced on inputs of its own after ``prepare`` (a column registers as read
-    once per ``FlagInputs``), so the columns the helpers read (``prepare``: source_ip, user_agent, user) are not
-    listed under a flag that reads them too."""
+def _traced() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Per flag, traced over no events: the event columns its value depends on, and the earlier flags (``_f``), each
+    directly or through the flags it reads. Each flag is traced on inputs of its own after ``prepare`` (a column
+    registers as read once per ``FlagInputs``), so the columns the helpers read (``prepare``: source_ip, user_agent,
+    user) are not listed under a flag that reads them too."""
     computed = flag_events(EVENT_SCHEMA.empty_table(), FlagContext(AddressBook())).flags
     reads: dict[str, frozenset[str]] = {}
+    needs: dict[str, frozenset[str]] = {}
     for flag in FLAGS:
         inputs = FlagInputs(EVENT_SCHEMA.empty_table())
         prepare(inputs, FlagContext(AddressBook()))
@@ -396,7 +400,20 @@ def flag_reads() -> dict[str, frozenset[str]]:
         before = set(inputs.read)
         flag.compute(inputs)
         reads[flag.name] = frozenset(inputs.read - before).union(*(reads[name] for name in inputs.flags_read))
-    return reads
+        needs[flag.name] = frozenset(inputs.flags_read).union(*(needs[name] for name in inputs.flags_read))
+    return reads, needs
+
+
+def flag_reads() -> dict[str, frozenset[str]]:
+    """The event columns each flag's value depends on: those it reads, and those of the earlier flags it reads."""
+    return _traced()[0]
+
+
+def with_needs(names: Iterable[str]) -> frozenset[str]:
+    """The flags among ``names`` and every earlier flag they read, directly or not: what ``flag_events(only=)`` must
+    compute for them."""
+    wanted = set(names) & set(FLAG_NAMES)
+    return frozenset(wanted.union(*(_traced()[1][name] for name in wanted)))
 
 
 def frame_with_flags(inputs: FlagInputs) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from features.columns import EventColumns, combine, sorted_distinct
 from features.events import COLUMN_NAMES, SALVAGE_MARKERS
-from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags
+from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags, with_needs
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 AGGREGATE_BY = ("user", "source_ip")
@@ -347,6 +347,30 @@ class RulePack:
         if not rule.applies_to_allowlisted and columns.rows:
             matched = matched & ~columns.truth("managed_identity")[0]
         return matched
+
+    @cached_property
+    def threshold_flags(self) -> frozenset[str]:
+        """The flags the rules with aggregate thresholds read (their conditions', and ``managed_identity`` where
+        allow-listed identities are left out), with every flag those read: all a busy hour's first pass, which only
+        counts their groups (``AggregateGroups``), computes (``flag_events(only=)``)."""
+        names = set()
+        for rule in self.active:
+            if rule.aggregate is not None:
+                names.update(_IDENTIFIER.findall(_STRING.sub("", rule.condition)))
+                if not rule.applies_to_allowlisted:
+                    names.add("managed_identity")
+        return with_needs(names)
+
+    @cached_property
+    def threshold_columns(self) -> frozenset[str]:
+        """The event columns the rules with aggregate thresholds read beside their flags (``threshold_flags``): those
+        their conditions name, their ``by`` and ``distinct``, and ``time``."""
+        names = {"time"}
+        for rule in self.active:
+            if rule.aggregate is not None:
+                names.update(_columns_read(rule.condition, COLUMN_NAMES))
+                names.update(name for name in (rule.aggregate.by, rule.aggregate.distinct) if name)
+        return frozenset(names)
 
     @cached_property
     def event_columns(self) -> frozenset[str]:

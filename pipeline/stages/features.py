@@ -176,8 +176,8 @@ def map_hour_file(data: bytes, flags: FlagContext, pack: RulePack, window_minute
     if hour is None:
         return MappedHour(*map_hour(read_hour_events(data, columns), flags, pack, window_minutes, entity_types))
     groups = AggregateGroups(pack)
-    for batch, _, judged in hour.batches(columns):
-        events = flag_events(batch, flags, judged)
+    for batch, _, judged in hour.batches(threshold_columns(pack)):
+        events = flag_events(batch, flags, judged, only=pack.threshold_flags)
         groups.add(events, no_history(events.rows))
     partials, hits = [], []
     for batch, counted, judged in hour.batches(columns):
@@ -234,6 +234,13 @@ def map_columns(pack: RulePack, entity_types) -> list[str]:
     """The event columns ``map_hour`` reads, in archive order: the flags' (traced from their registry), the
     aggregates' (features.aggregate), the rule pack's and the entities' (``rule_partials``)."""
     wanted = flag_columns() | AGGREGATE_COLUMNS | pack.event_columns | {"time", *entity_types}
+    return [name for name in COLUMN_NAMES if name in wanted]
+
+
+def threshold_columns(pack: RulePack) -> list[str]:
+    """The event columns, in archive order, that a busy hour's first pass reads: the threshold rules' flags'
+    (``RulePack.threshold_flags``, traced) and their own (``RulePack.threshold_columns``)."""
+    wanted = flag_columns(pack.threshold_flags) | pack.threshold_columns
     return [name for name in COLUMN_NAMES if name in wanted]
 
 

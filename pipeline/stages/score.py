@@ -430,7 +430,7 @@ class EventScores:
         if hour is not None:
             groups = AggregateGroups(self.pack)  # thresholds count over the whole hour
             for batch, judged in self.batches(data, self.columns, hour):
-                inputs = flag_events(batch, self.flags, judged)
+                inputs = flag_events(batch, self.flags, judged, only=self.pack.threshold_flags)
                 groups.add(inputs, history_flags(inputs, self.seen))
         best = []
         offset = 0

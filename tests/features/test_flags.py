@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import quote_plus
 
+import numpy as np
 import pytest
 
 from features.events import SalvagedEvent
@@ -273,3 +274,18 @@ def test_flag_reads_traces_the_columns_each_flag_depends_on_through_the_flags_it
     body = {c.name for c in EVENT_COLUMNS if c.read == "body"}
     assert reads["privileged_workload"] & body and reads["admin_binding"] & body and reads["anonymous_binding"] & body
     assert not reads["allowed"] & body and not reads["anonymous_allowed"] & body
+
+
+def test_a_flag_computed_alone_with_what_it_reads_is_the_flag_computed_with_all():
+    """A busy hour's first pass computes only the threshold rules' flags (``flag_events(only=with_needs(...))``): each
+    flag, with the earlier flags it reads, must come out as in the full registry, over every flag's cases at once."""
+    from features.flags import flag_columns, with_needs
+
+    table = event_table([raw for positive, negative in CASES.values() for raw in positive + negative])
+    full = flag_events(table, CONTEXT).flags
+    for name in FLAG_NAMES:
+        only = with_needs({name})
+        alone = flag_events(table.select([c for c in table.column_names if c in flag_columns(only)]), CONTEXT, only=only).flags
+        assert np.array_equal(alone[name], full[name]), name
+        assert set(alone) == only and name in only
+    assert with_needs({"not_a_flag"}) == frozenset()
