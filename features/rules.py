@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from features.columns import EventColumns, combine, sorted_distinct
 from features.events import COLUMN_NAMES, SALVAGE_MARKERS
-from features.flags import HELPER_COLUMNS, FlagInputs, frame_with_flags, with_needs
+from features.flags import FLAG_NAMES, HELPER_COLUMNS, FlagInputs, frame_with_flags, with_needs
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 AGGREGATE_BY = ("user", "source_ip")
@@ -354,34 +354,26 @@ class RulePack:
         allow-listed identities are left out), with every flag those read: all a busy hour's first pass, which only
         counts their groups (``AggregateGroups``), computes (``flag_events(only=)``)."""
         names = set()
-        for rule in self.active:
-            if rule.aggregate is not None:
-                names.update(_IDENTIFIER.findall(_STRING.sub("", rule.condition)))
-                if not rule.applies_to_allowlisted:
-                    names.add("managed_identity")
+        for rule in self._thresholds:
+            names.update(_columns_read(rule.condition, FLAG_NAMES))
+            if not rule.applies_to_allowlisted:
+                names.add("managed_identity")
         return with_needs(names)
 
     @cached_property
     def threshold_columns(self) -> frozenset[str]:
-        """The event columns the rules with aggregate thresholds read beside their flags (``threshold_flags``): those
-        their conditions name, their ``by`` and ``distinct``, and ``time``."""
-        names = {"time"}
-        for rule in self.active:
-            if rule.aggregate is not None:
-                names.update(_columns_read(rule.condition, COLUMN_NAMES))
-                names.update(name for name in (rule.aggregate.by, rule.aggregate.distinct) if name)
-        return frozenset(names)
+        """The event columns the rules with aggregate thresholds read beside their flags (``threshold_flags``), and
+        ``time``."""
+        return frozenset({"time"}.union(*map(_rule_columns, self._thresholds)))
 
     @cached_property
     def event_columns(self) -> frozenset[str]:
-        """The event columns (features.events) the active rules can read: every one their conditions
-        name, the aggregates' ``by`` and ``distinct`` and, for windows, ``time``."""
-        names = set()
-        for rule in self.active:
-            names.update(_columns_read(rule.condition, COLUMN_NAMES))
-            if rule.aggregate is not None:
-                names.update(name for name in (rule.aggregate.by, rule.aggregate.distinct, "time") if name)
-        return frozenset(names)
+        """The event columns (features.events) the active rules can read (``_rule_columns``)."""
+        return frozenset(set().union(*map(_rule_columns, self.active)))
+
+    @property
+    def _thresholds(self) -> list[Rule]:
+        return [rule for rule in self.active if rule.aggregate is not None]
 
     @staticmethod
     def _compiled(rule: Rule) -> "CompiledCondition | None":
@@ -417,6 +409,15 @@ def _columns_read(condition: str, available) -> list[str]:
     """The event columns a condition names (pandas.eval is much faster on just those)."""
     names = set(_IDENTIFIER.findall(_STRING.sub("", condition)))
     return [c for c in available if c in names]
+
+
+def _rule_columns(rule: Rule) -> set[str]:
+    """The event columns a rule can read: those its condition names, and with an aggregate its ``by`` and
+    ``distinct`` and, for windows, ``time``."""
+    names = set(_columns_read(rule.condition, COLUMN_NAMES))
+    if rule.aggregate is not None:
+        names.update(name for name in (rule.aggregate.by, rule.aggregate.distinct, "time") if name)
+    return names
 
 
 def _condition(rule: Rule, events: pd.DataFrame | FlagInputs, compiled: "CompiledCondition | None" = None,
