@@ -346,14 +346,18 @@ def cached_requests(ctx: RunContext, cache_key: str) -> bytes | None:
 MIN_ROWS_PER_WORKER = 100_000
 
 
-def hour_workers(ctx: RunContext, archive_keys: list[str]) -> int:
-    """How many worker processes to read these archived hours with (features map, score pass): ``features.workers``,
-    at most one per usable core and per hour, and one per ``MIN_ROWS_PER_WORKER`` events (from the hour manifests;
-    an hour without one counts as that many). Below 2, the caller works alone."""
-    workers = min(ctx.config.features.workers, usable_cores(), len(archive_keys))
+def hour_rows(ctx: RunContext, archive_keys: list[str]) -> list[int | None]:
+    """Each archived hour's event count, from its manifest; None where the manifest is missing."""
+    return [ctx.storage.read_json_or(manifest_key(key), {}).get("rows") for key in archive_keys]
+
+
+def hour_workers(ctx: RunContext, rows: list[int | None]) -> int:
+    """How many worker processes to read archived hours of these event counts (``hour_rows``) with (features map,
+    score pass): ``features.workers``, at most one per usable core and per hour, and one per ``MIN_ROWS_PER_WORKER``
+    events (an hour without a count counts as that many). Below 2, the caller works alone."""
+    workers = min(ctx.config.features.workers, usable_cores(), len(rows))
     if workers > 1:
-        rows = sum(ctx.storage.read_json_or(manifest_key(key), {}).get("rows", MIN_ROWS_PER_WORKER) for key in archive_keys)
-        workers = min(workers, rows // MIN_ROWS_PER_WORKER)
+        workers = min(workers, sum(MIN_ROWS_PER_WORKER if count is None else count for count in rows) // MIN_ROWS_PER_WORKER)
     return workers
 
 
@@ -364,7 +368,7 @@ def map_hours(ctx: RunContext, flags: FlagContext, pack: RulePack, keys: list[tu
     writes the caches and yields the results in hour order, so everything downstream is unchanged."""
     cfg = ctx.config.features
     todo = [(archive_key, cache_key) for archive_key, cache_key in keys if not is_cached(ctx, cache_key)]
-    workers = hour_workers(ctx, [archive_key for archive_key, _ in todo])
+    workers = hour_workers(ctx, hour_rows(ctx, [archive_key for archive_key, _ in todo]))
     if workers < 2:
         for archive_key, cache_key in keys:
             yield hour_partials(ctx, flags, pack, archive_key, cache_key)

@@ -62,6 +62,7 @@ from pipeline.stages.features import (
     flag_context,
     hour_batches,
     hour_file_source,
+    hour_rows,
     hour_workers,
     load_features,
     load_rule_history,
@@ -305,19 +306,23 @@ def score_events(ctx: RunContext, pack: RulePack, records: pd.DataFrame, history
     with a copy of the pass (``EventScores.worker_copy``); what each hour kept is merged here in hour order
     (``EventScores.merge``), so the outputs are one process's."""
     scored = EventScores(ctx, pack, records, history, ranges, weights)
-    fingerprint = features_fingerprint(ctx)
-    hours = [(index, key, partial_key(ctx, fingerprint, date, hour, key))
-             for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
+    hours = [(index, date, hour, key) for index, (date, hour, key) in enumerate(list_archive_hours(ctx.storage, ctx.cluster))
              if overlaps(date, hour, ranges.score_from, ranges.score_to)]
-    workers = hour_workers(ctx, [key for _, key, _ in hours])
+    rows = hour_rows(ctx, [key for *_, key in hours])
+    workers = hour_workers(ctx, rows)
+    # what the features map judged over each busy hour (or one of unknown size), from its cache: ``cached_requests``
+    busy = [count is None or count > ctx.config.features.batch_rows for count in rows]
+    fingerprint = features_fingerprint(ctx) if any(busy) else None
+    requests = (cached_requests(ctx, partial_key(ctx, fingerprint, date, hour, key)) if is_busy else None
+                for (_, date, hour, key), is_busy in zip(hours, busy))
     if workers < 2:
-        for index, key, cache_key in hours:
-            scored.add_hour(index, key, cached_requests(ctx, cache_key))
+        for (index, *_, key), judged in zip(hours, requests):
+            scored.add_hour(index, key, judged)
         return scored.result()
-    sources = ((index, hour_file_source(ctx, key), cached_requests(ctx, cache_key)) for index, key, cache_key in hours)
+    sources = ((index, hour_file_source(ctx, key), judged) for (index, *_, key), judged in zip(hours, requests))
     results = ordered_map(_score_hour, sources, workers, setup=_score_setup, setup_args=(scored.worker_copy(),), name="auditsift-score")
     try:
-        for (index, key, _), part in zip(hours, results):
+        for (index, *_, key), part in zip(hours, results):
             scored.merge(index, key, part)
     finally:
         results.close()
