@@ -8,6 +8,7 @@ from rich.text import Text
 
 from pipeline.context import ProgressHandle, RunContext
 from pipeline.report.labels import finding_rows
+from pipeline.report.render import campaign_members
 from pipeline.text import printable
 
 console = Console(stderr=True)
@@ -85,6 +86,8 @@ def print_report(findings: list[dict], incidents: list[dict], rule_titles: dict,
             line(f"{i['rank']:>4}  {i['incident_id'][:INCIDENT_ID_CHARS]:<{INCIDENT_ID_CHARS}}  {i['severity']:<10}"
                  f"{i['first_seen'][:16].replace('T', ' '):<18}{i['last_seen'][11:16]:<7}{len(i['finding_ids']):>8}")
             line(f"      {i['title']}")
+            if i.get("campaign"):
+                line(f"      {campaign_members(i)}", "dim")
         line("")
     alone = [f for f in finding_rows(findings, incidents, rule_titles) if not f["incident_id"]]
     shown = alone[:top]

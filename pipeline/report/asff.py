@@ -6,7 +6,8 @@ unsuppressed finding that scores at least ``findings.securityhub.min_score``; it
 ``<cluster>/<incident_id>`` and incident_id is stable across reruns (it is derived from the
 incident's earliest core finding), so rerunning a day updates the same findings instead of
 adding copies. The incident's member findings are its ``RelatedFindings`` (``<cluster>/<finding_id>``,
-at most ``MAX_RELATED``, best-ranked first; every id is in ``ProductFields``), its ``Types`` are its
+at most ``MAX_RELATED``, best-ranked first; ``ProductFields`` holds their count and as many ids as its 2,048 characters
+fit, about 97: a campaign's are all in incidents.jsonl), its ``Types`` are its
 ATT&CK tactics when its rules carry them, else its findings' types, and its severity is the
 incident's. Severity, Types and RelatedFindings also go in ``FindingProviderFields``, the only
 place Security Hub accepts provider updates to them after a finding exists.
@@ -193,6 +194,7 @@ def incident_asff(incident: dict, members: list[dict], *, rules: Mapping[str, Ru
     fields = {
         "auditsift/incident_id": incident["incident_id"],
         "auditsift/rank": str(incident.get("rank", "")),
+        "auditsift/finding_count": str(len(incident["finding_ids"])),
         "auditsift/finding_ids": ",".join(incident["finding_ids"]),
         "auditsift/entities": ",".join(f"{e['entity_type']}:{e['entity']}" for e in incident["entities"]),
         "auditsift/tactics": ",".join(incident.get("tactics") or []),

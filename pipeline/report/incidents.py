@@ -35,6 +35,15 @@ Grouping is bounded so what an attacker controls cannot merge or split stories a
   lone finding so refused is listed in ``overflow_finding_ids`` (kept, not grouped);
 - quiet findings linked to no core finding stay findings, not incidents.
 
+Campaigns: ``CAMPAIGN_MIN`` or more incidents of one shape (``campaign_shape``: flagged or not, the entity types and
+identity kinds they hold, and the rules that fired in full) are told as one incident, ranked where its best member
+ranked. Many new identities each doing a little of the same (an identity spray, a CI fleet gone wrong) are then one
+row, not thousands that push every other incident down the list: 20,000 sprayed service accounts had moved a
+labelled RBAC escalation from incident 9 to 1,126 (docs/performance.md). Folding can only move an incident up: each
+campaign keeps its best member's place and every other incident keeps its order. What it can cost is attention (a
+real attack shaped like a benign crowd sits inside it), so a campaign names its counts and rules, lists its member
+incidents, and keeps every finding id.
+
 The record keeps raw log values (user names, object names) in ``title``, ``summary`` and
 ``entities``; whoever renders them escapes them: ``pipeline.text.printable`` for the terminal,
 ``safe_cell`` for CSV (``incidents_csv`` here), ``pipeline.report.render`` for Markdown and HTML.
@@ -52,6 +61,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
+from features.entities import user_group
 from features.events import REQUEST_IDENTITY
 from pipeline.report.render import finding_level, weighs_in_full
 from pipeline.text import safe_cell
@@ -59,6 +69,8 @@ from pipeline.text import safe_cell
 MAX_MEMBERS = 100
 MAX_AUDIT_IDS = 200
 MAX_EFFECTS_PER_CAUSE = 20
+CAMPAIGN_MIN = 5
+MAX_CAMPAIGN_ENTITIES = 100
 MAX_NAME = 80
 ADJACENT_WINDOWS = 2
 LINK_KINDS = ("same_request", "adjacent", "cause_effect")
@@ -103,25 +115,29 @@ class Incident:
     flagged: bool
     links: list[dict] = field(default_factory=list)
     overflow_finding_ids: list[str] = field(default_factory=list)
+    campaign: dict | None = None
     top_score: float = 0.0
     best_rank: int = 0
+    audit_times: list[str] = field(default_factory=list, repr=False)  # when each of audit_ids was first seen
 
     def to_record(self) -> dict:
-        return {"incident_id": self.incident_id, "rank": self.rank, "title": self.title, "summary": self.summary,
-                "severity": self.severity, "tactics": list(self.tactics), "first_seen": self.first_seen, "last_seen": self.last_seen,
-                "entities": [dict(e) for e in self.entities], "finding_ids": list(self.finding_ids),
-                "audit_ids": list(self.audit_ids), "flagged": self.flagged, "links": [dict(link) for link in self.links],
-                "overflow_finding_ids": list(self.overflow_finding_ids)}
+        record = {"incident_id": self.incident_id, "rank": self.rank, "title": self.title, "summary": self.summary,
+                  "severity": self.severity, "tactics": list(self.tactics), "first_seen": self.first_seen, "last_seen": self.last_seen,
+                  "entities": [dict(e) for e in self.entities], "finding_ids": list(self.finding_ids),
+                  "audit_ids": list(self.audit_ids), "flagged": self.flagged, "links": [dict(link) for link in self.links],
+                  "overflow_finding_ids": list(self.overflow_finding_ids)}
+        return record if self.campaign is None else {**record, "campaign": dict(self.campaign)}
 
 
 def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping] | None = None,
                     tactics: Mapping[str, Sequence[str]] | None = None, rule_titles: Mapping[str, str] | None = None,
-                    window_minutes: int = 60) -> list[Incident]:
+                    window_minutes: int = 60, campaign_min: int = CAMPAIGN_MIN) -> list[Incident]:
     """Incidents of ``findings`` (records of findings.json in rank order), ranked.
 
     ``events_index``: rows of ``INDEX_COLUMNS``, each an evidence event of one finding (found by its entity_type, entity and
     window_start); without it only ``repeats`` and adjacency link. ``tactics``: rule id -> ATT&CK tactic ids (issue 17;
-    empty until the rules carry them). ``rule_titles``: rule id -> plain title (the rule pack's ``title``)."""
+    empty until the rules carry them). ``rule_titles``: rule id -> plain title (the rule pack's ``title``). ``campaign_min``:
+alike incidents told as one campaign from this many (``fold_campaigns``)."""
     findings = sorted(findings, key=lambda f: f["rank"])
     rows = _rows_by_finding(findings, events_index)
     core = [bool(f["flagged"] or f.get("suppressed")) for f in findings]
@@ -131,6 +147,7 @@ def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping]
     incidents = [_incident(findings, members, rows, overflow.get(root, []), used.get(root, []), tactics or {}, rule_titles or {})
                  for root, members in groups.items()]
     incidents.sort(key=_rank_key)
+    incidents = fold_campaigns(incidents, {f["finding_id"]: f for f in findings}, rule_titles or {}, campaign_min)
     for rank, incident in enumerate(incidents, 1):
         incident.rank = rank
     return incidents
@@ -384,9 +401,16 @@ def _incident(findings, members: list[int], rows, overflow: list[str], links: li
     first = events[0]["time"] if events else min(_iso_micro(f["window_start"]) for f in parts)
     last = events[-1]["time"] if events else max(_iso_micro(f["window_end"]) for f in parts)
     entities = list(dict.fromkeys((f["entity_type"], f["entity"]) for f in parts))
-    audit_ids = list(dict.fromkeys(e["audit_id"] for e in events if e.get("audit_id")))
-    if not events:
-        audit_ids = list(dict.fromkeys(a for f in sorted(parts, key=lambda f: f["window_start"]) for a in f["audit_ids"]))
+    seen = {}  # audit id -> when first seen: the evidence's time, else its finding's window start
+    if events:
+        for e in events:
+            if e.get("audit_id"):
+                seen.setdefault(e["audit_id"], e["time"])
+    else:
+        for f in sorted(parts, key=lambda f: f["window_start"]):
+            for audit_id in f["audit_ids"]:
+                seen.setdefault(audit_id, _iso_micro(f["window_start"]))
+    audit_ids = list(seen)[:MAX_AUDIT_IDS]
     rules = _rules_in_time_order(parts, events)
     tactics = list(dict.fromkeys(t for rule in rules for t in tactics_of.get(rule, ())))
     severity = min((_severity(f) for f in parts), key=SEVERITY_ORDER.index)
@@ -396,9 +420,67 @@ def _incident(findings, members: list[int], rows, overflow: list[str], links: li
         incident_id="inc-" + hashlib.sha256(earliest["finding_id"].encode()).hexdigest()[:20], rank=0,
         title=_title(facts), summary=_summary(facts), severity=severity, tactics=tactics, first_seen=first, last_seen=last,
         entities=[{"entity_type": t, "entity": e} for t, e in entities], finding_ids=[f["finding_id"] for f in parts],
-        audit_ids=audit_ids[:MAX_AUDIT_IDS], flagged=any(f["flagged"] for f in parts), links=links,
+        audit_ids=audit_ids, audit_times=[seen[a] for a in audit_ids], flagged=any(f["flagged"] for f in parts), links=links,
         overflow_finding_ids=overflow, best_rank=parts[0]["rank"],
         top_score=max(f.get("rank_score", f["score"]) for f in ([f for f in parts if f["flagged"]] or parts)))
+
+
+# --------------------------------------------------------------------------- campaigns
+def campaign_shape(incident: Incident, findings_by_id: Mapping[str, Mapping]) -> tuple:
+    """What makes incidents alike enough to be one campaign: flagged or not, severity, the entity types and identity kinds
+    (``features.entities.user_group``: fixed by how the caller authenticated, not by the name it chose) they hold, and
+    the rule they are named by (the heaviest that fired in full; None when none did). Not the whole set of rules: an
+    address shared by a few sprayed identities holds the union of theirs, and unions would make a shape per address."""
+    parts = [findings_by_id[fid] for fid in incident.finding_ids if fid in findings_by_id]
+    kinds = {user_group(e["entity"]) for e in incident.entities if e["entity_type"] == "user"}
+    return (incident.flagged, incident.severity, tuple(sorted({e["entity_type"] for e in incident.entities})), tuple(sorted(kinds)),
+            _top_rule(parts))
+
+
+def fold_campaigns(incidents: list[Incident], findings_by_id: Mapping[str, Mapping], rule_titles: Mapping[str, str],
+                   campaign_min: int = CAMPAIGN_MIN) -> list[Incident]:
+    """``incidents`` (in rank order) with every ``campaign_min`` or more of one ``campaign_shape`` told as one campaign,
+    at the place of its best-ranked member; the others keep their order."""
+    alike: dict[tuple, list[Incident]] = defaultdict(list)
+    for incident in incidents:
+        alike[campaign_shape(incident, findings_by_id)].append(incident)
+    crowds = {shape: group for shape, group in alike.items() if len(group) >= campaign_min}
+    campaigns = {id(group[0]): _campaign(group, shape, findings_by_id, rule_titles) for shape, group in crowds.items()}
+    folded = {id(incident) for group in crowds.values() for incident in group}
+    return [campaigns.get(id(incident), incident) for incident in incidents if id(incident) not in folded or id(incident) in campaigns]
+
+
+def _campaign(members: list[Incident], shape: tuple, findings_by_id: Mapping[str, Mapping], rule_titles: Mapping[str, str]) -> Incident:
+    best = members[0]  # rank order
+    earliest = min(members, key=lambda i: (i.first_seen, i.incident_id))
+    entities = list(dict.fromkeys((e["entity_type"], e["entity"]) for i in members for e in i.entities))
+    identities = sum(1 for kind, _ in entities if kind == "user")
+    addresses = len(entities) - identities
+    timeline = sorted({(when, audit_id) for i in members for when, audit_id in zip(i.audit_times, i.audit_ids)})
+    audit_ids = list(dict.fromkeys(audit_id for _, audit_id in timeline))[:MAX_AUDIT_IDS]
+    first_seen, last_seen = earliest.first_seen, max(i.last_seen for i in members)
+    by_start = sorted(members, key=lambda i: (i.first_seen, i.incident_id))
+    tactics = list(dict.fromkeys(t for i in by_start for t in i.tactics))
+    _, _, types, kinds, top = shape
+    what = _rule_title(top, rule_titles) if top else "Unusual activity for its kind"
+    crowd = f"{identities:,} identit{'y' if identities == 1 else 'ies'}" + (f" from {addresses:,} address{'es' if addresses != 1 else ''}" if addresses else "")
+    findings = [fid for i in members for fid in i.finding_ids]
+    summary = (f"{len(members):,} incidents of one shape between {_clock(first_seen)} and {_clock(last_seen)} UTC: {crowd}"
+               f"{' (' + ', '.join(kinds) + ')' if kinds else ''}, {len(findings):,} findings. "
+               + (f"Each is named by the same rule ({what})" if top else "No rule fired in any; the model found each unusual for its kind")
+               + f"; the best-ranked is \"{best.title}\". "
+               "They are told as one incident so that many alike cannot push other incidents down the list; "
+               "each member incident is listed with its findings.")
+    return Incident(
+        incident_id="inc-" + hashlib.sha256(f"campaign {earliest.incident_id}".encode()).hexdigest()[:20], rank=0,
+        title=f"{what}: {len(members):,} alike incidents, {crowd}", summary=summary,
+        severity=min((i.severity for i in members), key=SEVERITY_ORDER.index), tactics=tactics, first_seen=first_seen,
+        last_seen=last_seen, entities=[{"entity_type": t, "entity": e} for t, e in entities[:MAX_CAMPAIGN_ENTITIES]],
+        finding_ids=findings, audit_ids=audit_ids, flagged=any(i.flagged for i in members),
+        overflow_finding_ids=[fid for i in members for fid in i.overflow_finding_ids],
+        campaign={"incidents": len(members), "identities": identities, "addresses": addresses, "entity_types": list(types),
+                  "identity_kinds": list(kinds), "rule": top, "incident_ids": [i.incident_id for i in members][:MAX_MEMBERS]},
+        top_score=best.top_score, best_rank=best.best_rank)
 
 
 def _rules_in_time_order(parts, events) -> list[str]:

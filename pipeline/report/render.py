@@ -33,6 +33,9 @@ DETAIL_TOP = 50
 MD_TABLE_TOP = 20
 MD_INCIDENTS_TOP = 25
 MD_INCIDENT_FINDINGS = 8
+HTML_INCIDENT_FINDINGS = 100
+"""Findings listed under an incident in report.html: all of an ordinary one's (at most incidents.MAX_MEMBERS, 100), the best
+of a campaign's (incidents.fold_campaigns)."""
 MD_BUDGET = 30_000
 """report.md is a ticket: at most this many characters. Incidents beyond what fits are counted and left to report.html."""
 TOP_EVENTS = 100
@@ -131,6 +134,19 @@ def weighs_in_full(hit: Mapping) -> bool:
     """A rule hit that is neither the entity's routine nor a controller's copy of a template written in the same run
     (``pipeline.stages.score.rule_parts``): the hits a finding is named and grouped by."""
     return not hit.get("routine") and not hit.get("copy_of")
+
+
+def campaign_members(incident: Mapping) -> str:
+    """Who a campaign (``pipeline.report.incidents.fold_campaigns``) holds: its count of alike incidents and its identities
+    by name, best-ranked first (the record keeps its first 100 entities), or its addresses when it holds no identity;
+    empty for any other incident."""
+    campaign = incident.get("campaign")
+    if not campaign:
+        return ""
+    kind, total = ("user", campaign["identities"]) if campaign["identities"] else ("source_ip", campaign["addresses"])
+    names = [e["entity"] for e in incident["entities"] if e["entity_type"] == kind]
+    more = f" and {total - len(names):,} more" if total > len(names) else ""
+    return f"{campaign['incidents']:,} alike incidents: {', '.join(names)}{more}"
 
 
 def finding_level(finding: dict) -> str:
@@ -425,7 +441,7 @@ def entity_rows(findings: list[dict], by_type: dict | None = None, left_out: dic
 def _environment(autoescape: bool) -> Environment:
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True, finalize=lambda value: "" if value is None else value)
-    env.filters.update(md=md_escape, fence=md_fence, num=num, short_time=short_time, window=window_label, clock=clock,
+    env.filters.update(campaign_members=campaign_members, md=md_escape, fence=md_fence, num=num, short_time=short_time, window=window_label, clock=clock,
                        level=finding_level, anchor=anchor, incident_anchor=incident_anchor, span=time_span, clip=clip)
     env.globals.update(features=FEATURE_BY_NAME)
     return env
@@ -469,7 +485,7 @@ def render_html(context: dict, incidents: list[dict] | None = None) -> str:
     csp = (f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "
            "base-uri 'none'; form-action 'none'")
     return env.get_template("report.html.j2").render(**context, view=build_view(context), csp=csp, script=Markup(script),
-                                                     style=Markup(style))
+                                                     style=Markup(style), members_shown=HTML_INCIDENT_FINDINGS)
 
 
 def rule_context(pack) -> dict:

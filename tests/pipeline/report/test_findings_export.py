@@ -60,8 +60,10 @@ def run_findings() -> list[dict]:
 
 def run_incidents(findings: list[dict] | None = None) -> list[dict]:
     """The incidents the score stage would write for ``findings`` (default ``run_findings()``), without an events index:
-    one per flagged or suppressed finding here, each user being its only window."""
-    return [incident.to_record() for incident in group_incidents(findings or run_findings())]
+    one per flagged or suppressed finding here, each user being its only window. Their findings are alike, so they are
+    kept apart from campaigns (tests/pipeline/report/test_incidents.py) to make many incidents."""
+    findings = findings or run_findings()
+    return [incident.to_record() for incident in group_incidents(findings, campaign_min=len(findings) + 1)]
 
 
 def hub_config(make_config, **extra):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.report.incidents import MAX_MEMBERS, group_incidents, incidents_csv, incidents_jsonl
+from pipeline.report.incidents import CAMPAIGN_MIN, MAX_MEMBERS, group_incidents, incidents_csv, incidents_jsonl
 from pipeline.stages.score import finding_id
 from tests.e2e.test_hostile_inputs import full_run, hostile_input, sample_2d  # noqa: F401  (the suite's session run, built once)
 
@@ -224,6 +224,65 @@ def test_incident_id_is_stable_across_reruns_and_when_a_later_window_joins():
     [after] = group_incidents([later, *[{**f, "rank": f["rank"] + 1} for f in first]])
     assert len(after.finding_ids) == 3 and after.incident_id == before.incident_id
     assert before.incident_id.startswith("inc-")
+
+
+# --------------------------------------------------------------------------- campaigns
+def sprayed(count: int, first_rank: int, rules=("unauthorized_secret_read",), score: float = 2.3) -> list[dict]:
+    """Service accounts never seen before, one finding each, alike: what an identity spray leaves."""
+    return [finding(f"system:serviceaccount:ci-{n // 100:04d}:job-{n:06d}", 14, first_rank + n, rules=rules, score=score - n / 10_000)
+            for n in range(count)]
+
+
+def test_many_alike_incidents_are_one_campaign_at_the_place_of_the_best():
+    binding = finding("system:serviceaccount:kube-system:ebs-csi-controller-sa", 9, 1, rules=["admin_binding_created"], score=4.0)
+    crowd = sprayed(40, 2)
+    probing = finding("ken@corp.example", 15, 42, rules=["forbidden_enumeration"], score=1.8)
+    incidents = group_incidents([binding, *crowd, probing], rule_titles={"unauthorized_secret_read": "Secret read refused (401/403)"})
+    assert [len(i.finding_ids) for i in incidents] == [1, 40, 1]
+    campaign = incidents[1]
+    assert campaign.finding_ids == [f["finding_id"] for f in crowd], "every finding kept, best first"
+    assert (campaign.rank, incidents[2].rank) == (2, 3), "the probing moves up from 42 to 3"
+    assert campaign.title == "Secret read refused (401/403): 40 alike incidents, 40 identities"
+    assert len(campaign.summary.split(". ")) == 3
+    record = json.loads(incidents_jsonl([campaign]))
+    assert record["campaign"] == {"incidents": 40, "identities": 40, "addresses": 0, "entity_types": ["user"],
+                                  "identity_kinds": ["service-account"], "rule": "unauthorized_secret_read",
+                                  "incident_ids": record["campaign"]["incident_ids"]}
+    assert len(record["campaign"]["incident_ids"]) == 40 and "campaign" not in json.loads(incidents_jsonl([incidents[0]]))
+
+
+def test_few_alike_incidents_or_a_more_severe_one_stay_their_own():
+    few = sprayed(CAMPAIGN_MIN - 1, 1)
+    assert len(group_incidents(few)) == CAMPAIGN_MIN - 1
+    crowd = sprayed(CAMPAIGN_MIN + 3, 1)
+    worse = crowd[-1]
+    worse["rule_hits"][0]["severity"] = "critical"  # the same rule, but a critical hit: not one of the crowd
+    incidents = group_incidents(crowd)
+    assert sorted(len(i.finding_ids) for i in incidents) == [1, CAMPAIGN_MIN + 2]
+    assert next(i for i in incidents if i.campaign is None).finding_ids == [worse["finding_id"]]
+    other_kind = sprayed(CAMPAIGN_MIN, 1) + [finding(f"dev{n}@corp.example", 14, 100 + n, rules=["unauthorized_secret_read"]) for n in range(3)]
+    assert sorted(len(i.finding_ids) for i in group_incidents(other_kind)) == [1, 1, 1, CAMPAIGN_MIN], "people are not folded with service accounts"
+
+
+def test_folding_never_moves_an_incident_down():
+    """Random alike crowds among distinct findings: every incident outside a campaign keeps its order and moves up by the
+    members folded above it, and a campaign takes its best member's place."""
+    import random
+
+    rng = random.Random(11)
+    rules = ["unauthorized_secret_read", "secret_read_by_scripted_client", "exec_into_pod", "forbidden_enumeration"]
+    findings = []
+    for rank in range(1, 121):
+        kind = rng.choice(["crowd", "crowd", "person"])
+        entity = f"system:serviceaccount:ci:job-{rank}" if kind == "crowd" else f"p{rank}@corp.example"
+        findings.append(finding(entity, rng.randrange(24), rank, rules=[rng.choice(rules)], score=4.0 - rank / 100))
+    folded, apart = group_incidents(findings), group_incidents(findings, campaign_min=len(findings) + 1)
+    assert len(folded) < len(apart)
+    place = {fid: i.rank for i in folded for fid in i.finding_ids}
+    for incident in apart:
+        assert place[incident.finding_ids[0]] <= incident.rank
+    kept = [i.finding_ids for i in folded if i.campaign is None]
+    assert kept == [i.finding_ids for i in apart if [*i.finding_ids] in kept], "the others keep their order"
 
 
 # --------------------------------------------------------------------------- status, rank and files

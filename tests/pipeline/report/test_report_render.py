@@ -23,6 +23,7 @@ from pipeline.io.storage import LocalStorage, resolve_inputs
 from pipeline.report.incidents import group_incidents
 from pipeline.report.pivots import ATHENA_COLUMNS, insights_query, pivot_queries, sql_string, sql_table
 from pipeline.report.render import (
+    HTML_INCIDENT_FINDINGS,
     MD_BUDGET,
     csp_hash,
     md_escape,
@@ -416,6 +417,24 @@ def test_incidents_lead_then_findings_in_no_incident_with_quiet_rows_behind_a_co
     quiet = sum(not f["flagged"] for f in loose)
     assert f'<label for="show-quiet" class="toggle-label">{quiet} quiet windows</label>' in html
     assert not {tag for tag, _ in page.tags} - ALLOWED_TAGS
+
+
+def test_a_campaign_lists_its_best_findings_and_says_how_many_more(context):
+    """A spray of alike new identities is one campaign incident (incidents.fold_campaigns); report.html shows its counts
+    and its best HTML_INCIDENT_FINDINGS findings, not a table row per sprayed identity."""
+    hit = {"rule": "unauthorized_secret_read", "severity": "medium", "count": 1, "routine": False, "weight": 0.5}
+    findings = [dict(f, flagged=True, rule_hits=[hit], entity=f"system:serviceaccount:ci-{n:04d}:job")
+                if not f["flagged"] else f for n, f in enumerate(context["findings"])]
+    sprayed = {**context, "findings": findings}
+    incidents = incidents_of(sprayed)
+    [campaign] = [i for i in incidents if i.get("campaign")]
+    assert len(campaign["finding_ids"]) > HTML_INCIDENT_FINDINGS
+    html = render_html(sprayed, incidents)
+    article = html[html.index(f'id="i-{campaign["incident_id"][4:]}"'):]
+    article = article[:article.index("</article>")]
+    assert article.count("<tr>") - 1 == HTML_INCIDENT_FINDINGS, "the header row and the best findings"
+    assert f"The best {HTML_INCIDENT_FINDINGS} of its {len(campaign['finding_ids'])} findings" in article
+    assert f"<dt>campaign</dt><dd>{campaign['campaign']['incidents']} alike incidents" in article
 
 
 def test_repeat_and_incident_markers_sit_on_the_rows(context):
