@@ -95,6 +95,15 @@ def evaluate_incidents(incidents: list[dict], findings: list[dict], labels: dict
     }
 
 
+def render_ranks(report: Path, labels_path: Path) -> str:
+    """``--ranks``: the incident count and each scenario's best incident rank of a written report directory."""
+    read = lambda name: [orjson.loads(line) for line in (report / name).read_bytes().splitlines() if line]  # noqa: E731
+    outcome = evaluate_incidents(read("incidents.jsonl"), read("anomalies.jsonl"), orjson.loads(labels_path.read_bytes()))
+    lines = [f"{outcome['incidents']} incidents ({outcome['flagged_incidents']} flagged)"]
+    lines += [f"{s['id']}: incident {s['best_incident_rank']}" for s in outcome["incident_scenarios"]]
+    return "\n".join(lines)
+
+
 def rerun_from_archive(ctx: RunContext, now) -> dict:
     """Features, train and score on an already archived workdir (for quick iterations on detection)."""
     from pipeline.stages.features import run_features
@@ -140,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     parser.add_argument("--reuse-archive", action="store_true", help="With --workdir: skip archiving where a workdir exists.")
     parser.add_argument("--render", default=None, metavar="JSON", help="Print the Markdown tables of a results file (--out) and exit.")
+    parser.add_argument("--ranks", nargs=2, default=None, metavar=("REPORT_DIR", "LABELS"),
+                        help="Print each labelled scenario's best incident rank in a report directory of any run (its incidents.jsonl "
+                             "and anomalies.jsonl) against a labels.json, and exit: e.g. a bench profile's run against its base sample's labels.")
     args = parser.parse_args(argv)
     if args.render:
         print(render_markdown(orjson.loads(Path(args.render).read_bytes())))
+        return 0
+    if args.ranks:
+        print(render_ranks(*map(Path, args.ranks)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)

@@ -35,14 +35,13 @@ Grouping is bounded so what an attacker controls cannot merge or split stories a
   lone finding so refused is listed in ``overflow_finding_ids`` (kept, not grouped);
 - quiet findings linked to no core finding stay findings, not incidents.
 
-Campaigns: ``CAMPAIGN_MIN`` or more incidents of one shape (``campaign_shape``: flagged or not, the entity types and
-identity kinds they hold, and the rules that fired in full) are told as one incident, ranked where its best member
-ranked. Many new identities each doing a little of the same (an identity spray, a CI fleet gone wrong) are then one
-row, not thousands that push every other incident down the list: 20,000 sprayed service accounts had moved a
-labelled RBAC escalation from incident 9 to 1,126 (docs/performance.md). Folding can only move an incident up: each
-campaign keeps its best member's place and every other incident keeps its order. What it can cost is attention (a
-real attack shaped like a benign crowd sits inside it), so a campaign names its counts and rules, lists its member
-incidents, and keeps every finding id.
+Campaigns: ``CAMPAIGN_MIN`` or more incidents of one shape (``campaign_shape``: flagged or not, severity, the entity
+types and kinds of identity they hold, and the rule they are named by) are told as one incident, ranked where its best
+member ranked. Many new identities each doing a little of the same (an identity spray, a CI fleet gone wrong) are then
+a few rows, not thousands that push every other incident down the list (docs/performance.md). Folding can only move
+an incident up: each campaign keeps its best member's place and every other incident keeps its order. What it can
+cost is attention (a real attack shaped like a benign crowd sits inside it), so a campaign names its counts, its rule
+and its identities, lists its member incidents' ids and keeps every finding id.
 
 The record keeps raw log values (user names, object names) in ``title``, ``summary`` and
 ``entities``; whoever renders them escapes them: ``pipeline.text.printable`` for the terminal,
@@ -136,8 +135,8 @@ def group_incidents(findings: Sequence[Mapping], events_index: Iterable[Mapping]
 
     ``events_index``: rows of ``INDEX_COLUMNS``, each an evidence event of one finding (found by its entity_type, entity and
     window_start); without it only ``repeats`` and adjacency link. ``tactics``: rule id -> ATT&CK tactic ids (issue 17;
-    empty until the rules carry them). ``rule_titles``: rule id -> plain title (the rule pack's ``title``). ``campaign_min``:
-alike incidents told as one campaign from this many (``fold_campaigns``)."""
+    empty until the rules carry them). ``rule_titles``: rule id -> plain title (the rule pack's ``title``).
+    ``campaign_min``: alike incidents are told as one campaign from this many (``fold_campaigns``)."""
     findings = sorted(findings, key=lambda f: f["rank"])
     rows = _rows_by_finding(findings, events_index)
     core = [bool(f["flagged"] or f.get("suppressed")) for f in findings]
@@ -469,8 +468,8 @@ def _campaign(members: list[Incident], shape: tuple, findings_by_id: Mapping[str
                f"{' (' + ', '.join(kinds) + ')' if kinds else ''}, {len(findings):,} findings. "
                + (f"Each is named by the same rule ({what})" if top else "No rule fired in any; the model found each unusual for its kind")
                + f"; the best-ranked is \"{best.title}\". "
-               "They are told as one incident so that many alike cannot push other incidents down the list; "
-               "each member incident is listed with its findings.")
+               "They are told as one incident so that many alike cannot push the others down the list; "
+               "incidents.jsonl keeps every finding of it.")
     return Incident(
         incident_id="inc-" + hashlib.sha256(f"campaign {earliest.incident_id}".encode()).hexdigest()[:20], rank=0,
         title=f"{what}: {len(members):,} alike incidents, {crowd}", summary=summary,
