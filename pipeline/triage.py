@@ -58,11 +58,18 @@ def record_verdict(storage: Storage, cluster: str, finding: dict, verdict: str, 
     Returns the verdict record as written: ``suppression`` names the suppression it added, ``replaces`` the
     finding's previous verdict (verdict, time, reviewer) or None.
     """
-    check_verdict(verdict, suppress_similar)
-    suppression = similar_suppression(finding, note, reviewer, expires) if suppress_similar else None
-    if suppression is not None:
-        add_suppression(storage, cluster, suppression)
-    record = {
+    return record_verdicts(storage, cluster, [(finding, suppress_similar)], verdict, note, reviewer, expires, incident_id)[0]
+
+
+def record_verdicts(storage: Storage, cluster: str, findings: list[tuple[dict, bool]], verdict: str, note: str = "",
+                    reviewer: str | None = None, expires: str | None = None, incident_id: str | None = None) -> list[dict]:
+    """``record_verdict`` for each (finding, suppress similar) at once: the history and the suppressions are read and
+    written once, however many findings (a campaign holds thousands, and one write each would be quadratic)."""
+    check_verdict(verdict, any(suppress for _, suppress in findings))
+    latest = latest_verdicts(storage, cluster)
+    suppressions = [similar_suppression(finding, note, reviewer, expires) if suppress else None for finding, suppress in findings]
+    add_suppressions(storage, cluster, [item for item in suppressions if item is not None])
+    records = [{
         "time": now_iso(),
         "finding_id": finding["finding_id"],
         "incident_id": incident_id,
@@ -79,10 +86,10 @@ def record_verdict(storage: Storage, cluster: str, finding: dict, verdict: str, 
         "note": note,
         "reviewer": reviewer,
         "suppression": suppression.id if suppression is not None else None,
-        "replaces": _replaced(latest_verdicts(storage, cluster).get(finding["finding_id"])),
-    }
-    _append(storage, cluster, record)
-    return record
+        "replaces": _replaced(latest.get(finding["finding_id"])),
+    } for (finding, _), suppression in zip(findings, suppressions)]
+    _append(storage, cluster, records)
+    return records
 
 
 def record_incident_verdict(storage: Storage, cluster: str, incident: dict, members: list[dict], verdict: str, note: str = "",
@@ -91,15 +98,15 @@ def record_incident_verdict(storage: Storage, cluster: str, incident: dict, memb
 
     Returns the incident record; ``findings`` holds the member records as written."""
     check_verdict(verdict, suppress_similar)
-    written = [record_verdict(storage, cluster, finding, verdict, note, suppress_similar and suppressible(finding), reviewer, expires,
-                              incident["incident_id"]) for finding in members]
+    written = record_verdicts(storage, cluster, [(finding, suppress_similar and suppressible(finding)) for finding in members], verdict,
+                              note, reviewer, expires, incident["incident_id"])
     record = {
         "time": now_iso(), "finding_id": None, "incident_id": incident["incident_id"], "cluster": cluster,
         "title": incident.get("title"), "finding_ids": [f["finding_id"] for f in members], "verdict": verdict, "note": note,
         "reviewer": reviewer, "suppression": None,
         "replaces": _replaced(latest_incident_verdicts(storage, cluster).get(incident["incident_id"])),
     }
-    _append(storage, cluster, record)
+    _append(storage, cluster, [record])
     return {**record, "findings": written}
 
 
@@ -107,12 +114,12 @@ def _replaced(previous: dict | None) -> dict | None:
     return None if previous is None else {key: previous.get(key) for key in ("verdict", "time", "reviewer", "note")}
 
 
-def _append(storage: Storage, cluster: str, record: dict) -> None:
+def _append(storage: Storage, cluster: str, records: list[dict]) -> None:
     key = f"{triage_key(cluster)}/verdicts.jsonl"
     existing = storage.read_bytes(key) if storage.exists(key) else b""
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
-    storage.write_bytes(key, existing + orjson.dumps(record) + b"\n")
+    storage.write_bytes(key, existing + b"".join(orjson.dumps(record) + b"\n" for record in records))
 
 
 def can_suppress(finding: dict) -> bool:
@@ -152,6 +159,31 @@ def similar_suppression(finding: dict, note: str, reviewer: str | None = None, e
     )
 
 
+class SuppressionIndex:
+    """Suppressions by the entity they name, so matching a record looks at that entity's few and the patterns, not at
+    every suppression: a benign verdict on a campaign adds one per member, thousands, and the score stage matches
+    every written record. ``match`` returns what ``suppression_for`` would."""
+
+    def __init__(self, suppressions: list[Suppression]):
+        self.by_entity: dict[str, list[tuple[int, Suppression]]] = {}
+        self.patterns: list[tuple[int, Suppression]] = []
+        for order, item in enumerate(suppressions):
+            if item.entity is not None:
+                self.by_entity.setdefault(item.entity, []).append((order, item))
+            elif item.entity_pattern:
+                self.patterns.append((order, item))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_entity or self.patterns)
+
+    def match(self, record: dict) -> Suppression | None:
+        """The first suppression (in the given order) matching the record: ``suppression_for``'s rules."""
+        candidates = self.by_entity.get(record["entity"], [])
+        if self.patterns:
+            candidates = sorted(candidates + self.patterns, key=lambda pair: pair[0])
+        return suppression_for(record, [item for _, item in candidates])
+
+
 def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppression | None:
     """The first suppression matching the record's entity AND its rules AND its top reasons and their values (scoped,
     not blanket), before its expiry. ``entity`` is compared literally (a user name with ``*`` or regex characters
@@ -186,7 +218,8 @@ def suppression_for(record: dict, suppressions: list[Suppression]) -> Suppressio
 def preview_suppressions(findings: list[dict], suppressions: list[Suppression]) -> list[dict]:
     """The findings of the latest scores that ``suppressions`` would mark suppressed (flagged or quiet, as the score stage
     does), in rank order."""
-    return [f for f in findings if suppression_for(f, suppressions) is not None]
+    index = SuppressionIndex(suppressions)
+    return [f for f in findings if index.match(f) is not None]
 
 
 def read_suppressions(storage: Storage, cluster: str) -> list[Suppression]:
@@ -194,11 +227,14 @@ def read_suppressions(storage: Storage, cluster: str) -> list[Suppression]:
     return [Suppression.model_validate(item) for item in storage.read_json_or(f"{triage_key(cluster)}/suppressions.json", [])]
 
 
-def add_suppression(storage: Storage, cluster: str, suppression: Suppression) -> None:
-    """Add (or replace, by id) one suppression in the cluster's triage suppressions file."""
+def add_suppressions(storage: Storage, cluster: str, suppressions: list[Suppression]) -> None:
+    """Add (or replace, by id) suppressions in the cluster's triage suppressions file, in one write."""
+    if not suppressions:
+        return
     key = f"{triage_key(cluster)}/suppressions.json"
-    items = [item for item in storage.read_json_or(key, []) if item.get("id") != suppression.id]
-    items.append(suppression.model_dump(mode="json"))
+    ids = {item.id for item in suppressions}
+    items = [item for item in storage.read_json_or(key, []) if item.get("id") not in ids]
+    items += [item.model_dump(mode="json") for item in suppressions]
     storage.write_json(key, items)
 
 

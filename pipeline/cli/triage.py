@@ -78,12 +78,16 @@ def triage_command(target_id, workdir, config_path, cluster, verdict, note, supp
     if incident is not None:
         say(f"recorded {verdict} on incident {incident['incident_id']} ({printable(incident.get('title') or '')}) "
             f"and its {len(members)} findings{replaced(whole)}")
-    for finding, record in zip(members, records):
+    for finding, record in zip(members[:PREVIEW_ROWS], records):
         say(f"recorded {verdict} on finding {finding['finding_id']} ({finding['entity_type']} {printable(finding['entity'])}, "
             f"window {finding['window_start']}){replaced(record)}")
         if record["suppression"]:
             say(f"added suppression {record['suppression']}: this entity with {', '.join(record['rules']) or 'no rule hits'} "
                 f"and reasons {', '.join(record['reasons']) or 'none'}; applies from the next `auditsift score`")
+    if len(members) > PREVIEW_ROWS:  # a campaign holds thousands: the rest in one line
+        rest = records[PREVIEW_ROWS:]
+        say(f"recorded {verdict} on {len(rest)} more findings ({sum(bool(r['replaces']) for r in rest)} replacing a verdict), "
+            f"adding {sum(bool(r['suppression']) for r in rest)} more suppressions")
     shown = f"{stats['precision']:.2f}" if stats["precision"] is not None else "n/a"
     say(f"precision so far: {shown} ({stats['malicious']} malicious, {stats['benign']} benign, "
         f"{stats['unsure']} unsure of {stats['reviewed']} reviewed)")
@@ -104,10 +108,12 @@ def print_preview(suppressions: list[Suppression], hidden: list[dict], members: 
     say(f"--suppress-similar: {len(suppressions)} suppression(s) would hide {len(hidden)} window(s) of the latest scores "
         f"({flagged} flagged)"
         + (f" ({unscoped} quiet member(s), or with neither rule hits nor reasons, get none)" if unscoped else ""))
-    for s in suppressions:
+    for s in suppressions[:PREVIEW_ROWS]:
         ranges = ", ".join(f"{name} <= {high:g}" for name, (_, high) in s.ranges.items())
         say(f"  scope {s.id}: {s.entity_type} {printable(s.entity or '')} (literal); rules {', '.join(s.rules) or 'none'}; "
             f"reasons {', '.join(s.reasons) or 'none'}" + (f" ({ranges})" if ranges else "") + (f"; expires {s.expires}" if s.expires else ""))
+    if len(suppressions) > PREVIEW_ROWS:
+        say(f"  … and {len(suppressions) - PREVIEW_ROWS} more scopes, one per entity")
     for f in hidden[:PREVIEW_ROWS]:
         reasons = ", ".join(f"{r['feature']} {r['value']}" for r in f["reasons"][:3]) or "no reasons"
         rules = ", ".join(sorted({h["rule"] for h in f["rule_hits"]})) or "no rules"

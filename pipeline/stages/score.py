@@ -74,7 +74,7 @@ from pipeline.stages.features import (
 from pipeline.stages.ranges import overlaps
 from pipeline.stages.train import load_model
 from pipeline.stages.workers import ordered_map
-from pipeline.triage import read_suppressions, suppression_for
+from pipeline.triage import SuppressionIndex, read_suppressions
 
 log = logging.getLogger(__name__)
 INTERESTING_FLAGS = ("denied_401", "denied_403", "secret_read", "exec", "rbac_write", "token_request", "csr_create",
@@ -133,7 +133,7 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
         records = records.sort_values(["rank_score", *order], ascending=[False, False, False, True, True, True],
                                       kind="stable").reset_index(drop=True)
         reasons = explain(detector, records, baselines, ctx.config.report.explain_top)
-        suppressions = load_suppressions(ctx)
+        suppressions = SuppressionIndex(load_suppressions(ctx))
         high = weights.get("high", 1.0)
         keys = list(zip(records["entity_type"], records["entity"], records["window_start"]))
         rule_flagged = np.array([any(h["weight"] >= high for h in hits.get(key, ())) for key in keys], dtype=bool)
@@ -165,7 +165,7 @@ def run_score(ctx: RunContext, fitted=None) -> dict:
                 "suppressed": False,
                 "repeats": None if row.repeats is None else finding_id(ctx.cluster, *row.repeats),
             }
-            match = suppression_for(record, suppressions) if suppressions else None
+            match = suppressions.match(record) if suppressions else None
             if match is not None:
                 record.update(suppressed=True, flagged=False, suppressed_by=match.id or match.note or "suppression")
             if row.repeats is not None:

@@ -12,9 +12,18 @@ from pipeline.config import parse_config
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError
 from pipeline.io.storage import LocalStorage
-from pipeline.stages.score import load_suppressions, suppression_for
+from pipeline.stages.score import load_suppressions
 from pipeline.text import printable
-from pipeline.triage import precision, read_verdicts, record_incident_verdict, record_verdict, similar_suppression, triage_key
+from pipeline.triage import (
+    SuppressionIndex,
+    precision,
+    read_verdicts,
+    record_incident_verdict,
+    record_verdict,
+    similar_suppression,
+    suppression_for,
+    triage_key,
+)
 from tests.report_factory import make_context
 
 CLUSTER = "demo"
@@ -177,3 +186,48 @@ def test_a_benign_incident_suppresses_the_shapes_of_its_flagged_members_only(wor
     again = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "malicious", "not the red team after all")
     assert again["replaces"]["verdict"] == "benign" and again["findings"][1]["replaces"]["reviewer"] == "sam"
     assert precision(ctx.storage, CLUSTER) == {"reviewed": 2, "benign": 0, "malicious": 2, "unsure": 0, "precision": 1.0, "unreadable": 0}
+
+
+def test_a_verdict_on_a_campaign_of_thousands_writes_the_history_and_the_suppressions_once(workdir):
+    """A campaign (incidents.fold_campaigns) holds thousands of findings; each member's verdict and suppression used to
+    read and rewrite both files, which made a spray's campaign hours of work."""
+    ctx, findings = workdir
+    template = findings[0]
+    members = [{**template, "finding_id": f"{n:020x}", "entity": f"system:serviceaccount:ci-{n // 100:04d}:job-{n:06d}"} for n in range(3000)]
+    incident = {"incident_id": "inc-" + "c" * 20, "title": "3,000 alike incidents", "finding_ids": [f["finding_id"] for f in members]}
+    writes = []
+    original = ctx.storage.write_bytes
+    ctx.storage.write_bytes = lambda key, data: (writes.append(key), original(key, data))[1]
+    record = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "benign", "CI jobs", suppress_similar=True)
+    assert len(record["findings"]) == 3000 and all(r["suppression"] for r in record["findings"])
+    assert sorted(writes) == sorted([f"{triage_key(CLUSTER)}/suppressions.json", *[f"{triage_key(CLUSTER)}/verdicts.jsonl"] * 2])
+    loaded = load_suppressions(ctx)
+    assert len(loaded) == 3000 and len(read_verdicts(ctx.storage, CLUSTER)[0]) == 3001
+    index = SuppressionIndex(loaded)
+    assert index.match(members[1234]).id == f"triage-{members[1234]['finding_id']}"
+    assert index.match({**members[1234], "entity": "alice@corp.example"}) is None
+
+
+def test_the_suppression_index_matches_what_the_list_matches():
+    """``SuppressionIndex.match`` == ``suppression_for`` over literal entities, patterns, both, expiries and scopes."""
+    import random
+
+    from pipeline.config import Suppression
+
+    rng = random.Random(5)
+    entities = ["alice@corp.example", "bob@corp.example", "system:node:ip-10-0-1-2", "203.0.113.9", "a*b"]
+    rules = ["secrets_sweep", "exec_into_pod", "aws_auth_modified"]
+    items = []
+    for n in range(60):
+        kind = rng.choice(["entity", "pattern", "both", "neither"])
+        items.append(Suppression(
+            id=f"s{n}", entity=rng.choice(entities) if kind in ("entity", "both") else None,
+            entity_pattern=rng.choice(["*@corp.example", "system:node:*", "a*"]) if kind in ("pattern", "both") else None,
+            entity_type=rng.choice([None, "user", "source_ip"]), rules=tuple(rng.sample(rules, rng.randrange(3))),
+            exact=rng.random() < 0.5, expires=rng.choice([None, "2026-11-05T12:00:00Z"])))
+    index = SuppressionIndex(items)
+    for _ in range(500):
+        record = {"entity": rng.choice(entities), "entity_type": rng.choice(["user", "source_ip"]), "reasons": [],
+                  "window_start": rng.choice(["2026-11-05T10:00:00Z", "2026-11-05T13:00:00Z"]),
+                  "rule_hits": [{"rule": r} for r in rng.sample(rules, rng.randrange(3))]}
+        assert index.match(record) == suppression_for(record, items)
