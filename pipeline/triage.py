@@ -43,6 +43,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_incident_suppression(incident: dict, suppress_similar: bool) -> None:
+    """Refuse --suppress-similar on a campaign (``pipeline.report.incidents.fold_campaigns``): its members are alike by
+    shape, not reviewed one by one, and anyone can make their own window take that shape, so a suppression per member
+    could hide an intruder who joined the crowd. A known-benign crowd is suppressed by a pattern in the config."""
+    if suppress_similar and incident.get("campaign"):
+        count = incident["campaign"].get("identities") or len(incident.get("finding_ids", ()))
+        raise ConfigError(f"--suppress-similar would add a suppression for each of the {count:,} identities of campaign "
+                          f"{incident['incident_id']}, which are alike by shape, not reviewed one by one",
+                          hint="record the verdict without --suppress-similar, and suppress a known-benign crowd with an "
+                               "entity_pattern under suppressions: in the config")
+
+
 def check_verdict(verdict: str, suppress_similar: bool) -> None:
     if verdict not in VERDICTS:
         raise ConfigError(f"unknown verdict {verdict!r}", hint=f"use one of {', '.join(VERDICTS)}")
@@ -98,6 +110,7 @@ def record_incident_verdict(storage: Storage, cluster: str, incident: dict, memb
 
     Returns the incident record; ``findings`` holds the member records as written."""
     check_verdict(verdict, suppress_similar)
+    check_incident_suppression(incident, suppress_similar)
     written = record_verdicts(storage, cluster, [(finding, suppress_similar and suppressible(finding)) for finding in members], verdict,
                               note, reviewer, expires, incident["incident_id"])
     record = {

@@ -17,6 +17,7 @@ from pipeline.text import printable
 from pipeline.triage import (
     INCIDENT_PREFIX,
     VERDICTS,
+    check_incident_suppression,
     check_verdict,
     find_finding,
     find_incident,
@@ -59,6 +60,7 @@ def triage_command(target_id, workdir, config_path, cluster, verdict, note, supp
     ctx = open_context(workdir, config_path, cluster, quiet=True)
     if target_id.strip().lower().startswith(INCIDENT_PREFIX):
         incident, members = find_incident(ctx, target_id)
+        check_incident_suppression(incident, suppress_similar)
     else:
         incident, members = None, [find_finding(ctx, target_id)]
     if suppress_similar:

@@ -188,22 +188,38 @@ def test_a_benign_incident_suppresses_the_shapes_of_its_flagged_members_only(wor
     assert precision(ctx.storage, CLUSTER) == {"reviewed": 2, "benign": 0, "malicious": 2, "unsure": 0, "precision": 1.0, "unreadable": 0}
 
 
-def test_a_verdict_on_a_campaign_of_thousands_writes_the_history_and_the_suppressions_once(workdir):
-    """A campaign (incidents.fold_campaigns) holds thousands of findings; each member's verdict and suppression used to
-    read and rewrite both files, which made a spray's campaign hours of work."""
+def test_a_verdict_on_a_campaign_of_thousands_is_written_at_once_and_never_suppresses_its_members(workdir):
+    """A campaign (incidents.fold_campaigns) holds thousands of findings: each member's verdict used to read and rewrite
+    the history, which made a spray's campaign hours of work. Its members are alike by shape, which anyone can take, so
+    --suppress-similar is refused: one suppression per member could hide an intruder who joined the crowd."""
     ctx, findings = workdir
-    template = findings[0]
-    members = [{**template, "finding_id": f"{n:020x}", "entity": f"system:serviceaccount:ci-{n // 100:04d}:job-{n:06d}"} for n in range(3000)]
-    incident = {"incident_id": "inc-" + "c" * 20, "title": "3,000 alike incidents", "finding_ids": [f["finding_id"] for f in members]}
+    members = [{**findings[0], "finding_id": f"{n:020x}", "entity": f"system:serviceaccount:ci-{n // 100:04d}:job-{n:06d}"}
+               for n in range(3000)]
+    campaign = {"incident_id": "inc-" + "c" * 20, "title": "3,000 alike incidents", "finding_ids": [f["finding_id"] for f in members],
+                "campaign": {"incidents": 3000, "identities": 3000, "addresses": 0}}
+    with pytest.raises(ConfigError, match="each of the 3,000 identities of campaign inc-c+, which are alike by shape"):
+        record_incident_verdict(ctx.storage, CLUSTER, campaign, members, "benign", "CI jobs", suppress_similar=True)
+    assert not ctx.storage.list(triage_key(CLUSTER))
     writes = []
     original = ctx.storage.write_bytes
     ctx.storage.write_bytes = lambda key, data: (writes.append(key), original(key, data))[1]
-    record = record_incident_verdict(ctx.storage, CLUSTER, incident, members, "benign", "CI jobs", suppress_similar=True)
-    assert len(record["findings"]) == 3000 and all(r["suppression"] for r in record["findings"])
-    assert sorted(writes) == sorted([f"{triage_key(CLUSTER)}/suppressions.json", *[f"{triage_key(CLUSTER)}/verdicts.jsonl"] * 2])
-    loaded = load_suppressions(ctx)
-    assert len(loaded) == 3000 and len(read_verdicts(ctx.storage, CLUSTER)[0]) == 3001
-    index = SuppressionIndex(loaded)
+    record = record_incident_verdict(ctx.storage, CLUSTER, campaign, members, "benign", "CI jobs")
+    assert len(record["findings"]) == 3000 and writes == [f"{triage_key(CLUSTER)}/verdicts.jsonl"] * 2, "members at once, then the incident"
+    assert len(read_verdicts(ctx.storage, CLUSTER)[0]) == 3001 and load_suppressions(ctx) == []
+    ctx.storage.write_json(f"scores/cluster={CLUSTER}/{ctx.run_id}/findings.json", findings + members)  # as the CLI finds them
+    report = ctx.storage.root / "reports" / ctx.run_id
+    report.mkdir(parents=True)
+    (report / "incidents.jsonl").write_bytes(orjson.dumps(campaign) + b"\n")
+    ctx.update_state("report", {"dir": str(report), "run_id": ctx.run_id})
+    code, output = invoke(ctx, campaign["incident_id"], "--verdict", "benign", "--suppress-similar")
+    assert code == 2 and output.splitlines()[1].startswith("hint: record the verdict without --suppress-similar"), output
+
+
+def test_suppressions_are_looked_up_by_entity_among_thousands(workdir):
+    ctx, findings = workdir
+    members = [{**findings[0], "finding_id": f"{n:020x}", "entity": f"system:serviceaccount:ci-{n // 100:04d}:job-{n:06d}"}
+               for n in range(3000)]
+    index = SuppressionIndex([similar_suppression(f, "reviewed one by one") for f in members])
     assert index.match(members[1234]).id == f"triage-{members[1234]['finding_id']}"
     assert index.match({**members[1234], "entity": "alice@corp.example"}) is None
 
