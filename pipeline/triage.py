@@ -174,8 +174,8 @@ def similar_suppression(finding: dict, note: str, reviewer: str | None = None, e
 
 class SuppressionIndex:
     """Suppressions by the entity they name, so matching a record looks at that entity's few and the patterns, not at
-    every suppression: a benign verdict on a campaign adds one per member, thousands, and the score stage matches
-    every written record. ``match`` returns what ``suppression_for`` would."""
+    every suppression: triage adds one per reviewed finding and they accumulate, and the score stage matches every
+    written record (a spray writes hundreds of thousands). ``match`` returns what ``suppression_for`` would."""
 
     def __init__(self, suppressions: list[Suppression]):
         self.by_entity: dict[str, list[tuple[int, Suppression]]] = {}
