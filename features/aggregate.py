@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.columns import MICROS, EventColumns, combine, in_sorted, rank_values, sorted_distinct
+from features.columns import MICROS, EventColumns, combine, in_sorted, rank_values, run_heads, sorted_distinct
 from features.events import REQUEST_IDENTITY
 from features.flags import FLAG_NAMES, FlagInputs
 
@@ -138,7 +138,7 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
             found[name].append(marks)
     requests, checks = (np.concatenate(found.pop(name)) for name in ("request", "request_check"))  # the batches' arrays freed as joined
     order = np.argsort(requests, kind="stable")
-    heads = _heads(requests[order])
+    heads = run_heads(requests[order])
     if _collide(heads, checks[order]):
         return None
     del requests, checks
@@ -149,7 +149,7 @@ def hour_requests(batches: Callable[[], Iterable[pa.Table]], window_minutes: int
     rows = _one_per_request(group, counts[group] > 1, np.concatenate(found.pop("received")), np.concatenate(found.pop("late")), len(counts))
     ids, checks = (np.concatenate(found.pop(name)) for name in ("id", "id_check"))
     by_id = np.argsort(ids, kind="stable")
-    if _collide(_heads(ids[by_id]), checks[by_id]):
+    if _collide(run_heads(ids[by_id]), checks[by_id]):
         return None
     # a request's hash is a function of its auditID's, so an auditID with two request hashes has two requests
     owners = np.sort(ids[order[starts]])
@@ -160,13 +160,6 @@ def _check_hash(value) -> int:
     """A second 64-bit hash, independent of ``_id_hash``: the same keyed hash of another message (the value behind a
     NUL character), so two values that share their ``_id_hash`` share this one only by chance."""
     return hash("\x00" + value) if isinstance(value, str) else hash((0, value))
-
-
-def _heads(ordered: np.ndarray) -> np.ndarray:
-    """For sorted keys: whether each position starts a run of equal keys."""
-    heads = np.ones(len(ordered), dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=heads[1:])
-    return heads
 
 
 def _collide(heads: np.ndarray, checks: np.ndarray) -> bool:

@@ -245,11 +245,18 @@ def combinations(parts: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.nd
     return combination, first
 
 
+def run_heads(ordered: np.ndarray) -> np.ndarray:
+    """For sorted keys: whether each position starts a run of equal keys."""
+    heads = np.ones(len(ordered), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=heads[1:])
+    return heads
+
+
 def sorted_distinct(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)`` by a sort: numpy 2's hash-table unique takes 60 times as long on millions of distinct
     64-bit integers (3.2 s against 0.05 s for 3 million)."""
     ordered = np.sort(values)
-    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+    return ordered[run_heads(ordered)]
 
 
 def in_sorted(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.aggregate import hit_counts
-from features.columns import MICROS, combinations, combine
+from features.columns import MICROS, combinations, combine, run_heads
 from features.copies import WorkloadWrite, template_copies
 from features.events import COLUMN_NAMES, REQUEST_IDENTITY
 from features.flags import controller_copy, flag_events, workload_write
@@ -504,7 +504,7 @@ class EventScores:
             audit_rank = inputs.ranked("audit_id")[0]
             order = np.lexsort((present, audit_rank[present], inputs.micros("time")[present], -score[present], group))
             ordered = group[order]
-            head = np.r_[True, ordered[1:] != ordered[:-1]]
+            head = run_heads(ordered)
             rank = np.arange(len(order)) - np.maximum.accumulate(np.where(head, np.arange(len(order)), 0))
             chosen = present[np.sort(order[rank < MAX_AUDIT_IDS])]
             self.candidates.append(self._kept(table, chosen, score, numbers, why, {
