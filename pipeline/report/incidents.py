@@ -444,23 +444,23 @@ def fold_campaigns(incidents: list[Incident], findings_by_id: Mapping[str, Mappi
     for incident in incidents:
         alike[campaign_shape(incident, findings_by_id)].append(incident)
     crowds = {shape: group for shape, group in alike.items() if len(group) >= campaign_min}
-    campaigns = {id(group[0]): _campaign(group, shape, findings_by_id, rule_titles) for shape, group in crowds.items()}
+    campaigns = {id(group[0]): _campaign(group, shape, rule_titles) for shape, group in crowds.items()}
     folded = {id(incident) for group in crowds.values() for incident in group}
     return [campaigns.get(id(incident), incident) for incident in incidents if id(incident) not in folded or id(incident) in campaigns]
 
 
-def _campaign(members: list[Incident], shape: tuple, findings_by_id: Mapping[str, Mapping], rule_titles: Mapping[str, str]) -> Incident:
+def _campaign(members: list[Incident], shape: tuple, rule_titles: Mapping[str, str]) -> Incident:
     best = members[0]  # rank order
-    earliest = min(members, key=lambda i: (i.first_seen, i.incident_id))
+    by_start = sorted(members, key=lambda i: (i.first_seen, i.incident_id))
+    earliest = by_start[0]
     entities = list(dict.fromkeys((e["entity_type"], e["entity"]) for i in members for e in i.entities))
     identities = sum(1 for kind, _ in entities if kind == "user")
     addresses = len(entities) - identities
     timeline = sorted({(when, audit_id) for i in members for when, audit_id in zip(i.audit_times, i.audit_ids)})
     audit_ids = list(dict.fromkeys(audit_id for _, audit_id in timeline))[:MAX_AUDIT_IDS]
     first_seen, last_seen = earliest.first_seen, max(i.last_seen for i in members)
-    by_start = sorted(members, key=lambda i: (i.first_seen, i.incident_id))
     tactics = list(dict.fromkeys(t for i in by_start for t in i.tactics))
-    _, _, types, kinds, top = shape
+    flagged, severity, types, kinds, top = shape  # what every member shares
     what = _rule_title(top, rule_titles) if top else "Unusual activity for its kind"
     crowd = f"{identities:,} identit{'y' if identities == 1 else 'ies'}" + (f" from {addresses:,} address{'es' if addresses != 1 else ''}" if addresses else "")
     findings = [fid for i in members for fid in i.finding_ids]
@@ -473,9 +473,9 @@ def _campaign(members: list[Incident], shape: tuple, findings_by_id: Mapping[str
     return Incident(
         incident_id="inc-" + hashlib.sha256(f"campaign {earliest.incident_id}".encode()).hexdigest()[:20], rank=0,
         title=f"{what}: {len(members):,} alike incidents, {crowd}", summary=summary,
-        severity=min((i.severity for i in members), key=SEVERITY_ORDER.index), tactics=tactics, first_seen=first_seen,
+        severity=severity, tactics=tactics, first_seen=first_seen,
         last_seen=last_seen, entities=[{"entity_type": t, "entity": e} for t, e in entities[:MAX_CAMPAIGN_ENTITIES]],
-        finding_ids=findings, audit_ids=audit_ids, flagged=any(i.flagged for i in members),
+        finding_ids=findings, audit_ids=audit_ids, flagged=flagged,
         overflow_finding_ids=[fid for i in members for fid in i.overflow_finding_ids],
         campaign={"incidents": len(members), "identities": identities, "addresses": addresses, "entity_types": list(types),
                   "identity_kinds": list(kinds), "rule": top, "incident_ids": [i.incident_id for i in members][:MAX_MEMBERS]},
